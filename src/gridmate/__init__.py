@@ -1,0 +1,3 @@
+"""gridmate: a self-hosted Tesla home-energy and telemetry hub."""
+
+__version__ = "0.1.0"
