@@ -53,6 +53,15 @@ def _resolve_credentials(model: type[BaseModel], data: Any) -> Any:
         return data
     data = dict(data)
     for name, field in model.model_fields.items():
+        # Absent sections are built now rather than from their class-time default,
+        # so the credentials directory is consulted at load time.
+        section_type = field.annotation
+        if (
+            name not in data
+            and isinstance(section_type, type)
+            and issubclass(section_type, Section)
+        ):
+            data[name] = {}
         credential = next((m for m in field.metadata if isinstance(m, Credential)), None)
         if credential is None:
             continue

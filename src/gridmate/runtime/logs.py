@@ -1,0 +1,149 @@
+"""Structured logging: one event per line, readable in journald and in a terminal.
+
+Events carry a short message plus ``key=value`` fields::
+
+    log = get_logger("vehicles.kafka")
+    log.warning("record skipped", topic=topic, partition=3, offset=991, reason="bad protobuf")
+
+Under journald (``$JOURNAL_STREAM`` matches stderr) lines have no timestamp of
+their own (journald adds one) and start with an ``<N>`` priority prefix, so
+``journalctl -p warning`` works. Any known secret value is scrubbed from every
+line before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from gridmate.runtime.secrets import MASK, known_secret_values
+
+_SYSLOG_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+def _format_value(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(c in text for c in ' ="\n'):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _scrub(text: str) -> str:
+    for secret in known_secret_values():
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
+    return getattr(record, "fields", None) or {}
+
+
+class TextFormatter(logging.Formatter):
+    """``event key=value`` lines; ``with_time`` off under journald."""
+
+    def __init__(self, *, with_time: bool, priority_prefix: bool) -> None:
+        super().__init__()
+        self.with_time = with_time
+        self.priority_prefix = priority_prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = []
+        if self.priority_prefix:
+            parts.append(f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>")
+        if self.with_time:
+            stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            parts.append(f"{stamp[:-4]}Z ")
+        if self.with_time or not self.priority_prefix:
+            parts.append(f"{record.levelname:<7} ")
+        parts.append(f"{record.name}: {record.getMessage()}")
+        fields = " ".join(f"{k}={_format_value(v)}" for k, v in _fields(record).items())
+        if fields:
+            parts.append(f" {fields}")
+        line = "".join(parts)
+        if record.exc_info:
+            # Tracebacks stay one event: journald keeps the continuation lines together.
+            line += "\n" + self.formatException(record.exc_info)
+        return _scrub(line)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        event.update(
+            {
+                k: v if isinstance(v, int | float | bool) else str(v)
+                for k, v in _fields(record).items()
+            }
+        )
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return _scrub(json.dumps(event, ensure_ascii=False))
+
+
+class EventLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger whose calls take the event's fields as keyword arguments."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        reserved = {"exc_info", "stack_info", "stacklevel", "extra"}
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k not in reserved}
+        kwargs.setdefault("extra", {})["fields"] = fields
+        return msg, kwargs
+
+
+def get_logger(name: str) -> EventLogger:
+    return EventLogger(logging.getLogger(f"gridmate.{name}" if name else "gridmate"), {})
+
+
+def under_journald(stream: Any = None) -> bool:
+    """True when ``stream`` (stderr by default) is the journal stream systemd set up."""
+    value = os.environ.get("JOURNAL_STREAM")
+    if not value:
+        return False
+    stream = stream or sys.stderr
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        stat = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "journal" if under_journald(stream) else "text"
+    formatter: logging.Formatter
+    if fmt == "json":
+        formatter = JsonFormatter()
+    else:
+        journal = fmt == "journal"
+        formatter = TextFormatter(with_time=not journal, priority_prefix=journal)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS.get(level, logging.INFO))
+    # Libraries speak at warning and above unless we are debugging.
+    for noisy in ("aiokafka", "asyncio", "httpx", "httpcore", "matplotlib", "mail.log"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
