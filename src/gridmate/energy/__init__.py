@@ -1,0 +1,1 @@
+"""Time-of-use energy management: Powerwall reserve, thermostats and EV charging."""
