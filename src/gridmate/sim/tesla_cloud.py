@@ -1,0 +1,828 @@
+"""A stand-in for Tesla's cloud: the OAuth token endpoint and the Fleet API.
+
+It speaks the documented wire format, quirks included, so clients are tested
+against behaviour rather than against our own assumptions:
+
+* every answer is a ``{"response": ...}`` envelope; errors carry ``error`` and
+  ``error_description`` (Fleet API conventions page);
+* refresh tokens are single-use: each refresh issues a new one and only the
+  newest of a login is valid; presenting an older one answers 401
+  ``login_required`` as Tesla does;
+* access tokens are JWT-shaped with ``exp`` and ``scp`` claims and expire;
+* a sleeping or offline car answers 408 to data and commands and is not woken
+  (only ``wake_up`` wakes it); every call is recorded with the car's state so
+  tests can assert that nothing polled a sleeping car;
+* Powerwall reserve writes follow firmware 25.18.4: 0-80 or exactly 100,
+  anything else is a 400;
+* rate limits (429 with ``RateLimit-*`` and ``Retry-After``) and 5xx failures
+  are configured per test.
+
+Usage::
+
+    async with tesla_cloud_simulator(sites=[SimulatedEnergySite()]) as cloud:
+        access, refresh = cloud.issue_tokens()
+        ... FleetApi(StaticTokenProvider(Secret(access)), base_url=cloud.base_url)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import random
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from gridmate.runtime.clock import Clock, SystemClock
+
+__all__ = [
+    "ALL_SCOPES",
+    "ApiCall",
+    "OAuthEvent",
+    "RateLimitRule",
+    "SimulatedEnergySite",
+    "SimulatedVehicle",
+    "SiteWrite",
+    "TeslaCloudSimulator",
+    "tesla_cloud_simulator",
+]
+
+ALL_SCOPES: tuple[str, ...] = (
+    "openid",
+    "offline_access",
+    "user_data",
+    "vehicle_device_data",
+    "vehicle_cmds",
+    "vehicle_charging_cmds",
+    "energy_device_data",
+    "energy_cmds",
+)
+OPERATION_MODES = ("self_consumption", "autonomous", "backup")
+
+
+@dataclass(frozen=True)
+class SiteWrite:
+    """An accepted settings write on a simulated site."""
+
+    t: datetime
+    setting: str
+    """``backup_reserve_percent`` or ``default_real_mode``."""
+    value: Any
+
+
+@dataclass
+class SimulatedEnergySite:
+    """A Powerwall site. Power in W (battery + = discharging, grid + = importing).
+
+    ``percentage_charged`` is on the app's scale, as the cloud reports it.
+    A house model may mutate the power and charge fields at any time.
+    """
+
+    site_id: int = 1689251431
+    site_name: str = "Home"
+    percentage_charged: float = 80.0
+    battery_power_w: float = 0.0
+    load_power_w: float = 1200.0
+    solar_power_w: float = 0.0
+    grid_power_w: float = 1200.0
+    generator_power_w: float = 0.0
+    backup_reserve_percent: int = 20
+    operation_mode: str = "self_consumption"
+    grid_status: str = "Active"
+    nameplate_energy_wh: float = 13500.0
+    nameplate_power_w: float = 5000.0
+    battery_count: int = 1
+    installation_time_zone: str = "America/Los_Angeles"
+    storm_mode_enabled: bool = False
+    firmware_version: str = "25.18.4"
+    reserve_rule_80_or_100: bool = True
+    """Firmware 25.18.4 and later accept a reserve of 0-80 or exactly 100 only."""
+    writes: list[SiteWrite] = field(default_factory=list)
+
+    def reserve_refusal(self, percent: Any) -> str | None:
+        """Why Tesla would refuse this reserve, or None if it accepts it."""
+        if isinstance(percent, bool) or not isinstance(percent, int | float):
+            return "backup_reserve_percent must be a number"
+        if percent != int(percent) or not 0 <= percent <= 100:
+            return "backup_reserve_percent must be an integer between 0 and 100"
+        if self.reserve_rule_80_or_100 and 80 < percent < 100:
+            return "backup_reserve_percent must be between 0 and 80, or 100"
+        return None
+
+
+@dataclass
+class SimulatedVehicle:
+    vin: str = "5YJ3E1EA7KF000001"
+    id: int = 1492931365001
+    vehicle_id: int = 1234567001
+    display_name: str | None = "Car"
+    state: str = "online"
+    """``online``, ``asleep`` or ``offline``."""
+    battery_level: int = 55
+    charge_limit_soc: int = 80
+    charging_state: str = "Stopped"
+    """``Charging``, ``Stopped``, ``Complete`` or ``Disconnected``."""
+    charge_amps: int = 32
+    charger_voltage: int = 240
+    latitude: float = 37.4925
+    longitude: float = -121.9447
+    odometer_miles: float = 12345.6
+    commands: list[tuple[datetime, str, bool, str]] = field(default_factory=list)
+    """(time, command, result, reason) of every command that reached the car."""
+    wakes: int = 0
+
+    @property
+    def plugged_in(self) -> bool:
+        return self.charging_state != "Disconnected"
+
+    @property
+    def charger_power_kw(self) -> float:
+        if self.charging_state != "Charging":
+            return 0.0
+        return round(self.charge_amps * self.charger_voltage / 1000, 1)
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One Fleet API request as the simulator saw it."""
+
+    t: datetime
+    method: str
+    path: str
+    endpoint: str
+    status: int
+    vin: str | None
+    site_id: int | None
+    vehicle_state: str | None
+    """The car's state when the call arrived (before any wake)."""
+    token_serial: int | None
+    """Which issued access token was presented (1 = first issued), if valid."""
+
+
+@dataclass(frozen=True)
+class OAuthEvent:
+    t: datetime
+    kind: str
+    """``issued`` (issue_tokens), ``refreshed`` or ``rejected``."""
+    detail: str
+    access_serial: int | None = None
+    refresh_token: str | None = None
+    """The refresh token issued by this event (tests compare it with files)."""
+
+
+@dataclass
+class RateLimitRule:
+    """At most ``limit`` requests per ``window`` seconds per device (or account).
+
+    ``endpoint`` None applies to every Fleet endpoint. ``retry_after`` fixes the
+    Retry-After value; by default it is the time until the window resets.
+    """
+
+    limit: int
+    window: float
+    endpoint: str | None = None
+    retry_after: float | None = None
+    per_device: bool = True
+    _hits: dict[str, list[datetime]] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class _AccessGrant:
+    serial: int
+    expires_at: datetime
+    scopes: tuple[str, ...]
+    refresh_token: str
+    used: bool = False
+
+
+@dataclass
+class _RefreshGrant:
+    login: int
+    issued_at: datetime
+    expires_at: datetime
+    scopes: tuple[str, ...]
+    current: bool = True
+
+
+class TeslaCloudSimulator:
+    """State and controls of a running simulator (see :func:`tesla_cloud_simulator`)."""
+
+    def __init__(
+        self,
+        *,
+        sites: Sequence[SimulatedEnergySite],
+        vehicles: Sequence[SimulatedVehicle],
+        clock: Clock,
+        client_id: str,
+        region: str,
+        access_token_lifetime: float,
+        refresh_token_lifetime: timedelta,
+    ) -> None:
+        self.sites: dict[int, SimulatedEnergySite] = {s.site_id: s for s in sites}
+        self.vehicles: dict[str, SimulatedVehicle] = {v.vin: v for v in vehicles}
+        self.clock = clock
+        self.client_id = client_id
+        self.region = region
+        self.access_token_lifetime = access_token_lifetime
+        self.refresh_token_lifetime = refresh_token_lifetime
+        self.region_base_url: str | None = None
+        """What ``/api/1/users/region`` answers; None means this simulator's own URL."""
+        self.registered_in_region = True
+        """False answers 412 to every Fleet call, as for an unregistered application."""
+        self.calls: list[ApiCall] = []
+        self.oauth_events: list[OAuthEvent] = []
+        self.rate_limits: list[RateLimitRule] = []
+        self.first_use_hooks: list[Callable[[str, str], None]] = []
+        """Called with (access token, refresh token issued with it) when a newly
+        issued access token is first presented; lets a test look at a client's
+        state exactly at that moment."""
+        self.random_failure_rate = 0.0
+        self._random = random.Random(7)
+        self._injected: list[tuple[int, str | None]] = []
+        self._access: dict[str, _AccessGrant] = {}
+        self._refresh: dict[str, _RefreshGrant] = {}
+        self._serial = 0
+        self._logins = 0
+        self.base_url = ""
+        self.token_url = ""
+
+    # ------------------------------------------------------------ controls
+
+    def issue_tokens(
+        self, scopes: Sequence[str] = ALL_SCOPES, *, access_lifetime: float | None = None
+    ) -> tuple[str, str]:
+        """A new login, as after the authorization-code flow: (access, refresh)."""
+        self._logins += 1
+        access, refresh = self._issue(self._logins, tuple(scopes), access_lifetime)
+        self.oauth_events.append(
+            OAuthEvent(
+                self.clock.now(),
+                "issued",
+                "login",
+                self._access[access].serial,
+                refresh_token=refresh,
+            )
+        )
+        return access, refresh
+
+    def expire_access_tokens(self) -> None:
+        """Make every issued access token expired now."""
+        past = self.clock.now() - timedelta(seconds=1)
+        for grant in self._access.values():
+            grant.expires_at = past
+
+    def inject_failures(
+        self, count: int = 1, *, status: int = 503, endpoint: str | None = None
+    ) -> None:
+        """The next ``count`` matching Fleet calls answer ``status``."""
+        self._injected.extend([(status, endpoint)] * count)
+
+    def add_rate_limit(
+        self,
+        limit: int,
+        window: float,
+        *,
+        endpoint: str | None = None,
+        retry_after: float | None = None,
+        per_device: bool = True,
+    ) -> RateLimitRule:
+        rule = RateLimitRule(limit, window, endpoint, retry_after, per_device)
+        self.rate_limits.append(rule)
+        return rule
+
+    def calls_to(self, endpoint: str, *, vin: str | None = None) -> list[ApiCall]:
+        return [c for c in self.calls if c.endpoint == endpoint and (vin is None or c.vin == vin)]
+
+    # ------------------------------------------------------------ tokens
+
+    def _issue(
+        self, login: int, scopes: tuple[str, ...], lifetime: float | None
+    ) -> tuple[str, str]:
+        now = self.clock.now()
+        self._serial += 1
+        lifetime = self.access_token_lifetime if lifetime is None else lifetime
+        expires = now + timedelta(seconds=lifetime)
+        access = _jwt(
+            {
+                "iss": "https://fleet-auth.prd.vn.cloud.tesla.com/oauth2/v3/nts",
+                "aud": [self.base_url],
+                "sub": f"sim-user-{login}",
+                "scp": list(scopes),
+                "ou_code": self.region.upper(),
+                "iat": int(now.timestamp()),
+                "exp": int(expires.timestamp()),
+                "jti": secrets.token_hex(8),
+            }
+        )
+        refresh = f"{self.region.upper()}_{secrets.token_hex(32)}"
+        for grant in self._refresh.values():
+            if grant.login == login:
+                grant.current = False
+        self._refresh[refresh] = _RefreshGrant(
+            login, now, now + self.refresh_token_lifetime, scopes
+        )
+        self._access[access] = _AccessGrant(self._serial, expires, scopes, refresh)
+        return access, refresh
+
+    async def _token_endpoint(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        now = self.clock.now()
+        if form.get("grant_type") != "refresh_token":
+            return _oauth_error(400, "unsupported_grant_type", "only refresh_token is simulated")
+        if form.get("client_id") != self.client_id:
+            return _oauth_error(401, "invalid_client", "unknown client_id")
+        presented = str(form.get("refresh_token", ""))
+        grant = self._refresh.get(presented)
+        if grant is None or not grant.current or grant.expires_at <= now:
+            why = "unknown" if grant is None else "reused" if not grant.current else "expired"
+            self.oauth_events.append(OAuthEvent(now, "rejected", why))
+            return _oauth_error(401, "login_required", "The refresh_token is expired.")
+        access, refresh = self._issue(grant.login, grant.scopes, None)
+        self.oauth_events.append(
+            OAuthEvent(now, "refreshed", "ok", self._access[access].serial, refresh_token=refresh)
+        )
+        return web.json_response(
+            {
+                "access_token": access,
+                "refresh_token": refresh,
+                "id_token": _jwt({"sub": f"sim-user-{grant.login}"}),
+                "expires_in": int(self.access_token_lifetime),
+                "token_type": "Bearer",
+            }
+        )
+
+    # ------------------------------------------------------------ fleet plumbing
+
+    @web.middleware
+    async def _fleet(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        if not request.path.startswith("/api/1/"):
+            response: web.StreamResponse = await handler(request)
+            return response
+        # Commands are recorded by name (charge_start, ...), other calls by route.
+        endpoint = request.match_info.get("command") or request.match_info.route.name or "unknown"
+        vin, site_id, state = self._subject(request)
+        grant = self._grant(request)
+        response = await self._answer(request, handler, endpoint, vin, site_id, grant)
+        self.calls.append(
+            ApiCall(
+                self.clock.now(),
+                request.method,
+                request.path,
+                endpoint,
+                response.status,
+                vin,
+                site_id,
+                state,
+                grant.serial if grant else None,
+            )
+        )
+        return response
+
+    def _subject(self, request: web.Request) -> tuple[str | None, int | None, str | None]:
+        key = request.match_info.get("vehicle")
+        car = self._vehicle(key) if key else None
+        site = request.match_info.get("site")
+        site_id = int(site) if site and site.isdigit() else None
+        return (car.vin if car else key), site_id, (car.state if car else None)
+
+    def _grant(self, request: web.Request) -> _AccessGrant | None:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return None
+        grant = self._access.get(header[len("Bearer ") :])
+        if grant is None or grant.expires_at <= self.clock.now():
+            return None
+        return grant
+
+    async def _answer(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Any],
+        endpoint: str,
+        vin: str | None,
+        site_id: int | None,
+        grant: _AccessGrant | None,
+    ) -> web.StreamResponse:
+        for index, (status, only) in enumerate(self._injected):
+            if only is None or only == endpoint:
+                del self._injected[index]
+                return _fleet_error(status, "internal_error", "injected failure")
+        if self.random_failure_rate and self._random.random() < self.random_failure_rate:
+            return _fleet_error(503, "service_unavailable", "random injected failure")
+        if grant is None:
+            return _fleet_error(401, "invalid_token", "token expired or invalid (401)")
+        self._note_first_use(request, grant)
+        if not self.registered_in_region:
+            return _fleet_error(
+                412,
+                "precondition_failed",
+                "Account must be registered in the current region (partner_accounts)",
+            )
+        needed = _SCOPES_NEEDED.get(endpoint)
+        if needed and not set(needed) & set(grant.scopes):
+            return _fleet_error(403, "unauthorized_missing_scopes", f"needs {' or '.join(needed)}")
+        device = vin or (f"site:{site_id}" if site_id is not None else "account")
+        limited = self._rate_limit(endpoint, device)
+        if limited is not None:
+            return limited
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def _note_first_use(self, request: web.Request, grant: _AccessGrant) -> None:
+        if grant.used:
+            return
+        grant.used = True
+        token = request.headers["Authorization"][len("Bearer ") :]
+        for hook in list(self.first_use_hooks):
+            hook(token, grant.refresh_token)
+
+    def _rate_limit(self, endpoint: str, device: str) -> web.Response | None:
+        now = self.clock.now()
+        for rule in self.rate_limits:
+            if rule.endpoint is not None and rule.endpoint != endpoint:
+                continue
+            key = device if rule.per_device else "account"
+            window = timedelta(seconds=rule.window)
+            hits = [t for t in rule._hits.get(key, []) if now - t < window]
+            rule._hits[key] = hits
+            if len(hits) >= rule.limit:
+                reset = math.ceil((hits[0] + window - now).total_seconds())
+                retry = rule.retry_after if rule.retry_after is not None else reset
+                response = _fleet_error(
+                    429, "rate_limit_exceeded", f"Retry in {math.ceil(retry)} seconds"
+                )
+                response.headers["RateLimit-Limit"] = str(rule.limit)
+                response.headers["RateLimit-Remaining"] = "0"
+                response.headers["RateLimit-Reset"] = str(reset)
+                response.headers["Retry-After"] = str(math.ceil(retry))
+                return response
+            hits.append(now)
+        return None
+
+    def _vehicle(self, key: str) -> SimulatedVehicle | None:
+        if key in self.vehicles:
+            return self.vehicles[key]
+        for car in self.vehicles.values():
+            if str(car.id) == key:
+                return car
+        return None
+
+    def _car_or_error(self, request: web.Request) -> SimulatedVehicle | web.Response:
+        car = self._vehicle(request.match_info["vehicle"])
+        if car is None:
+            return _fleet_error(404, "not_found", "vehicle not found")
+        if car.state != "online":
+            return _fleet_error(408, "vehicle unavailable: vehicle is offline or asleep", "")
+        return car
+
+    def _site_or_error(self, request: web.Request) -> SimulatedEnergySite | web.Response:
+        site = self.sites.get(int(request.match_info["site"]))
+        if site is None:
+            return _fleet_error(404, "not_found", "energy site not found")
+        return site
+
+    # ------------------------------------------------------------ fleet endpoints
+
+    async def _region(self, request: web.Request) -> web.Response:
+        return _ok(
+            {"region": self.region, "fleet_api_base_url": self.region_base_url or self.base_url}
+        )
+
+    async def _vehicles(self, request: web.Request) -> web.Response:
+        cars = [_listing(car) for car in self.vehicles.values()]
+        return web.json_response({"response": cars, "pagination": None, "count": len(cars)})
+
+    async def _vehicle_endpoint(self, request: web.Request) -> web.Response:
+        car = self._vehicle(request.match_info["vehicle"])
+        if car is None:
+            return _fleet_error(404, "not_found", "vehicle not found")
+        return _ok(_listing(car))
+
+    async def _vehicle_data(self, request: web.Request) -> web.Response:
+        car = self._car_or_error(request)
+        if isinstance(car, web.Response):
+            return car
+        wanted = request.query.get("endpoints", "")
+        parts = [p for p in wanted.replace(",", ";").split(";") if p] or list(_CAR_SECTIONS)
+        body = _listing(car)
+        now = int(self.clock.now().timestamp() * 1000)
+        for part in parts:
+            section = _CAR_SECTIONS.get(part)
+            if section is not None:
+                body[part] = {**section(car), "timestamp": now}
+        return _ok(body)
+
+    async def _wake_up(self, request: web.Request) -> web.Response:
+        car = self._vehicle(request.match_info["vehicle"])
+        if car is None:
+            return _fleet_error(404, "not_found", "vehicle not found")
+        car.wakes += 1
+        answer = _listing(car)  # Tesla answers with the state before the car is up
+        if car.state == "asleep":
+            car.state = "online"
+        return _ok(answer)
+
+    async def _command(self, request: web.Request) -> web.Response:
+        car = self._car_or_error(request)
+        if isinstance(car, web.Response):
+            return car
+        name = request.match_info["command"]
+        if name == "charge_start":
+            result, reason = self._charge_start(car)
+        elif name == "charge_stop":
+            result, reason = self._charge_stop(car)
+        else:
+            return _fleet_error(400, "invalid_command", f"{name} is not simulated")
+        car.commands.append((self.clock.now(), name, result, reason))
+        return _ok({"result": result, "reason": reason})
+
+    @staticmethod
+    def _charge_start(car: SimulatedVehicle) -> tuple[bool, str]:
+        if not car.plugged_in:
+            return False, "disconnected"
+        if car.charging_state == "Charging":
+            return False, "is_charging"
+        if car.battery_level >= car.charge_limit_soc:
+            car.charging_state = "Complete"
+            return False, "complete"
+        car.charging_state = "Charging"
+        return True, ""
+
+    @staticmethod
+    def _charge_stop(car: SimulatedVehicle) -> tuple[bool, str]:
+        if car.charging_state != "Charging":
+            return False, "not_charging"
+        car.charging_state = "Stopped"
+        return True, ""
+
+    async def _products(self, request: web.Request) -> web.Response:
+        products: list[dict[str, Any]] = [_listing(car) for car in self.vehicles.values()]
+        for site in self.sites.values():
+            products.append(
+                {
+                    "energy_site_id": site.site_id,
+                    "resource_type": "battery",
+                    "site_name": site.site_name,
+                    "id": f"STE{site.site_id}",
+                    "gateway_id": f"GW{site.site_id}",
+                    "energy_left": _energy_left(site),
+                    "total_pack_energy": site.nameplate_energy_wh,
+                    "percentage_charged": site.percentage_charged,
+                    "battery_type": "ac_powerwall",
+                    "backup_capable": True,
+                    "battery_power": site.battery_power_w,
+                    "components": {"battery": True, "solar": True, "grid": True},
+                }
+            )
+        return web.json_response({"response": products, "count": len(products)})
+
+    async def _site_info(self, request: web.Request) -> web.Response:
+        site = self._site_or_error(request)
+        if isinstance(site, web.Response):
+            return site
+        return _ok(
+            {
+                "id": f"STE{site.site_id}",
+                "site_name": site.site_name,
+                "backup_reserve_percent": site.backup_reserve_percent,
+                "default_real_mode": site.operation_mode,
+                "installation_date": "2023-05-01T10:00:00-07:00",
+                "installation_time_zone": site.installation_time_zone,
+                "user_settings": {"storm_mode_enabled": site.storm_mode_enabled},
+                "components": {
+                    "solar": True,
+                    "battery": True,
+                    "grid": True,
+                    "backup": True,
+                    "gateway": "teg",
+                    "tou_capable": True,
+                    "storm_mode_capable": True,
+                    "off_grid_vehicle_charging_reserve_supported": True,
+                    "edit_setting_grid_charging": True,
+                    "edit_setting_energy_exports": True,
+                    "backup_time_remaining_enabled": True,
+                    "battery_type": "ac_powerwall",
+                },
+                "version": site.firmware_version,
+                "battery_count": site.battery_count,
+                "nameplate_power": site.nameplate_power_w,
+                "nameplate_energy": site.nameplate_energy_wh,
+                "off_grid_vehicle_charging_reserve_percent": 0,
+            }
+        )
+
+    async def _live_status(self, request: web.Request) -> web.Response:
+        site = self._site_or_error(request)
+        if isinstance(site, web.Response):
+            return site
+        return _ok(
+            {
+                "solar_power": site.solar_power_w,
+                "energy_left": _energy_left(site),
+                "total_pack_energy": site.nameplate_energy_wh,
+                "percentage_charged": site.percentage_charged,
+                "backup_capable": True,
+                "battery_power": site.battery_power_w,
+                "load_power": site.load_power_w,
+                "grid_status": site.grid_status,
+                "grid_services_active": False,
+                "grid_power": site.grid_power_w,
+                "grid_services_power": 0,
+                "generator_power": site.generator_power_w,
+                "island_status": "on_grid" if site.grid_status == "Active" else "off_grid",
+                "storm_mode_active": False,
+                "timestamp": self.clock.now().isoformat(timespec="seconds"),
+                "wall_connectors": [],
+            }
+        )
+
+    async def _backup(self, request: web.Request) -> web.Response:
+        site = self._site_or_error(request)
+        if isinstance(site, web.Response):
+            return site
+        body = await _json_body(request)
+        if not isinstance(body, dict) or "backup_reserve_percent" not in body:
+            return _fleet_error(400, "invalid_field", "backup_reserve_percent is required")
+        percent = body["backup_reserve_percent"]
+        refusal = site.reserve_refusal(percent)
+        if refusal is not None:
+            return _fleet_error(400, "invalid_field", refusal)
+        site.backup_reserve_percent = int(percent)
+        site.writes.append(SiteWrite(self.clock.now(), "backup_reserve_percent", int(percent)))
+        return _ok({"code": 201, "message": "Updated"})
+
+    async def _operation(self, request: web.Request) -> web.Response:
+        site = self._site_or_error(request)
+        if isinstance(site, web.Response):
+            return site
+        body = await _json_body(request)
+        mode = body.get("default_real_mode") if isinstance(body, dict) else None
+        if mode not in OPERATION_MODES:
+            return _fleet_error(
+                400, "invalid_field", f"default_real_mode must be one of {OPERATION_MODES}"
+            )
+        site.operation_mode = str(mode)
+        site.writes.append(SiteWrite(self.clock.now(), "default_real_mode", mode))
+        return _ok({"code": 201, "message": "Updated"})
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._fleet])
+        app.router.add_post("/oauth2/v3/token", self._token_endpoint)
+        routes = [
+            ("GET", "/api/1/users/region", self._region, "users_region"),
+            ("GET", "/api/1/vehicles", self._vehicles, "vehicles"),
+            ("GET", "/api/1/vehicles/{vehicle}", self._vehicle_endpoint, "vehicle"),
+            ("GET", "/api/1/vehicles/{vehicle}/vehicle_data", self._vehicle_data, "vehicle_data"),
+            ("POST", "/api/1/vehicles/{vehicle}/wake_up", self._wake_up, "wake_up"),
+            ("POST", "/api/1/vehicles/{vehicle}/command/{command}", self._command, "command"),
+            ("GET", "/api/1/products", self._products, "products"),
+            ("GET", "/api/1/energy_sites/{site}/site_info", self._site_info, "site_info"),
+            ("GET", "/api/1/energy_sites/{site}/live_status", self._live_status, "live_status"),
+            ("POST", "/api/1/energy_sites/{site}/backup", self._backup, "backup"),
+            ("POST", "/api/1/energy_sites/{site}/operation", self._operation, "operation"),
+        ]
+        for method, path, handler, name in routes:
+            app.router.add_route(method, path, handler, name=name)
+        return app
+
+
+_SCOPES_NEEDED: dict[str, tuple[str, ...]] = {
+    "vehicle_data": ("vehicle_device_data",),
+    "wake_up": ("vehicle_cmds",),
+    "charge_start": ("vehicle_cmds", "vehicle_charging_cmds"),
+    "charge_stop": ("vehicle_cmds", "vehicle_charging_cmds"),
+    "site_info": ("energy_device_data",),
+    "live_status": ("energy_device_data",),
+    "backup": ("energy_cmds",),
+    "operation": ("energy_cmds",),
+}
+
+
+def _charge_state(car: SimulatedVehicle) -> dict[str, Any]:
+    return {
+        "battery_level": car.battery_level,
+        "usable_battery_level": car.battery_level,
+        "charge_limit_soc": car.charge_limit_soc,
+        "charging_state": car.charging_state,
+        "charge_port_door_open": car.plugged_in,
+        "conn_charge_cable": "SAE" if car.plugged_in else "<invalid>",
+        "charger_power": car.charger_power_kw,
+        "charger_actual_current": car.charge_amps if car.charging_state == "Charging" else 0,
+        "charger_voltage": car.charger_voltage if car.plugged_in else 0,
+        "charge_amps": car.charge_amps,
+        "battery_range": round(car.battery_level * 3.1, 2),
+    }
+
+
+def _drive_state(car: SimulatedVehicle) -> dict[str, Any]:
+    return {
+        "latitude": car.latitude,
+        "longitude": car.longitude,
+        "heading": 0,
+        "shift_state": None,
+        "speed": None,
+        "power": -car.charger_power_kw,
+    }
+
+
+def _vehicle_state(car: SimulatedVehicle) -> dict[str, Any]:
+    return {"odometer": car.odometer_miles, "locked": True, "vehicle_name": car.display_name}
+
+
+_CAR_SECTIONS: dict[str, Callable[[SimulatedVehicle], dict[str, Any]]] = {
+    "charge_state": _charge_state,
+    "drive_state": _drive_state,
+    "location_data": _drive_state,
+    "vehicle_state": _vehicle_state,
+}
+
+
+def _listing(car: SimulatedVehicle) -> dict[str, Any]:
+    return {
+        "id": car.id,
+        "vehicle_id": car.vehicle_id,
+        "vin": car.vin,
+        "display_name": car.display_name,
+        "state": car.state,
+        "in_service": False,
+        "id_s": str(car.id),
+        "calendar_enabled": True,
+        "api_version": 81,
+        "access_type": "OWNER",
+    }
+
+
+def _energy_left(site: SimulatedEnergySite) -> float:
+    return round(site.nameplate_energy_wh * site.percentage_charged / 100, 1)
+
+
+def _ok(response: Any) -> web.Response:
+    return web.json_response({"response": response})
+
+
+def _fleet_error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response(
+        {"response": None, "error": error, "error_description": description}, status=status
+    )
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response({"error": error, "error_description": description}, status=status)
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    def part(data: dict[str, Any]) -> str:
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    signature = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.{signature}"
+
+
+@asynccontextmanager
+async def tesla_cloud_simulator(
+    sites: Sequence[SimulatedEnergySite] = (),
+    vehicles: Sequence[SimulatedVehicle] = (),
+    *,
+    clock: Clock | None = None,
+    client_id: str = "gridmate-sim-client",
+    region: str = "na",
+    access_token_lifetime: float = 8 * 3600,
+    refresh_token_lifetime: timedelta = timedelta(days=90),
+) -> AsyncIterator[TeslaCloudSimulator]:
+    """Run the simulator on a free loopback port for the duration of the block."""
+    cloud = TeslaCloudSimulator(
+        sites=sites,
+        vehicles=vehicles,
+        clock=clock or SystemClock(),
+        client_id=client_id,
+        region=region,
+        access_token_lifetime=access_token_lifetime,
+        refresh_token_lifetime=refresh_token_lifetime,
+    )
+    runner = web.AppRunner(cloud.application(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        cloud.base_url = f"http://127.0.0.1:{port}"
+        cloud.token_url = f"{cloud.base_url}/oauth2/v3/token"
+        yield cloud
+    finally:
+        await runner.cleanup()

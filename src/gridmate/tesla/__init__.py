@@ -1,0 +1,1 @@
+"""Tesla's cloud: Fleet API client, token sources (TeslaMate, own OAuth) and Cloak decryption."""
