@@ -1,0 +1,1 @@
+"""Vehicles hub: Tesla vehicles as seen through Fleet Telemetry."""
