@@ -14,7 +14,6 @@ import math
 import shutil
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -901,20 +900,6 @@ def test_field_kind_table_names_real_fields() -> None:
         assert (kind is FieldKind.ENUM) == bool(enum_options(name)), name
     assert enum_options("Gear") == ("Unknown", "Invalid", "P", "R", "N", "D", "SNA")
     assert enum_options("BatteryLevel") == ()
-
-
-def test_decode_speed() -> None:
-    message = payload(*TYPED_DATUMS[:10])
-    bodies = [message.SerializeToString(), protojson(message)]
-    hdrs = headers()
-    rounds = 2000
-    for body in bodies:
-        started = time.perf_counter()
-        for _ in range(rounds):
-            decode_record(f"{NS}_V", hdrs, body, NS)
-        per_record = (time.perf_counter() - started) / rounds
-        # The target is 5,000 records/s end to end; decoding gets a small share of it.
-        assert per_record < 200e-6, f"{per_record * 1e6:.0f} µs per record"
 
 
 # ------------------------------------------------------------------ gen-proto
