@@ -52,6 +52,7 @@ class EventKind(StrEnum):
     failover_transition = "failover_transition"
     component_start_failed = "component_start_failed"
     daily_report = "daily_report"
+    battery_not_recovered = "battery_not_recovered"
 
     @property
     def default_level(self) -> Level:
@@ -86,6 +87,7 @@ _CATALOGUE: dict[EventKind, tuple[Level, str, bool]] = {
     EventKind.failover_transition: (_W, "Failover", False),
     EventKind.component_start_failed: (_C, "Component failed to start", True),
     EventKind.daily_report: (_I, "Daily report", False),
+    EventKind.battery_not_recovered: (_W, "Battery did not recover by end of day", False),
 }
 
 

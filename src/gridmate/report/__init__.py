@@ -1,0 +1,1 @@
+"""Daily metrics and the daily report, built from the energy journal."""
