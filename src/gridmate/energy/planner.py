@@ -1,0 +1,695 @@
+"""What the house should look like right now: a pure function of the inputs.
+
+:func:`plan` takes the time, the compiled tariff, a reading of the site, the
+forecast, the configuration and the :class:`PeakMemory` (the saved pre-peak
+baseline and what gridmate did during this peak) and returns a
+:class:`Plan`: the desired Powerwall reserve and mode, thermostat setpoints
+and holds, which cars should be paused, the decisions behind them, and the
+memory to keep. Nothing here does I/O or reads a clock, so a restart that
+loads the same memory computes the same desired state, and a benchmark can
+replay a year of minutes.
+
+``None`` in a desired field means "leave it alone": gridmate only touches what
+it must, restores only what it changed, and stops touching a thermostat or a
+car the moment a person overrides it.
+
+Phases of a controlled block (a peak, by default):
+
+``precool``   from ``block start - lead`` to block start: the baseline is saved;
+              when the forecast high reaches the threshold, cool to
+              ``baseline - delta`` and hold until the block starts.
+``peak``      the block: reserve to the peak reserve in the peak mode; the
+              battery ladder (and the energy-versus-time rule) raise cooling
+              setpoints (lower heating ones) and hold until the block ends; home
+              charging paused when it would come from the grid or the battery.
+``restore``   after the block, until every change is restored and verified.
+``idle``      otherwise: nothing is desired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from typing import Any, Literal
+
+from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
+from gridmate.energy.tariff import Schedule
+
+__all__ = [
+    "Baseline",
+    "DesiredPowerwall",
+    "DesiredThermostat",
+    "Forecast",
+    "PeakMemory",
+    "Plan",
+    "PlannerConfig",
+    "SiteReading",
+    "ThermostatBaseline",
+    "ThermostatReading",
+    "VehicleReading",
+    "accepted_reserve",
+    "ladder_level",
+    "plan",
+]
+
+Phase = Literal["idle", "precool", "peak", "restore"]
+Hold = Literal["schedule", "temporary", "permanent", "until"]
+SETPOINT_TOLERANCE_F = 0.6
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class ThermostatReading:
+    mode: str
+    """'cool', 'heat', 'auto' or 'off'."""
+    cool_setpoint_f: float | None
+    heat_setpoint_f: float | None
+    indoor_f: float | None = None
+    hold: Hold = "schedule"
+
+
+@dataclass(frozen=True)
+class VehicleReading:
+    charging: bool
+    at_home: bool = True
+    charge_power_kw: float = 0.0
+
+
+@dataclass(frozen=True)
+class SiteReading:
+    soc_percent: float | None
+    """Battery state of charge on the app's scale."""
+    load_kw: float = 0.0
+    solar_kw: float = 0.0
+    battery_kw: float = 0.0
+    grid_kw: float = 0.0
+    reserve_percent: int | None = None
+    mode: str | None = None
+    capacity_kwh: float = 13.5
+    max_power_kw: float = 5.0
+    thermostats: Mapping[str, ThermostatReading] = field(default_factory=dict)
+    vehicles: Mapping[str, VehicleReading] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    day: date
+    high_f: float | None
+    source: str
+    fetched_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """The parts of the settings the planner reads, bundled once."""
+
+    reserve: ReserveSettings
+    policy: ThermostatPolicy
+    controlled_periods: frozenset[str] = frozenset({"peak"})
+    thermostat_ids: tuple[str, ...] = ()
+    ev_enabled: bool = False
+    ev_vins: tuple[str, ...] = ()
+    """Empty: every car in the reading."""
+
+
+# ---------------------------------------------------------------- memory
+
+
+@dataclass(frozen=True)
+class ThermostatBaseline:
+    mode: str
+    cool_setpoint_f: float | None
+    heat_setpoint_f: float | None
+    hold: Hold
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The site as it was before gridmate changed anything for a block."""
+
+    block_start: datetime
+    block_end: datetime
+    reserve_percent: int
+    mode: str
+    thermostats: Mapping[str, ThermostatBaseline]
+    captured_at: datetime
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """What must survive a restart: the baseline and what gridmate did since."""
+
+    baseline: Baseline | None = None
+    precool: bool | None = None
+    """The precool decision for the block, once made (a later forecast does not flip it)."""
+    ladder_level: int = 0
+    powerwall_changed: bool = False
+    powerwall_restored: bool = False
+    powerwall_overridden: bool = False
+    touched: frozenset[str] = frozenset()
+    """Thermostats gridmate wrote for this block and has not restored yet."""
+    commanded: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    """The (cool, heat) setpoints last written to each thermostat."""
+    overridden: frozenset[str] = frozenset()
+    paused: frozenset[str] = frozenset()
+    """Cars gridmate paused and has not resumed yet."""
+    vehicle_overrides: frozenset[str] = frozenset()
+
+    @property
+    def restore_complete(self) -> bool:
+        powerwall_done = (
+            not self.powerwall_changed or self.powerwall_restored or self.powerwall_overridden
+        )
+        return powerwall_done and not (self.touched - self.overridden) and not self.paused
+
+    def to_json(self) -> dict[str, Any]:
+        def when(value: datetime) -> str:
+            return value.isoformat()
+
+        baseline = None
+        if self.baseline is not None:
+            b = self.baseline
+            baseline = {
+                "block_start": when(b.block_start),
+                "block_end": when(b.block_end),
+                "reserve_percent": b.reserve_percent,
+                "mode": b.mode,
+                "thermostats": {
+                    k: {
+                        "mode": t.mode,
+                        "cool_setpoint_f": t.cool_setpoint_f,
+                        "heat_setpoint_f": t.heat_setpoint_f,
+                        "hold": t.hold,
+                    }
+                    for k, t in b.thermostats.items()
+                },
+                "captured_at": when(b.captured_at),
+                "note": b.note,
+            }
+        return {
+            "baseline": baseline,
+            "precool": self.precool,
+            "ladder_level": self.ladder_level,
+            "powerwall_changed": self.powerwall_changed,
+            "powerwall_restored": self.powerwall_restored,
+            "powerwall_overridden": self.powerwall_overridden,
+            "touched": sorted(self.touched),
+            "commanded": {k: list(v) for k, v in self.commanded.items()},
+            "overridden": sorted(self.overridden),
+            "paused": sorted(self.paused),
+            "vehicle_overrides": sorted(self.vehicle_overrides),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PeakMemory:
+        raw = data.get("baseline")
+        baseline = None
+        if raw:
+            baseline = Baseline(
+                block_start=datetime.fromisoformat(raw["block_start"]),
+                block_end=datetime.fromisoformat(raw["block_end"]),
+                reserve_percent=int(raw["reserve_percent"]),
+                mode=str(raw["mode"]),
+                thermostats={
+                    k: ThermostatBaseline(
+                        mode=t["mode"],
+                        cool_setpoint_f=t.get("cool_setpoint_f"),
+                        heat_setpoint_f=t.get("heat_setpoint_f"),
+                        hold=t.get("hold", "schedule"),
+                    )
+                    for k, t in (raw.get("thermostats") or {}).items()
+                },
+                captured_at=datetime.fromisoformat(raw["captured_at"]),
+                note=raw.get("note", ""),
+            )
+        return cls(
+            baseline=baseline,
+            precool=data.get("precool"),
+            ladder_level=int(data.get("ladder_level", 0)),
+            powerwall_changed=bool(data.get("powerwall_changed", False)),
+            powerwall_restored=bool(data.get("powerwall_restored", False)),
+            powerwall_overridden=bool(data.get("powerwall_overridden", False)),
+            touched=frozenset(data.get("touched", ())),
+            commanded={k: (v[0], v[1]) for k, v in (data.get("commanded") or {}).items()},
+            overridden=frozenset(data.get("overridden", ())),
+            paused=frozenset(data.get("paused", ())),
+            vehicle_overrides=frozenset(data.get("vehicle_overrides", ())),
+        )
+
+
+# ---------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True)
+class DesiredPowerwall:
+    reserve_percent: int
+    mode: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DesiredThermostat:
+    cool_setpoint_f: float | None
+    heat_setpoint_f: float | None
+    hold: Hold
+    hold_until: datetime | None
+    reason: str
+
+    def satisfied_by(self, reading: ThermostatReading) -> bool:
+        def close(want: float | None, have: float | None) -> bool:
+            return want is None or (have is not None and abs(want - have) < SETPOINT_TOLERANCE_F)
+
+        if self.hold == "schedule":
+            # Back on its schedule: the schedule decides the setpoints.
+            return reading.hold == "schedule"
+        return close(self.cool_setpoint_f, reading.cool_setpoint_f) and close(
+            self.heat_setpoint_f, reading.heat_setpoint_f
+        )
+
+
+VehicleWish = Literal["stopped", "charging"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    what: str
+    detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    at: datetime
+    phase: Phase
+    period: str
+    block: tuple[datetime, datetime] | None
+    """The controlled block this plan is about (current, next, or being restored)."""
+    powerwall: DesiredPowerwall | None
+    thermostats: Mapping[str, DesiredThermostat | None]
+    vehicles: Mapping[str, VehicleWish | None]
+    decisions: tuple[Decision, ...]
+    memory: PeakMemory
+    minutes_left: float | None = None
+    raise_f: float = 0.0
+
+
+# ---------------------------------------------------------------- rules
+
+
+def accepted_reserve(percent: int) -> int:
+    """The nearest reserve current Powerwall firmware accepts (0-80 or 100)."""
+    if percent >= 100:
+        return 100
+    return max(0, min(percent, 80))
+
+
+def ladder_level(
+    policy: ThermostatPolicy,
+    minutes_left: float,
+    soc_percent: float | None,
+    *,
+    energy_short: bool = False,
+) -> int:
+    """How many ladder steps the battery and the clock call for right now."""
+    if soc_percent is None:
+        return 0
+    satisfied = sum(
+        1
+        for step in policy.ladder
+        if minutes_left <= step.minutes_left and soc_percent <= step.soc_at_most
+    )
+    if energy_short and policy.energy_rule:
+        satisfied += 1
+    return min(satisfied, len(policy.ladder))
+
+
+def energy_shortfall(
+    site: SiteReading, floor_percent: int, minutes_left: float
+) -> dict[str, float]:
+    """Energy the house will need until the block ends versus what the battery holds."""
+    soc = site.soc_percent or 0.0
+    available = max(0.0, (soc - floor_percent) / 100.0 * site.capacity_kwh)
+    house_kw = max(0.0, site.load_kw - site.solar_kw)
+    needed = house_kw * max(0.0, minutes_left) / 60.0
+    return {
+        "available_kwh": round(available, 3),
+        "needed_kwh": round(needed, 3),
+        "house_kw": round(house_kw, 3),
+        "battery_limit_kw": site.max_power_kw,
+    }
+
+
+def _is_short(numbers: Mapping[str, float]) -> bool:
+    return (
+        numbers["needed_kwh"] > numbers["available_kwh"]
+        or numbers["house_kw"] > numbers["battery_limit_kw"]
+    )
+
+
+def _hold_reading(reading: ThermostatReading) -> ThermostatBaseline:
+    return ThermostatBaseline(
+        reading.mode, reading.cool_setpoint_f, reading.heat_setpoint_f, reading.hold
+    )
+
+
+def _capture_baseline(
+    at: datetime,
+    block: tuple[datetime, datetime],
+    site: SiteReading,
+    config: PlannerConfig,
+    in_block: bool,
+) -> Baseline:
+    reserve = site.reserve_percent
+    mode = site.mode
+    note = ""
+    peak_reserve = config.reserve.peak_reserve_percent
+    looks_like_ours = reserve == peak_reserve and mode == _peak_mode(config.reserve)
+    if reserve is None or mode is None or (in_block and looks_like_ours):
+        # Started inside a block with the battery already in its peak setting:
+        # what it was before is unknown, so the configured fallback is restored.
+        reserve, mode = config.reserve.fallback_reserve_percent, "self_consumption"
+        note = "pre-peak settings unknown; using the configured fallback"
+    thermostats = {
+        tid: _hold_reading(site.thermostats[tid])
+        for tid in config.thermostat_ids
+        if tid in site.thermostats
+    }
+    return Baseline(
+        block_start=block[0],
+        block_end=block[1],
+        reserve_percent=int(reserve),
+        mode=str(mode),
+        thermostats=thermostats,
+        captured_at=at,
+        note=note,
+    )
+
+
+def _peak_mode(reserve: ReserveSettings) -> str:
+    return "backup" if reserve.peak_reserve_percent == 100 else reserve.peak_mode
+
+
+def _restore_target(config: PlannerConfig, baseline: Baseline) -> DesiredPowerwall:
+    wanted = config.reserve.restore_reserve_percent
+    percent = accepted_reserve(baseline.reserve_percent if wanted is None else wanted)
+    return DesiredPowerwall(percent, baseline.mode, "restore the pre-peak setting")
+
+
+def _writes_between(a: DesiredPowerwall, reserve: int | None, mode: str | None) -> int:
+    return int(a.reserve_percent != reserve) + int(a.mode != mode)
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return max(low, min(high, value))
+
+
+# ---------------------------------------------------------------- the planner
+
+
+def plan(
+    at: datetime,
+    schedule: Schedule,
+    site: SiteReading,
+    forecast: Forecast | None,
+    config: PlannerConfig,
+    memory: PeakMemory,
+    *,
+    writes_left: int | None = None,
+) -> Plan:
+    """The desired state at ``at``. ``writes_left``: Powerwall writes left today."""
+    decisions: list[Decision] = []
+    segment = schedule.segment_at(at)
+    block = schedule.next_block(at, config.controlled_periods)
+    lead = config.policy.precool_lead_minutes * 60.0
+    phase: Phase = "idle"
+    if block is not None and block[0] <= at < block[1]:
+        phase = "peak"
+    elif block is not None and 0 < (block[0] - at).total_seconds() <= lead:
+        phase = "precool"
+    elif memory.baseline is not None and at >= memory.baseline.block_end:
+        phase = "restore"
+        block = (memory.baseline.block_start, memory.baseline.block_end)
+
+    if phase == "idle":
+        return Plan(at, phase, segment.period, block, None, {}, {}, (), PeakMemory())
+    assert block is not None
+
+    # --- the baseline: saved once per block, before anything is changed
+    if phase in ("precool", "peak") and memory.baseline is None:
+        captured = _capture_baseline(at, block, site, config, in_block=phase == "peak")
+        memory = replace(memory, baseline=captured)
+        decisions.append(
+            Decision(
+                "baseline",
+                {
+                    "reserve": captured.reserve_percent,
+                    "mode": captured.mode,
+                    "thermostats": {
+                        k: {"cool_setpoint_f": t.cool_setpoint_f, "hold": t.hold}
+                        for k, t in captured.thermostats.items()
+                    },
+                    "note": captured.note,
+                },
+            )
+        )
+    baseline = memory.baseline
+    assert baseline is not None
+
+    minutes_left = (block[1] - at).total_seconds() / 60.0 if phase == "peak" else None
+
+    # --- precool decision (made once per block)
+    if phase in ("precool", "peak") and memory.precool is None:
+        high = forecast.high_f if forecast is not None else None
+        decided = (
+            phase == "precool"
+            and config.policy.precool
+            and high is not None
+            and high >= config.policy.precool_threshold_f
+        )
+        memory = replace(memory, precool=decided)
+        decisions.append(
+            Decision(
+                "precool",
+                {
+                    "decided": decided,
+                    "forecast_high_f": high,
+                    "source": forecast.source if forecast is not None else None,
+                    "threshold_f": config.policy.precool_threshold_f,
+                    "enabled": config.policy.precool,
+                    "reason": (
+                        "no forecast"
+                        if high is None
+                        else "peak already started"
+                        if phase == "peak"
+                        else f"forecast high {high:g} °F "
+                        f"{'>=' if decided else '<'} {config.policy.precool_threshold_f:g} °F"
+                    ),
+                },
+            )
+        )
+
+    # --- battery ladder and the energy-versus-time rule
+    raise_f = 0.0
+    if phase == "peak":
+        assert minutes_left is not None
+        floor = config.reserve.peak_reserve_percent
+        numbers = energy_shortfall(site, floor, minutes_left)
+        short = _is_short(numbers)
+        level = ladder_level(config.policy, minutes_left, site.soc_percent, energy_short=short)
+        if level > memory.ladder_level:
+            decisions.append(
+                Decision(
+                    "ladder",
+                    {
+                        "level": level,
+                        "was": memory.ladder_level,
+                        "minutes_left": round(minutes_left, 1),
+                        "soc": site.soc_percent,
+                        "energy_rule": short and config.policy.energy_rule,
+                        **numbers,
+                    },
+                )
+            )
+            # The ladder only climbs during a block: a sunny minute does not undo a step.
+            memory = replace(memory, ladder_level=level)
+        raise_f = sum(step.raise_f for step in config.policy.ladder[: memory.ladder_level])
+
+    # --- Powerwall
+    powerwall: DesiredPowerwall | None = None
+    if phase == "peak" and not memory.powerwall_overridden:
+        target = DesiredPowerwall(
+            config.reserve.peak_reserve_percent,
+            _peak_mode(config.reserve),
+            "peak: run the house from the battery",
+        )
+        restore = _restore_target(config, baseline)
+        needed = _writes_between(target, site.reserve_percent, site.mode) + _writes_between(
+            restore, target.reserve_percent, target.mode
+        )
+        if memory.powerwall_changed or writes_left is None or writes_left >= needed:
+            powerwall = target
+        else:
+            decisions.append(
+                Decision(
+                    "reserve",
+                    {
+                        "skipped": True,
+                        "reason": "not enough Powerwall writes left today to change and restore",
+                        "writes_left": writes_left,
+                        "writes_needed": needed,
+                    },
+                )
+            )
+    elif (
+        phase == "restore"
+        and memory.powerwall_changed
+        and not memory.powerwall_restored
+        and not memory.powerwall_overridden
+    ):
+        powerwall = _restore_target(config, baseline)
+
+    # --- thermostats
+    thermostats: dict[str, DesiredThermostat | None] = {}
+    policy = config.policy
+    for tid in config.thermostat_ids:
+        base = baseline.thermostats.get(tid)
+        reading = site.thermostats.get(tid)
+        if base is None or tid in memory.overridden or base.mode == "off":
+            thermostats[tid] = None
+            continue
+        cools = base.mode in ("cool", "auto") and base.cool_setpoint_f is not None
+        heats = base.mode in ("heat", "auto") and base.heat_setpoint_f is not None
+        wish: DesiredThermostat | None = None
+        if phase == "precool" and memory.precool and cools:
+            assert base.cool_setpoint_f is not None
+            wish = DesiredThermostat(
+                cool_setpoint_f=_clamp(
+                    base.cool_setpoint_f - policy.precool_delta_f,
+                    policy.min_cool_setpoint_f,
+                    policy.max_cool_setpoint_f,
+                ),
+                heat_setpoint_f=base.heat_setpoint_f,
+                hold="until",
+                hold_until=block[0],
+                reason=f"precool {policy.precool_delta_f:g} °F below the setpoint",
+            )
+        elif phase == "peak" and (raise_f > 0 or tid in memory.touched):
+            cool = base.cool_setpoint_f
+            heat = base.heat_setpoint_f
+            if cools and cool is not None:
+                cool = _clamp(
+                    cool + raise_f, policy.min_cool_setpoint_f, policy.max_cool_setpoint_f
+                )
+            if heats and heat is not None:
+                heat = max(policy.min_heat_setpoint_f, heat - raise_f)
+            wish = DesiredThermostat(
+                cool_setpoint_f=cool,
+                heat_setpoint_f=heat,
+                hold="until",
+                hold_until=block[1],
+                reason=f"battery ladder step {memory.ladder_level} (+{raise_f:g} °F)"
+                if raise_f
+                else "peak: back to the setpoint before precooling",
+            )
+        elif phase == "restore" and tid in memory.touched:
+            wish = DesiredThermostat(
+                cool_setpoint_f=base.cool_setpoint_f,
+                heat_setpoint_f=base.heat_setpoint_f,
+                hold=base.hold,
+                hold_until=None,
+                reason="restore the pre-peak setting",
+            )
+        if wish is not None and reading is not None and reading.mode == "off":
+            wish = None  # someone switched it off; nothing to do
+        thermostats[tid] = wish
+
+    # --- cars
+    vehicles: dict[str, VehicleWish | None] = {}
+    if config.ev_enabled:
+        vins = config.ev_vins or tuple(site.vehicles)
+        for vin in vins:
+            car = site.vehicles.get(vin)
+            if vin in memory.vehicle_overrides:
+                vehicles[vin] = None
+            elif phase == "peak":
+                if vin in memory.paused:
+                    vehicles[vin] = "stopped"
+                elif car is not None and car.charging and car.at_home:
+                    house_without_car = max(0.0, site.load_kw - car.charge_power_kw)
+                    surplus = site.solar_kw - house_without_car
+                    if surplus >= car.charge_power_kw > 0:
+                        vehicles[vin] = None
+                    else:
+                        vehicles[vin] = "stopped"
+                        decisions.append(
+                            Decision(
+                                "ev_pause",
+                                {
+                                    "vin": vin,
+                                    "charge_kw": car.charge_power_kw,
+                                    "solar_surplus_kw": round(surplus, 3),
+                                },
+                            )
+                        )
+                else:
+                    vehicles[vin] = None
+            elif phase == "restore" and vin in memory.paused:
+                vehicles[vin] = "charging"
+            else:
+                vehicles[vin] = None
+
+    return Plan(
+        at=at,
+        phase=phase,
+        period=segment.period,
+        block=block,
+        powerwall=powerwall,
+        thermostats=thermostats,
+        vehicles=vehicles,
+        decisions=tuple(decisions),
+        memory=memory,
+        minutes_left=minutes_left,
+        raise_f=raise_f,
+    )
+
+
+def detect_override(tid: str, memory: PeakMemory, reading: ThermostatReading, phase: Phase) -> bool:
+    """Whether a person changed a thermostat gridmate is holding (or was about to)."""
+    if tid in memory.overridden or phase not in ("precool", "peak"):
+        return False
+    commanded = memory.commanded.get(tid)
+    if commanded is not None:
+        cool, heat = commanded
+        moved = (
+            cool is not None
+            and reading.cool_setpoint_f is not None
+            and abs(cool - reading.cool_setpoint_f) >= SETPOINT_TOLERANCE_F
+        ) or (
+            heat is not None
+            and reading.heat_setpoint_f is not None
+            and abs(heat - reading.heat_setpoint_f) >= SETPOINT_TOLERANCE_F
+        )
+        return moved or reading.mode == "off"
+    base = memory.baseline.thermostats.get(tid) if memory.baseline else None
+    if base is None or tid in memory.touched:
+        return False
+    # Not touched yet, but no longer what it was before the block: a person's choice.
+    if base.mode != reading.mode:
+        return True
+    for want, have in (
+        (base.cool_setpoint_f, reading.cool_setpoint_f),
+        (base.heat_setpoint_f, reading.heat_setpoint_f),
+    ):
+        if want is not None and have is not None and abs(want - have) >= SETPOINT_TOLERANCE_F:
+            return True
+    return False
+
+
+def minutes_between(a: datetime, b: datetime) -> float:
+    return (b - a).total_seconds() / 60.0
+
+
+__all__ += ["Decision", "Phase", "detect_override", "energy_shortfall", "minutes_between"]

@@ -1,0 +1,349 @@
+"""Settings of the energy manager (``gridmate energy``), env prefix ``GRIDMATE_ENERGY_``."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import SettingsConfigDict
+
+from gridmate.energy.presets import PRESETS, preset_names
+from gridmate.energy.tariff import (
+    EventConfig,
+    Period,
+    Schedule,
+    ScheduleVersionConfig,
+    check_timezone,
+)
+from gridmate.notify import NotifySettings
+from gridmate.runtime.secrets import Credential, Secret
+from gridmate.runtime.settings import ComponentSettings, MqttSettings, Section
+
+__all__ = [
+    "EnergySettings",
+    "EvSettings",
+    "GatewaySettings",
+    "HomeAssistantSettings",
+    "HoneywellSettings",
+    "LadderStep",
+    "PowerwallSettings",
+    "ReserveSettings",
+    "TariffSettings",
+    "TeslaSettings",
+    "ThermostatPolicy",
+    "ThermostatSettings",
+    "WeatherSettings",
+]
+
+
+def _key_error(key: str, reason: str) -> PydanticCustomError:
+    return PydanticCustomError("energy", "{reason}", {"key": key, "reason": reason})
+
+
+def _accepted_reserve(value: int) -> int:
+    # Powerwall firmware 25.18.4 and later refuse 81-99 (and older ones treat 100
+    # like a full hold); saying so at load beats a refused write at 4 PM.
+    if not (0 <= value <= 80 or value == 100):
+        raise ValueError(
+            f"Tesla accepts a backup reserve of 0-80 or exactly 100, not {value} "
+            "(use 100 to hold the battery full; gridmate then uses backup mode)"
+        )
+    return value
+
+
+class TariffSettings(Section):
+    """The utility's time-of-use schedule."""
+
+    preset: str | None = Field(
+        "original",
+        description=f"A built-in tariff: {', '.join(preset_names())}; unset for a custom one.",
+    )
+    timezone: str | None = Field(
+        None, description="The utility's IANA time zone; default: the preset's."
+    )
+    schedules: list[ScheduleVersionConfig] = Field(
+        default_factory=list,
+        description="Schedule versions; with a preset they add versions from their "
+        "effective_from (a tariff change is one more entry here).",
+    )
+    events: list[EventConfig] = Field(
+        default_factory=list, description="One-off event days such as critical peak days."
+    )
+    controlled_periods: tuple[Period, ...] = Field(
+        ("peak",),
+        description="Periods during which gridmate runs the battery and sheds load.",
+    )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None and value not in PRESETS:
+            raise ValueError(f"unknown preset {value!r}; known: {', '.join(preset_names())}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        return None if value is None else check_timezone(value)
+
+    @model_validator(mode="after")
+    def _complete(self) -> TariffSettings:
+        if self.preset is None and not self.schedules:
+            raise _key_error("schedules", "set a preset or at least one schedule")
+        if self.preset is None and self.timezone is None:
+            raise _key_error("timezone", "a custom tariff needs its time zone")
+        seen: dict[date, int] = {}
+        for index, version in enumerate(self.all_versions()):
+            if version.effective_from in seen:
+                raise _key_error(
+                    f"schedules.{index}.effective_from",
+                    f"two schedule versions start on {version.effective_from}",
+                )
+            seen[version.effective_from] = index
+        return self
+
+    def all_versions(self) -> list[ScheduleVersionConfig]:
+        base = list(PRESETS[self.preset].versions) if self.preset else []
+        return base + list(self.schedules)
+
+    @property
+    def zone(self) -> str:
+        if self.timezone:
+            return self.timezone
+        assert self.preset is not None
+        return PRESETS[self.preset].timezone
+
+    def build(self) -> Schedule:
+        return Schedule(self.all_versions(), self.zone, self.events)
+
+
+class ReserveSettings(Section):
+    peak_reserve_percent: int = Field(
+        0, description="Backup reserve during controlled periods (0-80, or 100 = hold full)."
+    )
+    peak_mode: Literal["self_consumption", "autonomous"] = Field(
+        "self_consumption",
+        description="Operation mode during peak; Self-Powered acts at once, Time-Based "
+        "Control can lag 15-45 minutes.",
+    )
+    restore_reserve_percent: int | None = Field(
+        None,
+        description="Restore this reserve after peak instead of the one read before peak.",
+    )
+    fallback_reserve_percent: int = Field(
+        20,
+        description="Restored when no pre-peak reserve was saved (e.g. first start mid-peak).",
+    )
+    writes_per_day: int = Field(
+        5, ge=2, le=50, description="Powerwall settings writes allowed per site per day."
+    )
+
+    @field_validator("peak_reserve_percent", "fallback_reserve_percent", "restore_reserve_percent")
+    @classmethod
+    def _accepted(cls, value: int | None) -> int | None:
+        return None if value is None else _accepted_reserve(value)
+
+
+class LadderStep(Section):
+    minutes_left: float = Field(
+        gt=0, description="Applies with this many minutes of peak left, or fewer."
+    )
+    soc_at_most: float = Field(ge=0, le=100, description="... and the battery at this % or lower.")
+    raise_f: float = Field(2.0, gt=0, le=10, description="Degrees °F added to the setpoint.")
+
+
+def _default_ladder() -> list[LadderStep]:
+    return [
+        LadderStep(minutes_left=120, soc_at_most=75, raise_f=2),
+        LadderStep(minutes_left=60, soc_at_most=50, raise_f=2),
+        LadderStep(minutes_left=30, soc_at_most=25, raise_f=2),
+    ]
+
+
+class ThermostatPolicy(Section):
+    ladder: list[LadderStep] = Field(default_factory=_default_ladder)
+    energy_rule: bool = Field(
+        True,
+        description="Take one more ladder step when the house draws more than the battery "
+        "can cover until peak end.",
+    )
+    precool: bool = True
+    precool_lead_minutes: int = Field(30, ge=5, le=240)
+    precool_threshold_f: float = Field(95.0, description="Forecast high that triggers precooling.")
+    precool_delta_f: float = Field(3.0, gt=0, le=10)
+    min_cool_setpoint_f: float = 60.0
+    max_cool_setpoint_f: float = 90.0
+    min_heat_setpoint_f: float = 50.0
+
+    @field_validator("ladder")
+    @classmethod
+    def _ordered(cls, value: list[LadderStep]) -> list[LadderStep]:
+        for index in range(1, len(value)):
+            if value[index].minutes_left > value[index - 1].minutes_left:
+                raise ValueError(
+                    f"ladder steps must go from more minutes left to fewer "
+                    f"(step {index} has {value[index].minutes_left:g} after "
+                    f"{value[index - 1].minutes_left:g})"
+                )
+        return value
+
+
+class ThermostatSettings(Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Name used in logs and the journal.")
+    kind: Literal["honeywell", "home_assistant"]
+    device_id: str | None = Field(None, description="Honeywell deviceId (LCC-... / TCC-...).")
+    location_id: str | None = Field(None, description="Honeywell locationId.")
+    entity_id: str | None = Field(None, description="Home Assistant climate entity.")
+
+    @model_validator(mode="after")
+    def _ids(self) -> ThermostatSettings:
+        if self.kind == "honeywell" and (not self.device_id or not self.location_id):
+            raise _key_error("device_id", "a Honeywell thermostat needs device_id and location_id")
+        if self.kind == "home_assistant" and not (self.entity_id or "").startswith("climate."):
+            raise _key_error("entity_id", "a Home Assistant thermostat needs entity_id 'climate.…'")
+        return self
+
+
+class HoneywellSettings(Section):
+    base_url: str = "https://api.honeywell.com"
+    api_key: str | None = Field(None, description="The app's consumer key (sent as apikey).")
+    client_secret: Annotated[Secret | None, Credential("honeywell_client_secret")] = None
+    refresh_token: Annotated[Secret | None, Credential("honeywell_refresh_token")] = Field(
+        None,
+        description="Initial refresh token; rotated tokens are kept in the state directory.",
+    )
+    poll_seconds: float = Field(
+        180.0, ge=120.0, le=300.0, description="Thermostat reads, no faster than every 2 minutes."
+    )
+
+
+class HomeAssistantSettings(Section):
+    url: str = "http://127.0.0.1:8123"
+    token: Annotated[Secret | None, Credential("home_assistant_token")] = None
+    poll_seconds: float = Field(120.0, ge=30.0, le=600.0)
+
+
+class GatewaySettings(Section):
+    """The Powerwall gateway on the LAN, for free and frequent reads."""
+
+    url: str = Field(description="e.g. https://192.168.91.1 or a pypowerwall proxy.")
+    password: Annotated[Secret | None, Credential("powerwall_gateway_password")] = None
+    email: str = "gridmate@localhost"
+    verify_tls: bool = Field(False, description="Gateways use a self-signed certificate.")
+    soc_scale: Literal["raw", "app"] = Field(
+        "raw",
+        description="'raw' for the gateway (includes Tesla's hidden 5 %), 'app' for "
+        "proxies that already convert.",
+    )
+
+
+class TeslaSettings(Section):
+    """Fleet API access (contract 1): where tokens come from and where to send calls."""
+
+    base_url: str | None = Field(None, description="Fleet API base URL; unset = region discovery.")
+    access_token: Annotated[Secret | None, Credential("tesla_access_token")] = Field(
+        None, description="A fixed access token (tests, short trials)."
+    )
+    token_source: Literal["static", "oauth", "teslamate"] = Field(
+        "static", description="Where access tokens come from."
+    )
+    teslamate_dsn: str | None = Field(
+        None,
+        description="TeslaMate's PostgreSQL DSN (no password) for token_source 'teslamate'.",
+    )
+    teslamate_password: Annotated[Secret | None, Credential("teslamate_db_password")] = None
+    teslamate_encryption_key: Annotated[Secret | None, Credential("teslamate_encryption_key")] = (
+        None
+    )
+    client_id: str | None = None
+    refresh_token: Annotated[Secret | None, Credential("tesla_refresh_token")] = None
+    token_url: str = "https://fleet-auth.prd.vn.cloud.tesla.com/oauth2/v3/token"
+
+
+class PowerwallSettings(Section):
+    site_id: int | None = Field(None, description="Energy site id; unset = the account's first.")
+    cloud_read_seconds: float = Field(
+        300.0, ge=60.0, description="Fleet live_status at most this often (Tesla: 5 minutes)."
+    )
+    gateway: GatewaySettings | None = None
+
+
+class WeatherSettings(Section):
+    latitude: float | None = Field(None, ge=-90, le=90)
+    longitude: float | None = Field(None, ge=-180, le=180)
+    user_agent: str = Field(
+        "gridmate/0 (admin@localhost)",
+        description="NWS requires 'App/Version (contact)'; put a real contact address here.",
+    )
+    nws_url: str = "https://api.weather.gov"
+    open_meteo_url: str = "https://api.open-meteo.com"
+    sources: tuple[Literal["nws", "open_meteo"], ...] = ("nws", "open_meteo")
+    refresh_hours: float = Field(3.0, gt=0, le=24)
+
+    @field_validator("user_agent")
+    @classmethod
+    def _contact(cls, value: str) -> str:
+        if not re.match(r"^\S+/\S+ \(.+\)$", value):
+            raise ValueError("use the form 'App/Version (contact@example.com)' as NWS asks")
+        return value
+
+
+class EvSettings(Section):
+    enable: bool = Field(False, description="Pause home charging during peak.")
+    vins: list[str] = Field(default_factory=list, description="Cars to manage; empty = all.")
+    state_source: Literal["fleet", "mqtt"] = Field(
+        "fleet",
+        description="'fleet': vehicle_data only when the car is online; 'mqtt': the vehicles "
+        "hub's state topics.",
+    )
+    mqtt: MqttSettings | None = None
+    mqtt_topic: str = Field(
+        "gridmate/vehicles/{vin}/charging_state",
+        description="Topic with the car's charging state ('Charging', 'Stopped', ...).",
+    )
+    commands_per_day: int = Field(5, ge=1, le=50, description="Charging commands per car per day.")
+    home_latitude: float | None = None
+    home_longitude: float | None = None
+    home_radius_m: float = 150.0
+
+
+class EnergySettings(ComponentSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDMATE_ENERGY_")
+
+    dry_run: bool = Field(False, description="Decide and log, but write nothing to any device.")
+    cycle_seconds: float = Field(60.0, ge=5.0, le=600.0)
+    tariff: TariffSettings = TariffSettings()
+    reserve: ReserveSettings = ReserveSettings()
+    policy: ThermostatPolicy = ThermostatPolicy()
+    thermostats: list[ThermostatSettings] = Field(default_factory=list)
+    honeywell: HoneywellSettings = HoneywellSettings()
+    home_assistant: HomeAssistantSettings = HomeAssistantSettings()
+    tesla: TeslaSettings = TeslaSettings()
+    powerwall: PowerwallSettings = PowerwallSettings()
+    weather: WeatherSettings = WeatherSettings()
+    ev: EvSettings = EvSettings()
+    notify: NotifySettings = NotifySettings()
+    battery_capacity_kwh: float | None = Field(
+        None, gt=0, description="Usable energy; default: the site's nameplate_energy."
+    )
+    battery_power_kw: float | None = Field(
+        None, gt=0, description="Maximum discharge power; default: the site's nameplate_power."
+    )
+
+    @field_validator("thermostats")
+    @classmethod
+    def _unique_ids(cls, value: list[ThermostatSettings]) -> list[ThermostatSettings]:
+        seen = set()
+        for item in value:
+            if item.id in seen:
+                raise ValueError(f"thermostat id {item.id!r} is used twice")
+            seen.add(item.id)
+        return value
+
+    @property
+    def energy_directory(self) -> Path:
+        return self.state_directory / "energy"

@@ -1,0 +1,308 @@
+"""The planner: a pure function from time, tariff, site, forecast and memory to a desired state."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gridmate.energy.planner import (
+    Forecast,
+    PeakMemory,
+    PlannerConfig,
+    SiteReading,
+    ThermostatReading,
+    VehicleReading,
+    detect_override,
+    ladder_level,
+    plan,
+)
+from gridmate.energy.presets import PRESETS
+from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
+from gridmate.energy.tariff import Schedule
+
+PHOENIX = ZoneInfo("America/Phoenix")
+SCHEDULE = Schedule(PRESETS["original"].versions, "America/Phoenix")
+CONFIG = PlannerConfig(
+    reserve=ReserveSettings(),
+    policy=ThermostatPolicy(),
+    thermostat_ids=("living",),
+    ev_enabled=True,
+)
+HOT = Forecast(date(2026, 7, 1), 100.0, "nws")
+
+
+def at(hour: int, minute: int = 0, day: int = 1, month: int = 7) -> datetime:
+    return datetime(2026, month, day, hour, minute, tzinfo=PHOENIX)
+
+
+def site(soc: float = 90.0, **changes) -> SiteReading:
+    fields = {
+        "soc_percent": soc,
+        "load_kw": 2.0,
+        "solar_kw": 0.0,
+        "reserve_percent": 30,
+        "mode": "autonomous",
+        "thermostats": {"living": ThermostatReading("cool", 76.0, 68.0, 74.0, "schedule")},
+    }
+    fields.update(changes)
+    return SiteReading(**fields)
+
+
+def run_day(steps, forecast=HOT, config=CONFIG, memory=None):
+    memory = memory or PeakMemory()
+    plans = []
+    for when, reading in steps:
+        result = plan(when, SCHEDULE, reading, forecast, config, memory)
+        memory = result.memory
+        plans.append(result)
+    return plans
+
+
+# ---------------------------------------------------------------- ladder
+
+
+@pytest.mark.parametrize(
+    ("minutes", "soc", "level"),
+    [
+        (121, 10, 0),
+        (120, 75.0, 1),
+        (120, 75.1, 0),
+        (61, 50, 1),
+        (60, 50, 2),
+        (60, 50.5, 1),
+        (30, 25, 3),
+        (31, 25, 2),
+        (30, 25.5, 2),
+        (10, 80, 0),
+    ],
+)
+def test_ladder_thresholds_at_the_boundaries(minutes, soc, level):
+    assert ladder_level(ThermostatPolicy(), minutes, soc) == level
+
+
+def test_energy_rule_adds_a_step_early():
+    policy = ThermostatPolicy()
+    assert ladder_level(policy, 170, 90, energy_short=True) == 1
+    assert ladder_level(policy, 170, 90, energy_short=False) == 0
+    off = ThermostatPolicy(energy_rule=False)
+    assert ladder_level(off, 170, 90, energy_short=True) == 0
+
+
+def test_energy_rule_fires_when_the_house_outdraws_the_battery():
+    # 30 % of 13.5 kWh = 4 kWh left; 3 hours at 2 kW need 6 kWh.
+    result = plan(at(16, 0), SCHEDULE, site(soc=30), HOT, CONFIG, PeakMemory())
+    ladder = [d for d in result.decisions if d.what == "ladder"]
+    assert ladder and ladder[0].detail["energy_rule"] is True
+    assert result.raise_f == 2.0
+    assert result.thermostats["living"].cool_setpoint_f == 78.0
+    # A big battery: no shortfall, no step.
+    roomy = plan(at(16, 0), SCHEDULE, site(soc=90, capacity_kwh=27.0), HOT, CONFIG, PeakMemory())
+    assert roomy.raise_f == 0.0
+
+
+def test_ladder_climbs_through_the_peak_and_never_steps_back():
+    plans = run_day(
+        [
+            (at(15, 35), site(90)),
+            (at(16, 0), site(90, capacity_kwh=40)),
+            (at(17, 0), site(74, capacity_kwh=40)),  # 120 minutes left, <= 75 %
+            (at(18, 0), site(50, capacity_kwh=40)),
+            (at(18, 10), site(60, capacity_kwh=40)),  # sun came out: keep the step
+            (at(18, 30), site(25, capacity_kwh=40)),
+        ]
+    )
+    assert [p.phase for p in plans] == ["precool", "peak", "peak", "peak", "peak", "peak"]
+    assert [p.raise_f for p in plans[1:]] == [0.0, 2.0, 4.0, 4.0, 6.0]
+    assert plans[-1].thermostats["living"].cool_setpoint_f == 82.0
+    assert plans[-1].thermostats["living"].hold_until == at(19, 0)
+
+
+# ---------------------------------------------------------------- precool
+
+
+def test_precool_window_and_threshold():
+    before = plan(at(15, 29), SCHEDULE, site(), HOT, CONFIG, PeakMemory())
+    assert before.phase == "idle" and before.thermostats == {}
+    during = plan(at(15, 30), SCHEDULE, site(), HOT, CONFIG, PeakMemory())
+    assert during.phase == "precool"
+    wish = during.thermostats["living"]
+    assert wish.cool_setpoint_f == 73.0 and wish.hold == "until" and wish.hold_until == at(16)
+    (decision,) = [d for d in during.decisions if d.what == "precool"]
+    assert decision.detail["decided"] is True
+    assert decision.detail["forecast_high_f"] == 100.0
+    assert decision.detail["source"] == "nws"
+    assert during.powerwall is None  # the battery is kept for the peak
+
+    mild = plan(at(15, 45), SCHEDULE, site(), Forecast(date(2026, 7, 1), 94.9, "open_meteo"),
+                CONFIG, PeakMemory())  # fmt: skip
+    assert mild.thermostats["living"] is None
+    at_threshold = plan(at(15, 45), SCHEDULE, site(), Forecast(date(2026, 7, 1), 95, "nws"),
+                        CONFIG, PeakMemory())  # fmt: skip
+    assert at_threshold.thermostats["living"].cool_setpoint_f == 73.0
+
+
+def test_precool_lead_time_is_configurable():
+    config = replace(CONFIG, policy=ThermostatPolicy(precool_lead_minutes=90))
+    assert plan(at(14, 45), SCHEDULE, site(), HOT, config, PeakMemory()).phase == "precool"
+
+
+def test_precool_decision_is_sticky_for_the_block():
+    first = plan(at(15, 40), SCHEDULE, site(), HOT, CONFIG, PeakMemory())
+    cooler = Forecast(date(2026, 7, 1), 80.0, "nws")
+    later = plan(at(15, 50), SCHEDULE, site(), cooler, CONFIG, first.memory)
+    assert later.thermostats["living"].cool_setpoint_f == 73.0
+
+
+# ---------------------------------------------------------------- reserve
+
+
+def test_reserve_drops_in_peak_and_is_restored_after():
+    plans = run_day([(at(15, 40), site()), (at(16, 0), site())])
+    peak = plans[-1]
+    assert peak.powerwall.reserve_percent == 0
+    assert peak.powerwall.mode == "self_consumption"
+    memory = replace(peak.memory, powerwall_changed=True)
+    after = plan(at(19, 1), SCHEDULE, site(reserve_percent=0, mode="self_consumption"), HOT,
+                 CONFIG, memory)  # fmt: skip
+    assert after.phase == "restore"
+    assert (after.powerwall.reserve_percent, after.powerwall.mode) == (30, "autonomous")
+
+
+def test_full_hold_uses_backup_mode_and_81_to_99_is_never_asked():
+    config = replace(CONFIG, reserve=ReserveSettings(peak_reserve_percent=100))
+    result = plan(at(16, 30), SCHEDULE, site(), HOT, config, PeakMemory())
+    assert (result.powerwall.reserve_percent, result.powerwall.mode) == (100, "backup")
+    memory = replace(result.memory, powerwall_changed=True)
+    memory = replace(memory, baseline=replace(memory.baseline, reserve_percent=90))
+    after = plan(at(20, 0), SCHEDULE, site(), HOT, config, memory)
+    assert after.powerwall.reserve_percent == 80
+
+
+def test_write_budget_too_small_skips_the_peak():
+    result = plan(at(16, 30), SCHEDULE, site(), HOT, CONFIG, PeakMemory(), writes_left=3)
+    assert result.powerwall is None
+    assert any(d.what == "reserve" and d.detail["skipped"] for d in result.decisions)
+    enough = plan(at(16, 30), SCHEDULE, site(), HOT, CONFIG, PeakMemory(), writes_left=4)
+    assert enough.powerwall is not None
+
+
+def test_start_mid_peak_without_memory_uses_the_fallback_when_settings_look_like_ours():
+    reading = site(reserve_percent=0, mode="self_consumption")
+    result = plan(at(17, 0), SCHEDULE, reading, HOT, CONFIG, PeakMemory())
+    assert result.memory.baseline.reserve_percent == 20
+    assert "fallback" in result.memory.baseline.note
+
+
+def test_restart_mid_peak_reproduces_the_desired_state_from_persisted_memory():
+    plans = run_day([(at(15, 40), site()), (at(16, 0), site()), (at(17, 0), site(70))])
+    memory = replace(plans[-1].memory, powerwall_changed=True, touched=frozenset({"living"}))
+    saved = memory.to_json()
+    # The process restarts: the reading now shows gridmate's own changes.
+    changed = site(
+        68,
+        reserve_percent=0,
+        mode="self_consumption",
+        thermostats={"living": ThermostatReading("cool", 78.0, 68.0, 75.0, "until")},
+    )
+    again = plan(at(17, 5), SCHEDULE, changed, HOT, CONFIG, PeakMemory.from_json(saved))
+    before = plan(at(17, 5), SCHEDULE, changed, HOT, CONFIG, memory)
+    assert again.powerwall == before.powerwall
+    assert again.thermostats == before.thermostats
+    assert again.memory == before.memory
+    assert again.memory.baseline.reserve_percent == 30  # not the 0 it reads now
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_manual_override_is_respected_and_not_restored():
+    plans = run_day([(at(15, 40), site()), (at(16, 0), site()), (at(17, 0), site(70))])
+    memory = replace(
+        plans[-1].memory, touched=frozenset({"living"}), commanded={"living": (78.0, 68.0)}
+    )
+    someone = ThermostatReading("cool", 72.0, 68.0, 75.0, "permanent")
+    assert detect_override("living", memory, someone, "peak")
+    assert not detect_override("living", memory, replace(someone, cool_setpoint_f=78.0), "peak")
+    memory = replace(memory, overridden=frozenset({"living"}))
+    later = plan(at(18, 45), SCHEDULE, site(20), HOT, CONFIG, memory)
+    assert later.thermostats["living"] is None
+    after = plan(at(19, 5), SCHEDULE, site(20), HOT, CONFIG, memory)
+    assert after.phase == "restore" and after.thermostats["living"] is None
+
+
+def test_untouched_thermostat_changed_by_hand_counts_as_override():
+    first = plan(at(15, 40), SCHEDULE, site(), Forecast(date(2026, 7, 1), 80, "nws"), CONFIG,
+                 PeakMemory())  # fmt: skip
+    reading = ThermostatReading("cool", 74.0, 68.0, 75.0, "permanent")
+    assert detect_override("living", first.memory, reading, "peak")
+
+
+def test_restore_puts_the_thermostat_back_on_its_schedule():
+    plans = run_day([(at(15, 40), site()), (at(18, 40), site(20))])
+    memory = replace(plans[-1].memory, touched=frozenset({"living"}))
+    after = plan(at(19, 0), SCHEDULE, site(20), HOT, CONFIG, memory)
+    wish = after.thermostats["living"]
+    assert wish.hold == "schedule" and wish.cool_setpoint_f == 76.0
+    assert wish.satisfied_by(ThermostatReading("cool", 80.0, 68.0, None, "schedule"))
+    assert not wish.satisfied_by(ThermostatReading("cool", 82.0, 68.0, None, "until"))
+
+
+# ---------------------------------------------------------------- winter and heating
+
+
+def test_winter_has_two_peaks_and_heating_steps_down():
+    heating = {"living": ThermostatReading("heat", None, 70.0, 69.0, "schedule")}
+    morning = run_day(
+        [
+            (at(5, 40, day=14, month=1), site(90, thermostats=heating)),
+            (at(8, 30, day=14, month=1), site(20, thermostats=heating)),
+        ],
+        forecast=Forecast(date(2026, 1, 14), 60, "nws"),
+    )
+    assert morning[0].phase == "precool" and morning[0].thermostats["living"] is None
+    assert morning[1].phase == "peak" and morning[1].block[1] == at(9, day=14, month=1)
+    assert morning[1].thermostats["living"].heat_setpoint_f == 64.0
+    evening = plan(at(17, 30, day=14, month=1), SCHEDULE, site(thermostats=heating), None,
+                   CONFIG, PeakMemory())  # fmt: skip
+    assert evening.block == (at(17, day=14, month=1), at(20, day=14, month=1))
+
+
+def test_weekend_is_idle():
+    saturday = plan(at(17, 0, day=4), SCHEDULE, site(), HOT, CONFIG, PeakMemory())
+    assert saturday.phase == "idle" and saturday.powerwall is None
+
+
+# ---------------------------------------------------------------- cars
+
+
+def test_ev_paused_in_peak_unless_solar_covers_it_and_resumed_after():
+    charging = {"5YJ3": VehicleReading(charging=True, at_home=True, charge_power_kw=7.0)}
+    result = plan(at(16, 5), SCHEDULE, site(load_kw=9.0, vehicles=charging), HOT, CONFIG,
+                  PeakMemory())  # fmt: skip
+    assert result.vehicles == {"5YJ3": "stopped"}
+    sunny = plan(at(16, 5), SCHEDULE, site(load_kw=9.0, solar_kw=10.0, vehicles=charging), HOT,
+                 CONFIG, PeakMemory())  # fmt: skip
+    assert sunny.vehicles == {"5YJ3": None}
+    away = {"5YJ3": VehicleReading(charging=True, at_home=False, charge_power_kw=7.0)}
+    assert plan(at(16, 5), SCHEDULE, site(vehicles=away), HOT, CONFIG,
+                PeakMemory()).vehicles == {"5YJ3": None}  # fmt: skip
+    memory = replace(result.memory, paused=frozenset({"5YJ3"}))
+    stopped = {"5YJ3": VehicleReading(charging=False, at_home=True)}
+    after = plan(at(19, 2), SCHEDULE, site(vehicles=stopped), HOT, CONFIG, memory)
+    assert after.vehicles == {"5YJ3": "charging"}
+
+
+def test_ev_control_is_off_by_default():
+    config = replace(CONFIG, ev_enabled=False)
+    charging = {"5YJ3": VehicleReading(charging=True, charge_power_kw=7.0)}
+    assert plan(at(16, 5), SCHEDULE, site(vehicles=charging), HOT, config,
+                PeakMemory()).vehicles == {}  # fmt: skip
+
+
+def test_idle_after_restore_clears_memory():
+    memory = PeakMemory()
+    result = plan(at(21, 0), SCHEDULE, site(), HOT, CONFIG, memory)
+    assert result.phase == "idle" and result.memory == PeakMemory()
