@@ -75,6 +75,9 @@ class Notifier:
         self._ledger = Ledger()
         self._queue: dict[str, Queued] = {}
         self._wake = asyncio.Event()
+        # One delivery pass at a time: flush() and the background loop must not both
+        # hand the same queued message to the SMTP server.
+        self._delivering = asyncio.Lock()
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(
@@ -397,7 +400,7 @@ class Notifier:
         last_prune = self.clock.now()
         while True:
             now = self.clock.now()
-            await self._deliver_due(now, closing=self._closing.is_set())
+            await self._deliver_due(now)
             if self._closing.is_set():
                 return
             if now - last_prune > timedelta(hours=1):
@@ -449,7 +452,11 @@ class Notifier:
             if key not in self._ledger.sent and key not in self._queue:
                 self._enqueue(Item(event, Level(state.level), key, now), now)
 
-    async def _deliver_due(self, now: datetime, closing: bool = False) -> None:
+    async def _deliver_due(self, now: datetime) -> None:
+        async with self._delivering:
+            await self._deliver_due_locked(now)
+
+    async def _deliver_due_locked(self, now: datetime) -> None:
         assert self._store is not None
         self._settle_resolutions(now)
         max_age = timedelta(hours=self.settings.max_queue_age_hours)
