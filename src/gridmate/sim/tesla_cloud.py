@@ -169,7 +169,7 @@ class ApiCall:
 class OAuthEvent:
     t: datetime
     kind: str
-    """``issued`` (issue_tokens), ``refreshed`` or ``rejected``."""
+    """``issued`` (issue_tokens), ``refreshed``, ``rejected`` or ``failed`` (injected)."""
     detail: str
     access_serial: int | None = None
     refresh_token: str | None = None
@@ -245,6 +245,7 @@ class TeslaCloudSimulator:
         self.random_failure_rate = 0.0
         self._random = random.Random(7)
         self._injected: list[tuple[int, str | None]] = []
+        self._oauth_injected: list[int] = []
         self._access: dict[str, _AccessGrant] = {}
         self._refresh: dict[str, _RefreshGrant] = {}
         self._serial = 0
@@ -282,6 +283,10 @@ class TeslaCloudSimulator:
     ) -> None:
         """The next ``count`` matching Fleet calls answer ``status``."""
         self._injected.extend([(status, endpoint)] * count)
+
+    def inject_oauth_failures(self, count: int = 1, *, status: int = 503) -> None:
+        """The next ``count`` token requests answer ``status`` without touching any token."""
+        self._oauth_injected.extend([status] * count)
 
     def add_rate_limit(
         self,
@@ -333,6 +338,10 @@ class TeslaCloudSimulator:
     async def _token_endpoint(self, request: web.Request) -> web.Response:
         form = await request.post()
         now = self.clock.now()
+        if self._oauth_injected:
+            status = self._oauth_injected.pop(0)
+            self.oauth_events.append(OAuthEvent(now, "failed", f"injected HTTP {status}"))
+            return _oauth_error(status, "server_error", "injected failure")
         if form.get("grant_type") != "refresh_token":
             return _oauth_error(400, "unsupported_grant_type", "only refresh_token is simulated")
         if form.get("client_id") != self.client_id:
