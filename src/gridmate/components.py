@@ -7,7 +7,9 @@ import importlib
 from gridmate.runtime.component import Component
 
 # Each module exports ``component``.
-COMPONENT_MODULES: tuple[str, ...] = ()
+COMPONENT_MODULES: tuple[str, ...] = (
+    "gridmate.report.component",
+)
 
 
 def all_components() -> list[Component]:
