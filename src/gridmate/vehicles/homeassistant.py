@@ -1,0 +1,251 @@
+"""Home Assistant's MQTT conventions for the vehicles: topics, discovery, state documents.
+
+Pure functions from the vehicle state to MQTT messages; nothing here does I/O.
+
+Per vehicle (``<base>`` is the base topic, ``gridmate`` by default):
+
+* ``<base>/<VIN>/state`` (retained): one JSON document with every field's value
+  (``null`` when unknown), the derived values, and under ``"_m"`` when and from which
+  source each field was observed. Every entity reads its value from it with a template
+  as simple as ``{{ value_json.battery_level }}``. The ``_m`` part lets gridmate (this
+  instance after a restart, or another instance taking over the vehicle) restore its
+  state from the broker.
+* ``<base>/<VIN>/location`` (retained): ``{"latitude", "longitude", "heading", "speed"}``,
+  the device tracker's attributes.
+* ``<base>/<VIN>/alerts`` (retained): ``{"alerts": [...]}``, attributes of "Active alerts".
+* ``<discovery prefix>/device/<node>_<VIN>/config`` (retained): device-based discovery,
+  one message per vehicle with all its entities.
+
+``<base>/status`` is gridmate's availability (``online``, last will ``offline``); every
+entity depends on it. Vehicles that sleep keep their last values: a vehicle's own
+connectivity is the "Online" entity, not its entities' availability.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gridmate import __version__
+from gridmate.vehicles.catalogue import (
+    DERIVED,
+    ENTITIES,
+    FIELDS,
+    EntitySpec,
+    Kind,
+    extra_entity,
+    field_spec,
+    is_extra,
+)
+from gridmate.vehicles.state import FieldValue, VehicleState
+
+ONLINE = "online"
+OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class Topics:
+    base: str = "gridmate"
+    discovery_prefix: str = "homeassistant"
+    node: str = "gridmate"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def homeassistant_status(self) -> str:
+        return f"{self.discovery_prefix}/status"
+
+    def state(self, vin: str) -> str:
+        return f"{self.base}/{vin}/state"
+
+    def location(self, vin: str) -> str:
+        return f"{self.base}/{vin}/location"
+
+    def alerts(self, vin: str) -> str:
+        return f"{self.base}/{vin}/alerts"
+
+    @property
+    def all_states(self) -> str:
+        return f"{self.base}/+/state"
+
+    def discovery(self, vin: str) -> str:
+        return f"{self.discovery_prefix}/device/{self.node}_{vin}/config"
+
+    def vin_of_state(self, topic: str) -> str | None:
+        prefix = f"{self.base}/"
+        if not topic.startswith(prefix) or not topic.endswith("/state"):
+            return None
+        vin = topic[len(prefix) : -len("/state")]
+        return vin if vin and "/" not in vin else None
+
+
+# ---------------------------------------------------------------- state documents
+
+_NULLS: dict[str, None] = {key: None for key in FIELDS} | {e.key: None for e in DERIVED}
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def state_document(state: VehicleState) -> dict[str, Any]:
+    """The JSON document published on the vehicle's state topic."""
+    document: dict[str, Any] = dict(_NULLS)
+    meta: dict[str, dict[str, float]] = {}
+    for key, current in state.fields.items():
+        value = current.value
+        document[key] = list(value) if isinstance(value, tuple) else value
+        by_source = meta.get(current.source)
+        if by_source is None:
+            by_source = meta[current.source] = {}
+        by_source[key] = round(current.observed_at, 3)
+    for entity in DERIVED:
+        document[entity.key] = entity.derive(state)  # type: ignore[misc]
+    document["_m"] = meta
+    return document
+
+
+def encode(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def location_document(state: VehicleState) -> dict[str, Any] | None:
+    location = state.value("location")
+    if location is None:
+        return None
+    return {
+        "latitude": location[0],
+        "longitude": location[1],
+        "gps_accuracy": 0,
+        "heading": state.value("heading_deg"),
+        "speed": state.value("speed_mph"),
+    }
+
+
+def alerts_document(state: VehicleState) -> dict[str, Any]:
+    return {"alerts": _json_value(state.value("active_alerts") or ())}
+
+
+class SnapshotError(ValueError):
+    """A retained state document that cannot be restored from."""
+
+
+def _restore_value(key: str, value: Any) -> Any:
+    kind = field_spec(key).kind
+    if value is None:
+        return None
+    if kind is Kind.LOCATION:
+        if not (isinstance(value, list) and len(value) == 2):
+            raise SnapshotError(f"{key}: not a [latitude, longitude] pair")
+        return (float(value[0]), float(value[1]))
+    if kind is Kind.ALERTS:
+        if not isinstance(value, list):
+            raise SnapshotError(f"{key}: not a list")
+        return tuple(value)
+    return value
+
+
+def restore_fields(payload: bytes) -> dict[str, FieldValue]:
+    """The fields of a vehicle from its retained state document."""
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SnapshotError(f"not JSON: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("_m"), dict):
+        raise SnapshotError("not a gridmate state document")
+    fields: dict[str, FieldValue] = {}
+    for source, observed in document["_m"].items():
+        if not isinstance(observed, dict):
+            raise SnapshotError(f"_m.{source}: not an object")
+        for key, at in observed.items():
+            if not isinstance(at, int | float) or key not in document:
+                raise SnapshotError(f"_m.{source}.{key}: bad entry")
+            fields[key] = FieldValue(_restore_value(key, document[key]), float(at), str(source))
+    return fields
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def vehicle_name(vin: str, state: VehicleState | None, names: Mapping[str, str]) -> str:
+    """The configured name, else the name the vehicle reports, else the VIN."""
+    if vin in names:
+        return names[vin]
+    reported = state.value("vehicle_name") if state is not None else None
+    return reported if isinstance(reported, str) and reported.strip() else vin
+
+
+def _model(state: VehicleState) -> str:
+    car_type, trim = state.value("car_type"), state.value("trim")
+    parts = [p for p in (car_type, trim) if isinstance(p, str) and p]
+    return " ".join(parts) if parts else "Tesla"
+
+
+def _component(entity: EntitySpec, topics: Topics, vin: str) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "p": entity.platform,
+        "name": entity.name,
+        "uniq_id": f"{topics.node}_{vin}_{entity.key}",
+    }
+    if entity.platform == "device_tracker":
+        config["json_attr_t"] = topics.location(vin)
+        config["src_type"] = "gps"
+    else:
+        config["stat_t"] = topics.state(vin)
+        config["val_tpl"] = f"{{{{ value_json.{entity.key} }}}}"
+    if entity.platform == "binary_sensor":
+        on, off = ("False", "True") if entity.inverted else ("True", "False")
+        config["pl_on"], config["pl_off"] = on, off
+    if entity.attributes == "alerts":
+        config["json_attr_t"] = topics.alerts(vin)
+    for key, value in (
+        ("dev_cla", entity.device_class),
+        ("stat_cla", entity.state_class),
+        ("unit_of_meas", entity.unit),
+        ("ic", entity.icon),
+        ("sug_dsp_prc", entity.precision),
+    ):
+        if value is not None:
+            config[key] = value
+    if entity.options:
+        config["ops"] = list(entity.options)
+    if entity.diagnostic:
+        config["ent_cat"] = "diagnostic"
+    if not entity.enabled:
+        config["en"] = False
+    return config
+
+
+def entities_of(state: VehicleState) -> list[EntitySpec]:
+    """The catalogue's entities, plus one generic sensor per extra field seen."""
+    extras = sorted(key for key in state.fields if is_extra(key))
+    return [*ENTITIES, *(extra_entity(key) for key in extras)]
+
+
+def discovery_document(
+    vin: str, state: VehicleState, topics: Topics, names: Mapping[str, str]
+) -> dict[str, Any]:
+    """Device-based discovery for one vehicle (Home Assistant 2024.11 or later)."""
+    device: dict[str, Any] = {
+        "ids": [f"{topics.node}_{vin}"],
+        "name": vehicle_name(vin, state, names),
+        "mf": "Tesla",
+        "mdl": _model(state),
+        "sn": vin,
+    }
+    software = state.value("software_version")
+    if isinstance(software, str):
+        device["sw"] = software
+    return {
+        "dev": device,
+        "o": {"name": "gridmate", "sw": __version__},
+        "avty": [{"t": topics.status}],
+        "qos": 1,
+        "cmps": {
+            f"{vin}_{entity.key}": _component(entity, topics, vin) for entity in entities_of(state)
+        },
+    }

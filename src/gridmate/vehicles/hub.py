@@ -1,0 +1,455 @@
+"""The vehicles hub: Fleet Telemetry records from Kafka to Home Assistant over MQTT.
+
+One loop consumes the topics, applies each record to the state and, between fetches,
+publishes what changed. Delivery is at least once end to end: a record's offset is
+committed only after the broker acknowledged (QoS 1) every MQTT message it caused. If
+the MQTT broker goes away the partitions are paused, so nothing more is fetched and
+nothing is committed past what was delivered, and consumption resumes when it is back.
+A restart or a rebalance replays from the last commit, which the per-field ordering
+of the state makes harmless.
+
+The state is rebuilt from the broker's retained state documents whenever partitions
+are assigned (at start, and when instances of a consumer group rebalance), so that
+the first record of a parked car does not blank the fields it did not mention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gridmate.runtime.backoff import Backoff, reconnecting
+from gridmate.runtime.clock import Clock
+from gridmate.runtime.logs import get_logger
+from gridmate.vehicles.catalogue import invalid_policies
+from gridmate.vehicles.fleet_telemetry import FleetTelemetrySource
+from gridmate.vehicles.homeassistant import SnapshotError, Topics, restore_fields
+from gridmate.vehicles.kafka import make_consumer, topic_names
+from gridmate.vehicles.mqtt import MqttLink, MqttUnavailable
+from gridmate.vehicles.publisher import Publisher
+from gridmate.vehicles.settings import VehiclesSettings
+from gridmate.vehicles.state import StateStore
+from gridmate.vehicles.telemetry.decode import MalformedRecord, decode_record
+from gridmate.vehicles.telemetry.records import RecordType
+
+log = get_logger("vehicles.hub")
+
+_FETCH_TIMEOUT_MS = 200
+_MAX_RECORDS = 5000
+_EXPIRE_EVERY = 5.0
+_LOG_EVERY = 10.0
+
+
+class _RateLimitedLog:
+    """At most one line per key per interval; the rest are counted and reported."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, event: str, **fields: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            fields["similar_since_last"] = suppressed
+        log.warning(event, **fields)
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records = Counter(
+            "gridmate_vehicles_records",
+            "Fleet Telemetry records consumed, by record type.",
+            ["type"],
+            registry=registry,
+        )
+        self.by_type = {t: self.records.labels(t.value) for t in RecordType}
+        self.malformed = Counter(
+            "gridmate_vehicles_malformed_records",
+            "Records skipped because they could not be decoded, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.stale = Counter(
+            "gridmate_vehicles_stale_values",
+            "Values older than the state already held (resends, replays), ignored.",
+            registry=registry,
+        )
+        self.publishes = Counter(
+            "gridmate_vehicles_mqtt_publishes",
+            "MQTT messages published and acknowledged.",
+            registry=registry,
+        )
+        self.publish_failures = Counter(
+            "gridmate_vehicles_mqtt_publish_failures",
+            "Batches that could not be delivered to the MQTT broker (retried).",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "gridmate_vehicles_consumer_lag",
+            "Records in assigned partitions not yet processed (from the last fetch).",
+            registry=registry,
+        )
+        self.vehicles = Gauge(
+            "gridmate_vehicles_known", "Vehicles in the state.", registry=registry
+        )
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.hub._partitions_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.hub._partitions_assigned(set(assigned))
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: VehiclesSettings,
+        *,
+        clock: Clock,
+        registry: CollectorRegistry,
+        stop: asyncio.Event,
+        status: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stop = stop
+        self._status = status or (lambda _text: None)
+        ha = settings.homeassistant
+        self.topics = Topics(ha.base_topic, ha.discovery_prefix, ha.node_name)
+        self.store = StateStore(invalid_policies(settings.field_policies))
+        self.source = FleetTelemetrySource(
+            self.store,
+            online_timeout=settings.online_timeout,
+            stale_connection_after=settings.stale_connection_after,
+        )
+        self.publisher = Publisher(
+            self.store, self.topics, settings.vehicles, now=lambda: clock.now().timestamp()
+        )
+        self._mqtt_stop = asyncio.Event()
+        self.mqtt = MqttLink(
+            settings.mqtt,
+            self.topics,
+            stop=self._mqtt_stop,
+            on_homeassistant_online=self._homeassistant_online,
+        )
+        self.metrics = _Metrics(registry)
+        self.metrics.vehicles.set_function(lambda: len(self.store))
+        self._kafka_up = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.last_kafka_error: str | None = None
+        self._consumer: Any = None
+        self._processed: dict[TopicPartition, int] = {}
+        self._delivered: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._needs_seed = True
+        self._paused = False
+        self._work = asyncio.Lock()
+        self._last_expire = 0.0
+        self._last_commit = time.monotonic()
+        self._last_fetch = time.monotonic()
+        self._background: set[asyncio.Task[None]] = set()
+        self._log = _RateLimitedLog(_LOG_EVERY)
+        self._topic_names = topic_names(settings.kafka.namespace)
+
+    # ------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        mqtt = asyncio.create_task(self.mqtt.run(), name="vehicles.mqtt")
+        readiness = asyncio.create_task(self._await_ready(), name="vehicles.ready")
+        try:
+            await reconnecting(
+                self._kafka_session,
+                peer=f"Kafka {self.settings.kafka.bootstrap_servers}",
+                stop=self.stop,
+                retry_on=(KafkaError, OSError, TimeoutError),
+                on_failure=self._kafka_failed,
+            )
+        finally:
+            self._mqtt_stop.set()
+            readiness.cancel()
+            for task in (*self._background, readiness):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(readiness, *self._background, return_exceptions=True)
+            await mqtt
+
+    async def _await_ready(self) -> None:
+        await self._kafka_up.wait()
+        await self.mqtt.connected.wait()
+        self.ready.set()
+
+    def _kafka_failed(self, error: BaseException) -> None:
+        self.last_kafka_error = f"{type(error).__name__}: {error}"
+
+    def health_kafka(self) -> str | None:
+        if not self._kafka_up.is_set():
+            return f"not connected to Kafka ({self.last_kafka_error or 'connecting'})"
+        silent = time.monotonic() - self._last_fetch
+        if silent > 60:
+            return f"no answer from Kafka for {silent:.0f}s"
+        return None
+
+    def health_mqtt(self) -> str | None:
+        if self.mqtt.connected.is_set():
+            return None
+        return f"not connected to the MQTT broker ({self.mqtt.last_error or 'connecting'})"
+
+    async def _kafka_session(self, backoff: Backoff) -> None:
+        consumer = make_consumer(self.settings.kafka)
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            consumer.subscribe(self._topic_names, listener=_Rebalance(self))
+            self._kafka_up.set()
+            self.last_kafka_error = None
+            log.info(
+                "consuming",
+                topics=",".join(self._topic_names),
+                group=self.settings.kafka.group_id,
+            )
+            await self._consume(consumer, backoff)
+        finally:
+            self._kafka_up.clear()
+            with contextlib.suppress(KafkaError, MqttUnavailable, OSError):
+                await self._deliver()
+                await self._commit(consumer)
+            self._consumer = None
+            self._processed.clear()
+            self._delivered.clear()
+            self._committed.clear()
+            self._needs_seed = True
+            with contextlib.suppress(KafkaError, OSError):
+                await consumer.stop()
+
+    async def _consume(self, consumer: Any, backoff: Backoff) -> None:
+        while not self.stop.is_set():
+            if self._undelivered() and not await self._deliver():
+                # Home Assistant's broker is away: fetch nothing more, but keep polling
+                # (with every partition paused) so the group keeps this member.
+                self._pause(consumer)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.mqtt.connected.wait(), 1.0)
+                await consumer.getmany(timeout_ms=0)
+                continue
+            self._resume(consumer)
+            batches = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS, max_records=_MAX_RECORDS)
+            self._last_fetch = time.monotonic()
+            backoff.reset()
+            async with self._work:
+                if batches and self._needs_seed and not await self._seed():
+                    for partition, records in batches.items():
+                        consumer.seek(partition, records[0].offset)
+                    continue
+                for partition, records in batches.items():
+                    self._process(partition, records)
+                self._expire()
+            self._update_lag(consumer)
+            if time.monotonic() - self._last_commit >= self.settings.kafka.commit_interval:
+                await self._commit(consumer)
+
+    def _process(self, partition: TopicPartition, records: list[Any]) -> None:
+        namespace = self.settings.kafka.namespace
+        max_size = self.settings.kafka.max_record_bytes
+        metrics = self.metrics
+        by_type = metrics.by_type
+        apply, mark = self.source.apply, self.publisher.mark
+        stale = 0
+        for message in records:
+            try:
+                record = decode_record(
+                    message.topic, message.headers, message.value, namespace, max_size=max_size
+                )
+            except MalformedRecord as error:
+                self._skip(message, error.reason, error.detail)
+                continue
+            by_type[record.record_type].inc()
+            try:
+                applied = apply(record)
+            except Exception as error:  # one unexpected record must not stop the consumer
+                self._skip(message, "unprocessable", f"{type(error).__name__}: {error}")
+                log.debug("record could not be applied", exc_info=error)
+                continue
+            stale += applied.stale
+            mark(applied)
+        if stale:
+            metrics.stale.inc(stale)
+        self._processed[partition] = records[-1].offset + 1
+
+    def _skip(self, message: Any, reason: str, detail: str) -> None:
+        self.metrics.malformed.labels(reason).inc()
+        self._log.warning(
+            reason,
+            "record skipped",
+            reason=reason,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            detail=detail[:200],
+        )
+
+    def _expire(self) -> None:
+        now = self.clock.now().timestamp()
+        if now - self._last_expire < _EXPIRE_EVERY:
+            return
+        self._last_expire = now
+        for applied in self.source.expire(now):
+            self.publisher.mark(applied)
+
+    def _undelivered(self) -> bool:
+        return self.publisher.pending or self._processed != self._delivered
+
+    async def _deliver(self) -> bool:
+        """Publish what is pending; True once everything processed is acknowledged."""
+        async with self._work:
+            processed = dict(self._processed)
+            if not self.publisher.pending:
+                self._delivered = processed
+                return True
+            if not self.mqtt.connected.is_set():
+                return False
+            batch = self.publisher.take()
+            if batch.messages:
+                try:
+                    await self.mqtt.publish_many(batch.messages)
+                except MqttUnavailable as error:
+                    self.publisher.failed(batch)
+                    self.metrics.publish_failures.inc()
+                    self._log.warning(
+                        "publish", "publishing to MQTT failed; will retry", error=str(error)
+                    )
+                    return False
+                self.metrics.publishes.inc(len(batch.messages))
+            self._delivered = processed
+            return True
+
+    async def _commit(self, consumer: Any, only: set[TopicPartition] | None = None) -> None:
+        self._last_commit = time.monotonic()
+        offsets = {
+            partition: offset
+            for partition, offset in self._delivered.items()
+            if offset > self._committed.get(partition, -1) and (only is None or partition in only)
+        }
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (KafkaError, AssertionError, ValueError) as error:
+            self._log.warning("commit", "committing offsets failed; will retry", error=repr(error))
+            return
+        self._committed.update(offsets)
+
+    def _pause(self, consumer: Any) -> None:
+        if not self._paused:
+            assignment = consumer.assignment()
+            consumer.pause(*assignment)
+            self._paused = True
+            self._status("Waiting for the MQTT broker; Kafka consumption paused")
+            log.warning("MQTT broker unavailable; consumption paused", partitions=len(assignment))
+
+    def _resume(self, consumer: Any) -> None:
+        if self._paused:
+            consumer.resume(*consumer.assignment())
+            self._paused = False
+            self._status(self._serving_status())
+            log.info("MQTT broker back; consumption resumed")
+
+    def _serving_status(self) -> str:
+        return f"Serving {len(self.store)} vehicles"
+
+    def _update_lag(self, consumer: Any) -> None:
+        lag = 0
+        for partition in consumer.assignment():
+            highwater = consumer.highwater(partition)
+            position = self._processed.get(partition)
+            if highwater is not None and position is not None:
+                lag += max(0, highwater - position)
+        self.metrics.lag.set(lag)
+
+    # ------------------------------------------------------------ state restore
+
+    async def _seed(self) -> bool:
+        """Restore the state from the broker's retained documents; False if MQTT is away."""
+        if not self.mqtt.connected.is_set():
+            return False
+        try:
+            retained = await self.mqtt.retained_states()
+        except MqttUnavailable as error:
+            self._log.warning("seed", "cannot read the retained state yet", error=str(error))
+            return False
+        self.store.clear()
+        self.publisher.forget()
+        self.source.forget()
+        restored = 0
+        for topic, payload in retained.items():
+            vin = self.topics.vin_of_state(topic)
+            if vin is None or not payload:
+                continue
+            try:
+                fields = restore_fields(payload)
+            except SnapshotError as error:
+                self._log.warning(
+                    "snapshot", "retained state ignored", topic=topic, error=str(error)
+                )
+                continue
+            self.store.seed(vin, fields)
+            restored += 1
+        self._needs_seed = False
+        log.info("state restored from retained messages", vehicles=restored)
+        self._status(self._serving_status())
+        return True
+
+    async def _partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        with contextlib.suppress(MqttUnavailable):
+            await self._deliver()
+        if consumer is not None:
+            await self._commit(consumer, only=revoked)
+        async with self._work:
+            # Another instance may own these vehicles now; our copy would go stale. The
+            # state is restored from the broker at the next assignment.
+            self.store.clear()
+            self.publisher.forget()
+            self.source.forget()
+            for partition in revoked:
+                self._processed.pop(partition, None)
+                self._delivered.pop(partition, None)
+                self._committed.pop(partition, None)
+            self._needs_seed = True
+        log.info("partitions revoked", partitions=len(revoked))
+
+    async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._needs_seed = True
+        log.info("partitions assigned", partitions=len(assigned))
+        # Other instances may have left with their last will: say again that we serve.
+        await self.mqtt.announce_online()
+
+    # ------------------------------------------------------------ Home Assistant
+
+    def _homeassistant_online(self) -> None:
+        task = asyncio.create_task(self._rediscover(), name="vehicles.rediscover")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _rediscover(self) -> None:
+        # Home Assistant asks for a random delay so that services do not all answer at once.
+        await self.clock.sleep(random.uniform(0, self.settings.homeassistant.birth_delay))
+        self.publisher.republish_all()

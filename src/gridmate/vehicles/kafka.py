@@ -1,0 +1,48 @@
+"""The Kafka side: a consumer of fleet-telemetry's topics with the configured security."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.helpers import create_ssl_context
+
+from gridmate.vehicles.settings import KafkaSettings
+from gridmate.vehicles.telemetry.records import RecordType
+
+
+def topic_names(namespace: str) -> list[str]:
+    """fleet-telemetry's topics: ``<namespace>_V`` and so on."""
+    return [f"{namespace}_{record_type.value}" for record_type in RecordType]
+
+
+def consumer_options(settings: KafkaSettings) -> dict[str, Any]:
+    """AIOKafkaConsumer arguments; the password is revealed here and nowhere else."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "group_id": settings.group_id,
+        "client_id": settings.client_id,
+        # Offsets are committed by the hub, only for records whose MQTT messages were
+        # acknowledged.
+        "enable_auto_commit": False,
+        "auto_offset_reset": settings.auto_offset_reset,
+        "security_protocol": settings.security_protocol,
+        # A record that arrives should reach Home Assistant in milliseconds.
+        "fetch_max_wait_ms": 100,
+        "max_partition_fetch_bytes": max(1024 * 1024, settings.max_record_bytes),
+        "fetch_max_bytes": max(16 * 1024 * 1024, settings.max_record_bytes),
+        "metadata_max_age_ms": 60_000,
+    }
+    if settings.security_protocol.endswith("SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(settings.ca_file) if settings.ca_file else None
+        )
+    if settings.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = settings.password.reveal() if settings.password else None
+    return options
+
+
+def make_consumer(settings: KafkaSettings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(**consumer_options(settings))

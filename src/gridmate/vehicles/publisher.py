@@ -1,0 +1,179 @@
+"""Decides which MQTT messages the vehicle state needs, and when.
+
+The publisher knows only the state store and the catalogue. Sources report what
+each record changed (:meth:`Publisher.mark`); :meth:`Publisher.take` then returns one
+batch with, per changed vehicle, its state document (and its location, alerts or
+discovery document when those changed). Many records about one vehicle between two
+batches cost one publish; records that changed nothing cost none, and a record that
+only confirms known values refreshes the state document at most every
+``touch_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntFlag
+
+from gridmate.vehicles.catalogue import is_extra
+from gridmate.vehicles.fleet_telemetry import Applied
+from gridmate.vehicles.homeassistant import (
+    Topics,
+    alerts_document,
+    discovery_document,
+    encode,
+    location_document,
+    state_document,
+    vehicle_name,
+)
+from gridmate.vehicles.state import StateStore, VehicleState
+
+
+class Parts(IntFlag):
+    STATE = 1
+    LOCATION = 2
+    ALERTS = 4
+    DISCOVERY = 8
+    ALL = 15
+
+
+_LOCATION_KEYS = frozenset({"location", "heading_deg", "speed_mph"})
+_DISCOVERY_KEYS = frozenset({"vehicle_name", "car_type", "trim", "software_version"})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+@dataclass
+class Batch:
+    messages: list[Message] = field(default_factory=list)
+    parts: dict[str, Parts] = field(default_factory=dict)
+    """What each vehicle in the batch had to publish (to mark again if it fails)."""
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+class Publisher:
+    def __init__(
+        self,
+        store: StateStore,
+        topics: Topics,
+        names: Mapping[str, str],
+        *,
+        now: Callable[[], float],
+        touch_interval: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.topics = topics
+        self.names = dict(names)
+        self.touch_interval = touch_interval
+        self._now = now
+        self._dirty: dict[str, Parts] = {}
+        self._touched: set[str] = set()
+        self._published_at: dict[str, float] = {}
+        self._discovered: dict[str, tuple[object, ...]] = {}
+        """VIN -> what its last discovery document was made of."""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._dirty) or bool(self._touched)
+
+    @property
+    def vehicles_published(self) -> int:
+        return len(self._published_at)
+
+    def mark(self, applied: Applied) -> None:
+        """Note what a record changed."""
+        vin = applied.vin
+        if applied.changed:
+            parts = self._dirty.get(vin, Parts.STATE) | Parts.STATE
+            for key in applied.changed:
+                if key in _LOCATION_KEYS:
+                    parts |= Parts.LOCATION
+                elif key == "active_alerts":
+                    parts |= Parts.ALERTS
+                elif key in _DISCOVERY_KEYS or is_extra(key):
+                    parts |= Parts.DISCOVERY
+            if vin not in self._discovered:
+                parts |= Parts.ALL
+            self._dirty[vin] = parts
+        elif applied.touched:
+            self._touched.add(vin)
+
+    def mark_vehicles(self, vins: Iterable[str], parts: Parts = Parts.ALL) -> None:
+        for vin in vins:
+            if vin in self.store:
+                self._dirty[vin] = self._dirty.get(vin, parts) | parts
+
+    def republish_all(self) -> None:
+        """Everything this instance published, again (Home Assistant came online)."""
+        self._discovered.clear()
+        self.mark_vehicles(list(self._published_at), Parts.ALL)
+
+    def take(self) -> Batch:
+        """The messages for everything marked since the last batch."""
+        batch = Batch()
+        now = self._now()
+        if self._touched:
+            for vin in self._touched:
+                if vin not in self._dirty and now - self._published_at.get(vin, 0.0) >= (
+                    self.touch_interval
+                ):
+                    self._dirty[vin] = Parts.STATE
+            self._touched.clear()
+        dirty, self._dirty = self._dirty, {}
+        discovery: list[Message] = []
+        for vin, parts in dirty.items():
+            state = self.store.get(vin)
+            if state is None:
+                continue
+            if parts & Parts.DISCOVERY:
+                message = self._discovery(vin, state)
+                if message is not None:
+                    discovery.append(message)
+            batch.parts[vin] = parts
+            topics = self.topics
+            batch.messages.append(Message(topics.state(vin), encode(state_document(state))))
+            if parts & Parts.LOCATION:
+                location = location_document(state)
+                if location is not None:
+                    batch.messages.append(Message(topics.location(vin), encode(location)))
+            if parts & Parts.ALERTS:
+                batch.messages.append(Message(topics.alerts(vin), encode(alerts_document(state))))
+            self._published_at[vin] = now
+        # Configurations first, so an entity exists before its first state arrives.
+        batch.messages[:0] = discovery
+        return batch
+
+    def _discovery(self, vin: str, state: VehicleState) -> Message | None:
+        made_of = (
+            vehicle_name(vin, state, self.names),
+            state.value("car_type"),
+            state.value("trim"),
+            state.value("software_version"),
+            tuple(sorted(key for key in state.fields if is_extra(key))),
+        )
+        if self._discovered.get(vin) == made_of:
+            return None
+        self._discovered[vin] = made_of
+        document = discovery_document(vin, state, self.topics, self.names)
+        return Message(self.topics.discovery(vin), encode(document))
+
+    def failed(self, batch: Batch) -> None:
+        """The batch was not delivered: publish it again with the next one."""
+        for vin, parts in batch.parts.items():
+            self._dirty[vin] = self._dirty.get(vin, parts) | parts
+            if parts & Parts.DISCOVERY:
+                self._discovered.pop(vin, None)
+
+    def forget(self) -> None:
+        """Drop all bookkeeping (partitions were revoked; the state is rebuilt)."""
+        self._dirty.clear()
+        self._touched.clear()
+        self._published_at.clear()
+        self._discovered.clear()

@@ -1,0 +1,160 @@
+"""Settings of the vehicles component (``GRIDMATE_VEHICLES_*``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from gridmate.runtime.secrets import Credential, Secret
+from gridmate.runtime.settings import ComponentSettings, MqttSettings, Section
+from gridmate.vehicles.catalogue import FIELDS
+from gridmate.vehicles.state import InvalidPolicy
+
+_TOPIC_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
+_KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_VIN = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
+
+
+class KafkaSettings(Section):
+    """The Kafka cluster fleet-telemetry writes to."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    namespace: str = Field(
+        description="fleet-telemetry's 'namespace'; topics are <namespace>_V, _connectivity, "
+        "_alerts and _errors. Required: the server has no default."
+    )
+    group_id: str = "gridmate-vehicles"
+    client_id: str = "gridmate-vehicles"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    password: Annotated[Secret | None, Credential("kafka_password")] = None
+    ca_file: Path | None = Field(None, description="CA bundle for SSL / SASL_SSL.")
+    max_record_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Larger records are counted as malformed and skipped.",
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="Where a new consumer group starts: 'earliest' rebuilds the state "
+        "from everything Kafka still retains.",
+    )
+    commit_interval: float = Field(
+        1.0, gt=0, le=60, description="Seconds between offset commits of delivered records."
+    )
+
+    @field_validator("namespace", "group_id", "client_id")
+    @classmethod
+    def _kafka_name(cls, value: str) -> str:
+        if not _KAFKA_NAME.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only")
+        return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl:
+            missing = [
+                key
+                for key, value in (
+                    ("sasl_mechanism", self.sasl_mechanism),
+                    ("sasl_username", self.sasl_username),
+                    ("password_file", self.password),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
+                )
+        elif self.sasl_mechanism or self.sasl_username:
+            raise ValueError(
+                "sasl_mechanism and sasl_username need security_protocol SASL_PLAINTEXT or SASL_SSL"
+            )
+        if self.ca_file is not None and not self.security_protocol.endswith("SSL"):
+            raise ValueError("ca_file needs security_protocol SSL or SASL_SSL")
+        return self
+
+
+class HomeAssistantSettings(Section):
+    discovery_prefix: str = "homeassistant"
+    base_topic: str = Field("gridmate", description="Prefix of gridmate's own topics.")
+    node_name: str = Field(
+        "gridmate",
+        description="Identifies this gridmate in unique ids and discovery topics; change it "
+        "only to run two separate gridmates against one Home Assistant.",
+    )
+    birth_delay: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Discovery is re-sent up to this many seconds (random) after Home "
+        "Assistant comes online, as Home Assistant recommends.",
+    )
+
+    @field_validator("discovery_prefix", "base_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not value or any(c in value for c in "#+") or value.startswith("/"):
+            raise ValueError("not a valid topic prefix (no '#', '+' or leading '/')")
+        return value.rstrip("/")
+
+    @field_validator("node_name")
+    @classmethod
+    def _node(cls, value: str) -> str:
+        if not _TOPIC_WORD.match(value):
+            raise ValueError("use letters, digits, '_' and '-' only")
+        return value
+
+
+class VehiclesSettings(ComponentSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDMATE_VEHICLES_")
+
+    kafka: KafkaSettings
+    mqtt: MqttSettings = MqttSettings()
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
+    vehicles: dict[str, str] = Field(
+        default_factory=dict,
+        description="VIN -> display name; overrides the name the vehicle reports.",
+    )
+    field_policies: dict[str, InvalidPolicy] = Field(
+        default_factory=dict,
+        description="Per field, what an 'invalid' value does: 'keep' the last value or "
+        "'clear' it (shown as unknown).",
+    )
+    online_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="A vehicle with no open connection is offline this many seconds after "
+        "its last data.",
+    )
+    stale_connection_after: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="An open connection with no data for this long is considered closed.",
+    )
+
+    @field_validator("vehicles")
+    @classmethod
+    def _vins(cls, value: dict[str, str]) -> dict[str, str]:
+        for vin, name in value.items():
+            if not _VIN.match(vin):
+                raise ValueError(f"{vin!r} is not a VIN (17 characters, no I, O or Q)")
+            if not name.strip():
+                raise ValueError(f"{vin}: the name is empty")
+        return value
+
+    @field_validator("field_policies")
+    @classmethod
+    def _fields(cls, value: dict[str, InvalidPolicy]) -> dict[str, InvalidPolicy]:
+        unknown = sorted(set(value) - set(FIELDS))
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(FIELDS))}"
+            )
+        return value

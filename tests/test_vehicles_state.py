@@ -1,0 +1,257 @@
+"""The vehicle state, the Fleet Telemetry mapping and the publisher, without I/O.
+
+Records are real decoder output: built from the upstream schema by the simulator and
+decoded by ``decode_record``, as the hub does.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gridmate.vehicles.catalogue import ENTITIES, FIELDS, invalid_policies
+from gridmate.vehicles.fleet_telemetry import FleetTelemetrySource
+from gridmate.vehicles.homeassistant import (
+    Topics,
+    discovery_document,
+    restore_fields,
+    state_document,
+)
+from gridmate.vehicles.publisher import Publisher
+from gridmate.vehicles.simulator import (
+    INVALID_DATUM,
+    SimulatedCar,
+    alerts_record,
+    connectivity_record,
+    sample_vin,
+    telemetry_record,
+)
+from gridmate.vehicles.state import INVALID, InvalidPolicy, Outcome, StateStore
+from gridmate.vehicles.telemetry.decode import decode_record
+
+NS = "tesla"
+VIN = sample_vin(7)
+T0 = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
+
+
+def decoded(kafka_record):
+    return decode_record(kafka_record.topic, kafka_record.headers, kafka_record.value, NS)
+
+
+def v(signals, at, **options):
+    return decoded(telemetry_record(NS, VIN, at, signals, **options))
+
+
+@pytest.fixture
+def store():
+    return StateStore(invalid_policies())
+
+
+@pytest.fixture
+def source(store):
+    return FleetTelemetrySource(store, online_timeout=600, stale_connection_after=3600)
+
+
+def test_newer_observation_wins_and_older_is_ignored(store):
+    assert store.update(VIN, "battery_level", 50, 100.0, "x") is Outcome.CHANGED
+    assert store.update(VIN, "battery_level", 40, 90.0, "x") is Outcome.IGNORED
+    assert store.update(VIN, "battery_level", 50, 110.0, "x") is Outcome.TOUCHED
+    assert store.update(VIN, "battery_level", 55, 110.0, "x") is Outcome.CHANGED
+    # A resend as old as what is known does not overwrite it.
+    assert store.update(VIN, "battery_level", 54, 110.0, "x", resend=True) is Outcome.IGNORED
+    assert store.get(VIN).value("battery_level") == 55
+
+
+def test_invalid_keeps_or_clears_per_policy(store):
+    store.update(VIN, "shift_state", "d", 1.0, "x")
+    store.update(VIN, "time_to_full_charge_h", 1.5, 1.0, "x")
+    assert store.update(VIN, "shift_state", INVALID, 2.0, "x") is Outcome.IGNORED
+    assert store.update(VIN, "time_to_full_charge_h", INVALID, 2.0, "x") is Outcome.CHANGED
+    state = store.get(VIN)
+    assert state.value("shift_state") == "d"
+    assert state.value("time_to_full_charge_h") is None
+    custom = StateStore(invalid_policies({"shift_state": InvalidPolicy.CLEAR}))
+    custom.update(VIN, "shift_state", "d", 1.0, "x")
+    custom.update(VIN, "shift_state", INVALID, 2.0, "x")
+    assert custom.get(VIN).value("shift_state") is None
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["prefer_typed", "strings"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["protobuf", "json"])
+def test_records_map_to_fields_in_the_cars_units(source, store, typed, as_json):
+    car = SimulatedCar(VIN, name="Blue")
+    car.drive(60, 30.0)
+    car.plug_in(7.7, 240)
+    signals = car.signals(everything=True) | {"DoorState": {"TrunkRear": True}}
+    applied = source.apply(v(signals, T0, typed=typed, as_json=as_json))
+    state = store.get(VIN)
+    assert "battery_level" in applied.changed
+    assert state.value("vehicle_name") == "Blue"
+    assert state.value("car_type") == "Model 3"
+    assert state.value("software_version") == "2025.44.25.5"
+    assert state.value("shift_state") == "d"
+    assert state.value("charge_state") == "charging"
+    assert state.value("speed_mph") == pytest.approx(30.0)
+    assert state.value("odometer_mi") == pytest.approx(car.odometer_mi)
+    assert state.value("charger_voltage_v") == pytest.approx(240)
+    assert state.value("tpms_front_left_bar") == pytest.approx(2.9)
+    assert state.value("locked") is True
+    assert state.value("location") == pytest.approx((car.latitude, car.longitude))
+    assert state.value("doors")["trunk_rear"] is True
+    assert state.value("online") is True
+
+
+def test_resend_with_older_values_never_overwrites(source, store):
+    source.apply(v({"BatteryLevel": 70.0, "Odometer": 100.0}, T0 + timedelta(minutes=5)))
+    # The car resends what it had not had acknowledged, from before.
+    applied = source.apply(v({"BatteryLevel": 60.0, "Odometer": 90.0}, T0, is_resend=True))
+    assert applied.changed == [] and applied.stale == 2
+    assert store.get(VIN).value("battery_level") == 70.0
+    # A resend newer than what is known is real news.
+    source.apply(v({"BatteryLevel": 69.0}, T0 + timedelta(minutes=6), is_resend=True))
+    assert store.get(VIN).value("battery_level") == 69.0
+
+
+def test_duplicated_record_changes_nothing(source):
+    record = v({"BatteryLevel": 70.0, "Gear": "D"}, T0)
+    assert source.apply(record).changed
+    again = source.apply(record)
+    assert again.changed == [] and not again.touched
+
+
+def test_invalid_from_the_car_follows_the_field_policy(source, store):
+    source.apply(v({"Gear": "D", "TimeToFullCharge": 2.5}, T0))
+    source.apply(v({"Gear": INVALID_DATUM, "TimeToFullCharge": INVALID_DATUM}, T0 + timedelta(1)))
+    state = store.get(VIN)
+    assert state.value("shift_state") == "d"  # a sleeping car keeps its last gear
+    assert state.value("time_to_full_charge_h") is None  # not charging: no estimate
+
+
+def test_signals_unknown_to_the_catalogue_become_extra_fields(source, store):
+    applied = source.apply(v({"LateralAcceleration": 0.12, "Experimental_1": 3.0}, T0))
+    assert applied.changed == ["ft_lateral_acceleration", "online"]
+    assert store.get(VIN).value("ft_lateral_acceleration") == pytest.approx(0.12)
+
+
+def test_online_from_connections_and_proof_of_life(source, store):
+    at = T0.timestamp()
+    source.apply(decoded(connectivity_record(NS, VIN, T0, "c1", True)))
+    source.apply(decoded(connectivity_record(NS, VIN, T0 + timedelta(seconds=1), "c2", True)))
+    source.apply(decoded(connectivity_record(NS, VIN, T0 + timedelta(seconds=2), "c1", False)))
+    assert store.get(VIN).value("online") is True  # c2 is still open
+    source.apply(decoded(connectivity_record(NS, VIN, T0 + timedelta(seconds=3), "c2", False)))
+    assert store.get(VIN).value("online") is False
+    # A DISCONNECTED for a connection never seen says nothing.
+    source.apply(v({"BatteryLevel": 50.0}, T0 + timedelta(seconds=10)))
+    source.apply(decoded(connectivity_record(NS, VIN, T0 + timedelta(seconds=11), "zz", False)))
+    assert store.get(VIN).value("online") is True
+    assert source.expire(at + 300) == []
+    (went_offline,) = source.expire(at + 10 + 601)
+    assert went_offline.changed == ["online"]
+    assert store.get(VIN).value("online") is False
+
+
+def test_a_connection_that_never_closes_goes_stale(source, store):
+    source.apply(decoded(connectivity_record(NS, VIN, T0, "c1", True)))
+    assert source.expire(T0.timestamp() + 1800) == []
+    assert source.expire(T0.timestamp() + 3601)
+    assert store.get(VIN).value("online") is False
+
+
+def test_alerts_are_active_until_they_end(source, store):
+    started = T0 - timedelta(minutes=1)
+    source.apply(decoded(alerts_record(NS, VIN, T0, [("ChargePortFault", started, None)])))
+    source.apply(
+        decoded(alerts_record(NS, VIN, T0 + timedelta(1), [("TirePressureLow", started, None)]))
+    )
+    names = [a["name"] for a in store.get(VIN).value("active_alerts")]
+    assert names == ["ChargePortFault", "TirePressureLow"]
+    source.apply(
+        decoded(
+            alerts_record(
+                NS, VIN, T0 + timedelta(2), [("ChargePortFault", started, T0 + timedelta(2))]
+            )
+        )
+    )
+    assert [a["name"] for a in store.get(VIN).value("active_alerts")] == ["TirePressureLow"]
+
+
+def test_state_document_round_trips_through_its_snapshot(source, store):
+    car = SimulatedCar(VIN)
+    source.apply(v(car.signals(everything=True) | {"DoorState": {"DriverFront": True}}, T0))
+    source.apply(decoded(alerts_record(NS, VIN, T0, [("A", T0, None)])))
+    document = json.loads(json.dumps(state_document(store.get(VIN))))
+    # Every field and derived value is present, so simple templates never miss.
+    for entity in ENTITIES:
+        assert entity.key in document
+    for key in FIELDS:
+        assert key in document
+    restored = StateStore()
+    restored.seed(VIN, restore_fields(json.dumps(document).encode()))
+    assert restored.get(VIN).values() == store.get(VIN).values()
+    assert {k: f.observed_at for k, f in restored.get(VIN).fields.items()} == pytest.approx(
+        {k: f.observed_at for k, f in store.get(VIN).fields.items()}
+    )
+
+
+def test_publisher_batches_per_vehicle_and_skips_unchanged(source, store):
+    topics = Topics("gm", "homeassistant", "gridmate")
+    now = [T0.timestamp()]
+    publisher = Publisher(store, topics, {VIN: "Red"}, now=lambda: now[0], touch_interval=60)
+    for second in range(5):
+        publisher.mark(source.apply(v({"VehicleSpeed": 10.0 + second}, T0 + timedelta(0, second))))
+    first = publisher.take()
+    # Five records, one state document; a vehicle's first batch has everything
+    # (there is no location yet, so no tracker attributes).
+    assert [m.topic for m in first.messages] == [
+        topics.discovery(VIN),
+        topics.state(VIN),
+        topics.alerts(VIN),
+    ]
+    assert json.loads(first.messages[1].payload)["speed_mph"] == 14.0
+    config = json.loads(first.messages[0].payload)
+    assert config["dev"]["name"] == "Red"
+    # The same values again: nothing to publish.
+    publisher.mark(source.apply(v({"VehicleSpeed": 14.0}, T0 + timedelta(0, 4))))
+    assert publisher.take().messages == []
+    # Newer but unchanged values refresh the document only after touch_interval.
+    publisher.mark(source.apply(v({"VehicleSpeed": 14.0}, T0 + timedelta(0, 30))))
+    assert publisher.take().messages == []
+    now[0] += 61
+    publisher.mark(source.apply(v({"VehicleSpeed": 14.0}, T0 + timedelta(0, 90))))
+    assert [m.topic for m in publisher.take().messages] == [topics.state(VIN)]
+
+
+def test_new_firmware_field_and_new_name_update_discovery(source, store):
+    topics = Topics()
+    publisher = Publisher(store, topics, {}, now=lambda: 0.0)
+    publisher.mark(source.apply(v({"VehicleName": "Old"}, T0)))
+    config = json.loads(publisher.take().messages[0].payload)
+    assert config["dev"]["name"] == "Old"
+    publisher.mark(source.apply(v({"VehicleName": "New", "HvacFanSpeed": 4.0}, T0 + timedelta(1))))
+    batch = publisher.take()
+    config = json.loads(batch.messages[0].payload)
+    assert batch.messages[0].topic == topics.discovery(VIN)
+    assert config["dev"]["name"] == "New"
+    extra = config["cmps"][f"{VIN}_ft_hvac_fan_speed"]
+    assert extra["en"] is False and extra["ent_cat"] == "diagnostic"
+
+
+def test_discovery_marks_units_classes_and_diagnostics(store):
+    store.update(VIN, "battery_level", 50, 1.0, "x")
+    config = discovery_document(VIN, store.get(VIN), Topics(), {})
+    cmps = config["cmps"]
+    odometer = cmps[f"{VIN}_odometer_mi"]
+    assert (odometer["dev_cla"], odometer["unit_of_meas"], odometer["stat_cla"]) == (
+        "distance",
+        "mi",
+        "total_increasing",
+    )
+    assert cmps[f"{VIN}_tpms_front_left_bar"]["unit_of_meas"] == "bar"
+    assert cmps[f"{VIN}_inside_temp_c"]["unit_of_meas"] == "°C"
+    assert cmps[f"{VIN}_software_version"]["ent_cat"] == "diagnostic"
+    assert cmps[f"{VIN}_locked"]["pl_on"] == "False"  # a lock is "on" when unlocked
+    assert cmps[f"{VIN}_location"]["p"] == "device_tracker"
+    assert config["avty"] == [{"t": "gridmate/status"}]
