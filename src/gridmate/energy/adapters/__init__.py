@@ -1,0 +1,1 @@
+"""Wire formats at the edges: Powerwall (Fleet API and local gateway), thermostats, weather."""

@@ -1,0 +1,67 @@
+"""Bookkeeping every adapter shares: API health, request counts and 429 back-off."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from gridmate.runtime.clock import Clock
+
+
+class AdapterError(Exception):
+    """A device or service call that failed; the message says what to do about it."""
+
+
+class RateLimitedError(AdapterError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RejectedError(AdapterError):
+    """The device refused the value (a 400 for a value it does not accept)."""
+
+
+@dataclass
+class ApiHealth:
+    """Whether an API answered lately, how often it was called today, and back-off."""
+
+    name: str
+    clock: Clock
+    budget: int | None = None
+    last_ok: datetime | None = None
+    last_error: str | None = None
+    blocked_until: datetime | None = None
+    used_today: int = 0
+    day: date | None = None
+    history: list[str] = field(default_factory=list)
+
+    def count(self) -> None:
+        today = self.clock.now().date()
+        if self.day != today:
+            self.day, self.used_today = today, 0
+        self.used_today += 1
+
+    def ok(self) -> None:
+        self.last_ok = self.clock.now()
+        self.last_error = None
+
+    def failed(self, reason: str) -> None:
+        self.last_error = reason
+
+    def block(self, seconds: float, reason: str) -> None:
+        self.blocked_until = self.clock.now() + timedelta(seconds=max(1.0, seconds))
+        self.last_error = reason
+
+    def blocked(self) -> float | None:
+        """Seconds left of a 429 back-off, or None."""
+        if self.blocked_until is None:
+            return None
+        left = (self.blocked_until - self.clock.now()).total_seconds()
+        return left if left > 0 else None
+
+    def problem(self) -> str | None:
+        wait = self.blocked()
+        if wait is not None:
+            return f"rate limited for {wait:.0f} more seconds"
+        return self.last_error

@@ -1,0 +1,357 @@
+"""Thermostats: Honeywell Home (Resideo) v2 API and Home Assistant ``climate`` entities.
+
+Both follow the same rules: read at most every ``poll_seconds`` (the APIs
+rate-limit hard and a lockout also locks the owner's app), write only when the
+wanted state differs from what was read, and build every Honeywell write
+from a fresh read so ``mode`` and ``autoChangeoverActive`` are echoed as the
+person left them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from gridmate.energy.adapters.common import AdapterError, ApiHealth, RateLimitedError, RejectedError
+from gridmate.energy.planner import DesiredThermostat, Hold, ThermostatReading
+from gridmate.energy.settings import HomeAssistantSettings, HoneywellSettings, ThermostatSettings
+from gridmate.runtime.clock import Clock
+from gridmate.runtime.logs import get_logger
+from gridmate.runtime.secrets import Secret
+
+log = get_logger("energy.thermostat")
+
+_HOLD_FROM_HONEYWELL: dict[str, Hold] = {
+    "NoHold": "schedule",
+    "TemporaryHold": "temporary",
+    "PermanentHold": "permanent",
+    "HoldUntil": "until",
+    "VacationHold": "permanent",
+}
+_HOLD_TO_HONEYWELL = {"schedule": "NoHold", "temporary": "TemporaryHold",
+                      "permanent": "PermanentHold", "until": "HoldUntil"}  # fmt: skip
+
+
+class Thermostat(Protocol):
+    id: str
+    supports_holds: bool
+    health: ApiHealth
+
+    async def read(self, *, force: bool = False) -> ThermostatReading: ...
+
+    async def write(self, wish: DesiredThermostat) -> None: ...
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+class HoneywellAuth:
+    """OAuth for the Honeywell Home API with single-use refresh tokens.
+
+    The rotated refresh token is written to ``token_file`` before the new
+    access token is used, so a crash never leaves only a spent token behind.
+    """
+
+    def __init__(
+        self,
+        settings: HoneywellSettings,
+        token_file: Path,
+        *,
+        http: httpx.AsyncClient,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.token_file = token_file
+        self.http = http
+        self.clock = clock
+        self._access: Secret | None = None
+        self._expires: datetime | None = None
+
+    def _refresh_token(self) -> Secret | None:
+        try:
+            saved = json.loads(self.token_file.read_text())
+            return Secret(str(saved["refresh_token"]), source=str(self.token_file))
+        except (OSError, ValueError, KeyError):
+            return self.settings.refresh_token
+
+    def problem(self) -> str | None:
+        if not self.settings.api_key or self.settings.client_secret is None:
+            return "honeywell.api_key and honeywell.client_secret_file are required"
+        if self._refresh_token() is None:
+            return "no Honeywell refresh token (set honeywell.refresh_token_file)"
+        return None
+
+    def invalidate(self) -> None:
+        self._access = None
+
+    async def token(self) -> Secret:
+        now = self.clock.now()
+        if self._access is not None and self._expires is not None and now < self._expires:
+            return self._access
+        problem = self.problem()
+        if problem:
+            raise AdapterError(problem)
+        refresh = self._refresh_token()
+        assert refresh is not None and self.settings.client_secret is not None
+        response = await self.http.post(
+            f"{self.settings.base_url.rstrip('/')}/oauth2/token",
+            auth=(str(self.settings.api_key), self.settings.client_secret.reveal()),
+            data={"grant_type": "refresh_token", "refresh_token": refresh.reveal()},
+        )
+        if response.status_code != 200:
+            raise AdapterError(
+                f"Honeywell token refresh refused ({response.status_code}); authorize gridmate "
+                "again and put the new refresh token in honeywell.refresh_token_file"
+            )
+        data = response.json()
+        write_private_file(self.token_file, json.dumps({"refresh_token": data["refresh_token"]}))
+        self._access = Secret(str(data["access_token"]), source="honeywell oauth")
+        Secret(str(data["refresh_token"]), source="honeywell oauth")  # registered for scrubbing
+        lifetime = float(data.get("expires_in", 1799))
+        self._expires = now + timedelta(seconds=max(60.0, lifetime - 60.0))
+        log.info("honeywell token refreshed", expires_in=f"{lifetime:.0f}s")
+        return self._access
+
+
+def _round_up_quarter(when: datetime, tz: ZoneInfo) -> str:
+    local = when.astimezone(tz)
+    minutes = local.hour * 60 + local.minute + (1 if local.second else 0)
+    minutes = min(23 * 60 + 45, math.ceil(minutes / 15) * 15)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+class HoneywellThermostat:
+    supports_holds = True
+
+    def __init__(
+        self,
+        config: ThermostatSettings,
+        settings: HoneywellSettings,
+        auth: HoneywellAuth,
+        *,
+        http: httpx.AsyncClient,
+        clock: Clock,
+        tz: ZoneInfo,
+    ) -> None:
+        self.id = config.id
+        self.device_id = str(config.device_id)
+        self.location_id = str(config.location_id)
+        self.settings = settings
+        self.auth = auth
+        self.http = http
+        self.clock = clock
+        self.tz = tz
+        self.health = ApiHealth(f"honeywell:{self.id}", clock)
+        self._last: tuple[datetime, dict[str, Any]] | None = None
+
+    @property
+    def _url(self) -> str:
+        return f"{self.settings.base_url.rstrip('/')}/v2/devices/thermostats/{self.device_id}"
+
+    async def _request(self, method: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        wait = self.health.blocked()
+        if wait is not None:
+            raise RateLimitedError(f"Honeywell rate limit: waiting {wait:.0f} s", wait)
+        params = {"apikey": str(self.settings.api_key), "locationId": self.location_id}
+        for attempt in (1, 2):
+            token = await self.auth.token()
+            self.health.count()
+            response = await self.http.request(
+                method,
+                self._url,
+                params=params,
+                json=body,
+                headers={"Authorization": f"Bearer {token.reveal()}"},
+            )
+            if response.status_code == 401 and attempt == 1:
+                self.auth.invalidate()
+                continue
+            if response.status_code == 429:
+                # Honeywell sends no Retry-After; wait a poll interval and more.
+                self.health.block(2 * self.settings.poll_seconds, "429 rate limit")
+                raise RateLimitedError("Honeywell answered 429", 2 * self.settings.poll_seconds)
+            if response.status_code == 400:
+                raise RejectedError(f"Honeywell refused the write: {response.text[:200]}")
+            if response.status_code >= 300:
+                raise AdapterError(f"Honeywell answered {response.status_code}")
+            return response
+        raise AdapterError("Honeywell refused the access token twice")
+
+    async def _raw(self, force: bool) -> dict[str, Any]:
+        now = self.clock.now()
+        if (
+            not force
+            and self._last is not None
+            and (now - self._last[0]).total_seconds() < self.settings.poll_seconds
+        ):
+            return self._last[1]
+        try:
+            data = dict((await self._request("GET")).json())
+        except (httpx.HTTPError, ValueError) as error:
+            self.health.failed(f"{type(error).__name__}: {error}")
+            raise AdapterError(f"Honeywell read failed: {error}") from error
+        except AdapterError as error:
+            self.health.failed(str(error))
+            raise
+        self.health.ok()
+        self._last = (now, data)
+        return data
+
+    async def read(self, *, force: bool = False) -> ThermostatReading:
+        data = await self._raw(force)
+        values = data.get("changeableValues", {})
+        status = values.get("thermostatSetpointStatus", "NoHold")
+        indoor = data.get("indoorTemperature")
+        return ThermostatReading(
+            mode=str(values.get("mode", "Off")).lower(),
+            cool_setpoint_f=_float(values.get("coolSetpoint")),
+            heat_setpoint_f=_float(values.get("heatSetpoint")),
+            indoor_f=_float(indoor),
+            hold=_HOLD_FROM_HONEYWELL.get(status, "permanent"),
+        )
+
+    async def write(self, wish: DesiredThermostat) -> None:
+        # Read-modify-write from a fresh read, echoing what the person set.
+        current = (await self._raw(force=True)).get("changeableValues", {})
+        body: dict[str, Any] = {
+            "mode": current.get("mode"),
+            "autoChangeoverActive": current.get("autoChangeoverActive", False),
+            "heatSetpoint": round(
+                wish.heat_setpoint_f
+                if wish.heat_setpoint_f is not None
+                else current.get("heatSetpoint")
+            ),
+            "coolSetpoint": round(
+                wish.cool_setpoint_f
+                if wish.cool_setpoint_f is not None
+                else current.get("coolSetpoint")
+            ),
+        }
+        if body["mode"] is None:
+            raise AdapterError("Honeywell device reported no mode; not writing blind")
+        if self.device_id.startswith("LCC-"):
+            body["thermostatSetpointStatus"] = _HOLD_TO_HONEYWELL[wish.hold]
+            if wish.hold == "until":
+                assert wish.hold_until is not None
+                body["nextPeriodTime"] = _round_up_quarter(wish.hold_until, self.tz)
+        try:
+            await self._request("POST", body)
+        except httpx.HTTPError as error:
+            self.health.failed(f"{type(error).__name__}: {error}")
+            raise AdapterError(f"Honeywell write failed: {error}") from error
+        self._last = None  # the next read must see the device as it is now
+
+
+class HomeAssistantThermostat:
+    """A ``climate.*`` entity through Home Assistant's REST API (no holds there)."""
+
+    supports_holds = False
+
+    def __init__(
+        self,
+        config: ThermostatSettings,
+        settings: HomeAssistantSettings,
+        *,
+        http: httpx.AsyncClient,
+        clock: Clock,
+    ) -> None:
+        self.id = config.id
+        self.entity_id = str(config.entity_id)
+        self.settings = settings
+        self.http = http
+        self.health = ApiHealth(f"home_assistant:{self.id}", clock)
+        self.clock = clock
+        self._last: tuple[datetime, dict[str, Any]] | None = None
+
+    def _headers(self) -> dict[str, str]:
+        if self.settings.token is None:
+            raise AdapterError("home_assistant.token_file is not set")
+        return {"Authorization": f"Bearer {self.settings.token.reveal()}"}
+
+    async def read(self, *, force: bool = False) -> ThermostatReading:
+        now = self.clock.now()
+        if (
+            force
+            or self._last is None
+            or (now - self._last[0]).total_seconds() >= self.settings.poll_seconds
+        ):
+            try:
+                self.health.count()
+                response = await self.http.get(
+                    f"{self.settings.url.rstrip('/')}/api/states/{self.entity_id}",
+                    headers=self._headers(),
+                )
+                response.raise_for_status()
+                self._last = (now, dict(response.json()))
+            except (httpx.HTTPError, ValueError) as error:
+                self.health.failed(f"{type(error).__name__}: {error}")
+                raise AdapterError(f"Home Assistant read failed: {error}") from error
+            self.health.ok()
+        state = self._last[1]
+        attributes = state.get("attributes", {})
+        mode = str(state.get("state", "off"))
+        mode = {"heat_cool": "auto", "cool": "cool", "heat": "heat"}.get(mode, "off")
+        if mode == "auto":
+            cool = _float(attributes.get("target_temp_high"))
+            heat = _float(attributes.get("target_temp_low"))
+        else:
+            cool = _float(attributes.get("temperature")) if mode == "cool" else None
+            heat = _float(attributes.get("temperature")) if mode == "heat" else None
+        return ThermostatReading(
+            mode=mode,
+            cool_setpoint_f=cool,
+            heat_setpoint_f=heat,
+            indoor_f=_float(attributes.get("current_temperature")),
+            hold="schedule",
+        )
+
+    async def write(self, wish: DesiredThermostat) -> None:
+        reading = await self.read(force=True)
+        body: dict[str, Any] = {"entity_id": self.entity_id}
+        if reading.mode == "auto":
+            body["target_temp_high"] = wish.cool_setpoint_f
+            body["target_temp_low"] = wish.heat_setpoint_f
+        elif reading.mode == "cool":
+            body["temperature"] = wish.cool_setpoint_f
+        elif reading.mode == "heat":
+            body["temperature"] = wish.heat_setpoint_f
+        else:
+            return
+        try:
+            self.health.count()
+            response = await self.http.post(
+                f"{self.settings.url.rstrip('/')}/api/services/climate/set_temperature",
+                json=body,
+                headers=self._headers(),
+            )
+            if response.status_code == 400:
+                raise RejectedError(f"Home Assistant refused: {response.text[:200]}")
+            response.raise_for_status()
+        except httpx.HTTPError as error:
+            self.health.failed(f"{type(error).__name__}: {error}")
+            raise AdapterError(f"Home Assistant write failed: {error}") from error
+        self._last = None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,104 @@
+"""Today's forecast high: NWS first (US), Open-Meteo as the fallback, cached."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from gridmate.energy.adapters.common import ApiHealth
+from gridmate.energy.planner import Forecast
+from gridmate.energy.settings import WeatherSettings
+from gridmate.runtime.clock import Clock
+from gridmate.runtime.logs import get_logger
+
+log = get_logger("energy.weather")
+
+
+class WeatherClient:
+    def __init__(
+        self, settings: WeatherSettings, tz: ZoneInfo, *, http: httpx.AsyncClient, clock: Clock
+    ) -> None:
+        self.settings = settings
+        self.tz = tz
+        self.http = http
+        self.clock = clock
+        self.health = ApiHealth("weather", clock)
+        self._forecast_url: str | None = None
+        self._cache: dict[date, Forecast] = {}
+
+    @property
+    def configured(self) -> bool:
+        return self.settings.latitude is not None and self.settings.longitude is not None
+
+    async def forecast(self, day: date) -> Forecast | None:
+        """The forecast high of ``day`` (local), fetched at most every refresh_hours."""
+        if not self.configured:
+            return None
+        cached = self._cache.get(day)
+        now = self.clock.now()
+        fresh = timedelta(hours=self.settings.refresh_hours)
+        if cached is not None and cached.fetched_at is not None and now - cached.fetched_at < fresh:
+            return cached
+        problems = []
+        for source in self.settings.sources:
+            try:
+                high = await (self._nws(day) if source == "nws" else self._open_meteo(day))
+            except (httpx.HTTPError, KeyError, ValueError, TypeError) as error:
+                problems.append(f"{source}: {type(error).__name__}: {error}")
+                log.warning("forecast source failed", source=source, error=str(error))
+                continue
+            if high is None:
+                problems.append(f"{source}: no forecast for {day}")
+                continue
+            result = Forecast(day=day, high_f=high, source=source, fetched_at=now)
+            self._cache = {d: f for d, f in self._cache.items() if d >= day - timedelta(days=1)}
+            self._cache[day] = result
+            self.health.ok()
+            log.info("forecast", day=day.isoformat(), high_f=high, source=source)
+            return result
+        self.health.failed("; ".join(problems) or "no source configured")
+        return cached  # an older forecast of the same day beats none
+
+    async def _get(self, url: str, **params: str) -> httpx.Response:
+        self.health.count()
+        response = await self.http.get(
+            url,
+            params=params or None,
+            headers={"User-Agent": self.settings.user_agent, "Accept": "application/geo+json"},
+        )
+        response.raise_for_status()
+        return response
+
+    async def _nws(self, day: date) -> float | None:
+        if self._forecast_url is None:
+            where = f"{self.settings.latitude:.4f},{self.settings.longitude:.4f}"
+            points = await self._get(f"{self.settings.nws_url.rstrip('/')}/points/{where}")
+            self._forecast_url = str(points.json()["properties"]["forecast"])
+        data = (await self._get(self._forecast_url)).json()
+        highs = [
+            float(p["temperature"])
+            if p.get("temperatureUnit", "F") == "F"
+            else float(p["temperature"]) * 1.8 + 32
+            for p in data["properties"]["periods"]
+            if p.get("isDaytime")
+            and datetime.fromisoformat(p["startTime"]).astimezone(self.tz).date() == day
+        ]
+        return max(highs) if highs else None
+
+    async def _open_meteo(self, day: date) -> float | None:
+        response = await self._get(
+            f"{self.settings.open_meteo_url.rstrip('/')}/v1/forecast",
+            latitude=str(self.settings.latitude),
+            longitude=str(self.settings.longitude),
+            daily="temperature_2m_max",
+            temperature_unit="fahrenheit",
+            timezone=str(self.tz),
+            forecast_days="3",
+        )
+        daily = response.json()["daily"]
+        for when, high in zip(daily["time"], daily["temperature_2m_max"], strict=False):
+            if date.fromisoformat(when) == day and high is not None:
+                return float(high)
+        return None
