@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -277,6 +278,7 @@ class FleetApi:
         discovery_urls: Sequence[str] = DEFAULT_DISCOVERY_URLS,
         on_budget_use: Callable[[BudgetUse], None] | None = None,
         timeout: float = 30.0,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._tokens = tokens
         self._configured_base = base_url.rstrip("/") if base_url else None
@@ -284,7 +286,7 @@ class FleetApi:
         self._command_base = command_base_url.rstrip("/") if command_base_url else None
         self._discovery_urls = tuple(u.rstrip("/") for u in discovery_urls)
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._http = http or httpx.AsyncClient(timeout=timeout, verify=verify)
         self._clock: Clock = clock or SystemClock()
         self.daily_vehicle_budget = daily_vehicle_budget
         self.daily_site_write_budget = daily_site_write_budget
