@@ -53,6 +53,7 @@ let
     ps.aiohttp
     ps.aiokafka
     ps.aiomqtt
+    ps.aiosmtpd
     ps.aiosmtplib
     ps.asyncpg
     ps.cryptography
@@ -70,7 +71,6 @@ let
     ps.pytest
     ps.pytest-asyncio
     ps.hypothesis
-    ps.aiosmtpd
   ];
 
   # Brokers `gridmate demo` starts by itself; appended to PATH, so a

@@ -594,6 +594,7 @@ RUNTIME_DEPENDENCIES = [
     "aiohttp",
     "aiokafka",
     "aiomqtt",
+    "aiosmtpd",
     "aiosmtplib",
     "asyncpg",
     "cryptography",
@@ -606,7 +607,7 @@ RUNTIME_DEPENDENCIES = [
     "pydantic-settings",
     "sdnotify",
 ]
-CHECK_DEPENDENCIES = ["aiosmtpd", "hypothesis", "pytest", "pytest-asyncio"]
+CHECK_DEPENDENCIES = ["hypothesis", "pytest", "pytest-asyncio"]
 PYTHON_PACKAGES = [*RUNTIME_DEPENDENCIES, *CHECK_DEPENDENCIES, "hatchling"]
 
 
