@@ -221,7 +221,7 @@ def test_restart_mid_peak_reproduces_the_desired_state_from_persisted_memory():
 def test_manual_override_is_respected_and_not_restored():
     plans = run_day([(at(15, 40), site()), (at(16, 0), site()), (at(17, 0), site(70))])
     memory = replace(
-        plans[-1].memory, touched=frozenset({"living"}), commanded={"living": (78.0, 68.0)}
+        plans[-1].memory, touched=frozenset({"living"}), commanded={"living": (78.0, 68.0, None)}
     )
     someone = ThermostatReading("cool", 72.0, 68.0, 75.0, "permanent")
     assert detect_override("living", memory, someone, "peak")

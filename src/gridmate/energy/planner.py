@@ -152,8 +152,10 @@ class PeakMemory:
     powerwall_overridden: bool = False
     touched: frozenset[str] = frozenset()
     """Thermostats gridmate wrote for this block and has not restored yet."""
-    commanded: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
-    """The (cool, heat) setpoints last written to each thermostat."""
+    commanded: Mapping[str, tuple[float | None, float | None, str | None]] = field(
+        default_factory=dict
+    )
+    """The (cool, heat, hold end as ISO text or None) last written to each thermostat."""
     overridden: frozenset[str] = frozenset()
     paused: frozenset[str] = frozenset()
     """Cars gridmate paused and has not resumed yet."""
@@ -234,7 +236,10 @@ class PeakMemory:
             powerwall_restored=bool(data.get("powerwall_restored", False)),
             powerwall_overridden=bool(data.get("powerwall_overridden", False)),
             touched=frozenset(data.get("touched", ())),
-            commanded={k: (v[0], v[1]) for k, v in (data.get("commanded") or {}).items()},
+            commanded={
+                k: (v[0], v[1], v[2] if len(v) > 2 else None)
+                for k, v in (data.get("commanded") or {}).items()
+            },
             overridden=frozenset(data.get("overridden", ())),
             paused=frozenset(data.get("paused", ())),
             vehicle_overrides=frozenset(data.get("vehicle_overrides", ())),
@@ -656,13 +661,27 @@ def plan(
     )
 
 
-def detect_override(tid: str, memory: PeakMemory, reading: ThermostatReading, phase: Phase) -> bool:
+def detect_override(
+    tid: str,
+    memory: PeakMemory,
+    reading: ThermostatReading,
+    phase: Phase,
+    at: datetime | None = None,
+) -> bool:
     """Whether a person changed a thermostat gridmate is holding (or was about to)."""
     if tid in memory.overridden or phase not in ("precool", "peak"):
         return False
     commanded = memory.commanded.get(tid)
     if commanded is not None:
-        cool, heat = commanded
+        cool, heat, until = commanded
+        if (
+            until is not None
+            and at is not None
+            and at >= datetime.fromisoformat(until)
+            and reading.hold == "schedule"
+        ):
+            # Our own hold ran out (precool ends at peak start): not a person.
+            return False
         moved = (
             cool is not None
             and reading.cool_setpoint_f is not None

@@ -21,7 +21,8 @@ from gridmate.energy.tariff import (
 )
 from gridmate.notify import NotifySettings
 from gridmate.runtime.secrets import Credential, Secret
-from gridmate.runtime.settings import ComponentSettings, MqttSettings, Section
+from gridmate.runtime.settings import ComponentSettings, Section
+from gridmate.tesla.settings import TeslaCloudSettings
 
 __all__ = [
     "EnergySettings",
@@ -33,7 +34,6 @@ __all__ = [
     "PowerwallSettings",
     "ReserveSettings",
     "TariffSettings",
-    "TeslaSettings",
     "ThermostatPolicy",
     "ThermostatSettings",
     "WeatherSettings",
@@ -241,29 +241,6 @@ class GatewaySettings(Section):
     )
 
 
-class TeslaSettings(Section):
-    """Fleet API access (contract 1): where tokens come from and where to send calls."""
-
-    base_url: str | None = Field(None, description="Fleet API base URL; unset = region discovery.")
-    access_token: Annotated[Secret | None, Credential("tesla_access_token")] = Field(
-        None, description="A fixed access token (tests, short trials)."
-    )
-    token_source: Literal["static", "oauth", "teslamate"] = Field(
-        "static", description="Where access tokens come from."
-    )
-    teslamate_dsn: str | None = Field(
-        None,
-        description="TeslaMate's PostgreSQL DSN (no password) for token_source 'teslamate'.",
-    )
-    teslamate_password: Annotated[Secret | None, Credential("teslamate_db_password")] = None
-    teslamate_encryption_key: Annotated[Secret | None, Credential("teslamate_encryption_key")] = (
-        None
-    )
-    client_id: str | None = None
-    refresh_token: Annotated[Secret | None, Credential("tesla_refresh_token")] = None
-    token_url: str = "https://fleet-auth.prd.vn.cloud.tesla.com/oauth2/v3/token"
-
-
 class PowerwallSettings(Section):
     site_id: int | None = Field(None, description="Energy site id; unset = the account's first.")
     cloud_read_seconds: float = Field(
@@ -295,15 +272,10 @@ class WeatherSettings(Section):
 class EvSettings(Section):
     enable: bool = Field(False, description="Pause home charging during peak.")
     vins: list[str] = Field(default_factory=list, description="Cars to manage; empty = all.")
-    state_source: Literal["fleet", "mqtt"] = Field(
+    state_source: Literal["fleet"] = Field(
         "fleet",
-        description="'fleet': vehicle_data only when the car is online; 'mqtt': the vehicles "
-        "hub's state topics.",
-    )
-    mqtt: MqttSettings | None = None
-    mqtt_topic: str = Field(
-        "gridmate/vehicles/{vin}/charging_state",
-        description="Topic with the car's charging state ('Charging', 'Stopped', ...).",
+        description="'fleet': the vehicle list first, vehicle_data only for a car that is "
+        "online (never wakes a car).",
     )
     commands_per_day: int = Field(5, ge=1, le=50, description="Charging commands per car per day.")
     home_latitude: float | None = None
@@ -322,7 +294,7 @@ class EnergySettings(ComponentSettings):
     thermostats: list[ThermostatSettings] = Field(default_factory=list)
     honeywell: HoneywellSettings = HoneywellSettings()
     home_assistant: HomeAssistantSettings = HomeAssistantSettings()
-    tesla: TeslaSettings = TeslaSettings()
+    tesla: TeslaCloudSettings = TeslaCloudSettings()
     powerwall: PowerwallSettings = PowerwallSettings()
     weather: WeatherSettings = WeatherSettings()
     ev: EvSettings = EvSettings()

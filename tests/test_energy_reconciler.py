@@ -1,0 +1,331 @@
+"""The reconciler and the daemon against the simulators: Tesla cloud, Honeywell, weather, house.
+
+Time is a hand-driven clock: each step advances it, moves the house model and
+runs one control cycle, so a whole afternoon takes a moment and nothing here
+depends on how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from gridmate.energy.journal import read_day
+from gridmate.energy.service import EnergyRuntime, build_runtime, run
+from gridmate.energy.settings import (
+    EnergySettings,
+    GatewaySettings,
+    HoneywellSettings,
+    PowerwallSettings,
+    ReserveSettings,
+    ThermostatSettings,
+    WeatherSettings,
+)
+from gridmate.energy.state import read_status
+from gridmate.runtime.clock import SimulatedClock
+from gridmate.runtime.daemon import Daemon
+from gridmate.runtime.secrets import Secret
+from gridmate.runtime.settings import MetricsSettings
+from gridmate.sim.honeywell import HoneywellSimulator, SimulatedThermostat, honeywell_simulator
+from gridmate.sim.house import HouseModel, gateway_simulator, outdoor_profile
+from gridmate.sim.tesla_cloud import SimulatedEnergySite, TeslaCloudSimulator, tesla_cloud_simulator
+from gridmate.sim.weather import WeatherSimulator, weather_simulator
+from gridmate.tesla.fleet_api import FleetApi
+from gridmate.tesla.settings import OAuthSettings, TeslaCloudSettings
+from gridmate.tesla.tokens import StaticTokenProvider
+
+PHOENIX = ZoneInfo("America/Phoenix")
+DAY = date(2026, 7, 1)  # a Wednesday
+
+
+class HandClock:
+    def __init__(self, start: datetime) -> None:
+        self._now = start
+
+    def now(self) -> datetime:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+
+
+@dataclass
+class World:
+    clock: HandClock
+    site: SimulatedEnergySite
+    thermostat: SimulatedThermostat
+    house: HouseModel
+    cloud: TeslaCloudSimulator
+    honeywell: HoneywellSimulator
+    weather: WeatherSimulator
+    settings: EnergySettings
+    runtime: EnergyRuntime
+    fleet: FleetApi
+
+    async def run_until(self, hour: int, minute: int = 0, step: float = 60.0) -> None:
+        end = datetime(DAY.year, DAY.month, DAY.day, hour, minute, tzinfo=PHOENIX)
+        while self.clock.now() < end:
+            self.clock.advance(step)
+            self.house.step(self.clock.now())
+            await self.runtime.reconciler.cycle()
+
+    async def restart(self) -> None:
+        await self.runtime.close()
+        self.runtime = await build_runtime(
+            self.settings, clock=self.clock, fleet=self.fleet, with_notifier=False
+        )
+        assert self.runtime.reconciler.powerwall is not None
+        await self.runtime.reconciler.powerwall.start()
+
+    def journal(self) -> list[dict]:
+        return read_day(self.settings.state_directory, DAY)
+
+    def actions(self, device: str) -> list[dict]:
+        return [e for e in self.journal() if e["kind"] == "action" and e["device"] == device]
+
+
+def make_settings(tmp_path, honeywell, weather, gateway, site, **changes) -> EnergySettings:
+    fields = {
+        "state_directory": tmp_path / "state",
+        "runtime_directory": tmp_path / "run",
+        "metrics": MetricsSettings(enable=False),
+        "thermostats": [
+            ThermostatSettings(
+                id="living", kind="honeywell", device_id="LCC-00D02DB89E33", location_id="123456"
+            )
+        ],
+        "honeywell": HoneywellSettings(
+            base_url=honeywell.base_url,
+            api_key="sim-consumer-key",
+            client_secret=Secret("sim-consumer-secret"),
+            refresh_token=Secret(honeywell.issue_refresh_token()),
+        ),
+        "weather": WeatherSettings(
+            latitude=33.45,
+            longitude=-112.07,
+            user_agent="gridmate-test/1 (test@example.com)",
+            nws_url=weather.nws_base_url,
+            open_meteo_url=weather.open_meteo_base_url,
+        ),
+        "powerwall": PowerwallSettings(
+            site_id=site.site_id,
+            gateway=GatewaySettings(url=gateway.base_url, password=Secret("ABCDE")),
+        ),
+    }
+    fields.update(changes)
+    return EnergySettings(**fields)
+
+
+@asynccontextmanager
+async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, **changes):
+    clock = HandClock(datetime(DAY.year, DAY.month, DAY.day, *start, tzinfo=PHOENIX))
+    site = site or SimulatedEnergySite(
+        percentage_charged=95.0,
+        backup_reserve_percent=30,
+        operation_mode="autonomous",
+        installation_time_zone="America/Phoenix",
+    )
+    thermostat = SimulatedThermostat(indoor_f=76.0, auto_changeover_active=False)
+    house = HouseModel(site, "America/Phoenix", [thermostat], outdoor=outdoor_profile(high))
+    house.step(clock.now())
+    async with (
+        tesla_cloud_simulator(sites=[site], clock=clock) as cloud,
+        honeywell_simulator([thermostat], clock=clock) as honeywell,
+        weather_simulator(clock=clock, highs={DAY: high}) as weather,
+        gateway_simulator(house) as gateway,
+    ):
+        settings = make_settings(tmp_path, honeywell, weather, gateway, site, **changes)
+        access, _ = cloud.issue_tokens()
+        fleet = FleetApi(
+            StaticTokenProvider(Secret(access)),
+            base_url=cloud.base_url,
+            clock=clock,
+            daily_site_write_budget=None,
+        )
+        runtime = await build_runtime(settings, clock=clock, fleet=fleet, with_notifier=False)
+        assert runtime.reconciler.powerwall is not None
+        await runtime.reconciler.powerwall.start()
+        w = World(clock, site, thermostat, house, cloud, honeywell, weather, settings, runtime,
+                  fleet)  # fmt: skip
+        try:
+            yield w
+        finally:
+            await w.runtime.close()
+            await fleet.aclose()
+
+
+async def test_summer_peak_precool_drop_ladder_and_verified_restore(tmp_path):
+    async with world(tmp_path) as w:
+        await w.run_until(15, 45)
+        # Precool: 3 °F below, held until 16:00, mode and changeover echoed.
+        assert w.thermostat.cool_setpoint_f == 73.0
+        assert w.thermostat.setpoint_status == "HoldUntil"
+        assert w.thermostat.next_period_time == "16:00:00"
+        body = w.thermostat.writes[0][1]
+        assert body["mode"] == "Cool" and body["autoChangeoverActive"] is False
+        assert w.site.backup_reserve_percent == 30  # the battery is kept for the peak
+
+        await w.run_until(16, 5)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        assert w.site.battery_power_w > 0 and abs(w.site.grid_power_w) < 50
+
+        await w.run_until(18, 55)
+        assert w.thermostat.cool_setpoint_f >= 78.0  # the ladder climbed as the battery drained
+        await w.run_until(19, 20)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert w.thermostat.setpoint_status == "NoHold"
+        assert w.runtime.reconciler.state.memory.baseline is None  # everything restored
+
+        writes = [(x.setting, x.value) for x in w.site.writes]
+        assert writes == [
+            ("default_real_mode", "self_consumption"),
+            ("backup_reserve_percent", 0),
+            ("backup_reserve_percent", 30),
+            ("default_real_mode", "autonomous"),
+        ]
+        journal = w.journal()
+        kinds = {e["kind"] for e in journal}
+        assert {"sample", "action", "decision", "peak", "api_usage"} <= kinds
+        precool = next(e for e in journal if e["kind"] == "decision" and e["what"] == "precool")
+        assert precool["detail"]["decided"] and precool["detail"]["source"] == "nws"
+        assert all(a["ok"] for a in w.actions("powerwall"))
+        assert all(a["detail"]["verified"] for a in w.actions("powerwall"))
+        ladder = [e for e in journal if e["kind"] == "decision" and e["what"] == "ladder"]
+        assert ladder and ladder[-1]["detail"]["level"] >= 1
+        # Honeywell was read no faster than every two minutes (plus read-backs of writes).
+        reads = [r for r in w.honeywell.requests if r[1] == "GET"]
+        assert len(reads) <= (4 * 60 + 20) / 2 + 2 * len(w.thermostat.writes) + 2
+
+
+async def test_rejected_reserve_is_not_retried_and_mode_still_set(tmp_path):
+    class RefusesZero(SimulatedEnergySite):
+        def reserve_refusal(self, percent):
+            return "backup_reserve_percent below 5 is not allowed" if percent < 5 else None
+
+    site = RefusesZero(percentage_charged=95.0, backup_reserve_percent=30,
+                       operation_mode="autonomous")  # fmt: skip
+    async with world(tmp_path, site=site) as w:
+        await w.run_until(16, 10)
+        attempts = w.cloud.calls_to("backup")
+        assert len(attempts) == 1 and attempts[0].status == 400
+        assert w.site.operation_mode == "self_consumption"
+        failed = [a for a in w.actions("powerwall") if not a["ok"]]
+        assert failed and "not allowed" in failed[0]["error"]
+        assert "backup_reserve_percent=0" in w.runtime.reconciler.state.rejected
+
+
+async def test_429_is_honoured_and_the_write_retried_after_it(tmp_path):
+    async with world(tmp_path, start=(15, 55)) as w:
+        # One reserve write per four hours: the drop at 16:00 passes, the restore is refused.
+        w.cloud.add_rate_limit(1, 4 * 3600, endpoint="backup", retry_after=600)
+        await w.run_until(19, 5)
+        statuses = [c.status for c in w.cloud.calls_to("backup")]
+        assert statuses == [200, 429]
+        assert w.site.backup_reserve_percent == 0
+        w.cloud.rate_limits.clear()
+        await w.run_until(19, 9)
+        assert len(w.cloud.calls_to("backup")) == 2  # still waiting out Retry-After
+        await w.run_until(19, 15)
+        assert [c.status for c in w.cloud.calls_to("backup")] == [200, 429, 200]
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        # The refused call did not count against the day's write budget.
+        assert w.runtime.reconciler.state.powerwall_writes == 4
+
+
+async def test_write_budget_too_small_leaves_the_powerwall_alone(tmp_path):
+    async with world(tmp_path, reserve=ReserveSettings(writes_per_day=3)) as w:
+        await w.run_until(16, 30)
+        assert w.site.writes == []
+        skipped = [e for e in w.journal() if e["kind"] == "decision" and e["what"] == "reserve"]
+        assert skipped and skipped[0]["detail"]["skipped"] is True
+
+
+async def test_nws_down_falls_back_to_open_meteo(tmp_path):
+    async with world(tmp_path) as w:
+        w.weather.nws_down = True
+        await w.run_until(15, 35)
+        precool = next(e for e in w.journal() if e["kind"] == "decision" and e["what"] == "precool")
+        assert precool["detail"]["source"] == "open_meteo"
+        assert precool["detail"]["forecast_high_f"] == 100.0
+        assert w.thermostat.cool_setpoint_f == 73.0
+
+
+async def test_manual_override_is_never_fought_nor_restored(tmp_path):
+    async with world(tmp_path) as w:
+        await w.run_until(17, 30)
+        writes_before = len(w.thermostat.writes)
+        w.thermostat.person_sets(cool=72.0)
+        await w.run_until(19, 30)
+        assert len(w.thermostat.writes) == writes_before
+        assert w.thermostat.cool_setpoint_f == 72.0
+        assert w.thermostat.setpoint_status == "PermanentHold"
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+
+
+async def test_restart_mid_peak_continues_and_restores_the_saved_baseline(tmp_path):
+    async with world(tmp_path) as w:
+        await w.run_until(17, 0)
+        before = w.runtime.reconciler.state.memory
+        await w.restart()
+        assert w.runtime.reconciler.state.memory == before
+        await w.run_until(19, 20)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        # Still four writes: the restart wrote nothing again.
+        assert len(w.site.writes) == 4
+
+
+async def test_dry_run_decides_and_writes_nothing(tmp_path):
+    async with world(tmp_path, dry_run=True) as w:
+        await w.run_until(16, 30)
+        assert w.site.writes == [] and w.thermostat.writes == []
+        dry = w.actions("powerwall")
+        assert dry and all(a["detail"]["dry_run"] for a in dry)
+
+
+async def test_daemon_runs_against_the_simulators_with_its_own_tesla_login(tmp_path):
+    start = datetime(DAY.year, DAY.month, DAY.day, 15, 58, tzinfo=PHOENIX)
+    clock = SimulatedClock(start, speed=600.0)
+    site = SimulatedEnergySite(percentage_charged=95.0, backup_reserve_percent=30,
+                               operation_mode="autonomous")  # fmt: skip
+    thermostat = SimulatedThermostat(indoor_f=76.0)
+    house = HouseModel(site, "America/Phoenix", [thermostat], outdoor=outdoor_profile(90.0))
+    async with (
+        tesla_cloud_simulator(sites=[site], clock=clock) as cloud,
+        honeywell_simulator([thermostat], clock=clock) as honeywell,
+        weather_simulator(clock=clock, highs={DAY: 90.0}) as weather,
+        gateway_simulator(house) as gateway,
+    ):
+        _, refresh = cloud.issue_tokens()
+        (tmp_path / "state").mkdir()
+        settings = make_settings(
+            tmp_path, honeywell, weather, gateway, site,
+            tesla=TeslaCloudSettings(
+                token_source="oauth",
+                base_url=cloud.base_url,
+                oauth=OAuthSettings(client_id=cloud.client_id, refresh_token=Secret(refresh),
+                                    token_url=cloud.token_url),
+            ),
+        )  # fmt: skip
+        daemon = Daemon("energy", settings, clock=clock)
+        house_task = asyncio.create_task(house.run(clock, daemon.stop, tick_seconds=30))
+        service = asyncio.create_task(run(settings, daemon))
+        for _ in range(200):
+            if site.backup_reserve_percent == 0 and daemon.is_ready:
+                break
+            await asyncio.sleep(0.05)
+        daemon.request_stop("test over")
+        await asyncio.wait_for(service, timeout=10)
+        await house_task
+        assert daemon.is_ready
+        assert (site.backup_reserve_percent, site.operation_mode) == (0, "self_consumption")
+        assert daemon.health_problems() == []
+        status = read_status(settings.runtime_directory)
+        assert status is not None and status["phase"] == "peak"
+        assert status["powerwall_writes_today"] == 2
+        assert status["memory"]["baseline"]["reserve_percent"] == 30
