@@ -1,0 +1,1 @@
+"""Simulators and throwaway real services for ``gridmate demo`` and the test suite."""
