@@ -22,6 +22,7 @@ from typing import TextIO
 
 # Adding a component's demo is one line here.
 SCENARIO_MODULES: tuple[str, ...] = (
+    "gridmate.energy.demo",
     # After the energy scenario: the report reads its journal from the shared workdir.
     "gridmate.report.demo",
 )
