@@ -207,10 +207,10 @@ def test_publisher_batches_per_vehicle_and_skips_unchanged(source, store):
     # (there is no location yet, so no tracker attributes).
     assert [m.topic for m in first.messages] == [
         topics.discovery(VIN),
-        topics.state(VIN),
         topics.alerts(VIN),
+        topics.state(VIN),
     ]
-    assert json.loads(first.messages[1].payload)["speed_mph"] == 14.0
+    assert json.loads(first.messages[2].payload)["speed_mph"] == 14.0
     config = json.loads(first.messages[0].payload)
     assert config["dev"]["name"] == "Red"
     # The same values again: nothing to publish.

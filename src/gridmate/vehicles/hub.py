@@ -150,6 +150,7 @@ class Hub:
             self.topics,
             stop=self._mqtt_stop,
             on_homeassistant_online=self._homeassistant_online,
+            on_reconnected=self.publisher.republish_all,
         )
         self.metrics = _Metrics(registry)
         self.metrics.vehicles.set_function(lambda: len(self.store))

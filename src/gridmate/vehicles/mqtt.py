@@ -53,12 +53,15 @@ class MqttLink:
         *,
         stop: asyncio.Event,
         on_homeassistant_online: Callable[[], None] | None = None,
+        on_reconnected: Callable[[], None] | None = None,
         publish_timeout: float = 30.0,
     ) -> None:
         self.settings = settings
         self.topics = topics
         self.stop = stop
         self.on_homeassistant_online = on_homeassistant_online
+        self.on_reconnected = on_reconnected
+        self._sessions = 0
         self.publish_timeout = publish_timeout
         self.connected = asyncio.Event()
         self.last_error: str | None = None
@@ -105,6 +108,10 @@ class MqttLink:
             self.connected.set()
             self.last_error = None
             backoff.reset()
+            self._sessions += 1
+            if self._sessions > 1 and self.on_reconnected is not None:
+                # The broker may have restarted without its retained messages.
+                self.on_reconnected()
             log.info(
                 "connected to the MQTT broker", broker=f"{self.settings.host}:{self.settings.port}"
             )

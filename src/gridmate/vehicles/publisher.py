@@ -138,13 +138,15 @@ class Publisher:
                     discovery.append(message)
             batch.parts[vin] = parts
             topics = self.topics
-            batch.messages.append(Message(topics.state(vin), encode(state_document(state))))
+            # Attributes before the state document: a reader that sees the new state
+            # has the matching location and alerts too.
             if parts & Parts.LOCATION:
                 location = location_document(state)
                 if location is not None:
                     batch.messages.append(Message(topics.location(vin), encode(location)))
             if parts & Parts.ALERTS:
                 batch.messages.append(Message(topics.alerts(vin), encode(alerts_document(state))))
+            batch.messages.append(Message(topics.state(vin), encode(state_document(state))))
             self._published_at[vin] = now
         # Configurations first, so an entity exists before its first state arrives.
         batch.messages[:0] = discovery

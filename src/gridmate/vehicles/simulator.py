@@ -256,7 +256,7 @@ class SimulatedCar:
         self._set("charger_amps", 0.0)
         self._set("charge_port_open", False)
 
-    def minutes_to_full(self) -> float | None:
+    def hours_to_full(self) -> float | None:
         if self.charge_state != "Charging" or self.charger_power_kw <= 0:
             return None
         missing = (self.charge_limit - self.battery_level) / 100 * self.capacity_kwh
@@ -296,13 +296,11 @@ class SimulatedCar:
             out["EstBatteryRange"] = round(self.battery_level * 2.7, 1)
             out["RatedRange"] = round(self.battery_level * 3.1, 1)
             out["EnergyRemaining"] = round(self.battery_level / 100 * self.capacity_kwh, 2)
-            to_full = self.minutes_to_full()
-            if to_full is not None:
-                out["TimeToFullCharge"] = to_full
         if want("charge_state"):
             out["DetailedChargeState"] = self.charge_state
-            if self.charge_state != "Charging":
-                out["TimeToFullCharge"] = INVALID_DATUM
+        if want("battery_level", "charge_state", "charger_power_kw"):
+            to_full = self.hours_to_full()
+            out["TimeToFullCharge"] = INVALID_DATUM if to_full is None else to_full
         if want("charger_power_kw"):
             out["ACChargingPower"] = self.charger_power_kw
         if want("charger_voltage"):

@@ -1,0 +1,363 @@
+"""The vehicles hub end to end: a real Kafka-protocol broker, a real Mosquitto, and
+what Home Assistant would display, read back through discovery and templates.
+
+Records are built from the upstream schema as fleet-telemetry writes them (protobuf,
+or protojson with ``transmit_decoded_records``), keyed by VIN, with its headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from gridmate.runtime.clock import SystemClock
+from gridmate.sim.brokers import create_kafka_topics, mosquitto_broker
+from gridmate.vehicles.ha_view import HomeAssistantView
+from gridmate.vehicles.hub import Hub
+from gridmate.vehicles.kafka import topic_names
+from gridmate.vehicles.settings import VehiclesSettings
+from gridmate.vehicles.simulator import (
+    KafkaRecord,
+    SimulatedCar,
+    alerts_record,
+    connectivity_record,
+    sample_vin,
+    telemetry_record,
+)
+
+pytestmark = pytest.mark.services
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+class Rig:
+    """Topics on the shared Kafka broker, isolated MQTT topics, hubs and a producer."""
+
+    def __init__(self, bootstrap: str, mqtt_host: str, mqtt_port: int, name: str) -> None:
+        self.bootstrap = bootstrap
+        self.mqtt_host, self.mqtt_port = mqtt_host, mqtt_port
+        self.namespace = name
+        self.base = f"{name}gm"
+        self.discovery = f"{name}ha"
+        self.group = f"{name}-group"
+        self.producer: AIOKafkaProducer | None = None
+
+    def settings(self, kafka=None, **extra) -> VehiclesSettings:
+        return VehiclesSettings(
+            kafka={
+                "bootstrap_servers": self.bootstrap,
+                "namespace": self.namespace,
+                "group_id": self.group,
+                "commit_interval": 0.2,
+                **(kafka or {}),
+            },
+            mqtt={"host": self.mqtt_host, "port": self.mqtt_port},
+            homeassistant={
+                "base_topic": self.base,
+                "discovery_prefix": self.discovery,
+                "birth_delay": 0,
+            },
+            metrics={"enable": False},
+            **extra,
+        )
+
+    @contextlib.asynccontextmanager
+    async def hub(self, **extra) -> AsyncIterator[Hub]:
+        stop = asyncio.Event()
+        hub = Hub(
+            self.settings(**extra), clock=SystemClock(), registry=CollectorRegistry(), stop=stop
+        )
+        task = asyncio.create_task(hub.run())
+        try:
+            await asyncio.wait_for(hub.ready.wait(), 20)
+            yield hub
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+    @contextlib.asynccontextmanager
+    async def view(self) -> AsyncIterator[HomeAssistantView]:
+        view = HomeAssistantView(
+            self.mqtt_host, self.mqtt_port, discovery_prefix=self.discovery, base=self.base
+        )
+        async with view.running():
+            yield view
+
+    async def send(self, *records: KafkaRecord) -> None:
+        if self.producer is None:
+            self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=0)
+            await self.producer.start()
+        for record in records:
+            await self.producer.send_and_wait(
+                record.topic, record.value, key=record.key, headers=record.headers
+            )
+
+    async def send_raw(self, topic: str, value: bytes, headers=(), key=b"x") -> None:
+        await self.send(KafkaRecord(topic, key, value, list(headers)))
+
+    async def committed(self) -> dict[TopicPartition, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group)
+        await consumer.start()
+        try:
+            result = {}
+            for topic in topic_names(self.namespace):
+                for partition in consumer.partitions_for_topic(topic) or ():
+                    tp = TopicPartition(topic, partition)
+                    offset = await consumer.committed(tp)
+                    if offset is not None:
+                        result[tp] = offset
+            return result
+        finally:
+            await consumer.stop()
+
+    async def close(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+
+
+@pytest.fixture
+async def rig(kafka_bootstrap, mqtt_broker, unique_name) -> AsyncIterator[Rig]:
+    rig = Rig(kafka_bootstrap, mqtt_broker.host, mqtt_broker.port, unique_name)
+    await create_kafka_topics(kafka_bootstrap, dict.fromkeys(topic_names(unique_name), 2))
+    try:
+        yield rig
+    finally:
+        await rig.close()
+
+
+def shown(device: str, **expected):
+    """A condition: the device's entities display ``expected`` (entity name -> state)."""
+    names = {key.replace("_", " ").capitalize(): value for key, value in expected.items()}
+
+    def check(entities) -> bool:
+        for name, value in names.items():
+            entity = entities.get((device, name))
+            if entity is None or entity.state != value:
+                return False
+        return True
+
+    return check
+
+
+async def test_a_drive_and_a_charge_reach_home_assistant(rig):
+    car = SimulatedCar(sample_vin(1), name="Blue")
+    ns = rig.namespace
+    async with rig.hub(), rig.view() as ha:
+        at = T0
+        await rig.send(
+            connectivity_record(ns, car.vin, at, "conn-1", True),
+            telemetry_record(ns, car.vin, at, car.signals(everything=True)),
+        )
+        entities = await ha.wait_for(shown("Blue", battery_level=62.0, shift_state="p"))
+        assert entities[("Blue", "Online")].state == "on"
+        assert entities[("Blue", "Lock")].state == "off"  # locked
+        assert entities[("Blue", "Software version")].state == "2025.44.25.5"
+        assert entities[("Blue", "Tyre pressure front left")].state == pytest.approx(2.9)
+        assert entities[("Blue", "Charging state")].state == "disconnected"
+        assert entities[("Blue", "Charging")].state == "off"
+        assert entities[("Blue", "Battery level")].available
+        # Driving, half of the records as protojson from a car without prefer_typed.
+        for minute in range(1, 6):
+            at = T0 + timedelta(minutes=minute)
+            car.drive(60, 40.0, turn_deg=10)
+            await rig.send(
+                telemetry_record(
+                    ns, car.vin, at, car.signals(), as_json=minute % 2 == 0, typed=minute % 2 == 1
+                )
+            )
+        entities = await ha.wait_for(
+            shown("Blue", speed=40.0, shift_state="d", driving="on", odometer=car.odometer_mi)
+        )
+        location = entities[("Blue", "Location")]
+        assert location.state == pytest.approx((car.latitude, car.longitude))
+        assert location.attributes["heading"] == pytest.approx(car.heading)
+        assert location.attributes["speed"] == pytest.approx(40.0)
+        # Park and charge.
+        car.park()
+        car.plug_in(11.0, 240.0)
+        at += timedelta(minutes=10)
+        await rig.send(telemetry_record(ns, car.vin, at, car.signals()))
+        entities = await ha.wait_for(
+            shown("Blue", charging_state="charging", charging="on", charger_power=11.0)
+        )
+        assert entities[("Blue", "Charger voltage")].state == 240.0
+        assert entities[("Blue", "Charger current")].state == pytest.approx(46.0)
+        assert entities[("Blue", "Time to full charge")].state == pytest.approx(car.hours_to_full())
+        assert entities[("Blue", "Charge cable")].state == "on"
+        car.charge(3 * 3600)
+        at += timedelta(hours=3)
+        await rig.send(
+            telemetry_record(ns, car.vin, at, car.signals()),
+            alerts_record(ns, car.vin, at, [("ChargePortColdWeatherMode", at, None)]),
+        )
+        entities = await ha.wait_for(shown("Blue", charging_state="complete", battery_level=80.0))
+        assert entities[("Blue", "Time to full charge")].state is None  # invalid -> cleared
+        alerts = entities[("Blue", "Active alerts")]
+        assert alerts.state == "1"
+        assert alerts.attributes["alerts"][0]["name"] == "ChargePortColdWeatherMode"
+        # Units Home Assistant gets are the car's.
+        units = {
+            name: e.config.get("unit_of_measurement")
+            for (device, name), e in entities.items()
+            if device == "Blue"
+        }
+        assert units["Odometer"] == "mi" and units["Speed"] == "mph"
+        assert units["Inside temperature"] == "°C" and units["Charger power"] == "kW"
+
+
+async def test_resends_replays_and_duplicates_are_harmless(rig):
+    vin = sample_vin(2)
+    ns = rig.namespace
+    async with rig.hub(vehicles={vin: "Grey"}), rig.view() as ha:
+        await rig.send(
+            telemetry_record(
+                ns, vin, T0 + timedelta(minutes=5), {"BatteryLevel": 70.0, "Odometer": 200.0}
+            ),
+            telemetry_record(
+                ns, vin, T0, {"BatteryLevel": 50.0, "Odometer": 150.0}, is_resend=True
+            ),
+            telemetry_record(
+                ns, vin, T0 + timedelta(minutes=5), {"BatteryLevel": 70.0, "Odometer": 200.0}
+            ),
+            telemetry_record(ns, vin, T0 + timedelta(minutes=6), {"InsideTemp": 19.5}),
+        )
+        await ha.wait_for(shown("Grey", inside_temperature=19.5))
+        assert ha.value("Grey", "Battery level") == 70.0
+        assert ha.value("Grey", "Odometer") == 200.0
+    committed = await rig.committed()
+    assert sum(committed.values()) == 4
+    # A new instance of the group starts from the commits; an old record re-sent by the
+    # producer (at least once) changes nothing, and the state is restored from the broker.
+    async with rig.hub(vehicles={vin: "Grey"}), rig.view() as ha:
+        await rig.send(
+            telemetry_record(ns, vin, T0 + timedelta(minutes=1), {"BatteryLevel": 55.0}),
+            telemetry_record(ns, vin, T0 + timedelta(minutes=7), {"VehicleSpeed": 0.0}),
+        )
+        await ha.wait_for(shown("Grey", speed=0.0))
+        # The parked car's other values were restored, not blanked.
+        assert ha.value("Grey", "Battery level") == 70.0
+        assert ha.value("Grey", "Inside temperature") == 19.5
+        assert ha.value("Grey", "Odometer") == 200.0
+
+
+async def test_malformed_records_are_counted_skipped_and_committed(rig):
+    vin = sample_vin(3)
+    ns = rig.namespace
+    limit = {"max_record_bytes": 64 * 1024}
+    async with rig.hub(vehicles={vin: "Odd"}, kafka=limit) as hub, rig.view() as ha:
+        await rig.send_raw(f"{ns}_V", b"\x0a\xff\xff\xff", [("txtype", b"V")])
+        await rig.send_raw(f"{ns}_V", b'{"data": [', [("txtype", b"V")])
+        await rig.send_raw(f"{ns}_alerts", b"\x0a\x00", [("txtype", b"metrics")])
+        await rig.send_raw(f"{ns}_V", b"\x0a" * (100 * 1024), [("txtype", b"V")])
+        await rig.send(telemetry_record(ns, vin, T0, {"BatteryLevel": 33.0}))
+        await ha.wait_for(shown("Odd", battery_level=33.0))
+        malformed = hub.metrics.malformed
+        reasons = {
+            s.labels["reason"]: s.value
+            for metric in malformed.collect()
+            for s in metric.samples
+            if s.name.endswith("_total")
+        }
+        assert reasons == {
+            "bad_protobuf": 1.0,
+            "bad_json": 1.0,
+            "unknown_type": 1.0,
+            "oversize": 1.0,
+        }
+        await asyncio.sleep(0.5)  # one commit interval
+    assert sum((await rig.committed()).values()) == 5
+
+
+async def test_home_assistant_birth_brings_discovery_then_states_again(rig):
+    vin = sample_vin(4)
+    async with rig.hub(vehicles={vin: "Again"}), rig.view() as ha:
+        await rig.send(telemetry_record(rig.namespace, vin, T0, {"BatteryLevel": 44.0}))
+        await ha.wait_for(shown("Again", battery_level=44.0))
+        before = ha.config_messages
+        await ha.announce_online()
+        await ha.wait_for(lambda _entities: ha.config_messages > before)
+        assert ha.value("Again", "Battery level") == 44.0
+
+
+async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstrap, unique_name):
+    await create_kafka_topics(kafka_bootstrap, dict.fromkeys(topic_names(unique_name), 1))
+    async with mosquitto_broker() as (host, port):
+        pass  # a free port to restart the broker on
+    vin = sample_vin(5)
+    rig = Rig(kafka_bootstrap, host, port, unique_name)
+    try:
+        async with mosquitto_broker(port=port):
+            hub_context = rig.hub(vehicles={vin: "Patient"})
+            hub = await hub_context.__aenter__()
+            try:
+                async with rig.view() as ha:
+                    await rig.send(telemetry_record(rig.namespace, vin, T0, {"BatteryLevel": 10.0}))
+                    await ha.wait_for(shown("Patient", battery_level=10.0))
+                await asyncio.sleep(0.5)
+                delivered = sum((await rig.committed()).values())
+            except BaseException:
+                await hub_context.__aexit__(None, None, None)
+                raise
+        # The broker is gone: records keep coming, none may be committed.
+        for minute in range(1, 4):
+            await rig.send(
+                telemetry_record(
+                    rig.namespace,
+                    vin,
+                    T0 + timedelta(minutes=minute),
+                    {"BatteryLevel": 10.0 + minute},
+                )
+            )
+        try:
+            for _ in range(40):
+                if hub.health_mqtt() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert hub.health_mqtt() is not None
+            await asyncio.sleep(1.0)
+            assert sum((await rig.committed()).values()) == delivered
+            async with mosquitto_broker(port=port), rig.view() as ha:
+                await ha.wait_for(shown("Patient", battery_level=13.0), within=30)
+                await asyncio.sleep(0.5)
+                assert sum((await rig.committed()).values()) == delivered + 3
+        finally:
+            with contextlib.suppress(Exception):
+                await hub_context.__aexit__(None, None, None)
+    finally:
+        await rig.close()
+
+
+async def test_two_instances_split_vehicles_and_hand_over(rig):
+    cars = [SimulatedCar(sample_vin(10 + n), name=f"Car {n}") for n in range(6)]
+    names = {car.vin: car.name for car in cars}
+    ns = rig.namespace
+    async with rig.view() as ha, rig.hub(vehicles=names) as first:
+        second_context = rig.hub(vehicles=names)
+        second = await second_context.__aenter__()
+        try:
+            await asyncio.sleep(3)  # let the group settle with two members
+            for car in cars:
+                await rig.send(telemetry_record(ns, car.vin, T0, car.signals(everything=True)))
+            await ha.wait_for(
+                lambda e: all(shown(car.name, battery_level=62.0)(e) for car in cars), within=30
+            )
+            published = {first.publisher.vehicles_published, second.publisher.vehicles_published}
+        finally:
+            await second_context.__aexit__(None, None, None)
+        # The first instance takes everything over; new data for any car is shown
+        # together with the values the other instance had published.
+        for car in cars:
+            await rig.send(
+                telemetry_record(ns, car.vin, T0 + timedelta(minutes=1), {"VehicleSpeed": 12.0})
+            )
+        await ha.wait_for(
+            lambda e: all(shown(car.name, speed=12.0, battery_level=62.0)(e) for car in cars),
+            within=60,
+        )
+    assert sum(published) == len(cars)
