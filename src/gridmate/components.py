@@ -10,6 +10,7 @@ from gridmate.runtime.component import Component
 COMPONENT_MODULES: tuple[str, ...] = (
     "gridmate.energy.component",
     "gridmate.report.component",
+    "gridmate.vehicles.component",
 )
 
 
