@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
@@ -246,6 +246,9 @@ class PeakMemory:
         )
 
 
+_EMPTY_MEMORY = PeakMemory()
+
+
 # ---------------------------------------------------------------- outputs
 
 
@@ -428,18 +431,21 @@ def plan(
     decisions: list[Decision] = []
     segment = schedule.segment_at(at)
     block = schedule.next_block(at, config.controlled_periods)
-    lead = config.policy.precool_lead_minutes * 60.0
     phase: Phase = "idle"
     if block is not None and block[0] <= at < block[1]:
         phase = "peak"
-    elif block is not None and 0 < (block[0] - at).total_seconds() <= lead:
+    elif (
+        block is not None
+        and block[0] - at <= timedelta(minutes=config.policy.precool_lead_minutes)
+        and block[0] > at
+    ):
         phase = "precool"
     elif memory.baseline is not None and at >= memory.baseline.block_end:
         phase = "restore"
         block = (memory.baseline.block_start, memory.baseline.block_end)
 
     if phase == "idle":
-        return Plan(at, phase, segment.period, block, None, {}, {}, (), PeakMemory())
+        return Plan(at, phase, segment.period, block, None, {}, {}, (), _EMPTY_MEMORY)
     assert block is not None
 
     # --- the baseline: saved once per block, before anything is changed

@@ -501,6 +501,9 @@ class Schedule:
         for event in events:
             self._events.setdefault(event.date, []).append(event)
         self._cache: dict[date, DayPlan] = {}
+        self._block_cache: dict[
+            tuple[date, frozenset[str], int], tuple[tuple[datetime, datetime], ...]
+        ] = {}
         self._cache_days = cache_days
 
     # -------------------------------------------------------------- lookups
@@ -568,13 +571,35 @@ class Schedule:
     ) -> tuple[datetime, datetime] | None:
         """The current or next contiguous stretch of ``periods`` that ends after ``when``."""
         wanted = frozenset({periods}) if isinstance(periods, str) else periods
-        local_day = self.local_date(when)
-        for offset in range(horizon_days):
-            for segment in self.day_plan(local_day + timedelta(days=offset)).segments:
-                if segment.period in wanted and segment.end > when:
-                    start, end, _ = self.block_at(max(segment.start, when), wanted)
-                    return start, end
+        for block in self._blocks(self.local_date(when), wanted, horizon_days):
+            if block[1] > when:
+                return block
         return None
+
+    def _blocks(
+        self, day: date, wanted: frozenset[str], horizon_days: int
+    ) -> tuple[tuple[datetime, datetime], ...]:
+        """Stretches of ``wanted`` touching ``day``, then the first one after it (cached)."""
+        key = (day, wanted, horizon_days)
+        cached = self._block_cache.get(key)
+        if cached is not None:
+            return cached
+        blocks: list[tuple[datetime, datetime]] = []
+        for offset in range(horizon_days):
+            for segment in self.day_plan(day + timedelta(days=offset)).segments:
+                if segment.period not in wanted:
+                    continue
+                if blocks and segment.start < blocks[-1][1]:
+                    continue  # part of the stretch already found
+                start, end, _ = self.block_at(segment.start, wanted)
+                blocks.append((start, end))
+            if offset > 0 and blocks and blocks[-1][1] > self.day_plan(day).segments[-1].end:
+                break  # found the first stretch reaching past the day
+        result = tuple(blocks)
+        if len(self._block_cache) >= self._cache_days:
+            self._block_cache.clear()
+        self._block_cache[key] = result
+        return result
 
     # -------------------------------------------------------------- compilation
 
