@@ -8,6 +8,7 @@ depends on how fast the machine is.
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -17,6 +18,7 @@ from gridmate.energy.journal import read_day
 from gridmate.energy.service import EnergyRuntime, build_runtime, run
 from gridmate.energy.settings import (
     EnergySettings,
+    EvSettings,
     GatewaySettings,
     HoneywellSettings,
     PowerwallSettings,
@@ -31,7 +33,12 @@ from gridmate.runtime.secrets import Secret
 from gridmate.runtime.settings import MetricsSettings
 from gridmate.sim.honeywell import HoneywellSimulator, SimulatedThermostat, honeywell_simulator
 from gridmate.sim.house import HouseModel, gateway_simulator, outdoor_profile
-from gridmate.sim.tesla_cloud import SimulatedEnergySite, TeslaCloudSimulator, tesla_cloud_simulator
+from gridmate.sim.tesla_cloud import (
+    SimulatedEnergySite,
+    SimulatedVehicle,
+    TeslaCloudSimulator,
+    tesla_cloud_simulator,
+)
 from gridmate.sim.weather import WeatherSimulator, weather_simulator
 from gridmate.tesla.fleet_api import FleetApi
 from gridmate.tesla.settings import OAuthSettings, TeslaCloudSettings
@@ -123,7 +130,7 @@ def make_settings(tmp_path, honeywell, weather, gateway, site, **changes) -> Ene
 
 
 @asynccontextmanager
-async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, **changes):
+async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), **changes):
     clock = HandClock(datetime(DAY.year, DAY.month, DAY.day, *start, tzinfo=PHOENIX))
     site = site or SimulatedEnergySite(
         percentage_charged=95.0,
@@ -132,10 +139,12 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, **changes):
         installation_time_zone="America/Phoenix",
     )
     thermostat = SimulatedThermostat(indoor_f=76.0, auto_changeover_active=False)
-    house = HouseModel(site, "America/Phoenix", [thermostat], outdoor=outdoor_profile(high))
+    house = HouseModel(
+        site, "America/Phoenix", [thermostat], list(vehicles), outdoor=outdoor_profile(high)
+    )
     house.step(clock.now())
     async with (
-        tesla_cloud_simulator(sites=[site], clock=clock) as cloud,
+        tesla_cloud_simulator(sites=[site], vehicles=vehicles, clock=clock) as cloud,
         honeywell_simulator([thermostat], clock=clock) as honeywell,
         weather_simulator(clock=clock, highs={DAY: high}) as weather,
         gateway_simulator(house) as gateway,
@@ -329,3 +338,37 @@ async def test_daemon_runs_against_the_simulators_with_its_own_tesla_login(tmp_p
         assert status is not None and status["phase"] == "peak"
         assert status["powerwall_writes_today"] == 2
         assert status["memory"]["baseline"]["reserve_percent"] == 30
+
+
+async def test_home_charging_paused_at_peak_and_resumed_after(tmp_path):
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    ev = EvSettings(enable=True, home_latitude=car.latitude, home_longitude=car.longitude)
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        await w.run_until(16, 10)
+        assert car.charging_state == "Stopped"
+        assert [c[1] for c in car.commands] == ["charge_stop"]
+        await w.run_until(19, 10)
+        assert car.charging_state == "Charging"
+        assert [c[1] for c in car.commands] == ["charge_stop", "charge_start"]
+        # The car was never woken and its data was read only while it was online.
+        assert car.wakes == 0
+        assert all(c.vehicle_state == "online" for c in w.cloud.calls_to("vehicle_data"))
+        stops = w.actions(f"vehicle:{car.vin}")
+        assert [a["action"] for a in stops] == ["charge_stop", "charge_start"]
+
+
+async def test_honeywell_refresh_token_is_rotated_and_kept(tmp_path):
+    async with world(tmp_path, start=(15, 25)) as w:
+        first = w.settings.honeywell.refresh_token.reveal()
+        await w.run_until(15, 35)
+        token_file = w.settings.state_directory / "energy" / "honeywell-token.json"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        kept = json.loads(token_file.read_text())["refresh_token"]
+        assert kept != first
+        # The first token is spent; gridmate can still log in after a restart, from the file.
+        assert w.honeywell.refreshes == 1
+        await w.restart()
+        w.clock.advance(3600)
+        await w.runtime.reconciler.cycle()
+        assert w.honeywell.refreshes == 2
+        assert all(status != 401 for _, _, _, status in w.honeywell.requests)

@@ -1,0 +1,77 @@
+"""Energy configuration errors name their keys; the plan command prints a day."""
+
+from __future__ import annotations
+
+import pytest
+
+from gridmate.cli import main
+from gridmate.energy.adapters.gateway import app_from_raw
+from gridmate.energy.settings import EnergySettings
+from gridmate.runtime.settings import ConfigError, load_settings
+from gridmate.sim.house import raw_from_app
+
+
+def load(tmp_path, text: str) -> EnergySettings:
+    path = tmp_path / "energy.toml"
+    path.write_text(text)
+    return load_settings(EnergySettings, path)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("[reserve]\npeak_reserve_percent = 90\n", "reserve.peak_reserve_percent", "0-80"),
+        ('[tariff]\npreset = "edison"\n', "tariff.preset", "unknown preset"),
+        (
+            '[tariff]\npreset = "original"\n[[tariff.schedules]]\neffective_from = 2027-01-01\n'
+            '[[tariff.schedules.seasons]]\nname = "all"\nstart = "01-01"\nend = "12-31"\n'
+            '[[tariff.schedules.seasons.windows]]\nperiod = "peak"\nstart = "17:00"\n'
+            'end = "07:00"\n',
+            "tariff.schedules.0.seasons.0.windows.0.end",
+            "wraps = true",
+        ),
+        (
+            '[tariff]\npreset = "original"\n[[tariff.schedules]]\neffective_from = 2027-01-01\n'
+            '[[tariff.schedules.seasons]]\nname = "most"\nstart = "01-01"\nend = "11-30"\n',
+            "tariff.schedules.0.seasons",
+            "12-01",
+        ),
+        (
+            '[[thermostats]]\nid = "a"\nkind = "honeywell"\n',
+            "thermostats.0.device_id",
+            "location_id",
+        ),
+        ('[weather]\nuser_agent = "curl"\n', "weather.user_agent", "contact"),
+        ("[honeywell]\npoll_seconds = 30\n", "honeywell.poll_seconds", "120"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, text, key, words):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{key}:"), problem
+    assert words in problem
+
+
+def test_gateway_soc_is_converted_to_the_app_scale():
+    assert app_from_raw(5.0) == 0.0
+    assert app_from_raw(100.0) == 100.0
+    for app in (0.0, 20.0, 57.3, 80.0, 100.0):
+        assert app_from_raw(raw_from_app(app)) == pytest.approx(app)
+    # A raw 24 % is 20 % on the app's scale: below a 20.5 % reserve, not above it.
+    assert app_from_raw(24.0) == pytest.approx(20.0)
+
+
+def test_plan_command_prints_the_day(tmp_path, capsys):
+    path = tmp_path / "energy.toml"
+    path.write_text('[tariff]\npreset = "aps-tou-4pm-7pm"\n')
+    assert main(["energy", "plan", "-c", str(path), "--date", "2026-07-01",
+                 "--forecast-high", "101"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "16:00-19:00  peak" in out
+    assert "15:30  save the baseline; precool" in out
+    assert "19:00  restore" in out
+    assert main(["energy", "plan", "-c", str(path), "--date", "2026-07-03"]) == 0
+    holiday = capsys.readouterr().out
+    assert "holiday: independence day (observed)" in holiday
+    assert "no controlled period today" in holiday
