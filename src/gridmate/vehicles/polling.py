@@ -70,7 +70,8 @@ def poll_delay(
     """Seconds until the next poll of one car.
 
     The interval for the car's activity, stretched so that the remaining daily
-    budget lasts until midnight UTC (when Tesla's per-day counts restart).
+    budget (``budget - used``, after the poll just made) lasts until midnight UTC,
+    when Tesla's per-day counts restart.
     """
     base = {
         Activity.ACTIVE: active_interval,
@@ -82,7 +83,8 @@ def poll_delay(
     remaining = budget - used
     if remaining <= 0:
         return max(base, seconds_left_today)
-    return max(base, seconds_left_today / remaining)
+    # The remaining polls evenly spaced before midnight (the last one not at midnight).
+    return max(base, seconds_left_today / (remaining + 1))
 
 
 def listing_activity(listing: VehicleListing) -> Activity:

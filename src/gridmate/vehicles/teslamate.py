@@ -653,10 +653,11 @@ class TeslaMateSource:
                 "TeslaMate cars mapped",
                 cars=", ".join(f"{i}={v}" for i, v in sorted(new_map.vins.items())),
             )
-        self.car_map = new_map
-        self._apply_pending()
+        self.use_car_map(new_map)
 
-    def _apply_pending(self) -> None:
+    def use_car_map(self, car_map: CarMap) -> None:
+        """Map car ids with ``car_map`` from now on; apply what waited for a VIN."""
+        self.car_map = car_map
         for car_id in list(self._pending):
             vin = self.car_map.vin(car_id)
             if vin is None:
