@@ -48,6 +48,10 @@ class WriteOutcome:
     ok: bool
     verified: bool
     error: str | None = None
+    rejected: bool = False
+    """Tesla refused the value (400): retrying the same value is pointless."""
+    sent: bool = True
+    """False when nothing was sent (a 429 back-off or a local budget)."""
 
 
 class Powerwall:
@@ -195,19 +199,30 @@ class Powerwall:
 
     async def write_reserve(self, percent: int) -> WriteOutcome:
         assert self.site_id is not None
-        try:
-            await self._call(self.fleet.set_backup_reserve(self.site_id, percent))
-        except AdapterError as error:
-            return WriteOutcome("backup_reserve_percent", percent, False, False, str(error))
-        return await self._verify("backup_reserve_percent", percent)
+        return await self._write(
+            "backup_reserve_percent", percent, self.fleet.set_backup_reserve(self.site_id, percent)
+        )
 
     async def write_mode(self, mode: str) -> WriteOutcome:
         assert self.site_id is not None
+        return await self._write(
+            "default_real_mode",
+            mode,
+            self.fleet.set_operation_mode(self.site_id, mode),  # type: ignore[arg-type]
+        )
+
+    async def _write(
+        self, setting: str, value: object, call: Coroutine[Any, Any, None]
+    ) -> WriteOutcome:
         try:
-            await self._call(self.fleet.set_operation_mode(self.site_id, mode))  # type: ignore[arg-type]
+            await self._call(call)
+        except RejectedError as error:
+            return WriteOutcome(setting, value, False, False, str(error), rejected=True)
+        except RateLimitedError as error:
+            return WriteOutcome(setting, value, False, False, str(error), sent=False)
         except AdapterError as error:
-            return WriteOutcome("default_real_mode", mode, False, False, str(error))
-        return await self._verify("default_real_mode", mode)
+            return WriteOutcome(setting, value, False, False, str(error))
+        return await self._verify(setting, value)
 
     async def _verify(self, setting: str, value: object) -> WriteOutcome:
         # Read back: a write Tesla acknowledged is not yet a setting the site has.
