@@ -23,5 +23,21 @@
         and set this to `pkgs.gridmate`.
       '';
     };
+
+    prometheus.scrape = lib.mkOption {
+      type = lib.types.bool;
+      default = true;
+      example = false;
+      description = ''
+        Whether to add a scrape job for each enabled gridmate daemon
+        (`gridmate-vehicles`, `gridmate-energy`) to
+        {option}`services.prometheus.scrapeConfigs` when
+        {option}`services.prometheus.enable` is set on this host. The target
+        is the daemon's `settings.metrics.listen_address` and
+        `settings.metrics.port`; a daemon with `settings.metrics.enable = false`
+        gets no job. The daily report is a timer job without a metrics
+        endpoint; its figures are in its metrics files.
+      '';
+    };
   };
 }

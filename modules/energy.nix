@@ -1,33 +1,253 @@
-# services.gridmate.energy: time-of-use control of the Powerwall and thermostats
-#
-# This is the groundwork module: it declares `enable` and `package` only.
-# The energy component's owner adds, when the component lands:
-#   - `settings` (type `(gridmateLib.settingsFormat pkgs).type`, rendered
-#     with `gridmateLib.mkSettingsFile`; never secrets),
-#   - one `*File` option per secret, passed as `credentials` (LoadCredential=),
-#   - `systemd.services.gridmate-energy = gridmateLib.mkService { ... }`
-#     in place of the warning below.
-{ config, lib, ... }:
+# services.gridmate.energy: time-of-use control of the Powerwall, thermostats
+# and home EV charging, as the systemd service gridmate-energy.service.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
 let
   gridmateLib = import ./lib.nix { inherit lib; };
   cfg = config.services.gridmate.energy;
+  component = "energy";
+  prefix = "services.gridmate.energy";
+  format = gridmateLib.settingsFormat pkgs;
+
+  # Every secret of the energy settings model: the `*File` option, the
+  # systemd credential gridmate looks for, and the settings key it fills.
+  # tests/test_nix.py checks this list against the Python settings model.
+  secrets = [
+    {
+      option = "teslamateEncryptionKeyFile";
+      credential = "teslamate_encryption_key";
+      key = [
+        "tesla"
+        "teslamate"
+        "encryption_key"
+      ];
+      what = "TeslaMate's ENCRYPTION_KEY, which decrypts the Tesla tokens TeslaMate stores (with `settings.tesla.token_source = \"teslamate\"`)";
+    }
+    {
+      option = "teslamateDbPasswordFile";
+      credential = "teslamate_db_password";
+      key = [
+        "tesla"
+        "teslamate"
+        "db_password"
+      ];
+      what = "the password of TeslaMate's PostgreSQL database (`settings.tesla.teslamate.dsn` names the database and user)";
+    }
+    {
+      option = "teslaRefreshTokenFile";
+      credential = "tesla_refresh_token";
+      key = [
+        "tesla"
+        "oauth"
+        "refresh_token"
+      ];
+      what = "the initial Tesla OAuth refresh token (with `settings.tesla.token_source = \"oauth\"`; rotated tokens are then kept in the state directory)";
+    }
+    {
+      option = "honeywellClientSecretFile";
+      credential = "honeywell_client_secret";
+      key = [
+        "honeywell"
+        "client_secret"
+      ];
+      what = "the consumer secret of your Honeywell Home developer app (`settings.honeywell.api_key` is its key)";
+    }
+    {
+      option = "honeywellRefreshTokenFile";
+      credential = "honeywell_refresh_token";
+      key = [
+        "honeywell"
+        "refresh_token"
+      ];
+      what = "the initial Honeywell Home refresh token (rotated tokens are then kept in the state directory)";
+    }
+    {
+      option = "homeAssistantTokenFile";
+      credential = "home_assistant_token";
+      key = [
+        "home_assistant"
+        "token"
+      ];
+      what = "a Home Assistant long-lived access token (for thermostats of kind `home_assistant`)";
+    }
+    {
+      option = "powerwallGatewayPasswordFile";
+      credential = "powerwall_gateway_password";
+      key = [
+        "powerwall"
+        "gateway"
+        "password"
+      ];
+      what = "the customer password of the Powerwall gateway (`settings.powerwall.gateway.url`)";
+    }
+    {
+      option = "smtpPasswordFile";
+      credential = "smtp_password";
+      key = [
+        "notify"
+        "password"
+      ];
+      what = "the SMTP password for notification e-mail (user `settings.notify.username`)";
+    }
+    {
+      option = "mqttPasswordFile";
+      credential = "mqtt_password";
+      key = [
+        "notify"
+        "mqtt"
+        "password"
+      ];
+      what = "the password of the MQTT broker that mirrors the notification ledger (`settings.notify.mqtt`)";
+    }
+  ];
+
+  settings = gridmateLib.dropNulls cfg.settings;
+  checks = gridmateLib.secretChecks component cfg secrets;
+  at = path: lib.attrByPath path null cfg.settings;
+  hasSecret =
+    secret:
+    cfg.${secret.option} != null
+    || at (lib.init secret.key ++ [ "${lib.last secret.key}_file" ]) != null;
+  secretNamed = credential: lib.findFirst (s: s.credential == credential) null secrets;
+  tokenSource = at [
+    "tesla"
+    "token_source"
+  ];
+  honeywellThermostats = builtins.filter (t: (t.kind or null) == "honeywell") (
+    cfg.settings.thermostats or [ ]
+  );
 in
 {
   imports = [ ./common.nix ];
 
   options.services.gridmate.energy = {
-    enable = lib.mkEnableOption "gridmate's energy component (time-of-use control of the Powerwall and thermostats), run as the systemd service gridmate-energy.service";
+    enable = lib.mkEnableOption "gridmate's energy component (time-of-use control of the Powerwall, thermostats and home EV charging), run as the systemd service gridmate-energy.service";
 
-    package = gridmateLib.mkPackageOption config "energy";
-  };
+    package = gridmateLib.mkPackageOption config component;
+
+    settings = lib.mkOption {
+      default = { };
+      example = lib.literalExpression ''
+        {
+          tariff.preset = "original";
+          tesla.token_source = "teslamate";
+          tesla.teslamate.dsn = "postgresql://teslamate@127.0.0.1:5432/teslamate";
+          powerwall.gateway.url = "https://192.168.91.1";
+          thermostats = [
+            { id = "living"; kind = "honeywell"; device_id = "LCC-00D02DB89E33"; location_id = "123456"; }
+          ];
+          honeywell.api_key = "your-consumer-key";
+          weather = { latitude = 33.45; longitude = -112.07; user_agent = "gridmate/1 (you@example.com)"; };
+        }
+      '';
+      description = ''
+        gridmate-energy's configuration, written to a TOML file in the Nix store and
+        passed with `--config`. Every key of the energy table in gridmate's
+        configuration reference (docs/configuration.md) can be set here: the tariff
+        (`tariff.preset` or `tariff.schedules`), `reserve`, the thermostat `policy`,
+        `thermostats`, `honeywell`, `home_assistant`, `tesla`, `powerwall`, `weather`,
+        `ev` and `notify`. `gridmate energy plan --config FILE` prints the day's plan.
+
+        Never put secrets here: the Nix store is world-readable. Use the `*File`
+        options of this module (for example {option}`${prefix}.teslamateEncryptionKeyFile`).
+      '';
+      type = lib.types.submodule {
+        freeformType = format.type;
+        options = {
+          metrics.port = lib.mkOption {
+            type = lib.types.port;
+            default = 9109;
+            description = ''
+              Port of the Prometheus `/metrics` endpoint (on `metrics.listen_address`,
+              default `127.0.0.1`). Each gridmate daemon on a host needs its own; the
+              vehicles component uses 9108.
+            '';
+          };
+        };
+      };
+    };
+  }
+  // gridmateLib.mkSecretOptions component secrets;
 
   config = lib.mkIf cfg.enable {
-    warnings = [
-      ''
-        services.gridmate.energy.enable is set, but this gridmate revision does not ship
-        the energy component yet, so no gridmate-energy service is started. Update gridmate
-        or remove the option.
-      ''
+    assertions = checks.assertions ++ [
+      {
+        assertion = tokenSource != "teslamate" || hasSecret (secretNamed "teslamate_encryption_key");
+        message = ''
+          ${prefix}.settings.tesla.token_source is "teslamate" but TeslaMate's encryption key
+          is not given. Set ${prefix}.teslamateEncryptionKeyFile to a file holding TeslaMate's
+          ENCRYPTION_KEY (and ${prefix}.teslamateDbPasswordFile for its database password).
+        '';
+      }
+      {
+        assertion =
+          tokenSource != "oauth"
+          || (at [
+            "tesla"
+            "oauth"
+            "client_id"
+          ]) != null;
+        message = ''
+          ${prefix}.settings.tesla.token_source is "oauth" but settings.tesla.oauth.client_id
+          is not set. Set it to your Tesla developer application's client ID, and
+          ${prefix}.teslaRefreshTokenFile to a file holding the first refresh token.
+        '';
+      }
+      {
+        assertion = (at [ "notify" "username" ]) == null || hasSecret (secretNamed "smtp_password");
+        message = ''
+          ${prefix}.settings.notify.username is set but no SMTP password is given.
+          Set ${prefix}.smtpPasswordFile to a file holding it.
+        '';
+      }
+      {
+        assertion =
+          honeywellThermostats == [ ]
+          || (
+            hasSecret (secretNamed "honeywell_client_secret")
+            && hasSecret (secretNamed "honeywell_refresh_token")
+            && (at [ "honeywell" "api_key" ]) != null
+          );
+        message = ''
+          ${prefix}.settings.thermostats has a thermostat of kind "honeywell", which needs
+          settings.honeywell.api_key (your Honeywell Home app's consumer key),
+          ${prefix}.honeywellClientSecretFile and ${prefix}.honeywellRefreshTokenFile.
+        '';
+      }
     ];
+    warnings =
+      checks.warnings
+      ++ lib.optional (cfg.mqttPasswordFile != null && (at [ "notify" "mqtt" ]) == null) ''
+        ${prefix}.mqttPasswordFile is set but settings.notify.mqtt is not, so no MQTT
+        connection uses it.
+      '';
+
+    systemd.services.gridmate-energy =
+      let
+        # TeslaMate's database, the notification ledger's broker and Home
+        # Assistant, when they run on this host.
+        local = gridmateLib.localServiceUnits config [
+          "postgresql"
+          "mosquitto"
+          "home-assistant"
+        ];
+      in
+      gridmateLib.mkService {
+        inherit component;
+        inherit (cfg) package;
+        description = "gridmate energy: time-of-use control of the Powerwall and thermostats";
+        settingsFile = gridmateLib.mkSettingsFile pkgs component settings;
+        credentials = gridmateLib.secretCredentials cfg secrets;
+        after = local;
+        wants = local;
+      };
+
+    services.prometheus.scrapeConfigs = lib.mkIf (
+      config.services.gridmate.prometheus.scrape && gridmateLib.hasLocal config "prometheus"
+    ) (gridmateLib.scrapeConfig component settings);
   };
 }

@@ -153,6 +153,7 @@ let
         ProtectHome = true;
         PrivateTmp = true;
         PrivateDevices = deviceAllow == [ ];
+        PrivateMounts = true;
         DevicePolicy = "closed";
         ProtectKernelTunables = true;
         ProtectKernelModules = true;
@@ -196,8 +197,8 @@ let
         default = config.services.gridmate.package;
         defaultText = lib.literalExpression "config.services.gridmate.package";
         description = ''
-          The gridmate package whose `gridmate ${component} run` this service
-          executes. Leave it unset to follow {option}`services.gridmate.package`;
+          The gridmate package whose `gridmate ${component}` command this
+          component's unit runs. Leave it unset to follow {option}`services.gridmate.package`;
           set it only to run this component from a different build.
         '';
       };
@@ -210,22 +211,29 @@ let
         package,            # the gridmate package (cfg.package)
         settingsFile,       # from mkSettingsFile
         description,
+        command ? "run",    # the component's action: `gridmate <component> <command>`
+        oneshot ? false,    # a run-to-completion job (a timer's service) instead of a daemon
+        user ? "gridmate-<component>",  # the DynamicUser= name (units naming the
+                                        # same user share one transient UID)
+        stateDirectories ? [ "gridmate-<component>" ],  # the first is $STATE_DIRECTORY
         credentials ? { },  # credential name -> nullable path, see loadCredentials
         hardening ? { },    # arguments for `hardening`
         watchdogSec ? 30,   # seconds; gridmate pings at half this interval
-        extraArgs ? [ ],    # appended to `gridmate <component> run --config FILE`
+        extraArgs ? [ ],    # appended to `gridmate <component> <command> --config FILE`
         after ? [ ], wants ? [ ], requires ? [ ],
+        wantedBy ? [ "multi-user.target" ] (daemons) or [ ] (oneshot),
         environment ? { },
         serviceConfig ? { }, # merged last, overrides anything above
       } -> attrset
 
-      The unit is Type=notify (gridmate sends READY=1 once connected and
+      A daemon is Type=notify (gridmate sends READY=1 once connected and
       WATCHDOG=1 from its event loop), restarts on failure with a 5 s delay,
       and gives up after 5 failed starts within 5 minutes
-      (`systemctl reset-failed gridmate-<component>` re-arms it). It runs as
-      a transient DynamicUser with state in /var/lib/gridmate-<component>
-      ($STATE_DIRECTORY) and runtime files in /run/gridmate-<component>
-      ($RUNTIME_DIRECTORY).
+      (`systemctl reset-failed gridmate-<component>` re-arms it). A oneshot
+      runs to completion and is neither watched nor restarted (its timer
+      runs it again). Both run as a transient DynamicUser with state in
+      /var/lib/<first state directory> ($STATE_DIRECTORY) and runtime files
+      in /run/gridmate-<component> ($RUNTIME_DIRECTORY).
     */
     mkService =
       {
@@ -233,6 +241,10 @@ let
         package,
         settingsFile,
         description,
+        command ? "run",
+        oneshot ? false,
+        user ? "gridmate-${component}",
+        stateDirectories ? [ "gridmate-${component}" ],
         credentials ? { },
         hardening ? { },
         watchdogSec ? 30,
@@ -240,6 +252,7 @@ let
         after ? [ ],
         wants ? [ ],
         requires ? [ ],
+        wantedBy ? if oneshot then [ ] else [ "multi-user.target" ],
         environment ? { },
         serviceConfig ? { },
       }:
@@ -248,27 +261,12 @@ let
         argv = [
           "${package}/bin/gridmate"
           component
-          "run"
+          command
           "--config"
           settingsFile
         ]
         ++ extraArgs;
-      in
-      {
-        inherit description;
-        wantedBy = [ "multi-user.target" ];
-        after = [ "network-online.target" ] ++ after;
-        wants = [ "network-online.target" ] ++ wants;
-        inherit requires;
-        startLimitBurst = 5;
-        startLimitIntervalSec = 300;
-        environment = {
-          # matplotlib wants a writable config/cache directory; $HOME does
-          # not exist for a DynamicUser.
-          MPLCONFIGDIR = "/var/cache/${unitName}/matplotlib";
-        }
-        // environment;
-        serviceConfig = {
+        daemon = {
           Type = "notify";
           NotifyAccess = "main";
           WatchdogSec = toString watchdogSec;
@@ -278,21 +276,240 @@ let
           RestartSec = 5;
           # gridmate exits 2 on a configuration error: restarting cannot fix it.
           RestartPreventExitStatus = 2;
-          DynamicUser = true;
-          User = unitName;
-          Group = unitName;
-          StateDirectory = unitName;
-          StateDirectoryMode = "0700";
-          RuntimeDirectory = unitName;
-          RuntimeDirectoryMode = "0700";
-          CacheDirectory = unitName;
-          CacheDirectoryMode = "0700";
-          WorkingDirectory = "/var/lib/${unitName}";
-          ExecStart = lib.concatMapStringsSep " " escapeExecArg argv;
-          LoadCredential = gridmateLib.loadCredentials credentials;
+        };
+        job = {
+          Type = "oneshot";
+          # Generous: a report may wait for a slow mail server.
+          TimeoutStartSec = "15min";
+        };
+      in
+      {
+        inherit description wantedBy requires;
+        after = [ "network-online.target" ] ++ after;
+        wants = [ "network-online.target" ] ++ wants;
+        startLimitBurst = 5;
+        startLimitIntervalSec = 300;
+        environment = {
+          # matplotlib wants a writable config/cache directory; $HOME does
+          # not exist for a DynamicUser.
+          MPLCONFIGDIR = "/var/cache/${unitName}/matplotlib";
         }
-        // gridmateLib.hardening hardening
-        // serviceConfig;
+        // environment;
+        serviceConfig =
+          (if oneshot then job else daemon)
+          // {
+            DynamicUser = true;
+            User = user;
+            Group = user;
+            StateDirectory = lib.concatStringsSep " " stateDirectories;
+            StateDirectoryMode = "0700";
+            RuntimeDirectory = unitName;
+            RuntimeDirectoryMode = "0700";
+            CacheDirectory = unitName;
+            CacheDirectoryMode = "0700";
+            WorkingDirectory = "/var/lib/${builtins.head stateDirectories}";
+            ExecStart = lib.concatMapStringsSep " " escapeExecArg argv;
+            LoadCredential = gridmateLib.loadCredentials credentials;
+          }
+          // gridmateLib.hardening hardening
+          // serviceConfig;
+      };
+
+    /**
+      Drop null values from nested settings, recursively: the TOML format
+      has no null, and an unset typed option means "gridmate's default".
+
+      Type: dropNulls :: attrset -> attrset
+    */
+    dropNulls =
+      let
+        clean =
+          value:
+          if builtins.isAttrs value && !(lib.isDerivation value) then
+            lib.mapAttrs (_: clean) (lib.filterAttrs (_: v: v != null) value)
+          else if builtins.isList value then
+            map clean value
+          else
+            value;
+      in
+      clean;
+
+    /**
+      The `*File` options of a component's secrets.
+
+      Type: mkSecretOptions :: string -> [ secret ] -> attrset of options
+
+      where secret = {
+        option,      # the option name, e.g. "mqttPasswordFile"
+        credential,  # the systemd credential name gridmate looks for
+        key,         # the settings path of the secret, e.g. [ "mqtt" "password" ]
+        what,        # what the file holds, for the description
+      }
+    */
+    mkSecretOptions =
+      component: secrets:
+      lib.listToAttrs (
+        map (
+          secret:
+          lib.nameValuePair secret.option (
+            lib.mkOption {
+              type = lib.types.nullOr lib.types.path;
+              default = null;
+              example = "/run/secrets/gridmate/${secret.credential}";
+              description = ''
+                File holding ${secret.what}.
+
+                systemd reads it when gridmate-${component}.service starts and hands the
+                service a private copy as the credential `${secret.credential}`
+                (`LoadCredential=`), so the file can stay owned by root with mode 0400,
+                for example a sops-nix secret with its default owner and mode. Give an
+                absolute path as a string (such as `config.sops.secrets.<name>.path`),
+                not a Nix path literal, which would copy the secret into the
+                world-readable Nix store.
+
+                This is the file form of the setting
+                `${lib.concatStringsSep "." secret.key}`; do not also set
+                `settings.${lib.concatStringsSep "." secret.key}_file`.
+              '';
+            }
+          )
+        ) secrets
+      );
+
+    /**
+      Assertions and warnings about a component's secrets:
+        - a secret written inline in `settings` (it would end up in the
+          world-readable Nix store, and gridmate refuses it anyway);
+        - a secret given both as `*File` option and as `<key>_file` setting.
+      Warnings:
+        - a `<key>_file` setting alone (the DynamicUser must be able to read
+          that file, so it cannot be root-only);
+        - a Nix path literal as `*File` (copied into the Nix store).
+
+      Type: secretChecks :: string -> attrset (cfg) -> [ secret ]
+              -> { assertions; warnings; }
+    */
+    secretChecks =
+      component: cfg: secrets:
+      let
+        prefix = "services.gridmate.${component}";
+        dotted = lib.concatStringsSep ".";
+        fileKey = key: lib.init key ++ [ "${lib.last key}_file" ];
+        at = path: lib.attrByPath path null cfg.settings;
+        one = secret: {
+          assertions = [
+            {
+              assertion = at secret.key == null;
+              message = ''
+                ${prefix}.settings.${dotted secret.key} holds a secret inline. Settings are
+                written to the world-readable Nix store, and gridmate refuses inline secrets.
+                Remove it and set ${prefix}.${secret.option} to the path of a file holding
+                ${secret.what} (for example config.sops.secrets.<name>.path).
+              '';
+            }
+            {
+              assertion = !(cfg.${secret.option} != null && at (fileKey secret.key) != null);
+              message = ''
+                ${prefix}.${secret.option} and ${prefix}.settings.${dotted (fileKey secret.key)}
+                both name the file with ${secret.what}. Keep only ${prefix}.${secret.option}
+                (passed with LoadCredential=, so the file can stay root-only).
+              '';
+            }
+          ];
+          warnings =
+            lib.optional (cfg.${secret.option} == null && at (fileKey secret.key) != null) ''
+              ${prefix}.settings.${dotted (fileKey secret.key)} is read by the service's
+              transient DynamicUser, so that file must be readable by every user. Prefer
+              ${prefix}.${secret.option}, which passes it with LoadCredential= and lets the
+              file stay root-only.
+            ''
+            ++ lib.optional (builtins.isPath cfg.${secret.option}) ''
+              ${prefix}.${secret.option} is a Nix path literal (${toString cfg.${secret.option}}),
+              so the secret is in the world-readable Nix store. Use a string path to a file
+              outside the store, such as config.sops.secrets.<name>.path.
+            '';
+        };
+        all = map one secrets;
+      in
+      {
+        assertions = lib.concatMap (c: c.assertions) all;
+        warnings = lib.concatMap (c: c.warnings) all;
+      };
+
+    /**
+      The credentials argument of mkService for a component's secrets.
+
+      Type: secretCredentials :: attrset (cfg) -> [ secret ] -> attrset
+    */
+    secretCredentials =
+      cfg: secrets:
+      lib.listToAttrs (map (s: lib.nameValuePair s.credential cfg.${s.option}) secrets);
+
+    /**
+      Units of local services a component talks to, for After=/Wants=, given
+      which of them it may use. Only services enabled on this host count, so
+      a component pointed at a broker elsewhere is not tied to anything.
+
+      Type: localServiceUnits :: config -> [ string ] -> [ string ]
+
+      Known names: postgresql, mosquitto, apache-kafka, home-assistant, postfix.
+    */
+    localServiceUnits =
+      config: names:
+      let
+        units = {
+          # postgresql.target (nixos-25.11 and later) is reached once
+          # postgresql-setup.service has created the users and databases.
+          postgresql = [
+            "postgresql.service"
+            "postgresql.target"
+          ];
+          mosquitto = [ "mosquitto.service" ];
+          apache-kafka = [ "apache-kafka.service" ];
+          home-assistant = [ "home-assistant.service" ];
+          postfix = [ "postfix.service" ];
+        };
+        enabled = name: (config.services.${name} or { }).enable or false;
+      in
+      lib.concatMap (name: lib.optionals (enabled name) units.${name}) names;
+
+    /**
+      Whether a local service is enabled on this host.
+
+      Type: hasLocal :: config -> string -> bool
+    */
+    hasLocal = config: name: (config.services.${name} or { }).enable or false;
+
+    /**
+      Prometheus scrape configuration for a gridmate daemon's /metrics, from
+      its rendered settings (metrics.enable, listen_address, port).
+
+      Type: scrapeConfig :: string -> attrset (settings) -> [ attrset ]
+    */
+    scrapeConfig =
+      component: settings:
+      let
+        metrics = settings.metrics or { };
+        address = metrics.listen_address or "127.0.0.1";
+        # A wildcard listen address is scraped over loopback.
+        host =
+          if address == "0.0.0.0" then
+            "127.0.0.1"
+          else if address == "::" then
+            "[::1]"
+          else if lib.hasInfix ":" address then
+            "[${address}]"
+          else
+            address;
+      in
+      lib.optional ((metrics.enable or true) && (metrics.port or 9108) != 0) {
+        job_name = "gridmate-${component}";
+        static_configs = [
+          {
+            targets = [ "${host}:${toString (metrics.port or 9108)}" ];
+            labels.component = component;
+          }
+        ];
       };
   };
 in

@@ -1,33 +1,172 @@
-# services.gridmate.vehicles: Tesla Fleet Telemetry and TeslaMate vehicle data, published to Home Assistant over MQTT
-#
-# This is the groundwork module: it declares `enable` and `package` only.
-# The vehicles component's owner adds, when the component lands:
-#   - `settings` (type `(gridmateLib.settingsFormat pkgs).type`, rendered
-#     with `gridmateLib.mkSettingsFile`; never secrets),
-#   - one `*File` option per secret, passed as `credentials` (LoadCredential=),
-#   - `systemd.services.gridmate-vehicles = gridmateLib.mkService { ... }`
-#     in place of the warning below.
-{ config, lib, ... }:
+# services.gridmate.vehicles: Tesla Fleet Telemetry (from Kafka) published to
+# Home Assistant over MQTT, as the systemd service gridmate-vehicles.service.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
 let
   gridmateLib = import ./lib.nix { inherit lib; };
   cfg = config.services.gridmate.vehicles;
+  component = "vehicles";
+  prefix = "services.gridmate.vehicles";
+  format = gridmateLib.settingsFormat pkgs;
+
+  # Every secret of the vehicles settings model: the `*File` option, the
+  # systemd credential gridmate looks for, and the settings key it fills.
+  # tests/test_nix.py checks this list against the Python settings model.
+  secrets = [
+    {
+      option = "mqttPasswordFile";
+      credential = "mqtt_password";
+      key = [
+        "mqtt"
+        "password"
+      ];
+      what = "the password of Home Assistant's MQTT broker (user `settings.mqtt.username`)";
+    }
+    {
+      option = "kafkaPasswordFile";
+      credential = "kafka_password";
+      key = [
+        "kafka"
+        "password"
+      ];
+      what = "the SASL password of the Kafka cluster (user `settings.kafka.sasl_username`)";
+    }
+  ];
+
+  settings = gridmateLib.dropNulls cfg.settings;
+  checks = gridmateLib.secretChecks component cfg secrets;
+  localKafka = gridmateLib.hasLocal config "apache-kafka";
+  localMosquitto = gridmateLib.hasLocal config "mosquitto";
 in
 {
   imports = [ ./common.nix ];
 
   options.services.gridmate.vehicles = {
-    enable = lib.mkEnableOption "gridmate's vehicles component (Tesla Fleet Telemetry and TeslaMate vehicle data, published to Home Assistant over MQTT), run as the systemd service gridmate-vehicles.service";
+    enable = lib.mkEnableOption "gridmate's vehicles component (Tesla Fleet Telemetry records from Kafka, published to Home Assistant over MQTT), run as the systemd service gridmate-vehicles.service; it needs at least {option}`services.gridmate.vehicles.settings.kafka.namespace`";
 
-    package = gridmateLib.mkPackageOption config "vehicles";
-  };
+    package = gridmateLib.mkPackageOption config component;
+
+    settings = lib.mkOption {
+      default = { };
+      example = lib.literalExpression ''
+        {
+          kafka.bootstrap_servers = "kafka.lan:9092";
+          kafka.namespace = "tesla";
+          mqtt.host = "homeassistant.lan";
+          mqtt.username = "gridmate";
+          vehicles."5YJ3E1EA1KF000001" = "Model 3";
+        }
+      '';
+      description = ''
+        gridmate-vehicles' configuration, written to a TOML file in the Nix store
+        and passed with `--config`. Every key of the vehicles table in gridmate's
+        configuration reference (docs/configuration.md) can be set here; the ones
+        below are typed and documented because most installations set them.
+        `gridmate vehicles check-config --config FILE` validates a file by hand.
+
+        Never put secrets here: the Nix store is world-readable. Use the `*File`
+        options of this module (for example {option}`${prefix}.mqttPasswordFile`).
+      '';
+      type = lib.types.submodule {
+        freeformType = format.type;
+        options = {
+          kafka.bootstrap_servers = lib.mkOption {
+            type = lib.types.nullOr lib.types.str;
+            default = null;
+            example = "kafka1.lan:9092,kafka2.lan:9092";
+            description = ''
+              Comma-separated `host:port` list of the Kafka cluster fleet-telemetry
+              writes to. Unset means gridmate's default `127.0.0.1:9092`, which is only
+              allowed when {option}`services.apache-kafka.enable` is set on this host.
+            '';
+          };
+          kafka.namespace = lib.mkOption {
+            type = lib.types.nullOr (lib.types.strMatching "[A-Za-z0-9._-]+");
+            default = null;
+            example = "tesla";
+            description = ''
+              The `namespace` of fleet-telemetry's configuration: its topics are
+              `<namespace>_V`, `<namespace>_connectivity`, `<namespace>_alerts` and
+              `<namespace>_errors`. Required; fleet-telemetry has no default.
+            '';
+          };
+          mqtt.host = lib.mkOption {
+            type = lib.types.nullOr lib.types.str;
+            default = null;
+            example = "homeassistant.lan";
+            description = ''
+              Home Assistant's MQTT broker. Unset means gridmate's default `127.0.0.1`,
+              which is only allowed when {option}`services.mosquitto.enable` is set on
+              this host. The port is `mqtt.port` (default 1883), the user `mqtt.username`,
+              the password {option}`${prefix}.mqttPasswordFile`.
+            '';
+          };
+          metrics.port = lib.mkOption {
+            type = lib.types.port;
+            default = 9108;
+            description = ''
+              Port of the Prometheus `/metrics` endpoint (on `metrics.listen_address`,
+              default `127.0.0.1`). Each gridmate daemon on a host needs its own.
+            '';
+          };
+        };
+      };
+    };
+  }
+  // gridmateLib.mkSecretOptions component secrets;
 
   config = lib.mkIf cfg.enable {
-    warnings = [
-      ''
-        services.gridmate.vehicles.enable is set, but this gridmate revision does not ship
-        the vehicles component yet, so no gridmate-vehicles service is started. Update gridmate
-        or remove the option.
-      ''
+    assertions = checks.assertions ++ [
+      {
+        assertion = cfg.settings.kafka.namespace != null;
+        message = ''
+          ${prefix}.settings.kafka.namespace is not set. Set it to the `namespace` of your
+          fleet-telemetry server's configuration (its topics are <namespace>_V, ...).
+        '';
+      }
+      {
+        assertion = cfg.settings.kafka.bootstrap_servers != null || localKafka;
+        message = ''
+          ${prefix}.settings.kafka.bootstrap_servers is not set and this host runs no Kafka
+          (services.apache-kafka.enable is false). Set it to the Kafka cluster that
+          fleet-telemetry writes to, e.g. "kafka.lan:9092".
+        '';
+      }
+      {
+        assertion = cfg.settings.mqtt.host != null || localMosquitto;
+        message = ''
+          ${prefix}.settings.mqtt.host is not set and this host runs no Mosquitto
+          (services.mosquitto.enable is false). Set it to Home Assistant's MQTT broker,
+          e.g. "homeassistant.lan".
+        '';
+      }
     ];
+    inherit (checks) warnings;
+
+    systemd.services.gridmate-vehicles =
+      let
+        local = gridmateLib.localServiceUnits config [
+          "apache-kafka"
+          "mosquitto"
+          "postgresql"
+        ];
+      in
+      gridmateLib.mkService {
+        inherit component;
+        inherit (cfg) package;
+        description = "gridmate vehicles: Tesla Fleet Telemetry to Home Assistant over MQTT";
+        settingsFile = gridmateLib.mkSettingsFile pkgs component settings;
+        credentials = gridmateLib.secretCredentials cfg secrets;
+        after = local;
+        wants = local;
+      };
+
+    services.prometheus.scrapeConfigs = lib.mkIf (
+      config.services.gridmate.prometheus.scrape && gridmateLib.hasLocal config "prometheus"
+    ) (gridmateLib.scrapeConfig component settings);
   };
 }

@@ -161,6 +161,35 @@ let
     };
   };
 
+  timerModule = {
+    options = {
+      description = mkOption { type = types.str; default = ""; };
+      wantedBy = mkOption { type = types.listOf types.str; default = [ ]; };
+      timerConfig = mkOption { type = types.attrsOf unitOption; default = { }; };
+    };
+  };
+
+  # services.<name>.enable of the host services gridmate orders itself after,
+  # and the part of services.prometheus it extends (typed as nixpkgs does:
+  # a list of scrape configs, whose static_configs have targets and labels).
+  hostService = name: {
+    enable = mkOption { type = types.bool; default = false; };
+  };
+
+  staticConfig = types.submodule {
+    options = {
+      targets = mkOption { type = types.listOf types.str; };
+      labels = mkOption { type = types.attrsOf types.str; default = { }; };
+    };
+  };
+
+  scrapeConfig = types.submodule {
+    options = {
+      job_name = mkOption { type = types.str; };
+      static_configs = mkOption { type = types.listOf staticConfig; default = [ ]; };
+    };
+  };
+
   nixosStub = {
     options = {
       assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
@@ -168,6 +197,18 @@ let
       systemd.services = mkOption {
         type = types.attrsOf (types.submodule serviceModule);
         default = { };
+      };
+      systemd.timers = mkOption {
+        type = types.attrsOf (types.submodule timerModule);
+        default = { };
+      };
+      services = lib.genAttrs
+        [ "apache-kafka" "mosquitto" "postgresql" "home-assistant" "postfix" ]
+        hostService
+      // {
+        prometheus = hostService "prometheus" // {
+          scrapeConfigs = mkOption { type = types.listOf scrapeConfig; default = [ ]; };
+        };
       };
     };
   };
@@ -320,26 +361,12 @@ def test_modules_evaluate_with_nothing_enabled(nix_eval: Any) -> None:
         let c = (h.eval { modules = [ h.modules ]; }).config; in {
           services = builtins.attrNames c.systemd.services;
           inherit (c) warnings;
-          enabled = lib.mapAttrs (_: v: v.enable) (removeAttrs c.services.gridmate [ "package" ]);
+          enabled = lib.mapAttrs (_: v: v.enable)
+            (removeAttrs c.services.gridmate [ "package" "prometheus" ]);
         }
         """
     )
     assert got == {"services": [], "warnings": [], "enabled": dict.fromkeys(COMPONENTS, False)}
-
-
-def test_enabling_a_component_that_has_not_landed_warns(nix_eval: Any) -> None:
-    for component in COMPONENTS:
-        got = nix_eval(
-            f"""
-            let
-              enable = {{ services.gridmate.{component}.enable = true; }};
-              c = (h.eval {{ modules = [ h.modules enable ]; }}).config;
-            in {{ inherit (c) warnings; services = builtins.attrNames c.systemd.services; }}
-            """
-        )
-        assert got["services"] == []
-        assert len(got["warnings"]) == 1
-        assert f"services.gridmate.{component}.enable" in got["warnings"][0]
 
 
 def test_package_defaults_to_the_flake_package_without_an_overlay(nix_eval: Any) -> None:
@@ -348,7 +375,7 @@ def test_package_defaults_to_the_flake_package_without_an_overlay(nix_eval: Any)
         let
           pkgName = modules: system: lib.mapAttrs (_: v: v.package.name)
             (removeAttrs (h.eval { inherit modules system; }).config.services.gridmate
-              [ "package" ]);
+              [ "package" "prometheus" ]);
           custom = h.fakeDrv "gridmate-custom";
         in {
           flake = pkgName [ h.flake.nixosModules.default ] "x86_64-linux";
@@ -384,7 +411,7 @@ def test_package_defaults_to_the_flake_package_without_an_overlay(nix_eval: Any)
     assert got["user"] == dict.fromkeys(COMPONENTS, "gridmate-custom")
     assert got["one"] == {"vehicles": "gridmate-custom", "energy": flake, "report": flake}
     assert got["together"] == dict.fromkeys(COMPONENTS, flake)
-    assert got["single"] == ["package", "report"]
+    assert got["single"] == ["package", "prometheus", "report"]
 
 
 def test_options_are_documented(nix_eval: Any) -> None:
@@ -408,25 +435,26 @@ def test_options_are_documented(nix_eval: Any) -> None:
         assert "services.gridmate.package" in got[component]["package"]["description"]
 
 
-# A component module as the component owners will write it, to check the
-# unit that modules/lib.nix's mkService produces.
+# A minimal component module written directly against modules/lib.nix, to
+# check the unit shape mkService produces independently of the real modules.
 EXAMPLE_COMPONENT = """
   ({ config, lib, pkgs, ... }:
   let
     g = import (h.modules + "/lib.nix") { inherit lib; };
-    cfg = config.services.gridmate.vehicles;
+    cfg = config.services.gridmate.example;
   in {
-    options.services.gridmate.vehicles.settings = lib.mkOption {
+    options.services.gridmate.example.package = g.mkPackageOption config "example";
+    options.services.gridmate.example.settings = lib.mkOption {
       type = (g.settingsFormat pkgs).type; default = { };
     };
-    options.services.gridmate.vehicles.mqttPasswordFile = lib.mkOption {
+    options.services.gridmate.example.mqttPasswordFile = lib.mkOption {
       type = lib.types.nullOr lib.types.path; default = null;
     };
-    config.systemd.services.gridmate-vehicles = g.mkService ({
-      component = "vehicles";
-      description = "gridmate vehicles";
+    config.systemd.services.gridmate-example = g.mkService ({
+      component = "example";
+      description = "gridmate example";
       inherit (cfg) package;
-      settingsFile = g.mkSettingsFile pkgs "vehicles" cfg.settings;
+      settingsFile = g.mkSettingsFile pkgs "example" cfg.settings;
       credentials = {
         mqtt_password = cfg.mqttPasswordFile;
         teslamate_password = null;
@@ -444,22 +472,22 @@ def _unit(nix_eval: Any, extra: str = "{ }", config: str = "{ }") -> dict[str, A
         let c = (h.eval {{ modules = [
           h.flake.nixosModules.default
           {component}
-          {{ services.gridmate.vehicles.mqttPasswordFile = "/run/secrets/mqtt"; }}
+          {{ services.gridmate.example.mqttPasswordFile = "/run/secrets/mqtt"; }}
           {config}
         ]; }}).config;
-        in c.systemd.services.gridmate-vehicles // {{
+        in c.systemd.services.gridmate-example // {{
           settingsFile = h.gridmateLib.mkSettingsFile
             (h.mkPkgs {{ system = "x86_64-linux"; tag = "x"; }})
-            "vehicles"
-            c.services.gridmate.vehicles.settings;
-          packagePath = c.services.gridmate.vehicles.package.outPath;
+            "example"
+            c.services.gridmate.example.settings;
+          packagePath = c.services.gridmate.example.package.outPath;
         }}
         """
     )
 
 
 def test_service_unit_shape(nix_eval: Any) -> None:
-    unit = _unit(nix_eval, config='{ services.gridmate.vehicles.settings.mqtt.host = "broker"; }')
+    unit = _unit(nix_eval, config='{ services.gridmate.example.settings.mqtt.host = "broker"; }')
     sc = unit["serviceConfig"]
     assert unit["wantedBy"] == ["multi-user.target"]
     assert "network-online.target" in unit["after"] and "network-online.target" in unit["wants"]
@@ -473,13 +501,10 @@ def test_service_unit_shape(nix_eval: Any) -> None:
     assert sc["WatchdogSec"] == "30" and sc["RestartSec"] == 5
     assert sc["RestartPreventExitStatus"] == 2  # configuration errors are not retried
     assert (
-        sc["StateDirectory"]
-        == sc["RuntimeDirectory"]
-        == sc["CacheDirectory"]
-        == "gridmate-vehicles"
+        sc["StateDirectory"] == sc["RuntimeDirectory"] == sc["CacheDirectory"] == "gridmate-example"
     )
     assert sc["ExecStart"] == (
-        f"{unit['packagePath']}/bin/gridmate vehicles run --config {unit['settingsFile']}"
+        f"{unit['packagePath']}/bin/gridmate example run --config {unit['settingsFile']}"
     )
     assert "gridmate-flake-x86_64-linux" in unit["packagePath"]
     assert unit["settingsFile"].endswith(".toml-" + unit["settingsFile"].rsplit("-", 1)[1])
@@ -491,8 +516,8 @@ def test_service_unit_shape(nix_eval: Any) -> None:
 
 
 def test_settings_change_the_rendered_file(nix_eval: Any) -> None:
-    a = _unit(nix_eval, config='{ services.gridmate.vehicles.settings.mqtt.host = "a"; }')
-    b = _unit(nix_eval, config='{ services.gridmate.vehicles.settings.mqtt.host = "b"; }')
+    a = _unit(nix_eval, config='{ services.gridmate.example.settings.mqtt.host = "a"; }')
+    b = _unit(nix_eval, config='{ services.gridmate.example.settings.mqtt.host = "b"; }')
     assert a["settingsFile"] != b["settingsFile"]
     assert a["serviceConfig"]["ExecStart"] != b["serviceConfig"]["ExecStart"]
 
@@ -585,6 +610,470 @@ def test_exec_arguments_are_quoted_for_systemd(nix_eval: Any) -> None:
         "3",
         '"x\\"y"',
     ]
+
+
+# ------------------------------------------------- the component modules
+
+# A host with every component enabled and valid, as docs/nixos.md shows it.
+HOST = """
+  {
+    services.gridmate.vehicles = {
+      enable = true;
+      settings.kafka.namespace = "tesla";
+      settings.kafka.bootstrap_servers = "kafka.lan:9092";
+      settings.mqtt.host = "ha.lan";
+      settings.mqtt.username = "gridmate";
+      mqttPasswordFile = "/run/secrets/mqtt";
+    };
+    services.gridmate.energy = {
+      enable = true;
+      settings.tariff.preset = "original";
+      settings.tariff.timezone = "America/Phoenix";
+      settings.tesla.token_source = "teslamate";
+      teslamateEncryptionKeyFile = "/run/secrets/teslamate-key";
+      teslamateDbPasswordFile = "/run/secrets/teslamate-db";
+    };
+    services.gridmate.report.enable = true;
+  }
+"""
+
+
+def _host(nix_eval: Any, *configs: str, body: str = "c") -> Any:
+    """Evaluate the flake's modules with HOST and `configs`; `body` sees `c` (config)."""
+    modules = " ".join(f"({m})" for m in (HOST, *configs))
+    return nix_eval(
+        f"""
+        let
+          r = h.eval {{ modules = [ h.flake.nixosModules.default {modules} ]; }};
+          c = r.config;
+          failed = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
+        in {body}
+        """
+    )
+
+
+def _failed(nix_eval: Any, *configs: str) -> list[str]:
+    return _host(nix_eval, *configs, body="failed")
+
+
+def test_the_documented_host_evaluates_cleanly(nix_eval: Any) -> None:
+    got = _host(
+        nix_eval,
+        body="""{
+          inherit failed;
+          inherit (c) warnings;
+          services = builtins.attrNames c.systemd.services;
+          timers = builtins.attrNames c.systemd.timers;
+        }""",
+    )
+    assert got == {
+        "failed": [],
+        "warnings": [],
+        "services": ["gridmate-energy", "gridmate-report", "gridmate-vehicles"],
+        "timers": ["gridmate-report"],
+    }
+
+
+def test_daemon_units(nix_eval: Any) -> None:
+    units = _host(
+        nix_eval,
+        body="""{
+          inherit (c.systemd.services) gridmate-vehicles gridmate-energy;
+          pkg = c.services.gridmate.package.outPath;
+        }""",
+    )
+    for component in ("vehicles", "energy"):
+        unit = units[f"gridmate-{component}"]
+        sc = unit["serviceConfig"]
+        assert unit["wantedBy"] == ["multi-user.target"]
+        assert (sc["Type"], sc["NotifyAccess"], sc["Restart"]) == ("notify", "main", "on-failure")
+        assert sc["WatchdogSec"] == "30" and sc["RestartPreventExitStatus"] == 2
+        assert sc["DynamicUser"] is True and sc["User"] == f"gridmate-{component}"
+        assert sc["StateDirectory"] == sc["RuntimeDirectory"] == f"gridmate-{component}"
+        argv = sc["ExecStart"].split(" ")
+        assert argv[:4] == [f"{units['pkg']}/bin/gridmate", component, "run", "--config"]
+        assert re.fullmatch(rf"/nix/store/\S+-gridmate-{component}\.toml\S*", argv[4])
+        assert sc["UMask"] == "0077" and sc["CapabilityBoundingSet"] == ""
+        assert sc["ProtectSystem"] == "strict" and sc["PrivateTmp"] is True
+        assert sc["RestrictAddressFamilies"] == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    assert units["gridmate-vehicles"]["serviceConfig"]["LoadCredential"] == [
+        "mqtt_password:/run/secrets/mqtt"
+    ]
+    assert units["gridmate-energy"]["serviceConfig"]["LoadCredential"] == [
+        "teslamate_db_password:/run/secrets/teslamate-db",
+        "teslamate_encryption_key:/run/secrets/teslamate-key",
+    ]
+
+
+def test_report_is_a_oneshot_on_a_persistent_timer(nix_eval: Any) -> None:
+    got = _host(
+        nix_eval,
+        body="""{
+          unit = c.systemd.services.gridmate-report;
+          timer = c.systemd.timers.gridmate-report;
+          settings = h.gridmateLib.dropNulls c.services.gridmate.report.settings;
+        }""",
+    )
+    unit, timer, settings = got["unit"], got["timer"], got["settings"]
+    sc = unit["serviceConfig"]
+    assert sc["Type"] == "oneshot" and unit["wantedBy"] == []
+    for daemon_only in ("WatchdogSec", "NotifyAccess", "Restart", "RestartSec"):
+        assert daemon_only not in sc
+    assert " report daily --config " in sc["ExecStart"]
+    assert timer["wantedBy"] == ["timers.target"]
+    assert timer["timerConfig"]["OnCalendar"] == "*-*-* 00:15:00"
+    assert timer["timerConfig"]["Persistent"] is True
+    # shares the energy service's transient user and mounts its state directory
+    assert sc["DynamicUser"] is True
+    assert sc["User"] == sc["Group"] == "gridmate-energy"
+    assert sc["StateDirectory"] == "gridmate-report gridmate-energy"
+    assert sc["WorkingDirectory"] == "/var/lib/gridmate-report"
+    assert settings["state_directory"] == "/var/lib/gridmate-report"
+    assert settings["energy_state_directory"] == "/var/lib/gridmate-energy"
+    assert settings["time_zone"] == "America/Phoenix"  # the energy tariff's
+    assert "gridmate-energy.service" in unit["after"]
+    assert sc["ProtectSystem"] == "strict" and sc["UMask"] == "0077"
+
+
+def test_report_without_local_energy(nix_eval: Any) -> None:
+    no_energy = "{ services.gridmate.energy.enable = lib.mkForce false; }"
+    failed = _failed(nix_eval, no_energy)
+    assert len(failed) == 1 and "settings.energy_state_directory" in failed[0]
+    got = _host(
+        nix_eval,
+        no_energy,
+        '{ services.gridmate.report.settings.energy_state_directory = "/srv/energy"; }',
+        body="{ inherit failed; sc = c.systemd.services.gridmate-report.serviceConfig; }",
+    )
+    assert got["failed"] == []
+    assert got["sc"]["User"] == "gridmate-report"
+    assert got["sc"]["StateDirectory"] == "gridmate-report"
+
+
+def test_report_timer_and_time_zone_follow_the_configuration(nix_eval: Any) -> None:
+    got = _host(
+        nix_eval,
+        """{
+          services.gridmate.report.onCalendar = "*-*-* 00:30:00 America/Phoenix";
+          services.gridmate.energy.settings.tariff.timezone = lib.mkForce "America/Denver";
+        }""",
+        body="""{
+          calendar = c.systemd.timers.gridmate-report.timerConfig.OnCalendar;
+          zone = c.services.gridmate.report.settings.time_zone;
+        }""",
+    )
+    assert got == {"calendar": "*-*-* 00:30:00 America/Phoenix", "zone": "America/Denver"}
+
+
+def test_ordering_after_local_services(nix_eval: Any) -> None:
+    body = """lib.mapAttrs (_: u: { inherit (u) after wants; }) {
+      inherit (c.systemd.services) gridmate-vehicles gridmate-energy gridmate-report;
+    }"""
+    remote = _host(nix_eval, body=body)
+    for unit in ("gridmate-vehicles", "gridmate-energy"):
+        assert remote[unit] == {
+            "after": ["network-online.target"],
+            "wants": ["network-online.target"],
+        }
+    local = _host(
+        nix_eval,
+        """{
+          services.apache-kafka.enable = true;
+          services.mosquitto.enable = true;
+          services.postgresql.enable = true;
+          services.home-assistant.enable = true;
+          services.postfix.enable = true;
+        }""",
+        body=body,
+    )
+    assert local["gridmate-vehicles"]["after"] == [
+        "network-online.target",
+        "apache-kafka.service",
+        "mosquitto.service",
+        "postgresql.service",
+        "postgresql.target",
+    ]
+    assert local["gridmate-energy"]["after"] == [
+        "network-online.target",
+        "postgresql.service",
+        "postgresql.target",
+        "mosquitto.service",
+        "home-assistant.service",
+    ]
+    assert local["gridmate-report"]["after"] == [
+        "network-online.target",
+        "postfix.service",
+        "mosquitto.service",
+        "gridmate-energy.service",
+    ]
+    assert local["gridmate-vehicles"]["wants"] == local["gridmate-vehicles"]["after"]
+
+
+def test_vehicles_assertions(nix_eval: Any) -> None:
+    unset = """{
+      services.gridmate.vehicles.settings.kafka.namespace = lib.mkForce null;
+      services.gridmate.vehicles.settings.kafka.bootstrap_servers = lib.mkForce null;
+      services.gridmate.vehicles.settings.mqtt.host = lib.mkForce null;
+    }"""
+    failed = _failed(nix_eval, unset)
+    assert len(failed) == 3, failed
+    assert "settings.kafka.namespace is not set" in failed[0]
+    assert "bootstrap_servers is not set and this host runs no Kafka" in failed[1]
+    assert "mqtt.host is not set and this host runs no Mosquitto" in failed[2]
+    local = "{ services.apache-kafka.enable = true; services.mosquitto.enable = true; }"
+    failed = _failed(nix_eval, unset, local)
+    assert len(failed) == 1 and "kafka.namespace" in failed[0]
+
+
+def test_secret_written_inline_or_twice_is_refused(nix_eval: Any) -> None:
+    failed = _failed(nix_eval, '{ services.gridmate.vehicles.settings.mqtt.password = "hunter2"; }')
+    assert len(failed) == 1
+    assert "services.gridmate.vehicles.settings.mqtt.password holds a secret inline" in failed[0]
+    assert "services.gridmate.vehicles.mqttPasswordFile" in failed[0]
+    failed = _failed(
+        nix_eval, '{ services.gridmate.vehicles.settings.mqtt.password_file = "/etc/mqtt"; }'
+    )
+    assert len(failed) == 1
+    assert "mqttPasswordFile and services.gridmate.vehicles.settings.mqtt.password_file" in (
+        failed[0].replace("\n", " ")
+    )
+
+
+def test_secret_file_setting_alone_warns(nix_eval: Any) -> None:
+    got = _host(
+        nix_eval,
+        """{
+          services.gridmate.vehicles.mqttPasswordFile = lib.mkForce null;
+          services.gridmate.vehicles.settings.mqtt.password_file = "/etc/gridmate/mqtt";
+          services.gridmate.energy.smtpPasswordFile = /run/secrets/smtp;
+        }""",
+        body="{ inherit failed; inherit (c) warnings; }",
+    )
+    assert got["failed"] == []
+    warnings = sorted(w.replace("\n", " ") for w in got["warnings"])
+    assert len(warnings) == 2
+    assert "smtpPasswordFile is a Nix path literal" in warnings[0]
+    assert "mqtt.password_file is read by the service's transient DynamicUser" in warnings[1]
+    assert "readable by every user" in warnings[1]
+
+
+def test_energy_assertions(nix_eval: Any) -> None:
+    failed = _failed(
+        nix_eval, "{ services.gridmate.energy.teslamateEncryptionKeyFile = lib.mkForce null; }"
+    )
+    assert len(failed) == 1 and "TeslaMate's encryption key" in failed[0]
+    failed = _failed(
+        nix_eval, '{ services.gridmate.energy.settings.tesla.token_source = lib.mkForce "oauth"; }'
+    )
+    assert len(failed) == 1 and "settings.tesla.oauth.client_id" in failed[0]
+    failed = _failed(
+        nix_eval,
+        """{
+          services.gridmate.energy.settings.notify.username = "me";
+          services.gridmate.energy.settings.thermostats = [
+            { id = "living"; kind = "honeywell"; device_id = "LCC-1"; location_id = "1"; }
+          ];
+        }""",
+    )
+    assert len(failed) == 2
+    assert "no SMTP password" in failed[0] and "smtpPasswordFile" in failed[0]
+    assert "honeywellClientSecretFile" in failed[1]
+
+
+def test_prometheus_scrape_configs(nix_eval: Any) -> None:
+    body = "c.services.prometheus.scrapeConfigs"
+    assert _host(nix_eval, body=body) == []
+    scrape = _host(nix_eval, "{ services.prometheus.enable = true; }", body=body)
+    assert scrape == [
+        {
+            "job_name": "gridmate-energy",
+            "static_configs": [{"targets": ["127.0.0.1:9109"], "labels": {"component": "energy"}}],
+        },
+        {
+            "job_name": "gridmate-vehicles",
+            "static_configs": [
+                {"targets": ["127.0.0.1:9108"], "labels": {"component": "vehicles"}}
+            ],
+        },
+    ]
+    moved = _host(
+        nix_eval,
+        """{
+          services.prometheus.enable = true;
+          services.gridmate.vehicles.settings.metrics.listen_address = "0.0.0.0";
+          services.gridmate.vehicles.settings.metrics.port = 9300;
+          services.gridmate.energy.settings.metrics.enable = false;
+        }""",
+        body=body,
+    )
+    assert [(j["job_name"], j["static_configs"][0]["targets"]) for j in moved] == [
+        ("gridmate-vehicles", ["127.0.0.1:9300"])
+    ]
+    off = _host(
+        nix_eval,
+        "{ services.prometheus.enable = true; services.gridmate.prometheus.scrape = false; }",
+        body=body,
+    )
+    assert off == []
+
+
+# -- the module's secret tables against the Python settings models
+
+
+def _python_credentials(model: type) -> set[tuple[str, str]]:
+    """(credential name, dotted settings key) of every secret in a settings model."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    from gridmate.runtime.secrets import Credential
+
+    found: set[tuple[str, str]] = set()
+
+    def models_in(annotation: Any) -> list[type]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
+        return []
+
+    def walk(current: type, prefix: str) -> None:
+        for name, field in current.model_fields.items():  # type: ignore[attr-defined]
+            for meta in field.metadata:
+                if isinstance(meta, Credential):
+                    found.add((meta.name, prefix + name))
+            for sub in models_in(field.annotation):
+                walk(sub, f"{prefix}{name}.")
+
+    walk(model, "")
+    return found
+
+
+def test_secret_options_cover_every_credential_of_the_settings_models(nix_eval: Any) -> None:
+    from gridmate.components import all_components
+
+    got = nix_eval(
+        """
+        let
+          opts = (h.eval { modules = [ h.modules ]; }).options.services.gridmate;
+          files = c: lib.filterAttrs (n: _: lib.hasSuffix "File" n) opts.${c};
+        in lib.genAttrs [ "vehicles" "energy" "report" ] (c:
+          lib.mapAttrs (_: o: o.description) (files c))
+        """
+    )
+    models = {c.name: c.settings_model for c in all_components()}
+    for component, options in got.items():
+        declared = set()
+        for option, description in options.items():
+            credential = re.search(r"as the credential `([a-z_]+)`", description)
+            key = re.search(r"This is the file form of the setting\s+`([a-z_.]+)`", description)
+            assert credential and key, f"{component}.{option}: description names no credential"
+            declared.add((credential.group(1), key.group(1)))
+        assert declared == _python_credentials(models[component]), component
+
+
+def test_module_settings_load_in_gridmate(nix_eval: Any, tmp_path: Path) -> None:
+    """The settings and credentials the modules produce are accepted by gridmate."""
+    from gridmate.components import all_components
+
+    got = _host(
+        nix_eval,
+        body="""lib.genAttrs [ "vehicles" "energy" "report" ] (n: {
+          settings = h.gridmateLib.dropNulls c.services.gridmate.${n}.settings;
+          credentials = c.systemd.services."gridmate-${n}".serviceConfig.LoadCredential;
+        })""",
+    )
+    models = {c.name: c.settings_model for c in all_components()}
+    for component, unit in got.items():
+        credentials = tmp_path / component
+        credentials.mkdir()
+        for entry in unit["credentials"]:
+            name, _, _ = entry.partition(":")
+            (credentials / name).write_text(f"secret-{name}-value")
+        config = tmp_path / f"{component}.json"
+        config.write_text(json.dumps(unit["settings"]))
+        # TOML and JSON load to the same data, and gridmate's loader builds the
+        # model from the parsed file exactly like this.
+        os.environ["CREDENTIALS_DIRECTORY"] = str(credentials)
+        try:
+            settings = models[component](**json.loads(config.read_text()))
+        finally:
+            del os.environ["CREDENTIALS_DIRECTORY"]
+        dumped = json.dumps(settings.model_dump(mode="json"))
+        assert "secret-" not in dumped  # secrets were read, and stay masked
+
+
+# -- systemd-analyze security on the generated units
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+# The overall exposure systemd-analyze reports for each unit (lower is
+# better; "OK" is below 5.0). docs/nixos.md records the same figures.
+EXPECTED_EXPOSURE = {"vehicles": 1.1, "energy": 1.1, "report": 1.1}
+
+
+def _unit_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _render_unit(name: str, unit: dict[str, Any]) -> str:
+    """The unit file as NixOS writes it (systemd-lib's attrsToSection)."""
+    lines = ["[Unit]", f"Description={unit['description']}"]
+    for key in ("after", "wants", "requires"):
+        if unit[key]:
+            lines.append(f"{key.capitalize()}={' '.join(unit[key])}")
+    lines.append("[Service]")
+    for key, value in sorted(unit["environment"].items()):
+        lines.append(f'Environment="{key}={value}"')
+    for key, value in sorted(unit["serviceConfig"].items()):
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"{key}={_unit_value(item)}")
+    if unit["wantedBy"]:
+        lines += ["[Install]", f"WantedBy={' '.join(unit['wantedBy'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def _offline_analyze_supported() -> str | None:
+    if SYSTEMD_ANALYZE is None:
+        return "systemd-analyze is not installed"
+    probe = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--help"], capture_output=True, text=True, check=False
+    )
+    if "--offline" not in probe.stdout:
+        return "this systemd-analyze has no 'security --offline' (systemd >= 250 needed)"
+    return None
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_units_rate_ok_in_systemd_analyze_security(
+    nix_eval: Any, tmp_path: Path, component: str
+) -> None:
+    reason = _offline_analyze_supported()
+    if reason:
+        pytest.skip(reason)
+    assert SYSTEMD_ANALYZE is not None
+    unit = _host(nix_eval, body=f'c.systemd.services."gridmate-{component}"')
+    path = tmp_path / f"gridmate-{component}.service"
+    path.write_text(_render_unit(path.name, unit))
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d) (\w+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    exposure, rating = float(found.group(1)), found.group(2)
+    assert rating in {"PERFECT", "SAFE", "OK"}, result.stdout
+    assert exposure <= EXPECTED_EXPOSURE[component], result.stdout
+    docs = ROOT / "docs" / "nixos.md"
+    if docs.exists():
+        assert f"| gridmate-{component}.service | {EXPECTED_EXPOSURE[component]} |" in (
+            docs.read_text()
+        ), "docs/nixos.md must record the expected exposure"
 
 
 # nix/package.nix against a stand-in python3Packages: every attribute it
