@@ -272,6 +272,21 @@ async def test_429_without_retry_after_uses_ratelimit_reset(
     assert caught.value.retry_after == pytest.approx(500, abs=2)
 
 
+async def test_rate_limit_of_zero_refuses_every_call_with_the_full_window(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock
+) -> None:
+    cloud.add_rate_limit(0, window=300, endpoint="live_status")
+    async with make_api(cloud, clock) as api:
+        with pytest.raises(RateLimited) as caught:
+            await api.live_status(SITE_ID)
+        # Other devices are not limited by the rule.
+        assert len(await api.vehicles()) == 2
+    assert caught.value.retry_after == pytest.approx(300, abs=2)
+    assert [c.status for c in cloud.calls_to("live_status")] == [429]
+    with pytest.raises(ValueError, match="limit >= 0"):
+        cloud.add_rate_limit(-1, window=60)
+
+
 # ---------------------------------------------------------------- budgets
 
 

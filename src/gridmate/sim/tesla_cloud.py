@@ -180,6 +180,9 @@ class OAuthEvent:
 class RateLimitRule:
     """At most ``limit`` requests per ``window`` seconds per device (or account).
 
+    A ``limit`` of 0 refuses every matching request (an account that is throttled
+    from the start).
+
     ``endpoint`` None applies to every Fleet endpoint. ``retry_after`` fixes the
     Retry-After value; by default it is the time until the window resets.
     """
@@ -297,6 +300,8 @@ class TeslaCloudSimulator:
         retry_after: float | None = None,
         per_device: bool = True,
     ) -> RateLimitRule:
+        if limit < 0 or window <= 0:
+            raise ValueError("a rate limit needs limit >= 0 and a positive window")
         rule = RateLimitRule(limit, window, endpoint, retry_after, per_device)
         self.rate_limits.append(rule)
         return rule
@@ -463,7 +468,10 @@ class TeslaCloudSimulator:
             hits = [t for t in rule._hits.get(key, []) if now - t < window]
             rule._hits[key] = hits
             if len(hits) >= rule.limit:
-                reset = math.ceil((hits[0] + window - now).total_seconds())
+                # With no request in the window (a limit of 0 refuses everything) the
+                # window is taken to start now.
+                opened = hits[0] if hits else now
+                reset = math.ceil((opened + window - now).total_seconds())
                 retry = rule.retry_after if rule.retry_after is not None else reset
                 response = _fleet_error(
                     429, "rate_limit_exceeded", f"Retry in {math.ceil(retry)} seconds"
