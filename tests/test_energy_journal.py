@@ -6,7 +6,13 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from gridmate.energy.journal import DayJournal, journal_path, read_day
+from gridmate.energy.journal import (
+    DayJournal,
+    journal_directory,
+    journal_path,
+    journal_time_zone,
+    read_day,
+)
 from gridmate.runtime.clock import SimulatedClock
 
 
@@ -47,3 +53,14 @@ def test_torn_and_garbage_lines_are_skipped(tmp_path):
 def test_unknown_kind_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown journal kind"):
         DayJournal(tmp_path, "UTC").append("samples", soc=1.0)
+
+
+def test_the_site_time_zone_is_recorded_next_to_the_journal(tmp_path):
+    assert journal_time_zone(tmp_path) is None
+    DayJournal(tmp_path, "America/Phoenix").append("health", ok=True, problems=[])
+    assert journal_time_zone(tmp_path) == "America/Phoenix"
+    # A site that moved its zone (a new configuration) records the new one.
+    DayJournal(tmp_path, "Europe/Berlin").append("health", ok=True, problems=[])
+    assert journal_time_zone(tmp_path) == "Europe/Berlin"
+    (journal_directory(tmp_path) / "time_zone").write_text("Mars/Olympus_Mons\n")
+    assert journal_time_zone(tmp_path) is None

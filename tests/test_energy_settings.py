@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 
 from gridmate.cli import main
@@ -43,6 +45,18 @@ def load(tmp_path, text: str) -> EnergySettings:
         ),
         ('[weather]\nuser_agent = "curl"\n', "weather.user_agent", "contact"),
         ("[honeywell]\npoll_seconds = 30\n", "honeywell.poll_seconds", "120"),
+        (
+            "[tariff.prices.sumer]\npeak = 0.42\n",
+            "tariff.prices.sumer",
+            "seasons: summer, winter",
+        ),
+        ("[tariff.prices.summer]\npeek = 0.42\n", "tariff.prices.summer.peek", "unknown period"),
+        (
+            "[tariff.prices.summer]\nsuper_off_peak = 0.05\n",
+            "tariff.prices.summer.super_off_peak",
+            "has no super_off_peak hours; it has peak, off_peak",
+        ),
+        ('[tariff.prices.summer]\npeak = "a lot"\n', "tariff.prices.summer.peak", "number"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, text, key, words):
@@ -75,3 +89,61 @@ def test_plan_command_prints_the_day(tmp_path, capsys):
     holiday = capsys.readouterr().out
     assert "holiday: independence day (observed)" in holiday
     assert "no controlled period today" in holiday
+
+
+def test_prices_on_a_preset_keep_its_schedule(tmp_path, capsys):
+    path = tmp_path / "energy.toml"
+    path.write_text(
+        '[tariff]\npreset = "aps-tou-4pm-7pm"\n'
+        "[tariff.prices.summer]\npeak = 0.32\noff_peak = 0.12\n"
+        "[tariff.prices.winter]\npeak = 0.28\noff_peak = 0.11\nsuper_off_peak = 0.04\n"
+    )
+    settings = load_settings(EnergySettings, path)
+    schedule = settings.tariff.build()
+    summer = schedule.day_plan(date(2026, 7, 1))
+    assert [(s.period, s.price_per_kwh) for s in summer.segments] == [
+        ("off_peak", 0.12),
+        ("peak", 0.32),
+        ("off_peak", 0.12),
+    ]
+    winter = schedule.day_plan(date(2026, 1, 14))
+    assert {s.period: s.price_per_kwh for s in winter.segments} == {
+        "off_peak": 0.11,
+        "super_off_peak": 0.04,
+        "peak": 0.28,
+    }
+    # A holiday is off-peak all day and priced as such.
+    holiday = schedule.day_plan(date(2026, 7, 3))
+    assert [(s.period, s.price_per_kwh) for s in holiday.segments] == [("off_peak", 0.12)]
+    assert main(["energy", "plan", "-c", str(path), "--date", "2026-07-01"]) == 0
+    assert "16:00-19:00  peak            summer peak  $0.3200/kWh" in capsys.readouterr().out
+
+
+def test_a_seasons_own_prices_win_over_the_price_table():
+    settings = EnergySettings.model_validate(
+        {
+            "tariff": {
+                "preset": "original",
+                "prices": {"summer": {"peak": 0.40, "off_peak": 0.10}},
+                "schedules": [
+                    {
+                        "effective_from": "2027-01-01",
+                        "seasons": [
+                            {
+                                "name": "summer",
+                                "start": "01-01",
+                                "end": "12-31",
+                                "windows": [{"period": "peak", "start": "16:00", "end": "19:00"}],
+                                "prices": {"peak": 0.50},
+                            }
+                        ],
+                    }
+                ],
+            }
+        }
+    )
+    schedule = settings.tariff.build()
+    before = {s.period: s.price_per_kwh for s in schedule.day_plan(date(2026, 7, 1)).segments}
+    after = {s.period: s.price_per_kwh for s in schedule.day_plan(date(2027, 7, 1)).segments}
+    assert before == {"off_peak": 0.10, "peak": 0.40}
+    assert after == {"off_peak": 0.10, "peak": 0.50}

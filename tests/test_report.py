@@ -220,6 +220,24 @@ async def test_old_metrics_are_removed_and_other_files_kept(tmp_path):
     assert recent.exists() and unrelated.exists()
 
 
+async def test_without_a_time_zone_the_report_takes_the_journals(tmp_path):
+    # Tokyo's day 2026-07-14 is not Phoenix's: the report must cut the day where the
+    # energy service did, which it learns from the journal.
+    tokyo = ZoneInfo("Asia/Tokyo")
+    journal = DayJournal(tmp_path, tokyo)
+    for hour in range(24):
+        at = datetime(2026, 7, 14, hour, 30, tzinfo=tokyo)
+        journal.append("sample", at=at, soc=50.0, battery_kw=0.0, grid_kw=1.0, load_kw=1.0,
+                       solar_kw=0.0, reserve=20, mode="self_consumption", period="off_peak",
+                       price_per_kwh=0.1, thermostats={})  # fmt: skip
+    settings = ReportSettings(state_directory=tmp_path)
+    now = datetime(2026, 7, 15, 0, 10, tzinfo=tokyo)
+    assert await run_daily(settings, None, clock=FixedClock(now), out=StringIO()) == 0
+    metrics = json.loads((tmp_path / "metrics" / "2026-07-14.json").read_text())
+    assert metrics["time_zone"] == "Asia/Tokyo"
+    assert metrics["journal"]["samples"] == 24
+
+
 async def test_missing_journal_is_an_error_without_a_metrics_file(tmp_path, capsys):
     settings = settings_for(tmp_path)
     assert await run_daily(settings, "2026-07-14", clock=FixedClock(NOW), out=StringIO()) == 1

@@ -22,6 +22,7 @@ from gridmate.energy.settings import (
     GatewaySettings,
     HoneywellSettings,
     PowerwallSettings,
+    TariffSettings,
     ThermostatSettings,
     WeatherSettings,
 )
@@ -36,6 +37,15 @@ from gridmate.tesla.fleet_api import FleetApi
 from gridmate.tesla.tokens import StaticTokenProvider
 
 PHOENIX = ZoneInfo("America/Phoenix")
+# The 'original' preset's hours with prices in the range of Arizona time-of-use
+# plans, so the journal (and the daily report built from it) carries money.
+DEMO_TARIFF = TariffSettings(
+    preset="original",
+    prices={
+        "summer": {"peak": 0.32, "off_peak": 0.12},
+        "winter": {"peak": 0.27, "off_peak": 0.11},
+    },
+)
 
 
 @dataclass
@@ -90,6 +100,7 @@ async def _simulate_day(
         gateway_simulator(house) as gateway,
     ):
         settings = EnergySettings(
+            tariff=DEMO_TARIFF,
             state_directory=workdir / "state",
             runtime_directory=workdir / "run",
             metrics=MetricsSettings(enable=False),

@@ -30,6 +30,11 @@ UTC) and ``"kind"``. The kinds and their fields:
 ``peak``
     ``event`` ("start" | "end"), ``soc`` float.
 
+The journal directory also holds ``time_zone``, one line with the site's IANA
+time zone (written by the energy service), so readers such as the daily report
+know where the journal's days begin without being told
+(:func:`journal_time_zone`).
+
 Each line is written with a single ``write`` on a file opened for appending,
 so concurrent writers do not interleave inside a line; a line torn by a crash
 (the last one, without its newline) is skipped by :func:`read_day`.
@@ -55,6 +60,7 @@ __all__ = [
     "iter_day",
     "journal_directory",
     "journal_path",
+    "journal_time_zone",
     "read_day",
 ]
 
@@ -70,6 +76,19 @@ def journal_directory(state_directory: Path) -> Path:
 
 def journal_path(state_directory: Path, day: date) -> Path:
     return journal_directory(state_directory) / f"{day.isoformat()}.jsonl"
+
+
+TIME_ZONE_FILE = "time_zone"
+
+
+def journal_time_zone(state_directory: Path) -> str | None:
+    """The site's time zone the energy service recorded next to its journal, if any."""
+    try:
+        name = (journal_directory(state_directory) / TIME_ZONE_FILE).read_text().strip()
+        ZoneInfo(name)
+    except (OSError, ValueError, KeyError):  # KeyError: ZoneInfoNotFoundError
+        return None
+    return name
 
 
 def _default(value: Any) -> Any:
@@ -91,6 +110,15 @@ class DayJournal:
         self.state_directory = Path(state_directory)
         self.tz = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
         self.clock: Clock = clock or SystemClock()
+        self._zone_recorded = False
+
+    def _record_zone(self) -> None:
+        directory = journal_directory(self.state_directory)
+        if journal_time_zone(self.state_directory) != self.tz.key:
+            temporary = directory / f".{TIME_ZONE_FILE}.{os.getpid()}.tmp"
+            temporary.write_text(self.tz.key + "\n")
+            os.replace(temporary, directory / TIME_ZONE_FILE)
+        self._zone_recorded = True
 
     def path_for(self, day: date) -> Path:
         return journal_path(self.state_directory, day)
@@ -106,6 +134,8 @@ class DayJournal:
         data = (line + "\n").encode("utf-8")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._zone_recorded:
+                self._record_zone()
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             try:
                 os.write(fd, data)

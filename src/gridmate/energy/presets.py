@@ -3,8 +3,8 @@
 Hours, seasons and holidays as the utilities publish them (check your bill:
 plans change, and a change is a new schedule version in the configuration,
 with its own ``effective_from``). Prices are left out on purpose because they
-change every year; set ``prices`` per season in the configuration to get
-``price_per_kwh`` in the journal and the report.
+change every year; ``[tariff.prices.<season>]`` in the configuration adds them
+by season name, giving ``price_per_kwh`` in the journal and the report.
 """
 
 from __future__ import annotations

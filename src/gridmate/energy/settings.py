@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 
 from gridmate.energy.presets import PRESETS, preset_names
 from gridmate.energy.tariff import (
+    PERIODS,
     EventConfig,
     Period,
     Schedule,
@@ -77,6 +79,13 @@ class TariffSettings(Section):
         ("peak",),
         description="Periods during which gridmate runs the battery and sheds load.",
     )
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Price per kWh by season name and period, e.g. "
+        "[tariff.prices.summer] peak = 0.42, so a preset gets prices without "
+        "redefining its schedule. They apply to the seasons of that name in every "
+        "schedule version; prices set inside a season of tariff.schedules win.",
+    )
 
     @field_validator("preset")
     @classmethod
@@ -96,6 +105,7 @@ class TariffSettings(Section):
             raise _key_error("schedules", "set a preset or at least one schedule")
         if self.preset is None and self.timezone is None:
             raise _key_error("timezone", "a custom tariff needs its time zone")
+        self._check_prices()
         seen: dict[date, int] = {}
         for index, version in enumerate(self.all_versions()):
             if version.effective_from in seen:
@@ -106,9 +116,66 @@ class TariffSettings(Section):
             seen[version.effective_from] = index
         return self
 
-    def all_versions(self) -> list[ScheduleVersionConfig]:
+    def _check_prices(self) -> None:
+        # Names are checked here rather than by the type, so the error names the
+        # exact key ("tariff.prices.sumer") and lists what would be accepted.
+        periods_of = self.season_periods()
+        for season, table in self.prices.items():
+            if season not in periods_of:
+                raise _key_error(
+                    f"prices.{season}",
+                    f"no season named {season!r} in this tariff; its seasons: "
+                    f"{', '.join(sorted(periods_of))}",
+                )
+            for period, price in table.items():
+                if period not in PERIODS:
+                    raise _key_error(
+                        f"prices.{season}.{period}",
+                        f"unknown period {period!r}; periods are {', '.join(PERIODS)}",
+                    )
+                if period not in periods_of[season]:
+                    raise _key_error(
+                        f"prices.{season}.{period}",
+                        f"season {season!r} has no {period} hours; it has "
+                        f"{', '.join(p for p in PERIODS if p in periods_of[season])}",
+                    )
+                if not math.isfinite(price):
+                    raise _key_error(f"prices.{season}.{period}", "must be a finite number")
+
+    def season_periods(self) -> dict[str, set[str]]:
+        """The periods each season name can have, over every schedule version."""
+        event_periods = {event.period for event in self.events}
+        found: dict[str, set[str]] = {}
+        for version in self._unpriced_versions():
+            holiday = version.holidays.treat_as if version.holidays else None
+            for season in version.seasons:
+                periods = found.setdefault(season.name, set())
+                periods.add(version.default_period)
+                periods.update(window.period for window in season.windows)
+                periods.update(event_periods)
+                if holiday in PERIODS:
+                    periods.add(holiday)
+        return found
+
+    def _unpriced_versions(self) -> list[ScheduleVersionConfig]:
         base = list(PRESETS[self.preset].versions) if self.preset else []
         return base + list(self.schedules)
+
+    def all_versions(self) -> list[ScheduleVersionConfig]:
+        """The schedule versions with ``prices`` filled into their seasons."""
+        versions = self._unpriced_versions()
+        if not self.prices:
+            return versions
+        priced = []
+        for version in versions:
+            seasons = [
+                season.model_copy(
+                    update={"prices": {**self.prices.get(season.name, {}), **season.prices}}
+                )
+                for season in version.seasons
+            ]
+            priced.append(version.model_copy(update={"seasons": seasons}))
+        return priced
 
     @property
     def zone(self) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from gridmate.energy.journal import journal_path, read_day
+from gridmate.energy.journal import journal_path, journal_time_zone, read_day
 from gridmate.notify import Event, EventKind, InlineImage, Level, Notifier
 from gridmate.report.metrics import day_metrics, samples_of
 from gridmate.report.settings import ReportSettings
@@ -255,7 +255,9 @@ async def run_daily(
     """Build, write and mail one day's report; returns the exit code."""
     out = out or sys.stdout
     clock = clock or SystemClock()
-    tz = site_zone(settings.time_zone)
+    # The energy service records its site's zone next to the journal; an explicit
+    # setting still wins, and the system's zone is the last resort.
+    tz = site_zone(settings.time_zone or journal_time_zone(settings.journal_state_directory))
     now = clock.now()
     try:
         day = parse_day(day_text, now, tz)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes
@@ -11,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from gridmate.demo import DemoContext, Scenario
-from gridmate.energy.journal import read_day
+from gridmate.energy.journal import iter_day, journal_time_zone, read_day
 from gridmate.report.daily import run_daily
-from gridmate.report.sample_day import DEMO_TIME_ZONE, write_synthetic_day
+from gridmate.report.sample_day import write_synthetic_day
 from gridmate.report.settings import ReportSettings
 
 
@@ -32,14 +33,27 @@ class _FixedClock:
         await asyncio.sleep(min(seconds, 0.1))
 
 
+def _interest(path: Path) -> tuple[bool, int, int]:
+    """How much a day's journal has to show: a precool decided, then actions, then lines."""
+    precooled, actions, lines = False, 0, 0
+    for event in iter_day(path.parents[2], date.fromisoformat(path.stem)):
+        lines += 1
+        if event.get("kind") == "action":
+            actions += 1
+        detail = event.get("detail")
+        if event.get("what") == "precool" and isinstance(detail, dict) and detail.get("decided"):
+            precooled = True
+    return precooled, actions, lines
+
+
 def _energy_demo_journal(workdir: Path) -> tuple[Path, date] | None:
-    """The busiest day journal an earlier energy scenario left in the shared workdir."""
-    best: tuple[int, Path] | None = None
-    for path in workdir.glob("**/energy/journal/*.jsonl"):
-        lines = sum(1 for _ in path.open(encoding="utf-8", errors="replace"))
-        if best is None or lines > best[0]:
-            best = (lines, path)
-    if best is None or best[0] < 10:
+    """The most interesting day journal an earlier energy scenario left in the workdir."""
+    best: tuple[tuple[bool, int, int], Path] | None = None
+    for path in sorted(workdir.glob("**/energy/journal/*.jsonl")):
+        score = _interest(path)
+        if best is None or score > best[0]:
+            best = (score, path)
+    if best is None or best[0][2] < 10:
         return None
     path = best[1]
     return path.parents[2], date.fromisoformat(path.stem)
@@ -60,7 +74,9 @@ async def run(ctx: DemoContext) -> list[str]:
             "report", f"no energy journal from an earlier scenario; wrote a hazy {day:%a %d %b}"
         )
     events = len(read_day(energy_state, day))
-    ctx.say("report", f"journal has {events} events")
+    zone = journal_time_zone(energy_state)
+    ctx.expect(zone is not None, "the energy journal records the site's time zone")
+    ctx.say("report", f"journal has {events} events; the site's time zone is {zone}")
 
     received: list[tuple[list[str], Message]] = []
 
@@ -78,13 +94,12 @@ async def run(ctx: DemoContext) -> list[str]:
         settings = ReportSettings(
             state_directory=report_state,
             energy_state_directory=energy_state,
-            time_zone=DEMO_TIME_ZONE,
             notify={
                 "smtp_host": "127.0.0.1",
                 "smtp_port": port,
                 "security": "none",
                 "sender": "gridmate@home.example",
-                "time_zone": DEMO_TIME_ZONE,
+                "time_zone": zone,
                 "recipients": {"info": ["owner@home.example"], "warning": ["owner@home.example"]},
             },
         )
@@ -104,6 +119,11 @@ async def run(ctx: DemoContext) -> list[str]:
 
     metrics_file = report_state / "metrics" / f"{day}.json"
     ctx.expect(metrics_file.exists(), "metrics file written")
+    money = json.loads(metrics_file.read_text())["money"]
+    ctx.expect(
+        money["saved"] > 0 and money["unpriced_hours"] == 0,
+        f"a priced journal gives an estimated saving (got {money['saved']} {money['currency']})",
+    )
     reports = [m for _, m in received if "Daily report" in str(m["Subject"])]
     ctx.expect(len(reports) == 1, f"exactly one daily report email (got {len(reports)})")
     message = reports[0]
@@ -126,6 +146,9 @@ async def run(ctx: DemoContext) -> list[str]:
         ctx.say("mail", f"also sent: {other}")
     return [
         f"metrics file {metrics_file.name} (schema 1) from {events} journal events",
+        f"estimated saving {money['saved']:.2f} {money['currency']} "
+        f"(grid cost {money['grid_cost']:.2f}, {money['grid_cost_without_battery']:.2f} "
+        "without the battery)",
         f"email: {subject}",
         "chart inline via Content-ID; a second run sent nothing twice",
     ]

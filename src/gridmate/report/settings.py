@@ -23,7 +23,8 @@ class ReportSettings(ComponentSettings):
     time_zone: str | None = Field(
         None,
         description="The site's time zone (IANA name), which decides where a day begins and "
-        "ends; use the same as the energy service. Default: the system's.",
+        "ends. Default: the zone the energy service recorded with its journal, else the "
+        "system's.",
     )
     retention_days: int = Field(
         400, ge=1, description="Metrics files older than this many days are removed."
