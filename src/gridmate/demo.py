@@ -25,6 +25,7 @@ SCENARIO_MODULES: tuple[str, ...] = (
     "gridmate.energy.demo",
     # After the energy scenario: the report reads its journal from the shared workdir.
     "gridmate.report.demo",
+    "gridmate.vehicles.demo",
 )
 
 

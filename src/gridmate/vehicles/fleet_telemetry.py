@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from gridmate.vehicles.catalogue import MAX_STATE_LENGTH, valid_extra_key
@@ -222,6 +223,12 @@ def _extra_value(value: Any) -> Any:
     return json.dumps(value, separators=(",", ":"), default=str)[:MAX_STATE_LENGTH]
 
 
+def _seconds(when: datetime) -> float:
+    # Millisecond precision: what the state document carries, so a restored state
+    # compares equal to the one it was published from.
+    return round(when.timestamp(), 3)
+
+
 @dataclass(slots=True)
 class _Presence:
     connections: dict[str, float] = field(default_factory=dict)
@@ -274,7 +281,7 @@ class FleetTelemetrySource:
 
     def _telemetry(self, record: TelemetryRecord) -> Applied:
         vin = record.vin
-        at = record.created_at.timestamp()
+        at = _seconds(record.created_at)
         resend = record.is_resend
         update = self.store.update
         applied = Applied(vin, [])
@@ -318,7 +325,7 @@ class FleetTelemetrySource:
 
     def _connectivity(self, record: ConnectivityRecord) -> Applied:
         vin = record.vin
-        at = record.created_at.timestamp()
+        at = _seconds(record.created_at)
         applied = Applied(vin, [])
         presence = self._presence.get(vin)
         if presence is None:
@@ -361,7 +368,7 @@ class FleetTelemetrySource:
 
     def _alerts(self, record: AlertsRecord) -> Applied:
         vin = record.vin
-        at = record.created_at.timestamp()
+        at = _seconds(record.created_at)
         applied = Applied(vin, [])
         state = self.store.vehicle(vin)
         current = state.fields.get("active_alerts")
@@ -390,7 +397,7 @@ class FleetTelemetrySource:
         applied = Applied(vin, [])
         if not record.errors:
             return applied
-        at = record.created_at.timestamp()
+        at = _seconds(record.created_at)
         latest = record.errors[-1]
         text = f"{latest.name}: {latest.body}" if latest.body else latest.name
         outcome = self.store.update(vin, "last_error", text[:MAX_STATE_LENGTH], at, SOURCE)

@@ -98,11 +98,11 @@ def state_document(state: VehicleState) -> dict[str, Any]:
     meta: dict[str, dict[str, float]] = {}
     for key, current in state.fields.items():
         value = current.value
-        document[key] = list(value) if isinstance(value, tuple) else value
+        document[key] = list(value) if value.__class__ is tuple else value
         by_source = meta.get(current.source)
         if by_source is None:
             by_source = meta[current.source] = {}
-        by_source[key] = round(current.observed_at, 3)
+        by_source[key] = current.observed_at
     for entity in DERIVED:
         document[entity.key] = entity.derive(state)  # type: ignore[misc]
     document["_m"] = meta

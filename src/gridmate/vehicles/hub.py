@@ -322,13 +322,12 @@ class Hub:
         """Publish what is pending; True once everything processed is acknowledged."""
         async with self._work:
             processed = dict(self._processed)
-            if not self.publisher.pending:
-                self._delivered = processed
-                return True
-            if not self.mqtt.connected.is_set():
-                return False
-            batch = self.publisher.take()
-            if batch.messages:
+            while self.publisher.pending:
+                if not self.mqtt.connected.is_set():
+                    return False
+                batch = self.publisher.take()
+                if not batch.messages:
+                    continue
                 try:
                     await self.mqtt.publish_many(batch.messages)
                 except MqttUnavailable as error:

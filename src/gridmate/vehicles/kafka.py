@@ -27,10 +27,13 @@ def consumer_options(settings: KafkaSettings) -> dict[str, Any]:
         "enable_auto_commit": False,
         "auto_offset_reset": settings.auto_offset_reset,
         "security_protocol": settings.security_protocol,
-        # A record that arrives should reach Home Assistant in milliseconds.
-        "fetch_max_wait_ms": 100,
-        "max_partition_fetch_bytes": max(1024 * 1024, settings.max_record_bytes),
-        "fetch_max_bytes": max(16 * 1024 * 1024, settings.max_record_bytes),
+        # A record that arrives should reach Home Assistant in milliseconds; brokers
+        # answer a waiting fetch as soon as data arrives, this bounds those that do not.
+        "fetch_max_wait_ms": 20,
+        # Bounded prefetch (memory): a record larger than these is still fetched on
+        # its own, so they need not exceed the largest record.
+        "max_partition_fetch_bytes": 1024 * 1024,
+        "fetch_max_bytes": 4 * 1024 * 1024,
         "metadata_max_age_ms": 60_000,
     }
     if settings.security_protocol.endswith("SSL"):

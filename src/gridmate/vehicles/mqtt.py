@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -28,6 +29,9 @@ from gridmate.vehicles.homeassistant import OFFLINE, ONLINE, Topics
 from gridmate.vehicles.publisher import Message
 
 log = get_logger("vehicles.mqtt")
+# aiomqtt warns about every publish beyond ten in flight; batches are that by design.
+_client_log = logging.getLogger("gridmate.vehicles.mqtt.client")
+_client_log.setLevel(logging.ERROR)
 
 
 class MqttUnavailable(Exception):
@@ -82,6 +86,7 @@ class MqttLink:
             tls_context=_tls_context(settings),
             will=aiomqtt.Will(self.topics.status, OFFLINE, qos=1, retain=True),
             max_inflight_messages=1000,
+            logger=_client_log,
             timeout=10.0,
         )
 

@@ -115,8 +115,12 @@ class Publisher:
         self._discovered.clear()
         self.mark_vehicles(list(self._published_at), Parts.ALL)
 
-    def take(self) -> Batch:
-        """The messages for everything marked since the last batch."""
+    def take(self, limit: int = 500) -> Batch:
+        """The messages for up to ``limit`` vehicles marked since the last batch.
+
+        The limit bounds the memory a burst of new vehicles (each with its discovery
+        document) can take; the rest stays marked for the next batch.
+        """
         batch = Batch()
         now = self._now()
         if self._touched:
@@ -126,7 +130,12 @@ class Publisher:
                 ):
                     self._dirty[vin] = Parts.STATE
             self._touched.clear()
-        dirty, self._dirty = self._dirty, {}
+        if len(self._dirty) <= limit:
+            dirty, self._dirty = self._dirty, {}
+        else:
+            dirty = {}
+            for vin in list(self._dirty)[:limit]:
+                dirty[vin] = self._dirty.pop(vin)
         discovery: list[Message] = []
         for vin, parts in dirty.items():
             state = self.store.get(vin)
