@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from gridmate.energy.journal import read_day
 from gridmate.energy.service import EnergyRuntime, build_runtime, run
 from gridmate.energy.settings import (
@@ -27,6 +29,7 @@ from gridmate.energy.settings import (
     WeatherSettings,
 )
 from gridmate.energy.state import read_status
+from gridmate.notify import NotifySettings
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.daemon import Daemon
 from gridmate.runtime.secrets import Secret
@@ -56,7 +59,8 @@ class HandClock:
         return self._now
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
+        # Background loops (the notifier's) poll this clock; a real pause keeps them idle.
+        await asyncio.sleep(0.005)
 
     def advance(self, seconds: float) -> None:
         self._now += timedelta(seconds=seconds)
@@ -80,7 +84,8 @@ class World:
         while self.clock.now() < end:
             self.clock.advance(step)
             self.house.step(self.clock.now())
-            await self.runtime.reconciler.cycle()
+            report = await self.runtime.reconciler.cycle()
+            await self.runtime.after_cycle(report)
 
     async def restart(self) -> None:
         await self.runtime.close()
@@ -157,7 +162,9 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
             clock=clock,
             daily_site_write_budget=None,
         )
-        runtime = await build_runtime(settings, clock=clock, fleet=fleet, with_notifier=False)
+        runtime = await build_runtime(
+            settings, clock=clock, fleet=fleet, with_notifier="notify" in changes
+        )
         assert runtime.reconciler.powerwall is not None
         await runtime.reconciler.powerwall.start()
         w = World(clock, site, thermostat, house, cloud, honeywell, weather, settings, runtime,
@@ -372,3 +379,146 @@ async def test_honeywell_refresh_token_is_rotated_and_kept(tmp_path):
         await w.runtime.reconciler.cycle()
         assert w.honeywell.refreshes == 2
         assert all(status != 401 for _, _, _, status in w.honeywell.requests)
+
+
+# ---------------------------------------------------------------- notifications
+
+
+def alert_mail(smtp_port: int, **overrides) -> NotifySettings:
+    """Warnings and critical messages only, each sent at once; 'resolved' after 5 minutes."""
+    values = {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp_port,
+        "security": "none",
+        "time_zone": "America/Phoenix",
+        "recipients": {"warning": ["owner@example.test"], "critical": ["owner@example.test"]},
+        "digest_window_seconds": 0,
+        "resolve_after_seconds": 300,
+    }
+    values.update(overrides)
+    return NotifySettings(**values)
+
+
+def subjects(smtp_server) -> list[str]:
+    return [" ".join(str(m["Subject"]).split()) for _, m in smtp_server.messages]
+
+
+async def settle_mail(w: World) -> None:
+    """Let the notifier deliver what is due (real SMTP), then close it."""
+    assert w.runtime.notifier is not None
+    await w.runtime.notifier.flush(within_seconds=10)
+    await w.runtime.notifier.close()
+    w.runtime.notifier = None
+
+
+@pytest.mark.services
+async def test_a_flapping_weather_api_gives_one_message_and_one_resolved(smtp_server, tmp_path):
+    weather_often = {"refresh_hours": 0.01}  # re-read the forecast every cycle
+    async with world(tmp_path, start=(9, 0), notify=alert_mail(smtp_server.port)) as w:
+        w.settings = w.settings.model_copy(
+            update={"weather": w.settings.weather.model_copy(update=weather_often)}
+        )
+        w.runtime.reconciler.weather.settings = w.settings.weather  # type: ignore[union-attr]
+        w.weather.nws_down = w.weather.open_meteo_down = True
+        await w.run_until(9, 12)  # down for 12 minutes: a condition
+        await smtp_server.wait_for(1)
+        for minute in range(13, 33):  # then it flaps, minute by minute
+            w.weather.nws_down = w.weather.open_meteo_down = minute % 2 == 0
+            await w.run_until(9, minute)
+        w.weather.nws_down = w.weather.open_meteo_down = False
+        await w.run_until(9, 45)  # clear for longer than resolve_after
+        await smtp_server.wait_for(2)
+        await settle_mail(w)
+    assert subjects(smtp_server) == [
+        "gridmate warning: The weather forecast (NWS and Open-Meteo) is failing",
+        "gridmate warning: Resolved: The weather forecast (NWS and Open-Meteo) is failing",
+    ]
+    body = smtp_server.messages[0][1].get_payload()[0].get_payload(decode=True).decode()
+    assert "503" in body and "without a forecast gridmate does not precool" in body
+
+
+@pytest.mark.services
+async def test_an_empty_battery_before_peak_end_and_the_grid_import_are_reported_once(
+    smtp_server, tmp_path
+):
+    small = SimulatedEnergySite(
+        percentage_charged=12.0, backup_reserve_percent=30, operation_mode="autonomous",
+        installation_time_zone="America/Phoenix",
+    )  # fmt: skip
+    async with world(tmp_path, site=small, notify=alert_mail(smtp_server.port)) as w:
+        await w.run_until(18, 0)
+        await smtp_server.wait_for(2)
+        during = subjects(smtp_server)
+        await w.run_until(19, 30)
+        await smtp_server.wait_for(4)
+        await settle_mail(w)
+    # Both arrived during the peak, once each.
+    assert sorted("floor" in s for s in during) == [False, True]
+    floor = [s for s in subjects(smtp_server) if "floor" in s]
+    grid = [s for s in subjects(smtp_server) if "Grid import" in s]
+    assert floor[0].startswith("gridmate warning: Battery at its floor")
+    assert floor[1].startswith("gridmate warning: Resolved: Battery at its floor")
+    assert grid[0].startswith("gridmate CRITICAL: Grid import during peak:")
+    assert grid[1].startswith("gridmate CRITICAL: Resolved: Grid import during peak")
+    assert len(smtp_server.messages) == 4
+    text = {
+        " ".join(str(m["Subject"]).split()): m.get_payload()[0].get_payload(decode=True).decode()
+        for _, m in smtp_server.messages
+    }
+    assert "until 19:00" in text[floor[0]] and "floor (backup reserve) of 0 %" in text[floor[0]]
+    assert "the battery is at its floor" in text[grid[0]]
+
+
+@pytest.mark.services
+async def test_a_failing_tesla_login_is_reported_and_resolved_through_the_token_hook(
+    smtp_server, tmp_path
+):
+    clock = HandClock(datetime(DAY.year, DAY.month, DAY.day, 10, 0, tzinfo=PHOENIX))
+    site = SimulatedEnergySite(installation_time_zone="America/Phoenix")
+    thermostat = SimulatedThermostat(indoor_f=76.0)
+    house = HouseModel(site, "America/Phoenix", [thermostat], outdoor=outdoor_profile(90.0))
+    async with (
+        tesla_cloud_simulator(sites=[site], clock=clock, access_token_lifetime=600) as cloud,
+        honeywell_simulator([thermostat], clock=clock) as honeywell,
+        weather_simulator(clock=clock, highs={DAY: 90.0}) as weather,
+        gateway_simulator(house) as gateway,
+    ):
+        _, refresh = cloud.issue_tokens()
+        (tmp_path / "state").mkdir()
+        settings = make_settings(
+            tmp_path, honeywell, weather, gateway, site,
+            powerwall=PowerwallSettings(site_id=site.site_id),  # every read from the cloud
+            tesla=TeslaCloudSettings(
+                token_source="oauth",
+                base_url=cloud.base_url,
+                oauth=OAuthSettings(client_id=cloud.client_id, refresh_token=Secret(refresh),
+                                    token_url=cloud.token_url),
+            ),
+            notify=alert_mail(smtp_server.port),
+        )  # fmt: skip
+        runtime = await build_runtime(settings, clock=clock)
+        try:
+            assert runtime.reconciler.powerwall is not None
+            await runtime.reconciler.powerwall.start()
+
+            async def cycles(count: int) -> None:
+                for _ in range(count):
+                    clock.advance(300)
+                    house.step(clock.now())
+                    await runtime.after_cycle(await runtime.reconciler.cycle())
+
+            cloud.inject_oauth_failures(3, status=503)  # Tesla's login is down a while
+            await cycles(3)
+            await smtp_server.wait_for(1)
+            await cycles(4)  # it works again, and stays fine
+            await smtp_server.wait_for(2)
+            assert runtime.notifier is not None
+            await runtime.notifier.flush(within_seconds=10)
+        finally:
+            await runtime.close()
+    assert subjects(smtp_server) == [
+        "gridmate CRITICAL: Tesla access token failing (oauth)",
+        "gridmate CRITICAL: Resolved: Tesla access token failing (oauth)",
+    ]
+    first = smtp_server.messages[0][1].get_payload()[0].get_payload(decode=True).decode()
+    assert "refresh token" in first

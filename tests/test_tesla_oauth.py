@@ -287,6 +287,26 @@ async def test_warns_well_before_the_refresh_token_expires(
     assert "sign in to Tesla again" in expiring[0].detail
 
 
+async def test_a_fresh_refresh_token_ends_the_expiry_warning(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock, tmp_path: Path
+) -> None:
+    _, seed = cloud.issue_tokens()
+    events: list[TokenEvent] = []
+    tokens = make_provider(cloud, clock, tmp_path / "tesla-oauth.json", seed, events=events)
+    try:
+        await tokens.access_token()
+        clock.jump_to(START + timedelta(days=80))  # warned, then refreshed at once
+        await tokens.access_token()
+        clock.jump_to(clock.now() + timedelta(hours=9))
+        await tokens.access_token()  # a young refresh token: nothing more to say
+    finally:
+        await tokens.aclose()
+    assert [(e.kind, e.reason) for e in events] == [
+        ("expiring", "refresh_token_expiring"),
+        ("recovered", "refresh_token_expiring"),
+    ]
+
+
 async def test_background_keepalive_refreshes_an_idle_login(
     cloud: TeslaCloudSimulator, clock: SimulatedClock, tmp_path: Path
 ) -> None:

@@ -23,6 +23,7 @@ from gridmate.energy.adapters.thermostat import (
 from gridmate.energy.adapters.vehicles import FleetVehicles
 from gridmate.energy.adapters.weather import WeatherClient
 from gridmate.energy.journal import DayJournal
+from gridmate.energy.notices import AlertMonitor
 from gridmate.energy.planner import PlannerConfig
 from gridmate.energy.reconciler import CycleReport, Reconciler
 from gridmate.energy.settings import EnergySettings
@@ -33,6 +34,7 @@ from gridmate.runtime.daemon import Daemon
 from gridmate.runtime.logs import get_logger
 from gridmate.tesla.fleet_api import FleetApi
 from gridmate.tesla.settings import build_fleet_api, build_token_provider
+from gridmate.tesla.tokens import TokenProvider
 
 log = get_logger("energy.service")
 
@@ -60,6 +62,41 @@ class EnergyRuntime:
     notifier: Notifier | None
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     own_fleet: bool = True
+    alerts: AlertMonitor | None = None
+    tokens: TokenProvider | None = None
+
+    @property
+    def site_key(self) -> str:
+        """What notifications about the energy site are keyed by."""
+        powerwall = self.reconciler.powerwall
+        if powerwall is not None and powerwall.site_id is not None:
+            return f"site {powerwall.site_id}"
+        return "powerwall"
+
+    def tokens_healthy(self) -> bool:
+        """Tesla tokens work: the provider reports nothing and Tesla answered lately."""
+        powerwall = self.reconciler.powerwall
+        health = getattr(self.tokens, "health", None)
+        return (
+            self.tokens is not None
+            and (health is None or health() is None)
+            and powerwall is not None
+            and powerwall.health.last_ok is not None
+            and powerwall.health.last_error is None
+        )
+
+    async def after_cycle(self, report: CycleReport) -> None:
+        """Tell people what the cycle did and which conditions opened or cleared."""
+        site_key = self.site_key
+        if self.notifier is not None:
+            for kind, facts in report.events:
+                event = _event(kind, facts, site_key)
+                if event is not None:
+                    await self.notifier.send(event)
+        if self.alerts is not None:
+            await self.alerts.observe(
+                self.reconciler, report, site_key, tokens_healthy=self.tokens_healthy()
+            )
 
     async def close(self) -> None:
         for task in self.background:
@@ -87,13 +124,23 @@ async def build_runtime(
 ) -> EnergyRuntime:
     """Every adapter as configured. ``fleet`` replaces the configured Fleet API client."""
     schedule = settings.tariff.build()
+    notifier = None
+    if with_notifier:
+        notifier = Notifier(
+            settings.notify, settings.state_directory, clock=clock, registry=registry,
+            source="energy",
+        )  # fmt: skip
+        await notifier.start()
+    alerts = AlertMonitor(settings.alerts, notifier, schedule.tz)
     http = httpx.AsyncClient(timeout=20.0)
     background: list[asyncio.Task[Any]] = []
     own_fleet = fleet is None
+    tokens: TokenProvider | None = None
     if fleet is None:
         tokens = build_token_provider(
-            settings.tesla, settings.state_directory, clock=clock, registry=registry
-        )
+            settings.tesla, settings.state_directory, clock=clock, registry=registry,
+            on_event=alerts.token_event,
+        )  # fmt: skip
         if tokens is not None:
             fleet = build_fleet_api(settings.tesla, tokens, clock=clock, registry=registry)
             upkeep = getattr(tokens, "run", None)
@@ -150,16 +197,10 @@ async def build_runtime(
         writes_per_day=settings.reserve.writes_per_day,
         dry_run=settings.dry_run,
     )
-    notifier = None
-    if with_notifier:
-        notifier = Notifier(
-            settings.notify, settings.state_directory, clock=clock, registry=registry,
-            source="energy",
-        )  # fmt: skip
-        await notifier.start()
     return EnergyRuntime(
-        settings, reconciler, http, fleet, gateway, notifier, background, own_fleet=own_fleet
-    )
+        settings, reconciler, http, fleet, gateway, notifier, background, own_fleet=own_fleet,
+        alerts=alerts, tokens=tokens,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- notifications
@@ -325,11 +366,9 @@ async def run_loop(
     settings = runtime.settings
     reconciler = runtime.reconciler
     powerwall = reconciler.powerwall
-    site_key = "powerwall"
     if powerwall is not None:
         try:
             await powerwall.start()
-            site_key = f"site {powerwall.site_id}"
         except Exception as error:  # reported; the loop keeps trying through read()
             log.warning("Powerwall not reachable at start", error=str(error))
     if ready is not None:
@@ -356,11 +395,7 @@ async def run_loop(
             if metrics is not None:
                 metrics.observe(report, reconciler.state.powerwall_writes)
                 metrics.cycle_seconds.observe((clock.now() - started).total_seconds())
-            if runtime.notifier is not None:
-                for kind, facts in report.events:
-                    event = _event(kind, facts, site_key)
-                    if event is not None:
-                        await runtime.notifier.send(event)
+            await runtime.after_cycle(report)
             if on_cycle is not None:
                 outcome = on_cycle(report)
                 if outcome is not None:

@@ -27,6 +27,7 @@ from gridmate.runtime.settings import ComponentSettings, Section
 from gridmate.tesla.settings import TeslaCloudSettings
 
 __all__ = [
+    "AlertSettings",
     "EnergySettings",
     "EvSettings",
     "GatewaySettings",
@@ -350,6 +351,31 @@ class EvSettings(Section):
     home_radius_m: float = 150.0
 
 
+class AlertSettings(Section):
+    """When the energy service tells people about trouble (sent through ``notify``)."""
+
+    grid_import_kw: float = Field(
+        0.5, gt=0, description="Grid import during a peak at or above this is reported ..."
+    )
+    grid_import_minutes: float = Field(
+        5.0, ge=0, le=120, description="... once it has lasted this long (not one sample)."
+    )
+    floor_margin_percent: float = Field(
+        1.0,
+        ge=0,
+        le=20,
+        description="The battery counts as at its floor (the reserve) within this many "
+        "percent above it; reported when that happens before the peak ends.",
+    )
+    api_failure_minutes: float = Field(
+        10.0,
+        ge=0,
+        le=1440,
+        description="A cloud API (Tesla, Honeywell, weather) failing without one success "
+        "for this long is reported; so is a rate limit that makes gridmate wait this long.",
+    )
+
+
 class EnergySettings(ComponentSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDMATE_ENERGY_")
 
@@ -366,6 +392,7 @@ class EnergySettings(ComponentSettings):
     weather: WeatherSettings = WeatherSettings()
     ev: EvSettings = EvSettings()
     notify: NotifySettings = NotifySettings()
+    alerts: AlertSettings = AlertSettings()
     battery_capacity_kwh: float | None = Field(
         None, gt=0, description="Usable energy; default: the site's nameplate_energy."
     )

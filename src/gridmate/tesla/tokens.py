@@ -875,11 +875,20 @@ class OAuthTokenProvider:
             "tesla access token refreshed",
             expires_at=f"{expires:%Y-%m-%dT%H:%M:%S}Z" if expires else "unknown",
         )
+        warned, self._warned_for = self._warned_for, None
         if recovered is not None:
             await _emit(
                 self._on_event,
                 TokenEvent(
                     "recovered", "oauth", recovered.code or "unknown", "refresh works again"
+                ),
+            )
+        elif warned is not None and warned != refresh:
+            # The token that was about to expire has been replaced by a fresh one.
+            await _emit(
+                self._on_event,
+                TokenEvent(
+                    "recovered", "oauth", "refresh_token_expiring", "a new refresh token was issued"
                 ),
             )
 
