@@ -126,6 +126,13 @@ let
 
   mkPkgs = { system, tag }: {
     stdenv.hostPlatform.system = system;
+    # what the VM tests' node configurations use
+    writeText = name: _text: storePath name;
+    writeShellScriptBin = name: _text: fakeDrv name;
+    python3.withPackages = _: fakeDrv "python3-env";
+    mosquitto = fakeDrv "mosquitto";
+    jq = fakeDrv "jq";
+    apacheKafka = fakeDrv "apache-kafka";
     callPackage = path: args: fakeDrv "gridmate-${tag}";
     formats.toml = { }: {
       type = types.attrsOf types.anything;
@@ -339,6 +346,8 @@ def test_the_expected_nix_files_exist() -> None:
         "nix/package.nix",
         "nix/package-default.nix",
         "nix/tests/default.nix",
+        "nix/tests/vehicles.nix",
+        "nix/tests/energy.nix",
         "modules/default.nix",
         "modules/common.nix",
         "modules/lib.nix",
@@ -1004,6 +1013,61 @@ def test_module_settings_load_in_gridmate(nix_eval: Any, tmp_path: Path) -> None
         assert "secret-" not in dumped  # secrets were read, and stay masked
 
 
+# -- the VM tests' machines, evaluated with the modules
+
+VM_TESTS = ("vehicles", "energy")
+
+
+@pytest.mark.parametrize("test", VM_TESTS)
+def test_vm_test_machine_evaluates(nix_eval: Any, test: str) -> None:
+    """The VM test's node, with every non-gridmate option accepted as is.
+
+    Catches misspelt or mistyped services.gridmate options and failing
+    assertions in the VM tests without running a VM; the upstream options
+    the node sets (Kafka, Mosquitto, ...) are only checked by the VM run.
+    """
+    got = nix_eval(
+        f"""
+        let
+          pkgs = h.mkPkgs {{ system = "x86_64-linux"; tag = "vm"; }};
+          t = import (h.modules + "/../nix/tests/{test}.nix") {{ inherit pkgs lib; }};
+          c = (h.eval {{ modules = [
+            {{ freeformType = lib.types.attrsOf lib.types.anything; }}
+            h.flake.nixosModules.default
+            t.nodes.machine
+          ]; }}).config;
+        in {{
+          inherit (t) name;
+          script = builtins.isString t.testScript;
+          failed = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
+          inherit (c) warnings;
+          units = lib.mapAttrs (_: u: {{
+            inherit (u) after wantedBy;
+            inherit (u.serviceConfig) ExecStart;
+            LoadCredential = u.serviceConfig.LoadCredential or [ ];
+          }}) c.systemd.services;
+        }}
+        """
+    )
+    assert got["name"] == f"gridmate-{test}" and got["script"]
+    assert got["failed"] == [] and got["warnings"] == []
+    unit = got["units"][f"gridmate-{test}"]
+    if test == "vehicles":
+        assert "apache-kafka.service" in unit["after"] and "mosquitto.service" in unit["after"]
+        assert "postgresql.service" in unit["after"]
+        assert [c.split(":")[0] for c in unit["LoadCredential"]] == ["mqtt_password"]
+    else:
+        assert unit["wantedBy"] == []  # the script starts it after setting the clock
+        assert "gridmate-simulators.service" in unit["after"]
+        assert [c.split(":")[0] for c in unit["LoadCredential"]] == [
+            "honeywell_client_secret",
+            "honeywell_refresh_token",
+            "powerwall_gateway_password",
+            "tesla_refresh_token",
+        ]
+        assert " report daily " in got["units"]["gridmate-report"]["ExecStart"]
+
+
 # -- systemd-analyze security on the generated units
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -1202,7 +1266,7 @@ def test_flake_outputs(nix_eval: Any) -> None:
         assert systems == ["aarch64-linux", "x86_64-linux"], output
     assert got["packages"] == ["default", "gridmate"]
     assert got["defaultPackage"] == "gridmate-flake-x86_64-linux"
-    assert {"package", "formatting"} <= set(got["checksX86"])
+    assert {"package", "formatting", "vm-vehicles", "vm-energy"} <= set(got["checksX86"])
     assert got["checksArm"] == ["formatting", "package"]  # no VM tests on aarch64
     assert got["modules"] == ["default", "energy", "report", "vehicles"]
     assert got["app"] == "app"

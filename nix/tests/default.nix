@@ -1,19 +1,28 @@
 # NixOS VM tests. flake.nix exposes every attribute of this set as
 # `checks.x86_64-linux.<name>` (x86_64 only: aarch64 VM tests are impractical
-# in CI and hang under emulation). Run one with
+# in CI and hang under emulation), so `nix flake check` runs them. Run one with
 #
-#   nix build .#checks.x86_64-linux.<name> -L
+#   nix build .#checks.x86_64-linux.vm-vehicles -L
 #
 # which needs a builder with the `kvm` and `nixos-test` system features.
 #
-# Empty for now: each component adds its test when it lands, as
-#
-#   vehicles = pkgs.testers.runNixOSTest {
-#     imports = [ ./vehicles.nix ];
-#     defaults.imports = [ self.nixosModules.default ];
-#   };
-#
 # The modules default `services.gridmate.package` to the flake's package, so
-# tests need neither the overlay nor writable `nixpkgs.*` options.
+# the tests need neither the overlay nor writable `nixpkgs.*` options.
 { pkgs, self }:
-{ }
+let
+  vmTest =
+    file:
+    pkgs.testers.runNixOSTest {
+      imports = [ file ];
+      defaults.imports = [ self.nixosModules.default ];
+    };
+in
+{
+  # Kafka (KRaft), Mosquitto, PostgreSQL and the vehicles hub: a produced
+  # telemetry record becomes Home Assistant discovery and state on MQTT.
+  vm-vehicles = vmTest ./vehicles.nix;
+
+  # gridmate's simulators as a unit, the energy manager through a peak in
+  # real time, then the daily report reading the energy journal.
+  vm-energy = vmTest ./energy.nix;
+}
