@@ -16,6 +16,7 @@ from gridmate.energy.planner import (
     ThermostatReading,
     VehicleReading,
     detect_override,
+    detect_powerwall_override,
     ladder_level,
     plan,
 )
@@ -306,3 +307,52 @@ def test_idle_after_restore_clears_memory():
     memory = PeakMemory()
     result = plan(at(21, 0), SCHEDULE, site(), HOT, CONFIG, memory)
     assert result.phase == "idle" and result.memory == PeakMemory()
+
+
+WROTE_BOTH = PeakMemory(
+    powerwall_changed=True,
+    powerwall_written={"backup_reserve_percent": 0, "default_real_mode": "self_consumption"},
+)
+
+
+def test_reserve_changed_in_the_app_during_peak_is_an_override():
+    changed = detect_powerwall_override(
+        WROTE_BOTH, site(reserve_percent=50, mode="self_consumption"), "peak", CONFIG
+    )
+    assert changed == {"backup_reserve_percent": (0, 50)}
+    mode = detect_powerwall_override(
+        WROTE_BOTH, site(reserve_percent=0, mode="backup"), "peak", CONFIG
+    )
+    assert mode == {"default_real_mode": ("self_consumption", "backup")}
+
+
+def test_no_override_without_a_difference_a_write_or_a_peak():
+    as_written = site(reserve_percent=0, mode="self_consumption")
+    assert detect_powerwall_override(WROTE_BOTH, as_written, "peak", CONFIG) == {}
+    # Only the mode was written (the reserve write failed): the old reserve is not a person.
+    mode_only = PeakMemory(
+        powerwall_changed=True, powerwall_written={"default_real_mode": "self_consumption"}
+    )
+    stale = site(reserve_percent=30, mode="self_consumption")
+    assert detect_powerwall_override(mode_only, stale, "peak", CONFIG) == {}
+    after = site(reserve_percent=30, mode="autonomous")
+    assert detect_powerwall_override(WROTE_BOTH, after, "restore", CONFIG) == {}
+    already = replace(WROTE_BOTH, powerwall_overridden=True)
+    assert detect_powerwall_override(already, site(reserve_percent=50), "peak", CONFIG) == {}
+
+
+def test_an_overridden_powerwall_is_left_alone_in_peak_and_not_restored():
+    start = plan(at(16, 0), SCHEDULE, site(), HOT, CONFIG, PeakMemory())
+    assert start.powerwall is not None  # gridmate's peak setting
+    memory = replace(
+        start.memory,
+        powerwall_changed=True,
+        powerwall_written=dict(WROTE_BOTH.powerwall_written),
+        powerwall_overridden=True,
+    )
+    assert PeakMemory.from_json(memory.to_json()) == memory
+    peak = plan(at(17, 0), SCHEDULE, site(reserve_percent=50), HOT, CONFIG, memory)
+    assert peak.phase == "peak" and peak.powerwall is None
+    after = plan(at(19, 5), SCHEDULE, site(reserve_percent=50), HOT, CONFIG, peak.memory)
+    assert after.phase == "restore" and after.powerwall is None
+    assert after.memory.restore_complete

@@ -522,3 +522,31 @@ async def test_a_failing_tesla_login_is_reported_and_resolved_through_the_token_
     ]
     first = smtp_server.messages[0][1].get_payload()[0].get_payload(decode=True).decode()
     assert "refresh token" in first
+
+
+@pytest.mark.services
+async def test_a_reserve_changed_in_the_tesla_app_during_peak_is_respected(smtp_server, tmp_path):
+    mail = alert_mail(smtp_server.port, recipients={"info": ["owner@example.test"]})
+    async with world(tmp_path, notify=mail) as w:
+        await w.run_until(17, 0)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        w.site.backup_reserve_percent = 50  # the owner keeps some backup: a storm is coming
+        await w.run_until(17, 10)
+        assert w.runtime.reconciler.state.memory.powerwall_overridden
+        await w.run_until(19, 30)
+        await settle_mail(w)
+        # Not fought during the peak, and not restored after it.
+        assert w.site.backup_reserve_percent == 50
+        assert [(x.setting, x.value) for x in w.site.writes] == [
+            ("default_real_mode", "self_consumption"),
+            ("backup_reserve_percent", 0),
+        ]
+        override = [e for e in w.journal() if e.get("what") == "override"]
+        assert [e["detail"]["device"] for e in override] == ["powerwall"]
+        assert override[0]["detail"]["backup_reserve_percent"] == {"written": 0, "now": 50}
+        # The thermostat was still run through the peak and restored.
+        assert w.thermostat.setpoint_status == "NoHold"
+    hand = [m for _, m in smtp_server.messages if "Powerwall changed by hand" in m["Subject"]]
+    assert len(hand) == 1
+    body = hand[0].get_payload()[0].get_payload(decode=True).decode()
+    assert "backup reserve 0 % → 50 %" in body

@@ -150,6 +150,10 @@ class PeakMemory:
     powerwall_changed: bool = False
     powerwall_restored: bool = False
     powerwall_overridden: bool = False
+    """A person changed the reserve or mode during the block: left alone from then on."""
+    powerwall_written: Mapping[str, Any] = field(default_factory=dict)
+    """The peak settings gridmate wrote and verified for this block, by setting name
+    (``backup_reserve_percent``, ``default_real_mode``)."""
     touched: frozenset[str] = frozenset()
     """Thermostats gridmate wrote for this block and has not restored yet."""
     commanded: Mapping[str, tuple[float | None, float | None, str | None]] = field(
@@ -199,6 +203,7 @@ class PeakMemory:
             "powerwall_changed": self.powerwall_changed,
             "powerwall_restored": self.powerwall_restored,
             "powerwall_overridden": self.powerwall_overridden,
+            "powerwall_written": dict(self.powerwall_written),
             "touched": sorted(self.touched),
             "commanded": {k: list(v) for k, v in self.commanded.items()},
             "overridden": sorted(self.overridden),
@@ -235,6 +240,7 @@ class PeakMemory:
             powerwall_changed=bool(data.get("powerwall_changed", False)),
             powerwall_restored=bool(data.get("powerwall_restored", False)),
             powerwall_overridden=bool(data.get("powerwall_overridden", False)),
+            powerwall_written=dict(data.get("powerwall_written") or {}),
             touched=frozenset(data.get("touched", ())),
             commanded={
                 k: (v[0], v[1], v[2] if len(v) > 2 else None)
@@ -713,8 +719,39 @@ def detect_override(
     return False
 
 
+def detect_powerwall_override(
+    memory: PeakMemory, site: SiteReading, phase: Phase, config: PlannerConfig
+) -> dict[str, tuple[Any, Any]]:
+    """Settings a person changed during the peak: {setting: (gridmate wrote, read now)}.
+
+    A setting counts as changed by hand when the read-back differs both from what
+    gridmate last wrote for this block and from what the plan wants; a setting
+    gridmate has not written (its write failed, or it is not needed) says nothing.
+    """
+    if phase != "peak" or memory.powerwall_overridden or not memory.powerwall_written:
+        return {}
+    wanted = {
+        "backup_reserve_percent": config.reserve.peak_reserve_percent,
+        "default_real_mode": _peak_mode(config.reserve),
+    }
+    seen = {"backup_reserve_percent": site.reserve_percent, "default_real_mode": site.mode}
+    changed = {}
+    for setting, written in memory.powerwall_written.items():
+        now = seen.get(setting)
+        if now is not None and now != written and now != wanted.get(setting):
+            changed[setting] = (written, now)
+    return changed
+
+
 def minutes_between(a: datetime, b: datetime) -> float:
     return (b - a).total_seconds() / 60.0
 
 
-__all__ += ["Decision", "Phase", "detect_override", "energy_shortfall", "minutes_between"]
+__all__ += [
+    "Decision",
+    "Phase",
+    "detect_override",
+    "detect_powerwall_override",
+    "energy_shortfall",
+    "minutes_between",
+]

@@ -31,6 +31,7 @@ from gridmate.energy.planner import (
     ThermostatReading,
     VehicleReading,
     detect_override,
+    detect_powerwall_override,
     plan,
 )
 from gridmate.energy.state import EnergyState, StateStore
@@ -91,12 +92,16 @@ class Reconciler:
     # ------------------------------------------------------------ reading
 
     async def _read_site(
-        self, now: datetime, report: CycleReport, want_vehicles: bool
+        self, now: datetime, report: CycleReport, want_vehicles: bool, peak: bool = False
     ) -> SiteReading | None:
         power: PowerwallReading | None = None
         if self.powerwall is not None:
             try:
-                power = await self.powerwall.read()
+                # During a peak the reserve is read back more often, so a change a person
+                # makes in the Tesla app is seen (and respected) within minutes.
+                power = await self.powerwall.read(
+                    settings_max_age=self.powerwall.cloud_read_seconds if peak else None
+                )
             except (AdapterError, RateLimitedError) as error:
                 report.problems.append(f"powerwall: {error}")
         thermostats: dict[str, ThermostatReading] = {}
@@ -150,7 +155,9 @@ class Reconciler:
 
         memory = self.state.memory
         preview = plan(now, self.schedule, SiteReading(None), forecast, self.config, memory)
-        reading = await self._read_site(now, report, want_vehicles=preview.phase != "idle")
+        reading = await self._read_site(
+            now, report, want_vehicles=preview.phase != "idle", peak=preview.phase == "peak"
+        )
         report.reading = reading
         if reading is None:
             report.problems.append("no Powerwall reading; nothing decided this cycle")
@@ -161,13 +168,31 @@ class Reconciler:
         for tid, thermostat in reading.thermostats.items():
             if detect_override(tid, memory, thermostat, preview.phase, now):
                 memory = replace(memory, overridden=memory.overridden | {tid})
-                report.events.append(("thermostat_override_detected", {"thermostat": tid}))
+                report.events.append(
+                    ("thermostat_override_detected", {"thermostat": tid, "block": preview.block})
+                )
                 self.journal.append(
                     "decision", at=now, what="override",
                     detail={"thermostat": tid, "setpoint_f": thermostat.cool_setpoint_f,
                             "mode": thermostat.mode},
                 )  # fmt: skip
                 log.info("thermostat changed by hand; leaving it alone", thermostat=tid)
+        by_hand = detect_powerwall_override(memory, reading, preview.phase, self.config)
+        if by_hand:
+            memory = replace(memory, powerwall_overridden=True)
+            detail = {
+                setting: {"written": was, "now": now} for setting, (was, now) in by_hand.items()
+            }
+            report.events.append(
+                ("powerwall_override_detected",
+                 {"changes": detail, "reserve": reading.reserve_percent, "mode": reading.mode,
+                  "block": preview.block})
+            )  # fmt: skip
+            self.journal.append(
+                "decision", at=now, what="override", detail={"device": "powerwall", **detail}
+            )
+            log.info("Powerwall changed by hand; leaving it alone until the peak ends",
+                     detail=json.dumps(detail, default=str))  # fmt: skip
         for vin in memory.paused:
             car = reading.vehicles.get(vin)
             if car is not None and car.charging and preview.phase == "peak":
@@ -359,7 +384,11 @@ class Reconciler:
             if not outcome.verified:
                 break
             if not restoring:
-                memory = replace(memory, powerwall_changed=True)
+                memory = replace(
+                    memory,
+                    powerwall_changed=True,
+                    powerwall_written={**memory.powerwall_written, setting: value},
+                )
         return memory
 
     # ------------------------------------------------------------ thermostats

@@ -239,8 +239,38 @@ def _event(kind: str, facts: dict[str, Any], site: str) -> Event | None:
         return Event(EventKind.thermostat_override_detected, f"Thermostat {tid} changed by hand",
                      f"Someone changed thermostat {tid} during the peak.",
                      "Leaving it alone until the peak is over, and not restoring it.",
-                     key=str(tid))  # fmt: skip
+                     key=f"{tid} {_block_day(facts)}")  # fmt: skip
+    if kind == "powerwall_override_detected":
+        changes = facts.get("changes") or {}
+        said = "; ".join(
+            f"{_SETTING_NAMES.get(name, name)} {_show(c.get('written'))} → {_show(c.get('now'))}"
+            for name, c in changes.items()
+        )
+        # The catalogue has no Powerwall kind yet; a hand-made change is the same kind
+        # of news as a thermostat's, at the same level.
+        return Event(EventKind.thermostat_override_detected, "Powerwall changed by hand",
+                     f"Someone changed the Powerwall during the peak (gridmate's setting → now: "
+                     f"{said}).",
+                     "Leaving the Powerwall as it is for the rest of this peak and not "
+                     "restoring it afterwards; the next peak is controlled as usual.",
+                     "Nothing, if the change was meant. To hand the peak back to gridmate, set "
+                     "the reserve back to what gridmate set.",
+                     key=f"{site} {_block_day(facts)}")  # fmt: skip
     return None
+
+
+_SETTING_NAMES = {"backup_reserve_percent": "backup reserve", "default_real_mode": "mode"}
+
+
+def _show(value: Any) -> str:
+    return f"{value} %" if isinstance(value, int) else str(value)
+
+
+def _block_day(facts: dict[str, Any]) -> str:
+    # Overrides are reported per peak: the notifier keeps a condition open by key, so
+    # a key without the day would silence the next day's override.
+    block = facts.get("block")
+    return block[0].date().isoformat() if block else "-"
 
 
 # ---------------------------------------------------------------- metrics

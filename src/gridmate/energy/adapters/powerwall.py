@@ -141,12 +141,15 @@ class Powerwall:
         value = self._info.get("nameplate_power")
         return float(value) / 1000.0 if isinstance(value, int | float) else 5.0
 
-    async def read(self) -> PowerwallReading:
+    async def read(self, *, settings_max_age: float | None = None) -> PowerwallReading:
+        """Power from the gateway (or the cloud); reserve and mode from a recent site_info.
+
+        ``settings_max_age`` reads site_info again when the last read is older (default
+        ``settings_read_seconds``).
+        """
         now = self.clock.now()
-        if (
-            self._info_at is None
-            or (now - self._info_at).total_seconds() >= self.settings_read_seconds
-        ):
+        max_age = self.settings_read_seconds if settings_max_age is None else settings_max_age
+        if self._info_at is None or (now - self._info_at).total_seconds() >= max_age:
             try:
                 await self.refresh_settings()
             except AdapterError as error:
