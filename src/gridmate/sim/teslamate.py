@@ -64,6 +64,8 @@ PUBLISH_IF_NIL = frozenset(
     }
 )
 DO_NOT_RETAIN = frozenset({"healthy"})
+POLL_INTERVALS = {"driving": 2.5, "charging": 5.0, "online": 60.0, "updating": 15.0}
+"""TeslaMate's default POLLING_*_INTERVAL seconds; asleep cars produce no summaries."""
 
 TESLAMATE_SCHEMA = """
 CREATE TYPE states_status AS ENUM ('online', 'offline', 'asleep');
@@ -114,11 +116,15 @@ CREATE TABLE charges (
 
 
 async def create_teslamate_schema(dsn: str) -> None:
-    """TeslaMate's tables (the columns gridmate reads) in an empty database."""
+    """TeslaMate's tables (the columns gridmate reads), replacing any left from before."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS charges, charging_processes, states, positions, cars CASCADE; "
+            "DROP TYPE IF EXISTS states_status"
+        )
         await conn.execute(TESLAMATE_SCHEMA)
     finally:
         await conn.close()
@@ -244,6 +250,7 @@ class SimulatedTeslaMate:
         clock: Clock,
         database: str | None,
         healthy_heartbeat: bool,
+        polling: bool = False,
     ) -> None:
         self.host, self.port = host, port
         self.namespace = namespace
@@ -251,6 +258,7 @@ class SimulatedTeslaMate:
         self.clock = clock
         self.database = database
         self.healthy_heartbeat = healthy_heartbeat
+        self.polling = polling
         self.mqtt_broken = False
         """True: TeslaMate keeps polling and writing its database, but its MQTT is gone."""
         self.published: list[tuple[str, bytes, bool]] = []
@@ -260,6 +268,8 @@ class SimulatedTeslaMate:
         self._db: Any = None
         self._charging_process: dict[int, int] = {}
         self._db_state: dict[int, str] = {}
+        self._poller: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
     def topic(self, car_id: int, key: str) -> str:
         middle = f"{self.namespace}/" if self.namespace else ""
@@ -291,6 +301,8 @@ class SimulatedTeslaMate:
         for car in self.cars.values():
             await self._publish(car.car_id, "healthy", b"", retain=True)
             await self.summary(car.car_id)
+        if self.polling:
+            self._poller = asyncio.create_task(self.poll_loop(), name="teslamate-sim.poll")
 
     async def _connect(self) -> None:
         self._stack = contextlib.AsyncExitStack()
@@ -300,8 +312,25 @@ class SimulatedTeslaMate:
             )
         )
 
+    async def poll_loop(self) -> None:
+        """TeslaMate's polling: a summary per car at its state's interval, forever."""
+        due: dict[int, float] = {}
+        while self._client is not None or self.mqtt_broken:
+            now = self.clock.now().timestamp()
+            for car in self.cars.values():
+                if now >= due.get(car.car_id, 0.0):
+                    if car.state not in ("asleep", "offline", "suspended"):
+                        await self.summary(car.car_id)
+                    due[car.car_id] = now + POLL_INTERVALS.get(car.state, 30.0)
+            await self.clock.sleep(1.0)
+
     async def die(self) -> None:
         """TeslaMate stops (crash, container killed): no last will, no more messages."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             with contextlib.suppress(aiomqtt.MqttError):
@@ -324,6 +353,10 @@ class SimulatedTeslaMate:
 
     async def summary(self, car_id: int) -> None:
         """One poll of the car: changed values (and ``healthy``) out, rows into the database."""
+        async with self._lock:  # the poll loop and the caller share one database connection
+            await self._summary(car_id)
+
+    async def _summary(self, car_id: int) -> None:
         car = self.cars[car_id]
         now = self.clock.now()
         if car.since is None:
@@ -427,12 +460,14 @@ async def simulated_teslamate(
     database: str | None = None,
     healthy_heartbeat: bool = True,
     start: bool = True,
+    polling: bool = False,
 ) -> AsyncIterator[SimulatedTeslaMate]:
     """A TeslaMate publishing to the broker at ``host:port``.
 
     ``database`` is the DSN of a database with :data:`TESLAMATE_SCHEMA`; the cars are
     inserted into ``cars`` at start. ``healthy_heartbeat`` False behaves like TeslaMate
-    before 2.1 (``healthy`` only when it changes).
+    before 2.1 (``healthy`` only when it changes). ``polling`` runs TeslaMate's poll
+    loop on ``clock`` (a summary per car at its state's interval) until :meth:`die`.
     """
     teslamate = SimulatedTeslaMate(
         host,
@@ -442,6 +477,7 @@ async def simulated_teslamate(
         clock=clock or SystemClock(),
         database=database,
         healthy_heartbeat=healthy_heartbeat,
+        polling=polling,
     )
     try:
         if start:

@@ -164,6 +164,16 @@ class SourceManager:
         if applied.changed or applied.touched:
             self.on_change(applied)
 
+    def restored(self) -> None:
+        """The hub rebuilt the state from the broker: offer what TeslaMate said again.
+
+        TeslaMate publishes changes only, so its values would otherwise be missing until
+        they change.
+        """
+        if self.teslamate is not None:
+            for vin in self.book.vins():
+                self.teslamate.replay(vin)
+
     # ------------------------------------------------------------ judging
 
     def _refresh_fleet_telemetry(self, vins: list[str] | None) -> None:
@@ -196,7 +206,11 @@ class SourceManager:
         return switches
 
     def _name(self, vin: str) -> str:
-        return vehicle_name(vin, self.store.get(vin), self.names)
+        name = vehicle_name(vin, self.store.get(vin), self.names)
+        if name == vin and self.teslamate is not None:
+            # Before the car's own name arrives, the name in TeslaMate's cars table.
+            name = self.teslamate.name_of(vin) or vin
+        return name
 
     def _switched(self, switch: Switch, now: float) -> None:
         vin = switch.vin

@@ -618,6 +618,13 @@ class TeslaMateSource:
         facts.healthy = view.healthy
         facts.link_problem = self._broker_problem or view.database_problem
 
+    def name_of(self, vin: str) -> str | None:
+        """The car's name in TeslaMate's cars table, if known."""
+        for car_id, mapped in self.car_map.vins.items():
+            if mapped == vin:
+                return self.car_map.names.get(car_id)
+        return None
+
     def replay(self, vin: str) -> None:
         """Offer everything TeslaMate said about ``vin`` again (it is trusted again)."""
         for car_id, view in self.cars.items():
