@@ -17,7 +17,7 @@ from typing import Any
 from gridmate.energy.adapters.common import AdapterError, RateLimitedError
 from gridmate.energy.adapters.powerwall import Powerwall, PowerwallReading
 from gridmate.energy.adapters.thermostat import Thermostat
-from gridmate.energy.adapters.vehicles import FleetVehicles
+from gridmate.energy.adapters.vehicles import VehicleSource
 from gridmate.energy.adapters.weather import WeatherClient
 from gridmate.energy.journal import DayJournal
 from gridmate.energy.planner import (
@@ -67,7 +67,7 @@ class Reconciler:
         journal: DayJournal,
         powerwall: Powerwall | None,
         thermostats: dict[str, Thermostat],
-        vehicles: FleetVehicles | None = None,
+        vehicles: VehicleSource | None = None,
         weather: WeatherClient | None = None,
         writes_per_day: int = 5,
         dry_run: bool = False,
@@ -113,9 +113,8 @@ class Reconciler:
         vehicles: dict[str, VehicleReading] = {}
         if self.vehicles is not None and want_vehicles:
             cached = self._vehicle_cache
-            # Vehicle reads are billed; five minutes between them is enough to catch a
-            # charge session at peak start.
-            if cached is None or (now - cached[0]).total_seconds() >= 300:
+            # The source says how often it may be read (Fleet reads are billed).
+            if cached is None or (now - cached[0]).total_seconds() >= self.vehicles.read_interval:
                 try:
                     self._vehicle_cache = (now, await self.vehicles.read())
                 except AdapterError as error:

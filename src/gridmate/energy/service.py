@@ -20,7 +20,7 @@ from gridmate.energy.adapters.thermostat import (
     HoneywellThermostat,
     Thermostat,
 )
-from gridmate.energy.adapters.vehicles import FleetVehicles
+from gridmate.energy.adapters.vehicles import FleetVehicles, MqttVehicles, VehicleSource
 from gridmate.energy.adapters.weather import WeatherClient
 from gridmate.energy.journal import DayJournal
 from gridmate.energy.notices import AlertMonitor
@@ -179,11 +179,14 @@ async def build_runtime(
                 config, settings.home_assistant, http=http, clock=clock
             )
     weather = WeatherClient(settings.weather, schedule.tz, http=http, clock=clock)
-    vehicles = (
-        FleetVehicles(fleet, settings.ev, clock=clock)
-        if settings.ev.enable and fleet is not None
-        else None
-    )
+    vehicles: VehicleSource | None = None
+    if settings.ev.enable and fleet is not None:
+        vehicles = FleetVehicles(fleet, settings.ev, clock=clock)
+        if settings.ev.state_source == "mqtt":
+            hub = MqttVehicles(settings.ev, vehicles, clock=clock)
+            if stop is not None:
+                background.append(asyncio.create_task(hub.run(stop), name="energy.vehicles"))
+            vehicles = hub
     reconciler = Reconciler(
         schedule=schedule,
         config=planner_config(settings),

@@ -23,7 +23,7 @@ from gridmate.energy.tariff import (
 )
 from gridmate.notify import NotifySettings
 from gridmate.runtime.secrets import Credential, Secret
-from gridmate.runtime.settings import ComponentSettings, Section
+from gridmate.runtime.settings import ComponentSettings, MqttSettings, Section
 from gridmate.tesla.settings import TeslaCloudSettings
 
 __all__ = [
@@ -340,15 +340,40 @@ class WeatherSettings(Section):
 class EvSettings(Section):
     enable: bool = Field(False, description="Pause home charging during peak.")
     vins: list[str] = Field(default_factory=list, description="Cars to manage; empty = all.")
-    state_source: Literal["fleet"] = Field(
+    state_source: Literal["fleet", "mqtt"] = Field(
         "fleet",
         description="'fleet': the vehicle list first, vehicle_data only for a car that is "
-        "online (never wakes a car).",
+        "online (never wakes a car). 'mqtt': the retained per-VIN state documents the "
+        "vehicles hub publishes (<base_topic>/<VIN>/state), no Tesla data calls; the Fleet "
+        "API stays the fallback for a car without a recent document.",
+    )
+    mqtt: MqttSettings = Field(
+        default_factory=MqttSettings, description="The broker the vehicles hub publishes to."
+    )
+    base_topic: str = Field("gridmate", description="The vehicles hub's base topic.")
+    max_age_minutes: float = Field(
+        30.0,
+        gt=0,
+        le=1440,
+        description="A state document whose last update is older is not trusted; the car's "
+        "state then comes from the Fleet API.",
     )
     commands_per_day: int = Field(5, ge=1, le=50, description="Charging commands per car per day.")
     home_latitude: float | None = None
     home_longitude: float | None = None
     home_radius_m: float = 150.0
+
+    @field_validator("base_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if (
+            not value
+            or any(c in value for c in "#+")
+            or value.startswith("/")
+            or value.endswith("/")
+        ):
+            raise ValueError("not a topic prefix (no '#', '+', or leading or trailing '/')")
+        return value
 
 
 class AlertSettings(Section):
