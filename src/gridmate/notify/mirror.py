@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
@@ -26,6 +25,7 @@ import aiomqtt
 from gridmate.notify.store import ConditionState, Ledger, SentRecord
 from gridmate.runtime.backoff import Backoff, reconnecting
 from gridmate.runtime.logs import get_logger
+from gridmate.runtime.mqtt import mqtt_client
 from gridmate.runtime.settings import MqttSettings
 
 log = get_logger("notify.mirror")
@@ -113,20 +113,8 @@ class LedgerMirror:
         self._outbox_ready.set()
 
     def _client(self) -> aiomqtt.Client:
-        tls_context = None
-        if self.settings.tls:
-            tls_context = ssl.create_default_context(
-                cafile=str(self.settings.ca_file) if self.settings.ca_file else None
-            )
-        return aiomqtt.Client(
-            self.settings.host,
-            self.settings.port,
-            username=self.settings.username,
-            password=self.settings.password.reveal() if self.settings.password else None,
-            identifier=None,  # a fresh id: the same client id on both nodes would evict
-            keepalive=self.settings.keepalive,
-            tls_context=tls_context,
-        )
+        # No default id: the same client id on both failover nodes would evict each other.
+        return mqtt_client(self.settings, identifier=None)
 
     def _handle(self, topic: str, payload: bytes) -> None:
         if not payload:

@@ -507,6 +507,8 @@ def _mosquitto_config(
         "per_listener_settings false",
         f"allow_anonymous {'true' if allow_anonymous else 'false'}",
         "persistence false",
+        # Without it PUBACKs can wait ~40 ms for a delayed ACK (Nagle's algorithm).
+        "set_tcp_nodelay true",
         "log_dest stderr",
         "log_type error",
         "log_type warning",

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import socket
-import ssl
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ import aiomqtt
 
 from gridmate.runtime.backoff import Backoff, reconnecting
 from gridmate.runtime.logs import get_logger
+from gridmate.runtime.mqtt import mqtt_client
 from gridmate.runtime.settings import MqttSettings
 from gridmate.vehicles.homeassistant import OFFLINE, ONLINE, Topics
 from gridmate.vehicles.publisher import Message
@@ -36,12 +36,6 @@ _client_log.setLevel(logging.ERROR)
 
 class MqttUnavailable(Exception):
     """The broker is not connected, or the connection was lost before the acknowledgements."""
-
-
-def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
-    if not settings.tls:
-        return None
-    return ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
 
 
 def default_client_id(node: str) -> str:
@@ -75,19 +69,12 @@ class MqttLink:
         self._sync_sink: dict[str, bytes] | None = None
 
     def _make_client(self) -> aiomqtt.Client:
-        settings = self.settings
-        return aiomqtt.Client(
-            settings.host,
-            settings.port,
-            username=settings.username,
-            password=settings.password.reveal() if settings.password else None,
-            identifier=settings.client_id or default_client_id(self.topics.node),
-            keepalive=settings.keepalive,
-            tls_context=_tls_context(settings),
+        return mqtt_client(
+            self.settings,
+            identifier=default_client_id(self.topics.node),
             will=aiomqtt.Will(self.topics.status, OFFLINE, qos=1, retain=True),
             max_inflight_messages=1000,
             logger=_client_log,
-            timeout=10.0,
         )
 
     async def run(self) -> None:
