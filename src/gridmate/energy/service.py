@@ -249,9 +249,7 @@ def _event(kind: str, facts: dict[str, Any], site: str) -> Event | None:
             f"{_SETTING_NAMES.get(name, name)} {_show(c.get('written'))} → {_show(c.get('now'))}"
             for name, c in changes.items()
         )
-        # The catalogue has no Powerwall kind yet; a hand-made change is the same kind
-        # of news as a thermostat's, at the same level.
-        return Event(EventKind.thermostat_override_detected, "Powerwall changed by hand",
+        return Event(EventKind.powerwall_override_detected, "Powerwall changed by hand",
                      f"Someone changed the Powerwall during the peak (gridmate's setting → now: "
                      f"{said}).",
                      "Leaving the Powerwall as it is for the rest of this peak and not "

@@ -43,6 +43,7 @@ class EventKind(StrEnum):
     reserve_restore_verified = "reserve_restore_verified"
     reserve_restore_failed = "reserve_restore_failed"
     thermostat_override_detected = "thermostat_override_detected"
+    powerwall_override_detected = "powerwall_override_detected"
     api_failure = "api_failure"
     api_rate_limited = "api_rate_limited"
     token_failing = "token_failing"
@@ -78,6 +79,7 @@ _CATALOGUE: dict[EventKind, tuple[Level, str, bool]] = {
     EventKind.reserve_restore_verified: (_I, "Backup reserve restored", False),
     EventKind.reserve_restore_failed: (_C, "Backup reserve not restored", True),
     EventKind.thermostat_override_detected: (_I, "Thermostat changed by hand", True),
+    EventKind.powerwall_override_detected: (_I, "Powerwall changed by hand", True),
     EventKind.api_failure: (_W, "Cloud API failing", True),
     EventKind.api_rate_limited: (_W, "Cloud API rate limit", True),
     EventKind.token_failing: (_C, "Access token failing", True),
