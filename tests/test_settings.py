@@ -27,7 +27,7 @@ class ApiSection(Section):
 
 class DemoSettings(ComponentSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDMATE_SAMPLE_")
-    mqtt: MqttSettings = MqttSettings()
+    mqtt: MqttSettings = MqttSettings(port=8883)
     api: ApiSection = ApiSection()
     interval: int = 60
 
@@ -50,6 +50,14 @@ def test_file_values_and_environment_overrides(tmp_path, monkeypatch):
     assert settings.mqtt.host == "broker.lan"
     assert settings.mqtt.port == 8883
     assert settings.interval == 15
+
+
+def test_a_components_own_section_defaults_survive_loading(tmp_path):
+    assert load_settings(DemoSettings, None).mqtt.port == 8883
+    config = write(tmp_path / "c.toml", '[mqtt]\nhost = "broker.lan"\n')
+    # The file's table is laid over the component's defaults, not in place of them.
+    settings = load_settings(DemoSettings, config)
+    assert (settings.mqtt.host, settings.mqtt.port) == ("broker.lan", 8883)
 
 
 def test_secret_from_explicit_file_is_masked_everywhere(tmp_path):

@@ -23,7 +23,7 @@ from gridmate.energy.tariff import (
 )
 from gridmate.notify import NotifySettings
 from gridmate.runtime.secrets import Credential, Secret
-from gridmate.runtime.settings import ComponentSettings, MqttSettings, Section
+from gridmate.runtime.settings import ComponentSettings, MetricsSettings, MqttSettings, Section
 from gridmate.tesla.settings import TeslaCloudSettings
 
 __all__ = [
@@ -404,6 +404,8 @@ class AlertSettings(Section):
 class EnergySettings(ComponentSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDMATE_ENERGY_")
 
+    # The vehicles hub has 9108; both can run on one host with their defaults.
+    metrics: MetricsSettings = MetricsSettings(port=9109)
     dry_run: bool = Field(False, description="Decide and log, but write nothing to any device.")
     cycle_seconds: float = Field(60.0, ge=5.0, le=600.0)
     tariff: TariffSettings = TariffSettings()

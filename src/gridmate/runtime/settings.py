@@ -53,15 +53,14 @@ def _resolve_credentials(model: type[BaseModel], data: Any) -> Any:
         return data
     data = dict(data)
     for name, field in model.model_fields.items():
-        # Absent sections are built now rather than from their class-time default,
-        # so the credentials directory is consulted at load time.
-        section_type = field.annotation
-        if (
-            name not in data
-            and isinstance(section_type, type)
-            and issubclass(section_type, Section)
-        ):
-            data[name] = {}
+        # Sections are built now rather than taken as class-time instances, so the
+        # credentials directory is consulted at load time; the file's table is laid
+        # over the component's own defaults for that section.
+        default = field.default
+        if isinstance(default, Section):
+            given = data.get(name, {})
+            if isinstance(given, dict):
+                data[name] = {**default.model_dump(exclude_unset=True), **given}
         credential = next((m for m in field.metadata if isinstance(m, Credential)), None)
         if credential is None:
             continue
