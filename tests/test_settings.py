@@ -60,6 +60,21 @@ def test_a_components_own_section_defaults_survive_loading(tmp_path):
     assert (settings.mqtt.host, settings.mqtt.port) == ("broker.lan", 8883)
 
 
+def test_section_defaults_do_not_carry_secrets_read_at_import(tmp_path, monkeypatch):
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    write(credentials / "mqtt_password", "first-value")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+
+    class Late(ComponentSettings):
+        mqtt: MqttSettings = MqttSettings(port=8883)  # built while the credential exists
+
+    write(credentials / "mqtt_password", "rotated-value")
+    settings = load_settings(Late, None)
+    assert settings.mqtt.port == 8883
+    assert settings.mqtt.password.reveal() == "rotated-value"
+
+
 def test_secret_from_explicit_file_is_masked_everywhere(tmp_path):
     secret_file = write(tmp_path / "pw", "correct-horse-battery\n")
     config = write(tmp_path / "c.toml", f'[mqtt]\npassword_file = "{secret_file}"\n')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -50,3 +51,24 @@ class SimulatedClock:
         ahead = (when.astimezone(UTC) - self.now()).total_seconds()
         if ahead > 0:
             self._origin += timedelta(seconds=ahead)
+
+
+async def sleep_or_wake(clock: Clock, seconds: float, wake: asyncio.Event) -> bool:
+    """Sleep ``seconds`` of ``clock`` time, ending early when ``wake`` is set.
+
+    Returns True when ``wake`` ended the sleep (or was already set).
+    """
+    if wake.is_set():
+        return True
+    if seconds <= 0:
+        return False
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waker = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, waker):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return wake.is_set()

@@ -18,8 +18,18 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -34,8 +44,25 @@ __all__ = [
     "MqttSettings",
     "Secret",
     "Section",
+    "TimeZoneName",
+    "check_time_zone",
     "load_settings",
 ]
+
+
+def check_time_zone(value: str) -> str:
+    """Validator: an IANA time zone name."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r}; use an IANA name such as 'America/Phoenix'"
+        ) from None
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(check_time_zone)]
+"""A settings field holding an IANA time zone name."""
 
 
 class ConfigError(Exception):
@@ -45,6 +72,24 @@ class ConfigError(Exception):
         self.source = source
         self.problems = problems
         super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+def _is_credential(field: FieldInfo) -> bool:
+    return any(isinstance(m, Credential) for m in field.metadata)
+
+
+def _explicit_values(section: Section) -> dict[str, Any]:
+    """The values a section instance was built with, secrets left out (they are re-read)."""
+    values: dict[str, Any] = {}
+    for name in section.model_fields_set:
+        if _is_credential(type(section).model_fields[name]):
+            continue
+        value = getattr(section, name)
+        if isinstance(value, Section):
+            values[name] = _explicit_values(value)
+        else:
+            values[name] = section.model_dump(include={name})[name]
+    return values
 
 
 def _resolve_credentials(model: type[BaseModel], data: Any) -> Any:
@@ -60,7 +105,7 @@ def _resolve_credentials(model: type[BaseModel], data: Any) -> Any:
         if isinstance(default, Section):
             given = data.get(name, {})
             if isinstance(given, dict):
-                data[name] = {**default.model_dump(exclude_unset=True), **given}
+                data[name] = {**_explicit_values(default), **given}
         credential = next((m for m in field.metadata if isinstance(m, Credential)), None)
         if credential is None:
             continue
