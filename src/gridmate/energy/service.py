@@ -29,7 +29,7 @@ from gridmate.energy.reconciler import CycleReport, Reconciler
 from gridmate.energy.settings import EnergySettings
 from gridmate.energy.state import StateStore, write_status
 from gridmate.notify import Event, EventKind, Notifier
-from gridmate.runtime.clock import Clock
+from gridmate.runtime.clock import Clock, sleep_or_wake
 from gridmate.runtime.daemon import Daemon
 from gridmate.runtime.logs import get_logger
 from gridmate.tesla.fleet_api import FleetApi
@@ -435,19 +435,7 @@ async def run_loop(
         # Cycles start on multiples of cycle_seconds, so minutes line up with the tariff.
         now = clock.now().timestamp()
         wait = settings.cycle_seconds - (now % settings.cycle_seconds)
-        await _sleep_or_stop(clock, wait, stop)
-
-
-async def _sleep_or_stop(clock: Clock, seconds: float, stop: asyncio.Event) -> None:
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, stopper):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await sleep_or_wake(clock, wait, stop)
 
 
 async def run(settings: EnergySettings, daemon: Daemon) -> None:

@@ -19,11 +19,16 @@ from gridmate.energy.tariff import (
     Period,
     Schedule,
     ScheduleVersionConfig,
-    check_timezone,
 )
 from gridmate.notify import NotifySettings
 from gridmate.runtime.secrets import Credential, Secret
-from gridmate.runtime.settings import ComponentSettings, MetricsSettings, MqttSettings, Section
+from gridmate.runtime.settings import (
+    ComponentSettings,
+    MetricsSettings,
+    MqttSettings,
+    Section,
+    TimeZoneName,
+)
 from gridmate.tesla.settings import TeslaCloudSettings
 
 __all__ = [
@@ -65,7 +70,7 @@ class TariffSettings(Section):
         "original",
         description=f"A built-in tariff: {', '.join(preset_names())}; unset for a custom one.",
     )
-    timezone: str | None = Field(
+    time_zone: TimeZoneName | None = Field(
         None, description="The utility's IANA time zone; default: the preset's."
     )
     schedules: list[ScheduleVersionConfig] = Field(
@@ -95,17 +100,12 @@ class TariffSettings(Section):
             raise ValueError(f"unknown preset {value!r}; known: {', '.join(preset_names())}")
         return value
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        return None if value is None else check_timezone(value)
-
     @model_validator(mode="after")
     def _complete(self) -> TariffSettings:
         if self.preset is None and not self.schedules:
             raise _key_error("schedules", "set a preset or at least one schedule")
-        if self.preset is None and self.timezone is None:
-            raise _key_error("timezone", "a custom tariff needs its time zone")
+        if self.preset is None and self.time_zone is None:
+            raise _key_error("time_zone", "a custom tariff needs its time zone")
         self._check_prices()
         seen: dict[date, int] = {}
         for index, version in enumerate(self.all_versions()):
@@ -180,8 +180,8 @@ class TariffSettings(Section):
 
     @property
     def zone(self) -> str:
-        if self.timezone:
-            return self.timezone
+        if self.time_zone:
+            return self.time_zone
         assert self.preset is not None
         return PRESETS[self.preset].timezone
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import holidays as holidays_lib
 from pydantic import BeforeValidator, Field, model_validator
@@ -710,14 +710,4 @@ class Schedule:
         )
 
 
-def check_timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown time zone {value!r}; use an IANA name such as 'America/Phoenix'"
-        ) from None
-    return value
-
-
-__all__ += ["check_timezone", "format_minutes", "holiday_dates"]
+__all__ += ["format_minutes", "holiday_dates"]

@@ -33,7 +33,7 @@ from gridmate.notify.store import (
     condition_id,
 )
 from gridmate.runtime.backoff import Backoff
-from gridmate.runtime.clock import Clock, SystemClock
+from gridmate.runtime.clock import Clock, SystemClock, sleep_or_wake
 from gridmate.runtime.logs import get_logger
 
 log = get_logger("notify")
@@ -408,16 +408,7 @@ class Notifier:
                 last_prune = now
             self._wake.clear()
             delay = self._next_due(self.clock.now())
-            if delay > 0:
-                sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-                waker = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for task in (sleeper, waker):
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+            await sleep_or_wake(self.clock, delay, self._wake)
 
     def _settle_resolutions(self, now: datetime) -> None:
         settle = timedelta(seconds=self.settings.resolve_after_seconds)

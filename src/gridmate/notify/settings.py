@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from gridmate.runtime.settings import Credential, MqttSettings, Secret, Section
+from gridmate.runtime.settings import Credential, MqttSettings, Secret, Section, TimeZoneName
 
 
 class Recipients(Section):
@@ -45,7 +44,7 @@ class NotifySettings(Section):
     password: Annotated[Secret | None, Credential("smtp_password")] = None
     sender: str = Field("gridmate@localhost", description="The From address.")
     recipients: Recipients = Recipients()
-    time_zone: str | None = Field(
+    time_zone: TimeZoneName | None = Field(
         None, description="Time zone for times in messages (IANA name); default: the system's."
     )
     node_name: str | None = Field(
@@ -89,16 +88,6 @@ class NotifySettings(Section):
     mqtt_sync_timeout_seconds: float = Field(
         5.0, gt=0, description="How long start() waits for the mirror before sending."
     )
-
-    @field_validator("time_zone")
-    @classmethod
-    def _check_time_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
-        return value
 
     @field_validator("mqtt_topic")
     @classmethod

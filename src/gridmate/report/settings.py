@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from gridmate.notify import NotifySettings
-from gridmate.runtime.settings import ComponentSettings
+from gridmate.runtime.settings import ComponentSettings, TimeZoneName
 
 
 class ReportSettings(ComponentSettings):
@@ -20,7 +19,7 @@ class ReportSettings(ComponentSettings):
         description="State directory of the energy service, whose journal the report reads "
         "(<dir>/energy/journal/YYYY-MM-DD.jsonl); default: this component's state_directory.",
     )
-    time_zone: str | None = Field(
+    time_zone: TimeZoneName | None = Field(
         None,
         description="The site's time zone (IANA name), which decides where a day begins and "
         "ends. Default: the zone the energy service recorded with its journal, else the "
@@ -40,16 +39,6 @@ class ReportSettings(ComponentSettings):
     currency: str = Field("USD", description="Currency of the tariff's prices in the journal.")
     chart: bool = Field(True, description="Attach the day's chart to the email.")
     notify: NotifySettings = NotifySettings()
-
-    @field_validator("time_zone")
-    @classmethod
-    def _check_time_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
-        return value
 
     @property
     def journal_state_directory(self) -> Path:

@@ -40,7 +40,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gridmate.runtime.backoff import Backoff
-from gridmate.runtime.clock import Clock, SystemClock
+from gridmate.runtime.clock import Clock, SystemClock, sleep_or_wake
 from gridmate.runtime.logs import get_logger
 from gridmate.runtime.secrets import Secret
 from gridmate.tesla._metrics import collector
@@ -126,19 +126,6 @@ async def _emit(hook: EventHook | None, event: TokenEvent) -> None:
             await result
     except Exception:  # a broken hook must not break token handling
         log.exception("token event hook failed", kind=event.kind, reason=event.reason)
-
-
-async def _sleep_or_stop(clock: Clock, seconds: float, stop: asyncio.Event) -> None:
-    if seconds <= 0 or stop.is_set():
-        return
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, stopper):
-            task.cancel()
-        await asyncio.gather(sleeper, stopper, return_exceptions=True)
 
 
 class _TokenMetrics:
@@ -315,7 +302,7 @@ class TeslaMateTokenProvider:
                 wait = self.check_interval
                 if self._next_attempt is not None:
                     wait = max(0.0, (self._next_attempt - self._clock.now()).total_seconds())
-                await _sleep_or_stop(self._clock, wait, stop)
+                await sleep_or_wake(self._clock, wait, stop)
         finally:
             await self.aclose()
 
@@ -702,7 +689,7 @@ class OAuthTokenProvider:
                     await self._check_expiry_warning(now)
             except TokenUnavailable:
                 pass  # already logged and counted
-            await _sleep_or_stop(self._clock, 3600.0, stop)
+            await sleep_or_wake(self._clock, 3600.0, stop)
 
     # ------------------------------------------------------------ internals
 
