@@ -102,8 +102,8 @@ in
         options = {
           time_zone = lib.mkOption {
             type = lib.types.nullOr lib.types.str;
-            default = energy.settings.tariff.timezone or null;
-            defaultText = lib.literalExpression "config.services.gridmate.energy.settings.tariff.timezone or null";
+            default = energy.settings.tariff.time_zone or null;
+            defaultText = lib.literalExpression "config.services.gridmate.energy.settings.tariff.time_zone or null";
             example = "America/Phoenix";
             description = ''
               The site's time zone (IANA name), which decides where a day begins and

@@ -637,7 +637,7 @@ HOST = """
     services.gridmate.energy = {
       enable = true;
       settings.tariff.preset = "original";
-      settings.tariff.timezone = "America/Phoenix";
+      settings.tariff.time_zone = "America/Phoenix";
       settings.tesla.token_source = "teslamate";
       teslamateEncryptionKeyFile = "/run/secrets/teslamate-key";
       teslamateDbPasswordFile = "/run/secrets/teslamate-db";
@@ -764,7 +764,7 @@ def test_report_timer_and_time_zone_follow_the_configuration(nix_eval: Any) -> N
         nix_eval,
         """{
           services.gridmate.report.onCalendar = "*-*-* 00:30:00 America/Phoenix";
-          services.gridmate.energy.settings.tariff.timezone = lib.mkForce "America/Denver";
+          services.gridmate.energy.settings.tariff.time_zone = lib.mkForce "America/Denver";
         }""",
         body="""{
           calendar = c.systemd.timers.gridmate-report.timerConfig.OnCalendar;

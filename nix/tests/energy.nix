@@ -51,7 +51,7 @@ in
           cycle_seconds = 5.0;
           tariff = {
             preset = "original";
-            timezone = "America/Phoenix";
+            time_zone = "America/Phoenix";
             schedules = [
               {
                 effective_from = "2026-01-01";
