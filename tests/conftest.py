@@ -16,8 +16,8 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from email import message_from_bytes
-from email.message import Message
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 
 import pytest
 import pytest_asyncio
@@ -128,7 +128,7 @@ def unique_name() -> str:
 class SmtpServer:
     host: str
     port: int
-    messages: list[tuple[list[str], Message]] = field(default_factory=list)
+    messages: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> None:
         async def enough() -> None:
@@ -144,7 +144,8 @@ class _CollectingHandler:
 
     async def handle_DATA(self, _server: object, session: object, envelope: object) -> str:
         recipients = list(envelope.rcpt_tos)  # type: ignore[attr-defined]
-        self.server.messages.append((recipients, message_from_bytes(envelope.content)))  # type: ignore[attr-defined]
+        message = message_from_bytes(envelope.content, policy=policy.default)  # type: ignore[attr-defined]
+        self.server.messages.append((recipients, message))  # type: ignore[arg-type]
         return "250 Message accepted for delivery"
 
 

@@ -14,11 +14,13 @@ from typing import Any
 from gridmate import __version__
 from gridmate.components import all_components
 from gridmate.runtime.component import Command, Component
-from gridmate.runtime.daemon import serve
-from gridmate.runtime.logs import configure_logging
+from gridmate.runtime.daemon import Daemon, serve
+from gridmate.runtime.logs import configure_logging, get_logger
 from gridmate.runtime.settings import ComponentSettings, ConfigError, load_settings
 
 EXIT_CONFIG_ERROR = 2
+
+log = get_logger("cli")
 
 DESCRIPTION = """\
 gridmate is a self-hosted Tesla home-energy and telemetry hub.
@@ -146,7 +148,28 @@ def _run_service(args: argparse.Namespace) -> int:
         return EXIT_CONFIG_ERROR
     configure_logging("debug" if args.debug else settings.log.level, settings.log.format)
     assert component.run is not None
-    return asyncio.run(serve(component.name, settings, component.run))
+    return asyncio.run(_serve_and_report(component, settings))
+
+
+async def _serve_and_report(component: Component, settings: ComponentSettings) -> int:
+    assert component.run is not None
+    daemon = Daemon(component.name, settings)
+    exit_code = await serve(component.name, settings, component.run, daemon=daemon)
+    notify = getattr(settings, "notify", None)
+    if daemon.failure is not None and notify is not None:
+        from gridmate.notify.failures import notify_failure
+
+        try:
+            await notify_failure(
+                component.name,
+                notify,
+                settings.state_directory,
+                daemon.failure,
+                was_ready=daemon.is_ready,
+            )
+        except Exception as error:  # the failure itself is already logged
+            log.error("could not send the failure notice", error=f"{type(error).__name__}: {error}")
+    return exit_code
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from gridmate.energy.reconciler import CycleReport, Reconciler
 from gridmate.energy.settings import EnergySettings
 from gridmate.energy.state import StateStore, write_status
 from gridmate.notify import Event, EventKind, Notifier
+from gridmate.notify.failures import resolve_failure
 from gridmate.runtime.clock import Clock, sleep_or_wake
 from gridmate.runtime.daemon import Daemon
 from gridmate.runtime.logs import get_logger
@@ -406,6 +407,8 @@ async def run_loop(
         mode = "dry run" if settings.dry_run else "controlling"
         ready(f"Energy manager {mode}: tariff {settings.tariff.preset or 'custom'}, "
               f"{len(reconciler.thermostats)} thermostat(s)")  # fmt: skip
+    if runtime.notifier is not None:
+        await resolve_failure(runtime.notifier, "energy")
     last_health: tuple[bool, tuple[str, ...]] | None = None
     while not stop.is_set():
         started = clock.now()

@@ -49,6 +49,8 @@ class Daemon:
         self.notifier = notifier or ServiceNotifier()
         self.stop = asyncio.Event()
         self.is_ready = False
+        self.failure: BaseException | None = None
+        """The error that stopped the component, if one did."""
         self.metrics_port: int | None = None
         self.log = get_logger(name)
         self._health_checks: dict[str, HealthCheck] = {}
@@ -159,7 +161,7 @@ async def serve(
                 with contextlib.suppress(asyncio.CancelledError):
                     await component
         if not component.cancelled() and component.exception() is not None:
-            failure = component.exception()
+            failure = daemon.failure = component.exception()
             log.error(
                 "stopped by an error",
                 error=f"{type(failure).__name__}: {failure}",
