@@ -26,6 +26,7 @@ SCENARIO_MODULES: tuple[str, ...] = (
     # After the energy scenario: the report reads its journal from the shared workdir.
     "gridmate.report.demo",
     "gridmate.vehicles.demo",
+    "gridmate.vehicles.demo_sources",
 )
 
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from gridmate.vehicles.arbitration import DATA_SOURCE_OPTIONS
 from gridmate.vehicles.state import InvalidPolicy, VehicleState
 
 
@@ -108,6 +109,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("miles_to_arrival", Kind.NUMBER, _C),
         FieldSpec("active_alerts", Kind.ALERTS),
         FieldSpec("last_error", Kind.STRING),
+        FieldSpec("data_source", Kind.ENUM, options=DATA_SOURCE_OPTIONS),
     )
 }
 
@@ -427,6 +429,15 @@ ENTITIES: tuple[EntitySpec, ...] = (
         "vehicle_name", _S, "Vehicle name", diagnostic=True, enabled=False, icon="mdi:rename"
     ),
     EntitySpec("last_update", _S, "Last update", "timestamp", diagnostic=True, derive=_last_update),
+    EntitySpec(
+        "data_source",
+        _S,
+        "Data source",
+        "enum",
+        options=DATA_SOURCE_OPTIONS,
+        diagnostic=True,
+        icon="mdi:source-branch",
+    ),
     EntitySpec(
         "active_alert_count",
         _S,

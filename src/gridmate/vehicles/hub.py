@@ -29,13 +29,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gridmate.runtime.backoff import Backoff, reconnecting
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
+from gridmate.vehicles.arbitration import RankedArbiter
 from gridmate.vehicles.catalogue import invalid_policies
-from gridmate.vehicles.fleet_telemetry import FleetTelemetrySource
+from gridmate.vehicles.fleet_telemetry import Applied, FleetTelemetrySource
 from gridmate.vehicles.homeassistant import SnapshotError, Topics, restore_fields
 from gridmate.vehicles.kafka import make_consumer, topic_names
 from gridmate.vehicles.mqtt import MqttLink, MqttUnavailable
 from gridmate.vehicles.publisher import Publisher
-from gridmate.vehicles.settings import VehiclesSettings
+from gridmate.vehicles.settings import KafkaSettings, VehiclesSettings
+from gridmate.vehicles.sources import build_source_manager
 from gridmate.vehicles.state import StateStore
 from gridmate.vehicles.telemetry.decode import MalformedRecord, decode_record
 from gridmate.vehicles.telemetry.records import RecordType
@@ -128,6 +130,8 @@ class Hub:
         registry: CollectorRegistry,
         stop: asyncio.Event,
         status: Callable[[str], None] | None = None,
+        fleet_api: Any = None,
+        notifier: Any = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -135,7 +139,7 @@ class Hub:
         self._status = status or (lambda _text: None)
         ha = settings.homeassistant
         self.topics = Topics(ha.base_topic, ha.discovery_prefix, ha.node_name)
-        self.store = StateStore(invalid_policies(settings.field_policies))
+        self.store = StateStore(invalid_policies(settings.field_policies), arbiter=RankedArbiter())
         self.source = FleetTelemetrySource(
             self.store,
             online_timeout=settings.online_timeout,
@@ -169,22 +173,56 @@ class Hub:
         self._last_fetch = time.monotonic()
         self._background: set[asyncio.Task[None]] = set()
         self._log = _RateLimitedLog(_LOG_EVERY)
-        self._topic_names = topic_names(settings.kafka.namespace)
+        self._topic_names = topic_names(settings.kafka.namespace) if settings.kafka else []
+        self._changed = asyncio.Event()
+        # TeslaMate, Tesla API polling, and which source speaks for each vehicle.
+        self.sources = build_source_manager(
+            settings,
+            self.store,
+            clock=clock,
+            registry=registry,
+            on_change=self._source_changed,
+            fleet_api=fleet_api,
+            notifier=notifier,
+            fleet_telemetry=settings.kafka is not None,
+        )
+
+    @property
+    def _kafka(self) -> KafkaSettings:
+        assert self.settings.kafka is not None, "Kafka is not configured"
+        return self.settings.kafka
 
     # ------------------------------------------------------------ running
 
     async def run(self) -> None:
         mqtt = asyncio.create_task(self.mqtt.run(), name="vehicles.mqtt")
         readiness = asyncio.create_task(self._await_ready(), name="vehicles.ready")
+        sources = None
+        if self.sources is not None:
+            sources = asyncio.create_task(self.sources.run(self.stop), name="vehicles.sources")
+            if self.settings.kafka is not None:
+                # Not tied to the Kafka loop: TeslaMate must reach Home Assistant while
+                # Kafka rebalances or is down.
+                self._spawn(self._deliver_source_changes(), "vehicles.deliver")
         try:
-            await reconnecting(
-                self._kafka_session,
-                peer=f"Kafka {self.settings.kafka.bootstrap_servers}",
-                stop=self.stop,
-                retry_on=(KafkaError, OSError, TimeoutError),
-                on_failure=self._kafka_failed,
-            )
+            if self.settings.kafka is None:
+                await self._serve_without_kafka()
+            else:
+                await reconnecting(
+                    self._kafka_session,
+                    peer=f"Kafka {self._kafka.bootstrap_servers}",
+                    stop=self.stop,
+                    retry_on=(KafkaError, OSError, TimeoutError),
+                    on_failure=self._kafka_failed,
+                )
         finally:
+            if sources is not None:
+                if not self.stop.is_set():
+                    sources.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sources
+                with contextlib.suppress(MqttUnavailable):
+                    await self._deliver()
             self._mqtt_stop.set()
             readiness.cancel()
             for task in (*self._background, readiness):
@@ -194,7 +232,8 @@ class Hub:
             await mqtt
 
     async def _await_ready(self) -> None:
-        await self._kafka_up.wait()
+        if self.settings.kafka is not None:
+            await self._kafka_up.wait()
         await self.mqtt.connected.wait()
         self.ready.set()
 
@@ -202,6 +241,8 @@ class Hub:
         self.last_kafka_error = f"{type(error).__name__}: {error}"
 
     def health_kafka(self) -> str | None:
+        if self.settings.kafka is None:
+            return None
         if not self._kafka_up.is_set():
             return f"not connected to Kafka ({self.last_kafka_error or 'connecting'})"
         silent = time.monotonic() - self._last_fetch
@@ -214,8 +255,49 @@ class Hub:
             return None
         return f"not connected to the MQTT broker ({self.mqtt.last_error or 'connecting'})"
 
+    def _source_changed(self, applied: Applied) -> None:
+        self.publisher.mark(applied)
+        self._changed.set()
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _deliver_source_changes(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 1.0)
+            self._changed.clear()
+            if self._needs_seed and self.mqtt.connected.is_set():
+                # Restore before publishing, or partial documents would replace the
+                # retained ones; the Kafka side restores again when it is assigned.
+                async with self._work:
+                    await self._seed()
+            if self.publisher.pending and not self._needs_seed:
+                with contextlib.suppress(MqttUnavailable):
+                    await self._deliver()
+
+    async def _serve_without_kafka(self) -> None:
+        """No Fleet Telemetry: restore the state, then publish what the other sources change."""
+        while not self.stop.is_set():
+            if self._needs_seed:
+                async with self._work:
+                    seeded = await self._seed()
+                if not seeded:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.mqtt.connected.wait(), 1.0)
+                    continue
+            self._changed.clear()
+            if self.publisher.pending and not await self._deliver():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.mqtt.connected.wait(), 1.0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 1.0)
+
     async def _kafka_session(self, backoff: Backoff) -> None:
-        consumer = make_consumer(self.settings.kafka)
+        consumer = make_consumer(self._kafka)
         await consumer.start()
         self._consumer = consumer
         try:
@@ -225,7 +307,7 @@ class Hub:
             log.info(
                 "consuming",
                 topics=",".join(self._topic_names),
-                group=self.settings.kafka.group_id,
+                group=self._kafka.group_id,
             )
             await self._consume(consumer, backoff)
         finally:
@@ -264,12 +346,12 @@ class Hub:
                     self._process(partition, records)
                 self._expire()
             self._update_lag(consumer)
-            if time.monotonic() - self._last_commit >= self.settings.kafka.commit_interval:
+            if time.monotonic() - self._last_commit >= self._kafka.commit_interval:
                 await self._commit(consumer)
 
     def _process(self, partition: TopicPartition, records: list[Any]) -> None:
-        namespace = self.settings.kafka.namespace
-        max_size = self.settings.kafka.max_record_bytes
+        namespace = self._kafka.namespace
+        max_size = self._kafka.max_record_bytes
         metrics = self.metrics
         by_type = metrics.by_type
         apply, mark = self.source.apply, self.publisher.mark
@@ -413,6 +495,8 @@ class Hub:
             self.store.seed(vin, fields)
             restored += 1
         self._needs_seed = False
+        if self.sources is not None:
+            self.sources.restored()
         log.info("state restored from retained messages", vehicles=restored)
         self._status(self._serving_status())
         return True
@@ -438,6 +522,11 @@ class Hub:
 
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._needs_seed = True
+        if self.sources is not None:
+            # TeslaMate and polling write meanwhile: restore now rather than at the first
+            # Fleet Telemetry record, which may be hours away.
+            async with self._work:
+                await self._seed()
         log.info("partitions assigned", partitions=len(assigned))
         # Other instances may have left with their last will: say again that we serve.
         await self.mqtt.announce_online()

@@ -9,9 +9,16 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from gridmate.notify.settings import NotifySettings
 from gridmate.runtime.secrets import Credential, Secret
 from gridmate.runtime.settings import ComponentSettings, MqttSettings, Section
+from gridmate.tesla.settings import TeslaCloudSettings
 from gridmate.vehicles.catalogue import FIELDS
+from gridmate.vehicles.source_settings import (
+    ArbitrationSettings,
+    PollingSettings,
+    TeslaMateSourceSettings,
+)
 from gridmate.vehicles.state import InvalidPolicy
 
 _TOPIC_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -115,7 +122,9 @@ class HomeAssistantSettings(Section):
 class VehiclesSettings(ComponentSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDMATE_VEHICLES_")
 
-    kafka: KafkaSettings
+    kafka: KafkaSettings | None = Field(
+        None, description="Fleet Telemetry's Kafka; leave out to run on TeslaMate and/or polling."
+    )
     mqtt: MqttSettings = MqttSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     vehicles: dict[str, str] = Field(
@@ -138,6 +147,24 @@ class VehiclesSettings(ComponentSettings):
         gt=0,
         description="An open connection with no data for this long is considered closed.",
     )
+
+    teslamate: TeslaMateSourceSettings = TeslaMateSourceSettings()
+    tesla: TeslaCloudSettings = TeslaCloudSettings()
+    polling: PollingSettings = PollingSettings()
+    arbitration: ArbitrationSettings = ArbitrationSettings()
+    notify: NotifySettings = NotifySettings()
+
+    @model_validator(mode="after")
+    def _some_source(self) -> VehiclesSettings:
+        polling = self.polling.enable and self.tesla.token_source != "none"
+        if self.kafka is None and not self.teslamate.enable and not polling:
+            raise ValueError(
+                "no vehicle data source: configure [kafka] (Fleet Telemetry), set "
+                "teslamate.enable = true, or set tesla.token_source for polling"
+            )
+        if self.teslamate.enable and not self.teslamate.use_database and not self.teslamate.cars:
+            raise ValueError("teslamate.use_database = false needs teslamate.cars (car id -> VIN)")
+        return self
 
     @field_validator("vehicles")
     @classmethod
