@@ -165,13 +165,18 @@ class SourceManager:
             self.on_change(applied)
 
     def restored(self) -> None:
-        """The hub rebuilt the state from the broker: offer what TeslaMate said again.
-
-        TeslaMate publishes changes only, so its values would otherwise be missing until
-        they change.
+        """The hub rebuilt the state from the broker: say each car's source again and
+        offer what TeslaMate said again (it publishes changes only, so its values would
+        otherwise be missing until they change).
         """
-        if self.teslamate is not None:
-            for vin in self.book.vins():
+        now = self.clock.now().timestamp()
+        for vin in self.book.vins():
+            selected = self.book.selected(vin)
+            if vin in self.store or selected != NO_SOURCE:
+                outcome = self.store.update(vin, DATA_SOURCE_FIELD, selected, now, GRIDMATE)
+                if outcome is Outcome.CHANGED:
+                    self.on_change(Applied(vin, [DATA_SOURCE_FIELD]))
+            if self.teslamate is not None:
                 self.teslamate.replay(vin)
 
     # ------------------------------------------------------------ judging
