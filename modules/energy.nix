@@ -94,14 +94,24 @@ let
       what = "the SMTP password for notification e-mail (user `settings.notify.username`)";
     }
     {
-      option = "mqttPasswordFile";
-      credential = "mqtt_password";
+      option = "notifyMqttPasswordFile";
+      credential = "notify_mqtt_password";
       key = [
         "notify"
         "mqtt"
         "password"
       ];
       what = "the password of the MQTT broker that mirrors the notification ledger (`settings.notify.mqtt`)";
+    }
+    {
+      option = "mqttPasswordFile";
+      credential = "mqtt_password";
+      key = [
+        "ev"
+        "mqtt"
+        "password"
+      ];
+      what = "the password of the MQTT broker the vehicles hub publishes to, read for EV charging state (`settings.ev.mqtt`)";
     }
   ];
 

@@ -38,8 +38,8 @@ let
       what = "the SMTP password for the report e-mail (user `settings.notify.username`)";
     }
     {
-      option = "mqttPasswordFile";
-      credential = "mqtt_password";
+      option = "notifyMqttPasswordFile";
+      credential = "notify_mqtt_password";
       key = [
         "notify"
         "mqtt"

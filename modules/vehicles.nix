@@ -35,18 +35,82 @@ let
       ];
       what = "the SASL password of the Kafka cluster (user `settings.kafka.sasl_username`)";
     }
+    {
+      option = "teslamateMqttPasswordFile";
+      credential = "teslamate_mqtt_password";
+      key = [
+        "teslamate"
+        "mqtt"
+        "password"
+      ];
+      what = "the password of TeslaMate's MQTT broker (user `settings.teslamate.mqtt.username`)";
+    }
+    {
+      option = "teslamateEncryptionKeyFile";
+      credential = "teslamate_encryption_key";
+      key = [
+        "tesla"
+        "teslamate"
+        "encryption_key"
+      ];
+      what = "TeslaMate's ENCRYPTION_KEY, to read the Tesla API tokens TeslaMate keeps (`settings.tesla.token_source = \"teslamate\"`)";
+    }
+    {
+      option = "teslamateDbPasswordFile";
+      credential = "teslamate_db_password";
+      key = [
+        "tesla"
+        "teslamate"
+        "db_password"
+      ];
+      what = "the password of TeslaMate's PostgreSQL user (`settings.tesla.teslamate.dsn`)";
+    }
+    {
+      option = "teslaRefreshTokenFile";
+      credential = "tesla_refresh_token";
+      key = [
+        "tesla"
+        "oauth"
+        "refresh_token"
+      ];
+      what = "a Tesla OAuth refresh token, for gridmate's own token refresh (`settings.tesla.token_source = \"oauth\"`)";
+    }
+    {
+      option = "smtpPasswordFile";
+      credential = "smtp_password";
+      key = [
+        "notify"
+        "password"
+      ];
+      what = "the SMTP password for notification e-mail (user `settings.notify.username`)";
+    }
+    {
+      option = "notifyMqttPasswordFile";
+      credential = "notify_mqtt_password";
+      key = [
+        "notify"
+        "mqtt"
+        "password"
+      ];
+      what = "the password of the MQTT broker that mirrors the notification ledger (`settings.notify.mqtt`)";
+    }
   ];
 
   settings = gridmateLib.dropNulls cfg.settings;
   checks = gridmateLib.secretChecks component cfg secrets;
   localKafka = gridmateLib.hasLocal config "apache-kafka";
   localMosquitto = gridmateLib.hasLocal config "mosquitto";
+  # The sources gridmate's settings model accepts (VehiclesSettings._some_source).
+  usesKafka = lib.any (v: v != null) (lib.attrValues cfg.settings.kafka);
+  teslamate = cfg.settings.teslamate.enable or false;
+  polling =
+    (cfg.settings.polling.enable or true) && (cfg.settings.tesla.token_source or "none") != "none";
 in
 {
   imports = [ ./common.nix ];
 
   options.services.gridmate.vehicles = {
-    enable = lib.mkEnableOption "gridmate's vehicles component (Tesla Fleet Telemetry records from Kafka, published to Home Assistant over MQTT), run as the systemd service gridmate-vehicles.service; it needs at least {option}`services.gridmate.vehicles.settings.kafka.namespace`";
+    enable = lib.mkEnableOption "gridmate's vehicles component (Tesla Fleet Telemetry records from Kafka, published to Home Assistant over MQTT), run as the systemd service gridmate-vehicles.service; it needs at least one data source: Fleet Telemetry ({option}`services.gridmate.vehicles.settings.kafka.namespace`), TeslaMate or Tesla API polling";
 
     package = gridmateLib.mkPackageOption config component;
 
@@ -91,7 +155,8 @@ in
             description = ''
               The `namespace` of fleet-telemetry's configuration: its topics are
               `<namespace>_V`, `<namespace>_connectivity`, `<namespace>_alerts` and
-              `<namespace>_errors`. Required; fleet-telemetry has no default.
+              `<namespace>_errors`. Required to read Fleet Telemetry; fleet-telemetry has
+              no default.
             '';
           };
           mqtt.host = lib.mkOption {
@@ -122,14 +187,23 @@ in
   config = lib.mkIf cfg.enable {
     assertions = checks.assertions ++ [
       {
-        assertion = cfg.settings.kafka.namespace != null;
+        assertion = usesKafka || teslamate || polling;
+        message = ''
+          ${prefix} has no vehicle data source. Configure at least one of:
+          Fleet Telemetry from Kafka (settings.kafka.namespace, the `namespace` of your
+          fleet-telemetry server), TeslaMate (settings.teslamate.enable = true), or Tesla
+          API polling (settings.tesla.token_source = "teslamate" or "oauth").
+        '';
+      }
+      {
+        assertion = !usesKafka || cfg.settings.kafka.namespace != null;
         message = ''
           ${prefix}.settings.kafka.namespace is not set. Set it to the `namespace` of your
           fleet-telemetry server's configuration (its topics are <namespace>_V, ...).
         '';
       }
       {
-        assertion = cfg.settings.kafka.bootstrap_servers != null || localKafka;
+        assertion = !usesKafka || cfg.settings.kafka.bootstrap_servers != null || localKafka;
         message = ''
           ${prefix}.settings.kafka.bootstrap_servers is not set and this host runs no Kafka
           (services.apache-kafka.enable is false). Set it to the Kafka cluster that

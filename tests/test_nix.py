@@ -825,13 +825,31 @@ def test_vehicles_assertions(nix_eval: Any) -> None:
       services.gridmate.vehicles.settings.mqtt.host = lib.mkForce null;
     }"""
     failed = _failed(nix_eval, unset)
-    assert len(failed) == 3, failed
-    assert "settings.kafka.namespace is not set" in failed[0]
-    assert "bootstrap_servers is not set and this host runs no Kafka" in failed[1]
-    assert "mqtt.host is not set and this host runs no Mosquitto" in failed[2]
-    local = "{ services.apache-kafka.enable = true; services.mosquitto.enable = true; }"
-    failed = _failed(nix_eval, unset, local)
-    assert len(failed) == 1 and "kafka.namespace" in failed[0]
+    assert len(failed) == 2, failed
+    assert "has no vehicle data source" in failed[0]
+    assert "mqtt.host is not set and this host runs no Mosquitto" in failed[1]
+
+    half_kafka = """{
+      services.gridmate.vehicles.settings.kafka.namespace = lib.mkForce null;
+      services.gridmate.vehicles.settings.kafka.bootstrap_servers = lib.mkForce "kafka.lan:9092";
+    }"""
+    failed = _failed(nix_eval, half_kafka)
+    assert len(failed) == 1 and "settings.kafka.namespace is not set" in failed[0]
+
+    no_broker = """{
+      services.gridmate.vehicles.settings.kafka.bootstrap_servers = lib.mkForce null;
+    }"""
+    failed = _failed(nix_eval, no_broker)
+    assert len(failed) == 1
+    assert "bootstrap_servers is not set and this host runs no Kafka" in failed[0]
+    assert _failed(nix_eval, no_broker, "{ services.apache-kafka.enable = true; }") == []
+
+    teslamate_only = """{
+      services.gridmate.vehicles.settings.kafka.namespace = lib.mkForce null;
+      services.gridmate.vehicles.settings.kafka.bootstrap_servers = lib.mkForce null;
+      services.gridmate.vehicles.settings.teslamate.enable = true;
+    }"""
+    assert _failed(nix_eval, teslamate_only) == []
 
 
 def test_secret_written_inline_or_twice_is_refused(nix_eval: Any) -> None:

@@ -27,6 +27,12 @@ class Recipients(Section):
         return value
 
 
+class LedgerMqttSettings(MqttSettings):
+    """The broker that mirrors the sent-ledger between failover nodes."""
+
+    password: Annotated[Secret | None, Credential("notify_mqtt_password")] = None
+
+
 class NotifySettings(Section):
     """Email notifications. Without ``smtp_host`` events are only logged."""
 
@@ -79,7 +85,7 @@ class NotifySettings(Section):
         48.0, gt=0, description="Undelivered messages older than this are dropped (logged)."
     )
     ledger_retention_days: float = Field(7.0, gt=0)
-    mqtt: MqttSettings | None = Field(
+    mqtt: LedgerMqttSettings | None = Field(
         None,
         description="Broker that mirrors the sent-ledger as retained messages, so a node "
         "taking over after failover does not repeat what the other node sent.",
