@@ -302,7 +302,7 @@ async def test_cars_and_activity_from_teslamates_database(postgres_dsn):
 
 @pytest.mark.services
 async def test_an_unreachable_database_is_a_clear_error():
-    from gridmate.vehicles.teslamate_cars import TeslaMateDatabaseError
+    from gridmate.tesla.teslamate_db import TeslaMateDatabaseError
 
     database = TeslaMateDatabase("postgresql://teslamate@127.0.0.1:1/teslamate", connect_timeout=2)
     with pytest.raises(TeslaMateDatabaseError, match="cannot reach TeslaMate's database"):

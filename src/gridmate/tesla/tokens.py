@@ -45,6 +45,7 @@ from gridmate.runtime.logs import get_logger
 from gridmate.runtime.secrets import Secret
 from gridmate.tesla._metrics import collector
 from gridmate.tesla.cloak import CloakVault, MalformedCiphertext, WrongEncryptionKey
+from gridmate.tesla.teslamate_db import TeslaMateDatabaseError, connect
 
 __all__ = [
     "DEFAULT_TOKEN_URL",
@@ -366,36 +367,15 @@ class TeslaMateTokenProvider:
             )
 
     async def _connect(self) -> Any:
-        import asyncpg
-
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         try:
-            self._conn = await asyncpg.connect(
-                self.dsn,
-                password=self._password.reveal() if self._password is not None else None,
-                timeout=self.connect_timeout,
-            )
-        except (
-            asyncpg.InvalidPasswordError,
-            asyncpg.InvalidAuthorizationSpecificationError,
-        ) as error:
-            raise _SyncFailure(
-                "database_login_failed",
-                f"TeslaMate's database refused the login ({type(error).__name__}); "
-                "check the user in the DSN and the database password file",
-            ) from None
-        except asyncpg.InvalidCatalogNameError:
-            raise _SyncFailure(
-                "database_missing", "the database named in the DSN does not exist"
-            ) from None
-        except (OSError, TimeoutError, asyncpg.PostgresConnectionError) as error:
-            raise _SyncFailure(
-                "database_unreachable",
-                f"cannot reach TeslaMate's database ({type(error).__name__}: {error})",
-            ) from None
-        except asyncpg.PostgresError as error:
-            raise _SyncFailure("database_error", f"{type(error).__name__}: {error}") from None
+            self._conn = await connect(
+                self.dsn, self._password, connect_timeout=self.connect_timeout,
+                application_name="gridmate-tokens",
+            )  # fmt: skip
+        except TeslaMateDatabaseError as error:
+            raise _SyncFailure(error.code, error.reason) from None
         return self._conn
 
     async def _locate_table(self, conn: Any) -> str:

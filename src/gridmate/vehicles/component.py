@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from gridmate.notify import Notifier
+from gridmate.notify.failures import resolve_failure
 from gridmate.runtime.component import Component
 from gridmate.runtime.daemon import Daemon
 from gridmate.tesla.settings import build_fleet_api, build_token_provider
@@ -70,6 +71,8 @@ async def run(settings: VehiclesSettings, daemon: Daemon) -> None:
             f"Vehicles from {_sources(settings)}, published to MQTT "
             f"{settings.mqtt.host}:{settings.mqtt.port}"
         )
+        if notifier is not None:
+            await resolve_failure(notifier, "vehicles")
 
     announcer = asyncio.create_task(announce_ready())
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from gridmate.runtime.clock import Clock
+from gridmate.runtime.clock import Clock, sleep_or_wake
 from gridmate.runtime.logs import get_logger
 from gridmate.tesla.fleet_api import (
     ApiUnreachable,
@@ -308,23 +308,15 @@ class PollingSource:
     # ------------------------------------------------------------ loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        if await self._sleep(self.start_delay, stop):
+        if await sleep_or_wake(self.clock, self.start_delay, stop):
             return
         while not stop.is_set():
             try:
                 await self.poll_once()
             except Exception as error:  # the loop must survive anything a poll throws
                 log.warning("polling failed", error=f"{type(error).__name__}: {error}")
-            if await self._sleep(self.tick, stop):
+            if await sleep_or_wake(self.clock, self.tick, stop):
                 return
-
-    async def _sleep(self, seconds: float, stop: asyncio.Event) -> bool:
-        sleeper = asyncio.create_task(self.clock.sleep(seconds))
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({sleeper, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        sleeper.cancel()
-        stopping.cancel()
-        return stop.is_set()
 
     def _due(self, now: float) -> list[str]:
         due = []

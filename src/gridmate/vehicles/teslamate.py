@@ -44,15 +44,11 @@ from prometheus_client import CollectorRegistry, Counter
 from gridmate.runtime.backoff import Backoff, reconnecting, sleep_unless_stopped
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
+from gridmate.tesla.teslamate_db import TeslaMateDatabaseError
 from gridmate.vehicles.arbitration import TESLAMATE, Activity, SourceFacts
 from gridmate.vehicles.catalogue import CHARGING_STATES, MAX_STATE_LENGTH
 from gridmate.vehicles.source_settings import TeslaMateSourceSettings
-from gridmate.vehicles.teslamate_cars import (
-    CarMap,
-    TeslaMateDatabase,
-    TeslaMateDatabaseError,
-    build_car_map,
-)
+from gridmate.vehicles.teslamate_cars import CarMap, TeslaMateDatabase, build_car_map
 
 log = get_logger("vehicles.teslamate")
 

@@ -26,15 +26,12 @@ from typing import Any
 
 from gridmate.runtime.logs import get_logger
 from gridmate.runtime.secrets import Secret
+from gridmate.tesla.teslamate_db import TeslaMateDatabaseError, connect
 
 log = get_logger("vehicles.teslamate")
 
 LEGACY_NULL_VIN = "__legacy_null_vin__:"
 _VIN = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
-
-
-class TeslaMateDatabaseError(Exception):
-    """TeslaMate's database could not be read; ``str()`` says why in plain words."""
 
 
 @dataclass(frozen=True)
@@ -125,29 +122,12 @@ class TeslaMateDatabase:
                 await asyncio.wait_for(conn.close(), timeout=5)
 
     async def _connection(self) -> Any:
-        import asyncpg
-
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
-        try:
-            self._conn = await asyncpg.connect(
-                self.dsn,
-                password=self._password.reveal() if self._password is not None else None,
-                timeout=self.connect_timeout,
-                server_settings={"application_name": "gridmate-vehicles"},
-            )
-        except (
-            asyncpg.InvalidPasswordError,
-            asyncpg.InvalidAuthorizationSpecificationError,
-        ) as error:
-            raise TeslaMateDatabaseError(
-                f"TeslaMate's database refused the login ({type(error).__name__}); check the "
-                "user in tesla.teslamate.dsn and tesla.teslamate.db_password_file"
-            ) from None
-        except (OSError, TimeoutError, asyncpg.PostgresError) as error:
-            raise TeslaMateDatabaseError(
-                f"cannot reach TeslaMate's database ({type(error).__name__}: {error})"
-            ) from None
+        self._conn = await connect(
+            self.dsn, self._password, connect_timeout=self.connect_timeout,
+            application_name="gridmate-vehicles",
+        )  # fmt: skip
         self._tables = None
         return self._conn
 
@@ -170,15 +150,17 @@ class TeslaMateDatabase:
             except (OSError, TimeoutError, asyncpg.PostgresError) as error:
                 await self.close()
                 raise TeslaMateDatabaseError(
-                    f"reading TeslaMate's database failed ({type(error).__name__}: {error})"
+                    "query_failed",
+                    f"reading TeslaMate's database failed ({type(error).__name__}: {error})",
                 ) from None
 
     async def cars(self) -> list[TeslaMateCar]:
         async def query(conn: Any, tables: dict[str, bool]) -> list[TeslaMateCar]:
             if not tables["cars"]:
                 raise TeslaMateDatabaseError(
+                    "table_missing",
                     "TeslaMate's database has no 'cars' table; is tesla.teslamate.dsn "
-                    "TeslaMate's database?"
+                    "TeslaMate's database?",
                 )
             rows = await conn.fetch("SELECT id, vin, name FROM public.cars ORDER BY id")
             return [
