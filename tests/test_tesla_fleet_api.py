@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
+from gridmate.runtime.backoff import Backoff
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.secrets import Secret
 from gridmate.sim.tesla_cloud import (
@@ -209,6 +210,33 @@ async def test_server_errors_raise_and_are_not_billed(
         assert billable(registry, "data") == 0
         await api.site_info(SITE_ID)
         assert billable(registry, "data") == 1
+
+
+async def test_an_api_that_keeps_failing_is_backed_off_then_resumed(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock
+) -> None:
+    cloud.inject_failures(3, status=503, endpoint="site_info")
+    backoff = Backoff(initial=30.0, cap=120.0, jitter=False)
+    async with make_api(cloud, clock, outage_backoff=backoff) as api:
+        for _ in range(2):  # one failure may be a blip; the second starts the backoff
+            with pytest.raises(ServerError):
+                await api.site_info(SITE_ID)
+        with pytest.raises(ApiUnreachable) as refused:
+            await api.site_info(SITE_ID)
+        assert refused.value.retry_after == pytest.approx(30.0, abs=1.0)
+        assert len(cloud.calls_to("site_info")) == 2  # refused here, Tesla saw nothing
+
+        clock.jump_to(clock.now() + timedelta(seconds=31))
+        with pytest.raises(ServerError):  # the third injected failure: the delay doubles
+            await api.site_info(SITE_ID)
+        with pytest.raises(ApiUnreachable) as refused:
+            await api.site_info(SITE_ID)
+        assert refused.value.retry_after == pytest.approx(60.0, abs=1.0)
+
+        clock.jump_to(clock.now() + timedelta(seconds=61))
+        await api.site_info(SITE_ID)  # Tesla answers again: back to normal at once
+        await api.site_info(SITE_ID)
+        assert len(cloud.calls_to("site_info")) == 5
 
 
 async def test_no_answer_is_unreachable(clock: SimulatedClock) -> None:

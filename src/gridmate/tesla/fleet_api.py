@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import httpx
 from prometheus_client import CollectorRegistry
 
+from gridmate.runtime.backoff import Backoff
 from gridmate.runtime.clock import Clock, SystemClock
 from gridmate.runtime.logs import get_logger
 from gridmate.runtime.secrets import Secret
@@ -174,7 +175,12 @@ class RejectedValue(FleetApiError):
 
 
 class ApiUnreachable(FleetApiError):
-    """No HTTP answer at all (DNS, connection, timeout)."""
+    """No HTTP answer at all (DNS, connection, timeout), or refused locally while Tesla's
+    API keeps failing (then ``retry_after`` says when the next call goes out)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
 
 
 class BudgetExhausted(FleetApiError):
@@ -279,6 +285,7 @@ class FleetApi:
         on_budget_use: Callable[[BudgetUse], None] | None = None,
         timeout: float = 30.0,
         verify: ssl.SSLContext | bool = True,
+        outage_backoff: Backoff | None = None,
     ) -> None:
         self._tokens = tokens
         self._configured_base = base_url.rstrip("/") if base_url else None
@@ -296,6 +303,11 @@ class FleetApi:
         self._site_write_counter = _DailyCounter()
         self._last_live_status: dict[int, datetime] = {}
         self._blocked_until: dict[str, datetime] = {}
+        # Consecutive unanswered or 5xx calls; from the second one on, calls wait for
+        # the backoff's delay instead of hammering an API that is down.
+        self._outage = outage_backoff or Backoff(initial=5.0, cap=300.0)
+        self._outage_failures = 0
+        self._outage_until: datetime | None = None
         self._discovery_lock = asyncio.Lock()
         self.region: str | None = None
 
@@ -494,7 +506,63 @@ class FleetApi:
     ) -> Any:
         block_key = device or vin or (str(site_write) if site_write is not None else "account")
         self._check_block(block_key, endpoint)
+        self._check_outage(endpoint)
         self._check_budgets(vin, site_write, endpoint)
+        try:
+            answer = await self._call_region(
+                method, path, endpoint=endpoint, category=category, vin=vin,
+                site_write=site_write, params=params, json=json, command=command,
+                on_answer=on_answer, block_key=block_key,
+            )  # fmt: skip
+        except (ApiUnreachable, ServerError):
+            self._note_outage()
+            raise
+        self._outage_failures = 0
+        self._outage_until = None
+        self._outage.reset()
+        return answer
+
+    def _check_outage(self, endpoint: str) -> None:
+        if self._outage_until is None:
+            return
+        remaining = (self._outage_until - self._clock.now()).total_seconds()
+        if remaining <= 0:
+            return
+        self._m_refused.labels("backoff").inc()
+        raise ApiUnreachable(
+            f"Tesla's API failed {self._outage_failures} times in a row; "
+            f"next try in {remaining:.0f} s",
+            retry_after=remaining,
+            endpoint=endpoint,
+        )
+
+    def _note_outage(self) -> None:
+        self._outage_failures += 1
+        if self._outage_failures < 2:
+            return  # one failure may be a blip: the next call goes out at once
+        delay = self._outage.next_delay()
+        self._outage_until = self._clock.now() + timedelta(seconds=delay)
+        log.warning(
+            "fleet api keeps failing; backing off",
+            failures=self._outage_failures,
+            retry_in=f"{delay:.0f}s",
+        )
+
+    async def _call_region(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint: str,
+        category: Category,
+        vin: str | None,
+        site_write: int | None,
+        params: dict[str, str] | None,
+        json: Any,
+        command: bool,
+        on_answer: Callable[[], None] | None,
+        block_key: str,
+    ) -> Any:
         rediscovered = False
         while True:
             base = await self.base_url()
