@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from gridmate.notify import Event, EventKind, Level, Notifier, NotifySettings
-from gridmate.runtime.settings import MqttSettings
+from gridmate.notify.settings import LedgerMqttSettings
 
 pytestmark = pytest.mark.services
 
@@ -276,7 +276,7 @@ async def test_disabled_notifier_only_logs_and_writes_nothing(tmp_path):
 
 async def test_failover_new_active_node_does_not_repeat(smtp_server, mqtt_broker, tmp_path):
     topic = f"{mqtt_broker.topic_prefix()}/notify"
-    mqtt = MqttSettings(host=mqtt_broker.host, port=mqtt_broker.port)
+    mqtt = LedgerMqttSettings(host=mqtt_broker.host, port=mqtt_broker.port)
     node_a = Notifier(
         settings_for(smtp_server.port, mqtt=mqtt, mqtt_topic=topic, node_name="node-a"),
         tmp_path / "a",
