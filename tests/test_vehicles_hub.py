@@ -163,6 +163,7 @@ async def test_a_drive_and_a_charge_reach_home_assistant(rig):
         assert entities[("Blue", "Charging state")].state == "disconnected"
         assert entities[("Blue", "Charging")].state == "off"
         assert entities[("Blue", "Battery level")].available
+        assert entities[("Blue", "Data source")].state == "fleet_telemetry"
         # Driving, half of the records as protojson from a car without prefer_typed.
         for minute in range(1, 6):
             at = T0 + timedelta(minutes=minute)

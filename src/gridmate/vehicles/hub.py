@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gridmate.runtime.backoff import Backoff, reconnecting
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
-from gridmate.vehicles.arbitration import RankedArbiter
+from gridmate.vehicles.arbitration import FLEET_TELEMETRY, GRIDMATE, RankedArbiter
 from gridmate.vehicles.catalogue import invalid_policies
 from gridmate.vehicles.fleet_telemetry import Applied, FleetTelemetrySource
 from gridmate.vehicles.homeassistant import SnapshotError, Topics, restore_fields
@@ -37,8 +37,8 @@ from gridmate.vehicles.kafka import make_consumer, topic_names
 from gridmate.vehicles.mqtt import MqttLink, MqttUnavailable
 from gridmate.vehicles.publisher import Publisher
 from gridmate.vehicles.settings import KafkaSettings, VehiclesSettings
-from gridmate.vehicles.sources import build_source_manager
-from gridmate.vehicles.state import StateStore
+from gridmate.vehicles.sources import DATA_SOURCE_FIELD, build_source_manager
+from gridmate.vehicles.state import Outcome, StateStore
 from gridmate.vehicles.telemetry.decode import MalformedRecord, decode_record
 from gridmate.vehicles.telemetry.records import RecordType
 
@@ -163,6 +163,9 @@ class Hub:
         self.last_kafka_error: str | None = None
         self._consumer: Any = None
         self._processed: dict[TopicPartition, int] = {}
+        # With Fleet Telemetry as the only source, no arbitration runs; the cars whose
+        # "Data source" entity already says Fleet Telemetry.
+        self._fleet_only_named: set[str] = set()
         self._delivered: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._needs_seed = True
@@ -372,10 +375,19 @@ class Hub:
                 log.debug("record could not be applied", exc_info=error)
                 continue
             stale += applied.stale
+            if self.sources is None and applied.vin not in self._fleet_only_named:
+                self._name_fleet_telemetry_source(applied)
             mark(applied)
         if stale:
             metrics.stale.inc(stale)
         self._processed[partition] = records[-1].offset + 1
+
+    def _name_fleet_telemetry_source(self, applied: Applied) -> None:
+        self._fleet_only_named.add(applied.vin)
+        now = self.clock.now().timestamp()
+        outcome = self.store.update(applied.vin, DATA_SOURCE_FIELD, FLEET_TELEMETRY, now, GRIDMATE)
+        if outcome is Outcome.CHANGED:
+            applied.changed.append(DATA_SOURCE_FIELD)
 
     def _skip(self, message: Any, reason: str, detail: str) -> None:
         self.metrics.malformed.labels(reason).inc()
