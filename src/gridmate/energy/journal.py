@@ -51,6 +51,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gridmate.runtime.clock import Clock, SystemClock
+from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
 
 __all__ = [
@@ -115,9 +116,7 @@ class DayJournal:
     def _record_zone(self) -> None:
         directory = journal_directory(self.state_directory)
         if journal_time_zone(self.state_directory) != self.tz.key:
-            temporary = directory / f".{TIME_ZONE_FILE}.{os.getpid()}.tmp"
-            temporary.write_text(self.tz.key + "\n")
-            os.replace(temporary, directory / TIME_ZONE_FILE)
+            write_atomically(directory / TIME_ZONE_FILE, self.tz.key + "\n", mode=0o640)
         self._zone_recorded = True
 
     def path_for(self, day: date) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gridmate.energy.planner import PeakMemory
+from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
 
 log = get_logger("energy.state")
@@ -29,24 +30,7 @@ STATUS_FILE = "energy-status.json"
 
 def atomic_write_json(path: Path, data: Any, *, mode: int = 0o640) -> None:
     """Write ``data`` as JSON so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    payload = json.dumps(data, indent=1, sort_keys=True, default=str).encode()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    try:
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomically(path, json.dumps(data, indent=1, sort_keys=True, default=str), mode=mode)
 
 
 @dataclass

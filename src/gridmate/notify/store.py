@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from gridmate.notify.events import Event, EventKind, InlineImage, Level
 from gridmate.notify.render import Item
+from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
 
 log = get_logger("notify.store")
@@ -151,12 +151,7 @@ def condition_id(kind: EventKind | str, key: str | None) -> str:
 
 
 def _write_atomically(path: Path, data: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, ensure_ascii=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(data, ensure_ascii=False))
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from datetime import date, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -21,6 +20,7 @@ from gridmate.notify import Event, EventKind, InlineImage, Level, Notifier
 from gridmate.report.metrics import day_metrics, samples_of
 from gridmate.report.settings import ReportSettings
 from gridmate.runtime.clock import Clock, SystemClock
+from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
 
 log = get_logger("report.daily")
@@ -50,15 +50,8 @@ def parse_day(text: str | None, now: datetime, tz: tzinfo) -> date:
 
 
 def write_metrics(directory: Path, metrics: dict[str, Any]) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{metrics['date']}.json"
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        json.dump(metrics, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", mode=0o640)
     return path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +22,7 @@ from gridmate.energy.adapters.common import AdapterError, ApiHealth, RateLimited
 from gridmate.energy.planner import DesiredThermostat, Hold, ThermostatReading
 from gridmate.energy.settings import HomeAssistantSettings, HoneywellSettings, ThermostatSettings
 from gridmate.runtime.clock import Clock
+from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
 from gridmate.runtime.secrets import Secret
 
@@ -51,15 +51,7 @@ class Thermostat(Protocol):
 
 def write_private_file(path: Path, text: str) -> None:
     """Atomically replace ``path`` with ``text``, readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+    write_atomically(path, text, mode=0o600)
 
 
 class HoneywellAuth:
