@@ -338,6 +338,32 @@ async def test_vehicle_daily_budget_refuses_before_sending(
         assert api.budget_use()[0].used == 1
 
 
+async def test_budgets_survive_a_restart_through_the_budget_file(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock, tmp_path
+) -> None:
+    budget_file = tmp_path / "state" / "tesla-api-budgets.json"
+    async with make_api(cloud, clock, daily_vehicle_budget=3, budget_file=budget_file) as api:
+        for _ in range(2):
+            await api.vehicle_data(AWAKE_VIN)
+    assert budget_file.stat().st_mode & 0o077 == 0
+
+    async with make_api(cloud, clock, daily_vehicle_budget=3, budget_file=budget_file) as api:
+        assert [(u.device, u.used) for u in api.budget_use()] == [(AWAKE_VIN, 2)]
+        await api.vehicle_data(AWAKE_VIN)
+        with pytest.raises(BudgetExhausted):
+            await api.vehicle_data(AWAKE_VIN)
+    assert len(cloud.calls_to("vehicle_data")) == 3
+
+    # Yesterday's counts do not carry into a new UTC day.
+    clock.jump_to(datetime(2026, 7, 2, 0, 0, 1, tzinfo=UTC))
+    async with make_api(cloud, clock, daily_vehicle_budget=3, budget_file=budget_file) as api:
+        assert api.budget_use() == []
+
+    budget_file.write_text("{not json")
+    async with make_api(cloud, clock, daily_vehicle_budget=3, budget_file=budget_file) as api:
+        assert api.budget_use() == []  # unreadable: counted from zero, with a warning
+
+
 async def test_site_write_budget_and_restored_usage(
     cloud: TeslaCloudSimulator, clock: SimulatedClock
 ) -> None:

@@ -143,7 +143,10 @@ async def build_runtime(
             on_event=alerts.token_event,
         )  # fmt: skip
         if tokens is not None:
-            fleet = build_fleet_api(settings.tesla, tokens, clock=clock, registry=registry)
+            fleet = build_fleet_api(
+                settings.tesla, tokens, clock=clock, registry=registry,
+                state_directory=settings.energy_directory,
+            )  # fmt: skip
             upkeep = getattr(tokens, "run", None)
             if upkeep is not None and stop is not None:
                 background.append(asyncio.create_task(upkeep(stop), name="energy.tokens"))

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -35,6 +37,7 @@ from prometheus_client import CollectorRegistry
 
 from gridmate.runtime.backoff import Backoff
 from gridmate.runtime.clock import Clock, SystemClock
+from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
 from gridmate.runtime.secrets import Secret
 from gridmate.tesla._metrics import collector
@@ -286,6 +289,7 @@ class FleetApi:
         timeout: float = 30.0,
         verify: ssl.SSLContext | bool = True,
         outage_backoff: Backoff | None = None,
+        budget_file: Path | None = None,
     ) -> None:
         self._tokens = tokens
         self._configured_base = base_url.rstrip("/") if base_url else None
@@ -310,6 +314,7 @@ class FleetApi:
         self._outage_until: datetime | None = None
         self._discovery_lock = asyncio.Lock()
         self.region: str | None = None
+        self._budget_file = budget_file
 
         registry = registry if registry is not None else CollectorRegistry()
         from prometheus_client import Counter, Gauge
@@ -351,6 +356,7 @@ class FleetApi:
             "Requests counted against a daily budget today (UTC), by budget and device.",
             ("budget", "device"),
         )
+        self._load_budgets()
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -436,7 +442,41 @@ class FleetApi:
                 BudgetUse("site_writes_daily", key, used, self.daily_site_write_budget, today)
             )
 
+    def _load_budgets(self) -> None:
+        """Today's counts from the budget file, so a restart does not reset them."""
+        if self._budget_file is None:
+            return
+        try:
+            entries = json.loads(self._budget_file.read_text(encoding="utf-8"))
+            uses = [
+                BudgetUse(e["budget"], e["device"], int(e["used"]), e.get("limit"),
+                          date.fromisoformat(e["day"]))
+                for e in entries
+            ]  # fmt: skip
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("budget file unreadable; counting from zero",
+                        path=str(self._budget_file), error=str(error))  # fmt: skip
+            return
+        for use in uses:
+            self.restore_budget_use(use)
+
+    def _save_budgets(self) -> None:
+        if self._budget_file is None:
+            return
+        entries = [
+            {"budget": u.budget, "device": u.device, "used": u.used, "limit": u.limit,
+             "day": u.day.isoformat()}
+            for u in self.budget_use()
+        ]  # fmt: skip
+        try:
+            write_atomically(self._budget_file, json.dumps(entries))
+        except OSError as error:
+            log.warning("budget file not written", path=str(self._budget_file), error=str(error))
+
     def _report_use(self, use: BudgetUse) -> None:
+        self._save_budgets()
         self._m_budget_used.labels(use.budget, use.device).set(use.used)
         if self._on_budget_use is not None:
             try:

@@ -162,8 +162,12 @@ def build_fleet_api(
     clock: Clock,
     registry: CollectorRegistry | None,
     on_budget_use: Callable[[BudgetUse], None] | None = None,
+    state_directory: Path | None = None,
 ) -> FleetApi:
-    """A :class:`FleetApi` as configured; ``on_budget_use`` receives each :class:`BudgetUse`."""
+    """A :class:`FleetApi` as configured; ``on_budget_use`` receives each :class:`BudgetUse`.
+
+    With ``state_directory`` the daily budgets' counts survive a restart.
+    """
     verify: ssl.SSLContext | bool = True
     if settings.command_proxy_ca_file is not None:
         # The proxy's certificate is usually self-signed; Tesla's still verify normally.
@@ -181,4 +185,5 @@ def build_fleet_api(
         command_base_url=settings.command_proxy_url,
         on_budget_use=on_budget_use,
         verify=verify,
+        budget_file=state_directory / "tesla-api-budgets.json" if state_directory else None,
     )

@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import inspect
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gridmate.runtime.backoff import Backoff
 from gridmate.runtime.clock import Clock, SystemClock, sleep_or_wake
+from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
 from gridmate.runtime.secrets import Secret
 from gridmate.tesla._metrics import collector
@@ -537,26 +537,8 @@ class _OAuthState:
 
 
 def write_private_file(path: Path, text: str) -> None:
-    """Replace ``path`` atomically: temp file (0600) + fsync + rename + directory fsync."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Replace ``path`` atomically, readable by the owner only."""
+    write_atomically(path, text, mode=0o600)
 
 
 class OAuthTokenProvider:

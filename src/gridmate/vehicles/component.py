@@ -32,8 +32,9 @@ async def run(settings: VehiclesSettings, daemon: Daemon) -> None:
     fleet_api = None
     if tokens is not None and settings.polling.enable:
         fleet_api = build_fleet_api(
-            settings.tesla, tokens, clock=daemon.clock, registry=daemon.registry
-        )
+            settings.tesla, tokens, clock=daemon.clock, registry=daemon.registry,
+            state_directory=settings.state_directory / "vehicles",
+        )  # fmt: skip
     notifier = None
     if settings.notify.enabled:
         notifier = Notifier(
