@@ -57,6 +57,8 @@ in
 
       services.mosquitto = {
         enable = true;
+        # Acknowledgements leave at once (see docs/vehicles.md, Latency).
+        settings.set_tcp_nodelay = true;
         listeners = [
           {
             address = "127.0.0.1";

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gridmate.runtime.backoff import Backoff, reconnecting
 from gridmate.runtime.clock import Clock
@@ -45,6 +45,8 @@ from gridmate.vehicles.telemetry.records import RecordType
 log = get_logger("vehicles.hub")
 
 _FETCH_TIMEOUT_MS = 200
+DELIVERY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
 _MAX_RECORDS = 5000
 _EXPIRE_EVERY = 5.0
 _LOG_EVERY = 10.0
@@ -107,6 +109,14 @@ class _Metrics:
         )
         self.vehicles = Gauge(
             "gridmate_vehicles_known", "Vehicles in the state.", registry=registry
+        )
+        self.delivery = Histogram(
+            "gridmate_vehicles_delivery_seconds",
+            "From fetching records from Kafka to the broker acknowledging the MQTT messages "
+            "they caused: the latency the hub adds (one observation per delivery, timed "
+            "from its oldest fetch).",
+            buckets=DELIVERY_BUCKETS,
+            registry=registry,
         )
 
 
@@ -174,6 +184,7 @@ class Hub:
         self._last_expire = 0.0
         self._last_commit = time.monotonic()
         self._last_fetch = time.monotonic()
+        self._fetched_since: float | None = None  # oldest fetch not yet delivered
         self._background: set[asyncio.Task[None]] = set()
         self._log = _RateLimitedLog(_LOG_EVERY)
         self._topic_names = topic_names(settings.kafka.namespace) if settings.kafka else []
@@ -339,6 +350,8 @@ class Hub:
             self._resume(consumer)
             batches = await consumer.getmany(timeout_ms=_FETCH_TIMEOUT_MS, max_records=_MAX_RECORDS)
             self._last_fetch = time.monotonic()
+            if batches and self._fetched_since is None:
+                self._fetched_since = self._last_fetch
             backoff.reset()
             async with self._work:
                 if batches and self._needs_seed and not await self._seed():
@@ -433,6 +446,9 @@ class Hub:
                     return False
                 self.metrics.publishes.inc(len(batch.messages))
             self._delivered = processed
+            if self._fetched_since is not None:
+                self.metrics.delivery.observe(time.monotonic() - self._fetched_since)
+                self._fetched_since = None
             return True
 
     async def _commit(self, consumer: Any, only: set[TopicPartition] | None = None) -> None:
