@@ -7,10 +7,14 @@ import os
 from pathlib import Path
 
 
-def write_atomically(path: Path, content: str | bytes, *, mode: int = 0o600) -> None:
+def write_atomically(
+    path: Path, content: str | bytes, *, mode: int = 0o600, create_parents: bool = True
+) -> None:
     """Write ``content`` to a temporary file, fsync it, rename it over ``path``, fsync the
-    directory. ``mode`` applies to the new file (the service's umask may narrow it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    directory. ``mode`` applies to the new file (the service's umask may narrow it).
+    Without ``create_parents`` a missing directory is an error (FileNotFoundError)."""
+    if create_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     data = content.encode("utf-8") if isinstance(content, str) else content
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

@@ -537,8 +537,11 @@ class _OAuthState:
 
 
 def write_private_file(path: Path, text: str) -> None:
-    """Replace ``path`` atomically, readable by the owner only."""
-    write_atomically(path, text, mode=0o600)
+    """Replace ``path`` atomically, readable by the owner only.
+
+    A vanished state directory is reported, not recreated: the refresh token it held
+    must not silently start over elsewhere."""
+    write_atomically(path, text, mode=0o600, create_parents=False)
 
 
 class OAuthTokenProvider:
