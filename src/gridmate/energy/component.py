@@ -7,6 +7,8 @@ import json
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from gridmate.energy.failover import add_arguments as failover_arguments
+from gridmate.energy.failover import failover_notify
 from gridmate.energy.journal import read_day
 from gridmate.energy.settings import EnergySettings
 from gridmate.energy.state import StateStore, read_status
@@ -195,6 +197,16 @@ component = Component(
         ),
         Command(
             "status", "show what the running service sees and did today", _status, _status_arguments
+        ),
+        Command(
+            "failover-notify",
+            "keepalived notify program: record and announce a failover transition",
+            failover_notify,
+            failover_arguments,
+            description="Called by keepalived as 'notify' with TYPE NAME STATE [PRIORITY]: "
+            "records the transition in the day journal and e-mails it through the notifier, "
+            "trying delivery for a few seconds; the rest stays queued. Exits 0 unless the "
+            "arguments are wrong (2).",
         ),
     ),
 )

@@ -1,0 +1,299 @@
+"""Active/passive failover of the energy manager with keepalived.
+
+keepalived decides which of two hosts is active (VRRP ``MASTER``) and runs a
+notify program on every transition with four arguments: ``INSTANCE`` or
+``GROUP``, the instance's name, the new state (``MASTER``, ``BACKUP``,
+``FAULT`` or ``STOP``) and the priority. ``gridmate energy failover-notify``
+is that program: it records the transition in the energy day journal and
+tells people through the notifier. Starting and stopping the energy service
+itself is left to the host's service manager (see docs/energy.md, Failover).
+
+keepalived waits for notify programs, so the command tries delivery only for
+a few seconds; whatever is not delivered stays in the notifier's on-disk
+queue, and the next notifier on the same state directory (the energy
+service, or the next transition) delivers it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from gridmate.energy.journal import journal_directory, journal_path
+from gridmate.energy.settings import EnergySettings
+from gridmate.notify import Event, EventKind, Level, Notifier
+from gridmate.runtime.logs import get_logger
+
+__all__ = [
+    "STATES",
+    "Transition",
+    "add_arguments",
+    "failover_event",
+    "failover_notify",
+    "record_transition",
+]
+
+log = get_logger("energy.failover")
+
+State = Literal["MASTER", "BACKUP", "FAULT", "STOP"]
+STATES: tuple[State, ...] = ("MASTER", "BACKUP", "FAULT", "STOP")
+TYPES = ("INSTANCE", "GROUP")
+
+# keepalived waits for its notify programs; together these stay under ~10 s.
+DEFAULT_DELIVER_SECONDS = 6.0
+LOCK_WAIT_SECONDS = 3.0
+CLOSE_GRACE_SECONDS = 1.0
+
+# What each keepalived state means for this node, in a person's words.
+ROLE: dict[State, str] = {
+    "MASTER": "active",
+    "BACKUP": "passive",
+    "FAULT": "faulty",
+    "STOP": "stopped",
+}
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One call of keepalived's notify program."""
+
+    node: str
+    state: State
+    instance: str
+    type: str = "INSTANCE"
+    priority: int | None = None
+
+    @property
+    def role(self) -> str:
+        return ROLE[self.state]
+
+
+def failover_event(transition: Transition, at: datetime) -> Event:
+    """The message about a transition: wording and level, decided from the state alone.
+
+    Every transition is its own happening (``occurrence`` is its time), so a
+    node that becomes active twice in a day is reported twice, and two copies
+    of the same call produce one message.
+    """
+    node, what = transition.node, transition.instance
+    group = " (sync group)" if transition.type == "GROUP" else ""
+    level: Level
+    if transition.state == "MASTER":
+        level = Level.INFO
+        subject = f"Energy manager on {node} is now active and controlling the Powerwall"
+        happened = (
+            f"keepalived made {node} the active node of the energy manager "
+            f"({what}{group}). {node} is now controlling the Powerwall, the thermostats "
+            "and home EV charging."
+        )
+        did = (
+            f"The energy service runs on {node} from now on; the other node's is stopped. "
+            "If this happens during a peak, the new node did not see the settings from "
+            "before the peak, so afterwards it restores the configured reserve "
+            "(reserve.restore_reserve_percent, or else reserve.fallback_reserve_percent)."
+        )
+        you = None
+    elif transition.state == "BACKUP":
+        level = Level.INFO
+        subject = f"Energy manager on {node} is standing by (passive)"
+        happened = (
+            f"keepalived made {node} the passive node of the energy manager "
+            f"({what}{group}); the other node is in control."
+        )
+        did = (
+            f"The energy service on {node} is stopped: it does not write to the Powerwall, "
+            "thermostats or cars while standing by. It takes over if the active node fails."
+        )
+        you = None
+    elif transition.state == "FAULT":
+        level = Level.WARNING
+        subject = f"Energy manager on {node} is faulty and not controlling anything"
+        happened = (
+            f"keepalived reports a fault on {node} ({what}{group}), for example its "
+            "network interface is down. A faulty node cannot take over."
+        )
+        did = (
+            f"The energy service on {node} is stopped. The other node controls the "
+            "Powerwall if it is healthy; until this node recovers there is no standby."
+        )
+        you = (
+            f"Check {node}'s network and 'journalctl -u keepalived' there, and check that "
+            "the other node reported itself active."
+        )
+    else:
+        level = Level.INFO
+        subject = f"Energy manager failover stopped on {node}"
+        happened = (
+            f"keepalived stopped on {node} ({what}{group}), so {node} takes no part in "
+            "failover until it starts again."
+        )
+        did = (
+            f"The energy service on {node} is stopped. The other node becomes active if "
+            "its keepalived runs."
+        )
+        you = None
+    details: tuple[tuple[str, str], ...] = (("node", node), ("state", transition.state))
+    if transition.priority is not None:
+        details += (("priority", str(transition.priority)),)
+    return Event(
+        EventKind.failover_transition,
+        subject=subject,
+        what_happened=happened,
+        what_gridmate_did=did,
+        what_you_can_do=you,
+        key=node,
+        level=level,
+        occurrence=at.astimezone(UTC).isoformat(),
+        occurred_at=at,
+        details=details,
+    )
+
+
+def record_transition(
+    state_directory: Path, tz: ZoneInfo, transition: Transition, at: datetime
+) -> dict[str, Any]:
+    """Append a ``failover`` line to the day journal of the site's local date.
+
+    Same line format and single-``write`` append as :class:`DayJournal`, whose
+    kind list does not include ``failover``.
+    """
+    event: dict[str, Any] = {
+        "t": at.astimezone(UTC).isoformat(),
+        "kind": "failover",
+        "node": transition.node,
+        "state": transition.state,
+        "role": transition.role,
+        "instance": transition.instance,
+        "type": transition.type,
+        "priority": transition.priority,
+    }
+    line = json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
+    path = journal_path(state_directory, at.astimezone(tz).date())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, line.encode("utf-8"))
+        finally:
+            os.close(fd)
+    except OSError as error:
+        log.warning("journal line not written", path=str(path), kind="failover", error=str(error))
+    return event
+
+
+@contextlib.contextmanager
+def _serialized(state_directory: Path, wait_seconds: float) -> Iterator[bool]:
+    """One transition at a time per state directory, waiting at most ``wait_seconds``.
+
+    keepalived may start the next notify program while the last one still
+    delivers (BACKUP at start, MASTER three adverts later); two notifiers on one
+    queue could both send the same message. Yields whether the lock was taken.
+    """
+    directory = journal_directory(state_directory).parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "failover.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    locked = False
+                    break
+                time.sleep(0.1)
+        yield locked
+    finally:
+        os.close(fd)
+
+
+async def _announce(
+    settings: EnergySettings, event: Event, *, deliver_seconds: float, locked: bool
+) -> None:
+    notifier = Notifier(settings.notify, settings.state_directory, source="energy")
+    await notifier.start()
+    try:
+        if await notifier.send(event) is None:
+            return
+        if not locked:
+            # Another transition is delivering from the same queue; it (or the
+            # energy service) sends this one too.
+            log.info("failover message queued; another notifier is delivering")
+            return
+        if not await notifier.flush(deliver_seconds):
+            log.warning(
+                "failover message not delivered yet; kept queued on disk",
+                queued=notifier.queue_length,
+            )
+    finally:
+        await notifier.close(CLOSE_GRACE_SECONDS if locked else 0.0)
+
+
+async def failover_notify(settings: EnergySettings, args: argparse.Namespace) -> int:
+    """``gridmate energy failover-notify TYPE NAME STATE [PRIORITY]``."""
+    now = datetime.now(UTC)
+    transition = Transition(
+        node=settings.notify.node_name or socket.gethostname(),
+        state=args.state,
+        instance=args.name,
+        type=args.type,
+        priority=args.priority,
+    )
+    log.info(
+        "failover transition",
+        node=transition.node,
+        state=transition.state,
+        role=transition.role,
+        instance=transition.instance,
+    )
+    record_transition(settings.state_directory, ZoneInfo(settings.tariff.zone), transition, now)
+    event = failover_event(transition, now)
+    # keepalived only logs a notify program's exit status; a failure to notify
+    # must not look like a failed transition, so it is logged and the exit is 0.
+    try:
+        with _serialized(settings.state_directory, LOCK_WAIT_SECONDS) as locked:
+            await _announce(settings, event, deliver_seconds=args.deliver_within, locked=locked)
+    except Exception as error:
+        log.error("failover message not queued", error=f"{type(error).__name__}: {error}")
+    return 0
+
+
+def vrrp_priority(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 255:
+        raise ValueError(text)
+    return value
+
+
+def seconds_0_to_9(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 9:
+        raise ValueError(text)
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("type", metavar="TYPE", choices=TYPES, help="INSTANCE or GROUP")
+    parser.add_argument("name", metavar="NAME", help="the VRRP instance or group name")
+    parser.add_argument("state", metavar="STATE", choices=STATES, help=" | ".join(STATES))
+    parser.add_argument(
+        "priority", metavar="PRIORITY", type=vrrp_priority, nargs="?", default=None,
+        help="this node's VRRP priority (0-255)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--deliver-within", type=seconds_0_to_9, default=DEFAULT_DELIVER_SECONDS, metavar="SECONDS",
+        help="try e-mail delivery this long (0-9, default %(default)s); the rest stays queued",
+    )  # fmt: skip

@@ -1,0 +1,207 @@
+"""Failover of the energy manager: keepalived's notify program.
+
+The wording is a pure function; the command runs as keepalived runs it (a
+separate process with the four notify arguments).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gridmate.cli import main
+from gridmate.energy.failover import STATES, Transition, failover_event
+from gridmate.energy.journal import journal_directory
+from gridmate.notify import EventKind, Level, Notifier, NotifySettings
+
+GRIDMATE = Path(sys.executable).parent / "gridmate"
+AT = datetime(2026, 7, 14, 23, 5, tzinfo=UTC)
+
+
+def transition(state: str, node: str = "pantry") -> Transition:
+    return Transition(node=node, state=state, instance="gridmate-energy", priority=150)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ wording and level
+
+
+def test_master_means_this_node_now_controls_the_powerwall() -> None:
+    event = failover_event(transition("MASTER"), AT)
+    assert event.kind is EventKind.failover_transition
+    assert event.effective_level is Level.INFO
+    assert "pantry" in event.subject and "active" in event.subject
+    assert "now controlling the Powerwall" in event.what_happened
+    assert "fallback_reserve_percent" in event.what_gridmate_did
+
+
+def test_backup_means_standing_by() -> None:
+    event = failover_event(transition("BACKUP"), AT)
+    assert event.effective_level is Level.INFO
+    assert "standing by" in event.subject and "passive" in event.subject
+    assert "does not write to the Powerwall" in event.what_gridmate_did
+
+
+def test_fault_is_a_warning_with_advice() -> None:
+    event = failover_event(transition("FAULT"), AT)
+    assert event.effective_level is Level.WARNING
+    assert "faulty" in event.subject
+    assert event.what_you_can_do is not None and "journalctl -u keepalived" in event.what_you_can_do
+
+
+def test_stop_is_information() -> None:
+    event = failover_event(transition("STOP"), AT)
+    assert event.effective_level is Level.INFO
+    assert "stopped" in event.subject and "pantry" in event.subject
+
+
+def test_every_state_has_its_own_message() -> None:
+    subjects = {failover_event(transition(state), AT).subject for state in STATES}
+    assert len(subjects) == len(STATES)
+
+
+def test_each_transition_is_its_own_message_but_a_repeated_call_is_not() -> None:
+    first = failover_event(transition("MASTER"), AT)
+    again = failover_event(transition("MASTER"), AT)
+    later = failover_event(transition("MASTER"), AT + timedelta(hours=1))
+    other_node = failover_event(transition("MASTER", node="garage"), AT)
+    assert first.idempotency_key() == again.idempotency_key()
+    assert first.idempotency_key() != later.idempotency_key()
+    assert first.idempotency_key() != other_node.idempotency_key()
+
+
+def test_group_and_priority_are_named() -> None:
+    event = failover_event(
+        Transition(node="pantry", state="BACKUP", instance="energy", type="GROUP", priority=90),
+        AT,
+    )
+    assert "sync group" in event.what_happened
+    assert ("priority", "90") in event.details
+
+
+# ------------------------------------------------------------------ the command
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        [],
+        ["INSTANCE", "gridmate-energy"],
+        ["INSTANCE", "gridmate-energy", "PRIMARY"],
+        ["VRRP", "gridmate-energy", "MASTER"],
+        ["INSTANCE", "gridmate-energy", "MASTER", "300"],
+        ["INSTANCE", "gridmate-energy", "MASTER", "100", "extra"],
+    ],
+)
+def test_wrong_arguments_exit_2_with_usage(
+    arguments: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["energy", "failover-notify", *arguments, "--config", str(tmp_path / "none.toml")])
+    assert exit_info.value.code == 2
+    assert "usage: gridmate" in capsys.readouterr().err
+
+
+def write_config(
+    path: Path, state: Path, node: str, smtp_host: str, smtp_port: int, **notify: Any
+) -> Path:
+    lines = [
+        f"state_directory = {json.dumps(str(state))}",
+        f"runtime_directory = {json.dumps(str(state / 'run'))}",
+        "[notify]",
+        f"smtp_host = {json.dumps(smtp_host)}",
+        f"smtp_port = {smtp_port}",
+        'security = "none"',
+        f"node_name = {json.dumps(node)}",
+        "retry_initial_seconds = 0.2",
+        'recipients.info = ["house@example.com"]',
+        'recipients.warning = ["house@example.com"]',
+    ] + [f"{key} = {json.dumps(value)}" for key, value in notify.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def failover_lines(state: Path) -> list[dict[str, Any]]:
+    found = []
+    for day in sorted(journal_directory(state).glob("*.jsonl")):
+        for line in day.read_text().splitlines():
+            event = json.loads(line)
+            if event["kind"] == "failover":
+                found.append(event)
+    return found
+
+
+def queued_subjects(state: Path) -> list[str]:
+    queue = state / "notify" / "queue"
+    if not queue.is_dir():
+        return []
+    subjects = []
+    for path in sorted(queue.glob("*.json")):
+        try:
+            subjects.append(json.loads(path.read_text())["event"]["subject"])
+        except (OSError, ValueError, KeyError):
+            continue  # being written or removed right now
+    return subjects
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def notifier_settings(node: str, host: str, port: int) -> NotifySettings:
+    return NotifySettings(
+        smtp_host=host,
+        smtp_port=port,
+        security="none",
+        node_name=node,
+        recipients={"info": ["house@example.com"], "warning": ["house@example.com"]},
+    )
+
+
+def subjects_of(messages: list[Any]) -> list[str]:
+    return [str(message["Subject"]) for _recipients, message in messages]
+
+
+@pytest.mark.services
+async def test_undelivered_transition_stays_queued_and_the_next_notifier_sends_it(
+    tmp_path: Path, smtp_server: Any
+) -> None:
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "energy.toml", state, "pantry", "127.0.0.1", closed_port())
+    process = await asyncio.create_subprocess_exec(
+        str(GRIDMATE), "energy", "failover-notify", "INSTANCE", "gridmate-energy", "MASTER",
+        "150", "--config", str(config), "--deliver-within", "1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    [line] = failover_lines(state)
+    assert (line["node"], line["state"], line["role"], line["priority"]) == (
+        "pantry",
+        "MASTER",
+        "active",
+        150,
+    )
+    [subject] = queued_subjects(state)
+    assert "pantry" in subject and "active" in subject
+
+    notifier = Notifier(
+        notifier_settings("pantry", smtp_server.host, smtp_server.port), state, source="energy"
+    )
+    await notifier.start()
+    try:
+        assert await notifier.flush(10.0)
+    finally:
+        await notifier.close()
+    [sent] = subjects_of(smtp_server.messages)
+    assert sent.endswith(subject)
+    assert queued_subjects(state) == []
