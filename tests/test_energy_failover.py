@@ -1,14 +1,22 @@
 """Failover of the energy manager: keepalived's notify program.
 
 The wording is a pure function; the command runs as keepalived runs it (a
-separate process with the four notify arguments).
+separate process with the four notify arguments); and the last test runs two
+real keepalived daemons in network namespaces of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -205,3 +213,187 @@ async def test_undelivered_transition_stays_queued_and_the_next_notifier_sends_i
     [sent] = subjects_of(smtp_server.messages)
     assert sent.endswith(subject)
     assert queued_subjects(state) == []
+
+
+# ------------------------------------------------------------------ keepalived in namespaces
+
+
+def run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+
+
+def keepalived_conf(
+    node: str, interface: str, own: str, peer: str, priority: int, notify: list[str]
+) -> str:
+    command = " ".join(notify)
+    return f"""
+global_defs {{
+    router_id {node}
+    script_user root
+}}
+vrrp_instance gridmate-energy {{
+    interface {interface}
+    state BACKUP
+    virtual_router_id 51
+    priority {priority}
+    advert_int 1
+    unicast_src_ip {own}
+    unicast_peer {{
+        {peer}
+    }}
+    virtual_ipaddress {{
+        10.231.0.10/24
+    }}
+    notify "{command}"
+}}
+"""
+
+
+async def wait_until(what: str, check: Any, seconds: float, logs: list[Path]) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not check():
+        if loop.time() > deadline:
+            tails = "\n".join(
+                f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                for log in logs
+                if log.exists()
+            )
+            raise AssertionError(f"not within {seconds:g} s: {what}\n{tails}")
+        await asyncio.sleep(0.2)
+
+
+def roles(state: Path) -> list[str]:
+    return [line["role"] for line in failover_lines(state)]
+
+
+def wait_for_notify_programs(state: Path) -> None:
+    """Block until no notify program works on ``state`` (they hold this lock while delivering)."""
+    lock = journal_directory(state).parent / "failover.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def namespaces() -> Iterator[tuple[str, str, str]]:
+    """Two network namespaces joined by a veth pair: (ns A, ns B, interface name)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test creates network namespaces and runs keepalived: run it as root")
+    for tool in ("ip", "keepalived"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"'{tool}' is not installed (./dev installs keepalived and iproute2)")
+    tag = uuid.uuid4().hex[:6]
+    ns_a, ns_b = f"gmfo-{tag}-a", f"gmfo-{tag}-b"
+    created: list[str] = []
+    try:
+        for ns in (ns_a, ns_b):
+            run("ip", "netns", "add", ns)
+            created.append(ns)
+        # Created in the root namespace under unique names, then moved.
+        run("ip", "link", "add", f"gfa{tag}", "type", "veth", "peer", "name", f"gfb{tag}")
+        for ns, end, address in ((ns_a, "a", "10.231.0.1/24"), (ns_b, "b", "10.231.0.2/24")):
+            run("ip", "link", "set", f"gf{end}{tag}", "netns", ns)
+            run("ip", "-n", ns, "link", "set", f"gf{end}{tag}", "name", "gmfo0")
+            run("ip", "-n", ns, "addr", "add", address, "dev", "gmfo0")
+            run("ip", "-n", ns, "link", "set", "gmfo0", "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        yield ns_a, ns_b, "gmfo0"
+    finally:
+        for ns in created:  # deleting a namespace removes its end of the veth pair
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=10)
+
+
+def start_keepalived(ns: str, conf: Path, work: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", ns, "keepalived", "-n", "-l", "-D", "-f", str(conf),
+             "-p", str(work / "keepalived.pid"), "-r", str(work / "vrrp.pid")],
+            stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.mark.netns
+@pytest.mark.services
+async def test_keepalived_fails_over_and_the_takeover_message_is_delivered_later(
+    namespaces: tuple[str, str, str], tmp_path: Path, smtp_server: Any
+) -> None:
+    ns_a, ns_b, interface = namespaces
+    nodes = {
+        "node-a": (ns_a, "10.231.0.1", "10.231.0.2", 150),
+        "node-b": (ns_b, "10.231.0.2", "10.231.0.1", 100),
+    }
+    states: dict[str, Path] = {}
+    logs: list[Path] = []
+    daemons: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for node, (ns, own, peer, priority) in nodes.items():
+            work = tmp_path / node
+            work.mkdir()
+            states[node] = work / "state"
+            # Inside the namespace nothing listens on this port: mail stays queued.
+            config = write_config(work / "energy.toml", states[node], node, "127.0.0.1", 9)
+            notify = [str(GRIDMATE), "energy", "failover-notify", "--config", str(config),
+                      "--deliver-within", "1"]  # fmt: skip
+            conf = work / "keepalived.conf"
+            conf.write_text(keepalived_conf(node, interface, own, peer, priority, notify))
+            log = work / "keepalived.log"
+            logs.append(log)
+            daemons[node] = start_keepalived(ns, conf, work, log)
+
+        await wait_until(
+            "node-a active and node-b standing by",
+            lambda: "active" in roles(states["node-a"]) and "passive" in roles(states["node-b"]),
+            15,
+            logs,
+        )
+        assert "active" not in roles(states["node-b"])
+
+        stop(daemons["node-a"])  # SIGTERM by pid: keepalived gives up mastership
+        await wait_until(
+            "node-b active after node-a stopped",
+            lambda: "active" in roles(states["node-b"]),
+            8,
+            logs,
+        )
+        assert roles(states["node-b"])[-1] == "active"
+        wait_for_notify_programs(states["node-b"])
+        queued = queued_subjects(states["node-b"])
+        assert any("node-b" in s and "active" in s for s in queued), queued
+    finally:
+        for process in daemons.values():
+            stop(process)
+
+    # Later, with mail reachable: a notifier on node-b's state directory sends what waited.
+    notifier = Notifier(
+        notifier_settings("node-b", smtp_server.host, smtp_server.port),
+        states["node-b"],
+        source="energy",
+    )
+    await notifier.start()
+    try:
+        assert await notifier.flush(10.0)
+    finally:
+        await notifier.close()
+    # node-b's stop at the end of the test queued one more notice, so they may come
+    # as one digest whose text lists each subject.
+    texts = [
+        str(message["Subject"]) + "\n" + message.get_body(("plain",)).get_content()
+        for _recipients, message in smtp_server.messages
+    ]
+    takeover = "Energy manager on node-b is now active and controlling the Powerwall"
+    assert any(takeover in text for text in texts), texts
+    assert queued_subjects(states["node-b"]) == []
