@@ -99,10 +99,16 @@ async def _run(ctx: DemoContext) -> list[str]:
             # The drive: a record a minute, in protobuf and (from an older car) JSON.
             for minute in range(1, 13):
                 at += timedelta(minutes=1)
-                car.drive(60, 35.0 + (minute % 4) * 8, turn_deg=7)
+                car.drive(60, 35.0 + (minute % 3) * 8, turn_deg=7)
                 await send(telemetry_record(NAMESPACE, car.vin, at, car.signals()))
                 if minute % 4 == 0:
-                    entities = await ha.wait_for(shows(Speed=car.speed_mph))
+                    # The odometer tells this record's state from the previous one's.
+                    entities = await ha.wait_for(
+                        lambda e, odometer=car.odometer_mi: (
+                            shows(Speed=car.speed_mph)(e)
+                            and abs(e[(NAME, "Odometer")].state - odometer) < 0.05
+                        )
+                    )
                     lat, lon = entities[(NAME, "Location")].state
                     ctx.say(
                         "HA",
