@@ -127,6 +127,22 @@ let
     "tesla"
     "token_source"
   ];
+  failover = cfg.failover;
+  settingsFile = gridmateLib.mkSettingsFile pkgs component settings;
+  credentials = gridmateLib.secretCredentials cfg secrets;
+  systemctl = "/run/current-system/systemd/bin/systemctl";
+  # keepalived's generic notify program gets TYPE NAME STATE PRIORITY. It runs as
+  # root, so it only switches units: the energy service runs on the active node,
+  # and gridmate-energy-failover@STATE announces the transition as the energy
+  # unit's own user with its credentials (the SMTP password stays out of argv).
+  notifyScript = pkgs.writeShellScript "gridmate-energy-failover-notify" ''
+    case "$3" in
+      MASTER) ${systemctl} start --no-block gridmate-energy.service ;;
+      BACKUP|FAULT|STOP) ${systemctl} stop --no-block gridmate-energy.service ;;
+      *) exit 0 ;;
+    esac
+    exec ${systemctl} start --no-block "gridmate-energy-failover@$3.service"
+  '';
   honeywellThermostats = builtins.filter (t: (t.kind or null) == "honeywell") (
     cfg.settings.thermostats or [ ]
   );
@@ -180,6 +196,61 @@ in
         };
       };
     };
+
+    failover = {
+      enable = lib.mkEnableOption ''
+        active/passive failover of the energy manager between two hosts with keepalived
+        (VRRP). Configure both hosts alike, with their own {option}`${prefix}.failover.priority`
+        and each other as {option}`${prefix}.failover.unicastPeers`. keepalived then starts
+        gridmate-energy.service on the active host and stops it on the other one (the unit
+        is no longer started at boot), and every transition is journalled and announced by
+        `gridmate energy failover-notify`, run as gridmate-energy-failover@<STATE>.service
+        with the energy unit's user, state directory and credentials'';
+
+      interface = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = null;
+        example = "enp1s0";
+        description = "Network interface keepalived sends and receives VRRP adverts on.";
+      };
+
+      virtualRouterId = lib.mkOption {
+        type = lib.types.nullOr (lib.types.ints.between 1 255);
+        default = null;
+        example = 51;
+        description = ''
+          VRRP router id (1-255) of the pair; the same on both hosts and different from
+          every other VRRP group on the network.
+        '';
+      };
+
+      priority = lib.mkOption {
+        type = lib.types.ints.between 1 254;
+        default = 100;
+        example = 150;
+        description = ''
+          This host's VRRP priority; the higher one becomes active, and takes over again
+          when it comes back (preemption).
+        '';
+      };
+
+      unicastPeers = lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = [ ];
+        example = [ "192.168.1.21" ];
+        description = "Addresses of the other host(s); VRRP adverts go to them by unicast.";
+      };
+
+      virtualIps = lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = [ ];
+        example = [ "192.168.1.20/24" ];
+        description = ''
+          Addresses (`IP/PREFIX`) the active host carries, e.g. for a metrics scrape target
+          that follows the active node. Not needed for failover itself.
+        '';
+      };
+    };
   }
   // gridmateLib.mkSecretOptions component secrets;
 
@@ -228,6 +299,29 @@ in
           ${prefix}.honeywellClientSecretFile and ${prefix}.honeywellRefreshTokenFile.
         '';
       }
+    ]
+    ++ lib.optionals failover.enable [
+      {
+        assertion = failover.interface != null;
+        message = ''
+          ${prefix}.failover.enable is set but ${prefix}.failover.interface is not. Set it to
+          the network interface that reaches the other host (for example "enp1s0").
+        '';
+      }
+      {
+        assertion = failover.virtualRouterId != null;
+        message = ''
+          ${prefix}.failover.enable is set but ${prefix}.failover.virtualRouterId is not. Pick
+          a VRRP router id (1-255) unused on this network and set the same on both hosts.
+        '';
+      }
+      {
+        assertion = failover.unicastPeers != [ ];
+        message = ''
+          ${prefix}.failover.enable is set but ${prefix}.failover.unicastPeers is empty. List
+          the other host's address there (and this host's on the other host).
+        '';
+      }
     ];
     warnings =
       checks.warnings
@@ -250,11 +344,52 @@ in
         inherit component;
         inherit (cfg) package;
         description = "gridmate energy: time-of-use control of the Powerwall and thermostats";
-        settingsFile = gridmateLib.mkSettingsFile pkgs component settings;
-        credentials = gridmateLib.secretCredentials cfg secrets;
+        inherit settingsFile credentials;
         after = local;
         wants = local;
+        # With failover keepalived starts it on the active node only.
+        wantedBy = lib.optionals (!failover.enable) [ "multi-user.target" ];
       };
+
+    systemd.services."gridmate-energy-failover@" = lib.mkIf failover.enable (
+      gridmateLib.mkService {
+        inherit component credentials settingsFile;
+        inherit (cfg) package;
+        description = "gridmate energy: announce the failover transition to %i";
+        oneshot = true;
+        # The energy unit's user and state directory: the journal and the
+        # notification queue are the energy service's.
+        user = "gridmate-energy";
+        serviceConfig = {
+          ExecStart = "${
+            lib.concatMapStringsSep " " gridmateLib.escapeExecArg [
+              "${cfg.package}/bin/gridmate"
+              component
+              "failover-notify"
+              "--config"
+              settingsFile
+              "INSTANCE"
+              "gridmate-energy"
+            ]
+          } %i";
+          TimeoutStartSec = 60;
+        };
+      }
+    );
+
+    services.keepalived = lib.mkIf failover.enable {
+      enable = true;
+      vrrpInstances.gridmate-energy = {
+        interface = if failover.interface == null then "" else failover.interface;
+        state = "BACKUP";
+        virtualRouterId = if failover.virtualRouterId == null then 1 else failover.virtualRouterId;
+        inherit (failover) priority unicastPeers;
+        virtualIps = map (addr: { inherit addr; }) failover.virtualIps;
+        extraConfig = ''
+          notify "${notifyScript}" root
+        '';
+      };
+    };
 
     services.prometheus.scrapeConfigs = lib.mkIf (
       config.services.gridmate.prometheus.scrape && gridmateLib.hasLocal config "prometheus"

@@ -129,6 +129,7 @@ let
     # what the VM tests' node configurations use
     writeText = name: _text: storePath name;
     writeShellScriptBin = name: _text: fakeDrv name;
+    writeShellScript = name: text: storePath "${name}-${builtins.hashString "sha256" text}";
     python3.withPackages = _: fakeDrv "python3-env";
     mosquitto = fakeDrv "mosquitto";
     jq = fakeDrv "jq";
@@ -213,6 +214,30 @@ let
         [ "apache-kafka" "mosquitto" "postgresql" "home-assistant" "postfix" ]
         hostService
       // {
+        # The part of nixpkgs' keepalived module the energy failover sets.
+        keepalived = hostService "keepalived" // {
+          extraConfig = mkOption { type = types.lines; default = ""; };
+          vrrpInstances = mkOption {
+            default = { };
+            type = types.attrsOf (types.submodule {
+              options = {
+                interface = mkOption { type = types.str; };
+                state = mkOption { type = types.enum [ "MASTER" "BACKUP" ]; default = "BACKUP"; };
+                virtualRouterId = mkOption { type = types.ints.between 1 255; };
+                priority = mkOption { type = types.int; default = 100; };
+                noPreempt = mkOption { type = types.bool; default = false; };
+                unicastPeers = mkOption { type = types.listOf types.str; default = [ ]; };
+                virtualIps = mkOption {
+                  default = [ ];
+                  type = types.listOf (types.submodule {
+                    options.addr = mkOption { type = types.str; };
+                  });
+                };
+                extraConfig = mkOption { type = types.lines; default = ""; };
+              };
+            });
+          };
+        };
         prometheus = hostService "prometheus" // {
           scrapeConfigs = mkOption { type = types.listOf scrapeConfig; default = [ ]; };
         };
@@ -1315,3 +1340,85 @@ def test_overlay(nix_eval: Any) -> None:
             "overrideArgs": ["python3Packages"],
         },
     }
+
+
+# ------------------------------------------------------------ energy failover
+
+FAILOVER = """{
+  services.gridmate.energy.smtpPasswordFile = "/run/secrets/smtp";
+  services.gridmate.energy.settings.notify.username = "gridmate";
+  services.gridmate.energy.failover = {
+    enable = true;
+    interface = "enp1s0";
+    virtualRouterId = 51;
+    priority = 150;
+    unicastPeers = [ "192.168.1.21" ];
+    virtualIps = [ "192.168.1.20/24" ];
+  };
+}"""
+
+
+def test_failover_hands_the_energy_unit_to_keepalived(nix_eval: Any) -> None:
+    got = _host(
+        nix_eval,
+        FAILOVER,
+        body="""{
+          inherit failed;
+          keepalived = c.services.keepalived;
+          energy = c.systemd.services.gridmate-energy;
+          announce = c.systemd.services."gridmate-energy-failover@";
+          pkg = c.services.gridmate.package.outPath;
+        }""",
+    )
+    assert got["failed"] == []
+    assert got["energy"]["wantedBy"] == []
+    keepalived = got["keepalived"]
+    assert keepalived["enable"] is True
+    instance = keepalived["vrrpInstances"]["gridmate-energy"]
+    assert (instance["interface"], instance["state"], instance["virtualRouterId"]) == (
+        "enp1s0",
+        "BACKUP",
+        51,
+    )
+    assert instance["priority"] == 150 and instance["noPreempt"] is False
+    assert instance["unicastPeers"] == ["192.168.1.21"]
+    assert instance["virtualIps"] == [{"addr": "192.168.1.20/24"}]
+    assert re.fullmatch(
+        r'notify "/nix/store/\S+-gridmate-energy-failover-notify-\S+" root\n',
+        instance["extraConfig"],
+    )
+    announce = got["announce"]
+    sc = announce["serviceConfig"]
+    assert sc["Type"] == "oneshot" and announce["wantedBy"] == []
+    # The energy unit's user, state directory and credentials.
+    assert sc["User"] == got["energy"]["serviceConfig"]["User"] == "gridmate-energy"
+    assert sc["StateDirectory"] == "gridmate-energy"
+    assert "smtp_password:/run/secrets/smtp" in sc["LoadCredential"]
+    assert sc["LoadCredential"] == got["energy"]["serviceConfig"]["LoadCredential"]
+    argv = sc["ExecStart"].split(" ")
+    assert argv[:4] == [f"{got['pkg']}/bin/gridmate", "energy", "failover-notify", "--config"]
+    assert argv[5:] == ["INSTANCE", "gridmate-energy", "%i"]
+
+
+def test_without_failover_the_energy_unit_starts_at_boot(nix_eval: Any) -> None:
+    got = _host(
+        nix_eval,
+        body="""{
+          wanted = c.systemd.services.gridmate-energy.wantedBy;
+          keepalived = c.services.keepalived.enable;
+          units = builtins.attrNames c.systemd.services;
+        }""",
+    )
+    assert got["wanted"] == ["multi-user.target"] and got["keepalived"] is False
+    assert "gridmate-energy-failover@" not in got["units"]
+
+
+def test_failover_assertions(nix_eval: Any) -> None:
+    failed = _failed(
+        nix_eval,
+        "{ services.gridmate.energy.failover.enable = true; }",
+    )
+    assert len(failed) == 3
+    assert "failover.interface is not" in failed[0]
+    assert "failover.virtualRouterId is not" in failed[1]
+    assert "failover.unicastPeers is empty" in failed[2]
