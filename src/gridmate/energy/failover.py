@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import json
 import os
 import socket
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from gridmate.energy.journal import journal_directory, journal_path
+from gridmate.energy.journal import DayJournal, journal_directory
 from gridmate.energy.settings import EnergySettings
 from gridmate.notify import Event, EventKind, Level, Notifier
 from gridmate.runtime.logs import get_logger
@@ -163,33 +162,17 @@ def failover_event(transition: Transition, at: datetime) -> Event:
 def record_transition(
     state_directory: Path, tz: ZoneInfo, transition: Transition, at: datetime
 ) -> dict[str, Any]:
-    """Append a ``failover`` line to the day journal of the site's local date.
-
-    Same line format and single-``write`` append as :class:`DayJournal`, whose
-    kind list does not include ``failover``.
-    """
-    event: dict[str, Any] = {
-        "t": at.astimezone(UTC).isoformat(),
-        "kind": "failover",
-        "node": transition.node,
-        "state": transition.state,
-        "role": transition.role,
-        "instance": transition.instance,
-        "type": transition.type,
-        "priority": transition.priority,
-    }
-    line = json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n"
-    path = journal_path(state_directory, at.astimezone(tz).date())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
-    except OSError as error:
-        log.warning("journal line not written", path=str(path), kind="failover", error=str(error))
-    return event
+    """Append a ``failover`` line to the day journal of the site's local date."""
+    return DayJournal(state_directory, tz).append(
+        "failover",
+        at=at,
+        node=transition.node,
+        state=transition.state,
+        role=transition.role,
+        instance=transition.instance,
+        type=transition.type,
+        priority=transition.priority,
+    )
 
 
 @contextlib.contextmanager

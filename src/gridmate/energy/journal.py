@@ -29,6 +29,9 @@ UTC) and ``"kind"``. The kinds and their fields:
     ``ok`` bool, ``problems`` list of str.
 ``peak``
     ``event`` ("start" | "end"), ``soc`` float.
+``failover`` (from ``gridmate energy failover-notify``, run by keepalived)
+    ``node`` str, ``state`` ("MASTER" | "BACKUP" | "FAULT" | "STOP"), ``role`` str,
+    ``instance`` str, ``type`` str, ``priority`` int or null.
 
 The journal directory also holds ``time_zone``, one line with the site's IANA
 time zone (written by the energy service), so readers such as the daily report
@@ -67,7 +70,7 @@ __all__ = [
 
 log = get_logger("energy.journal")
 
-KINDS = frozenset({"sample", "action", "decision", "api_usage", "health", "peak"})
+KINDS = frozenset({"sample", "action", "decision", "api_usage", "health", "peak", "failover"})
 PERIODS = ("peak", "off_peak", "super_off_peak", "partial_peak")
 
 
