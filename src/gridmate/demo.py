@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from gridmate.sim.brokers import BrokerUnavailable
+
 # Adding a component's demo is one line here.
 SCENARIO_MODULES: tuple[str, ...] = (
     "gridmate.energy.demo",
@@ -94,7 +96,7 @@ async def run_demo(
     out = out or sys.stdout
     scenarios = load_scenarios(only)
     print("gridmate demo: real components, simulated cars, house and cloud APIs\n", file=out)
-    results: list[tuple[Scenario, bool, list[str], float]] = []
+    results: list[tuple[Scenario, str, list[str], float]] = []
     with tempfile.TemporaryDirectory(prefix="gridmate-demo-") as workdir:
         async with AsyncExitStack() as stack:
             context = DemoContext(out=out, workdir=Path(workdir), speed=speed, stack=stack)
@@ -103,18 +105,23 @@ async def run_demo(
                 started = time.monotonic()
                 try:
                     summary = await scenario.run(context)
-                    ok = True
+                    outcome = "ok"
                 except DemoFailure as failure:
-                    summary, ok = [f"FAILED: {failure}"], False
-                results.append((scenario, ok, summary, time.monotonic() - started))
+                    summary, outcome = [f"FAILED: {failure}"], "FAILED"
+                except BrokerUnavailable as missing:
+                    # Not the component's fault: say what to install and go on.
+                    summary, outcome = [f"skipped: {missing}"], "skipped"
+                    print(f"  skipped: {missing}", file=out)
+                results.append((scenario, outcome, summary, time.monotonic() - started))
                 print(file=out)
     print("== Summary", file=out)
-    for scenario, ok, summary, seconds in results:
-        print(f"  [{'ok' if ok else 'FAILED'}] {scenario.title} ({seconds:.1f}s)", file=out)
+    for scenario, outcome, summary, seconds in results:
+        print(f"  [{outcome}] {scenario.title} ({seconds:.1f}s)", file=out)
         for line in summary:
             print(f"         {line}", file=out)
     if not results:
         print("  no scenarios", file=out)
-    failed = sum(not ok for _, ok, _, _ in results)
-    print(f"\nscenarios: {len(results) - failed} ok, {failed} failed", file=out)
-    return 1 if failed else 0
+    counts = {o: sum(r[1] == o for r in results) for o in ("ok", "FAILED", "skipped")}
+    skipped = f", {counts['skipped']} skipped" if counts["skipped"] else ""
+    print(f"\nscenarios: {counts['ok']} ok, {counts['FAILED']} failed{skipped}", file=out)
+    return 1 if counts["FAILED"] else 0
