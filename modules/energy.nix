@@ -17,36 +17,9 @@ let
   # systemd credential gridmate looks for, and the settings key it fills.
   # tests/test_nix.py checks this list against the Python settings model.
   secrets = [
-    {
-      option = "teslamateEncryptionKeyFile";
-      credential = "teslamate_encryption_key";
-      key = [
-        "tesla"
-        "teslamate"
-        "encryption_key"
-      ];
-      what = "TeslaMate's ENCRYPTION_KEY, which decrypts the Tesla tokens TeslaMate stores (with `settings.tesla.token_source = \"teslamate\"`)";
-    }
-    {
-      option = "teslamateDbPasswordFile";
-      credential = "teslamate_db_password";
-      key = [
-        "tesla"
-        "teslamate"
-        "db_password"
-      ];
-      what = "the password of TeslaMate's PostgreSQL database (`settings.tesla.teslamate.dsn` names the database and user)";
-    }
-    {
-      option = "teslaRefreshTokenFile";
-      credential = "tesla_refresh_token";
-      key = [
-        "tesla"
-        "oauth"
-        "refresh_token"
-      ];
-      what = "the initial Tesla OAuth refresh token (with `settings.tesla.token_source = \"oauth\"`; rotated tokens are then kept in the state directory)";
-    }
+    gridmateLib.sharedSecrets.teslamateEncryptionKey
+    gridmateLib.sharedSecrets.teslamateDbPassword
+    gridmateLib.sharedSecrets.teslaRefreshToken
     {
       option = "honeywellClientSecretFile";
       credential = "honeywell_client_secret";
@@ -84,25 +57,8 @@ let
       ];
       what = "the customer password of the Powerwall gateway (`settings.powerwall.gateway.url`)";
     }
-    {
-      option = "smtpPasswordFile";
-      credential = "smtp_password";
-      key = [
-        "notify"
-        "password"
-      ];
-      what = "the SMTP password for notification e-mail (user `settings.notify.username`)";
-    }
-    {
-      option = "notifyMqttPasswordFile";
-      credential = "notify_mqtt_password";
-      key = [
-        "notify"
-        "mqtt"
-        "password"
-      ];
-      what = "the password of the MQTT broker that mirrors the notification ledger (`settings.notify.mqtt`)";
-    }
+    gridmateLib.sharedSecrets.smtpPassword
+    gridmateLib.sharedSecrets.notifyMqttPassword
     {
       option = "mqttPasswordFile";
       credential = "mqtt_password";

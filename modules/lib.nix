@@ -51,6 +51,60 @@ let
     */
     settingsFormat = pkgs: pkgs.formats.toml { };
 
+    # Secrets more than one component reads, described once: an element of a
+    # module's `secrets` list (see mkSecretOptions).
+    sharedSecrets = {
+      teslamateEncryptionKey = {
+        option = "teslamateEncryptionKeyFile";
+        credential = "teslamate_encryption_key";
+        key = [
+          "tesla"
+          "teslamate"
+          "encryption_key"
+        ];
+        what = "TeslaMate's ENCRYPTION_KEY, which decrypts the Tesla tokens TeslaMate stores (with `settings.tesla.token_source = \"teslamate\"`)";
+      };
+      teslamateDbPassword = {
+        option = "teslamateDbPasswordFile";
+        credential = "teslamate_db_password";
+        key = [
+          "tesla"
+          "teslamate"
+          "db_password"
+        ];
+        what = "the password of TeslaMate's PostgreSQL database (`settings.tesla.teslamate.dsn` names the database and user)";
+      };
+      teslaRefreshToken = {
+        option = "teslaRefreshTokenFile";
+        credential = "tesla_refresh_token";
+        key = [
+          "tesla"
+          "oauth"
+          "refresh_token"
+        ];
+        what = "the initial Tesla OAuth refresh token (with `settings.tesla.token_source = \"oauth\"`; rotated tokens are then kept in the state directory)";
+      };
+      smtpPassword = {
+        option = "smtpPasswordFile";
+        credential = "smtp_password";
+        key = [
+          "notify"
+          "password"
+        ];
+        what = "the SMTP password for gridmate's e-mail (user `settings.notify.username`)";
+      };
+      notifyMqttPassword = {
+        option = "notifyMqttPasswordFile";
+        credential = "notify_mqtt_password";
+        key = [
+          "notify"
+          "mqtt"
+          "password"
+        ];
+        what = "the password of the MQTT broker that mirrors the notification ledger (`settings.notify.mqtt`)";
+      };
+    };
+
     /**
       Write a component's settings to the Nix store as TOML.
 

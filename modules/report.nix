@@ -28,25 +28,8 @@ let
   # Every secret of the report settings model; tests/test_nix.py checks this
   # list against the Python settings model.
   secrets = [
-    {
-      option = "smtpPasswordFile";
-      credential = "smtp_password";
-      key = [
-        "notify"
-        "password"
-      ];
-      what = "the SMTP password for the report e-mail (user `settings.notify.username`)";
-    }
-    {
-      option = "notifyMqttPasswordFile";
-      credential = "notify_mqtt_password";
-      key = [
-        "notify"
-        "mqtt"
-        "password"
-      ];
-      what = "the password of the MQTT broker that mirrors the notification ledger (`settings.notify.mqtt`)";
-    }
+    gridmateLib.sharedSecrets.smtpPassword
+    gridmateLib.sharedSecrets.notifyMqttPassword
   ];
 
   withEnergy = energy.enable;

@@ -45,55 +45,11 @@ let
       ];
       what = "the password of TeslaMate's MQTT broker (user `settings.teslamate.mqtt.username`)";
     }
-    {
-      option = "teslamateEncryptionKeyFile";
-      credential = "teslamate_encryption_key";
-      key = [
-        "tesla"
-        "teslamate"
-        "encryption_key"
-      ];
-      what = "TeslaMate's ENCRYPTION_KEY, to read the Tesla API tokens TeslaMate keeps (`settings.tesla.token_source = \"teslamate\"`)";
-    }
-    {
-      option = "teslamateDbPasswordFile";
-      credential = "teslamate_db_password";
-      key = [
-        "tesla"
-        "teslamate"
-        "db_password"
-      ];
-      what = "the password of TeslaMate's PostgreSQL user (`settings.tesla.teslamate.dsn`)";
-    }
-    {
-      option = "teslaRefreshTokenFile";
-      credential = "tesla_refresh_token";
-      key = [
-        "tesla"
-        "oauth"
-        "refresh_token"
-      ];
-      what = "a Tesla OAuth refresh token, for gridmate's own token refresh (`settings.tesla.token_source = \"oauth\"`)";
-    }
-    {
-      option = "smtpPasswordFile";
-      credential = "smtp_password";
-      key = [
-        "notify"
-        "password"
-      ];
-      what = "the SMTP password for notification e-mail (user `settings.notify.username`)";
-    }
-    {
-      option = "notifyMqttPasswordFile";
-      credential = "notify_mqtt_password";
-      key = [
-        "notify"
-        "mqtt"
-        "password"
-      ];
-      what = "the password of the MQTT broker that mirrors the notification ledger (`settings.notify.mqtt`)";
-    }
+    gridmateLib.sharedSecrets.teslamateEncryptionKey
+    gridmateLib.sharedSecrets.teslamateDbPassword
+    gridmateLib.sharedSecrets.teslaRefreshToken
+    gridmateLib.sharedSecrets.smtpPassword
+    gridmateLib.sharedSecrets.notifyMqttPassword
   ];
 
   settings = gridmateLib.dropNulls cfg.settings;
