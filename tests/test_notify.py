@@ -224,6 +224,27 @@ async def test_rate_limit_holds_a_burst_of_one_kind(smtp_server, tmp_path):
     assert len(list((tmp_path / "notify" / "queue").glob("*.json"))) == 3
 
 
+async def test_two_processes_sharing_a_queue_send_each_message_once(smtp_server, tmp_path):
+    # The energy service and a failover-notify run share one directory on a node.
+    down = settings_for(free_port())
+    earlier = Notifier(down, tmp_path)
+    await earlier.start()
+    await earlier.send(stale())
+    await settle()
+    await earlier.close()
+
+    # Both load the same queued message at start and deliver at the same moment.
+    service = Notifier(settings_for(smtp_server.port), tmp_path, source="energy")
+    hook = Notifier(settings_for(smtp_server.port), tmp_path, source="energy")
+    await asyncio.gather(service.start(), hook.start())
+    await smtp_server.wait_for(1)
+    await asyncio.gather(service.flush(5), hook.flush(5))
+    await settle()
+    await asyncio.gather(service.close(), hook.close())
+    assert len(smtp_server.messages) == 1
+    assert not list((tmp_path / "notify" / "queue").glob("*.json"))
+
+
 async def test_undelivered_messages_survive_a_restart_and_go_out_once(smtp_server, tmp_path):
     down = settings_for(free_port())  # nothing listens there: the SMTP server is "down"
     first = Notifier(down, tmp_path)

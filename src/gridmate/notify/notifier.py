@@ -75,6 +75,7 @@ class Notifier:
         self._ledger = Ledger()
         self._queue: dict[str, Queued] = {}
         self._wake = asyncio.Event()
+        self._busy_until: datetime | None = None
         # One delivery pass at a time: flush() and the background loop must not both
         # hand the same queued message to the SMTP server.
         self._delivering = asyncio.Lock()
@@ -392,6 +393,8 @@ class Notifier:
             for c in self._ledger.conditions.values()
             if c.resolving_since is not None and c.episode_key
         ]
+        if self._busy_until is not None:
+            moments = [max(m, self._busy_until) for m in moments]
         if not moments:
             return 3600.0
         return max(0.0, (min(moments) - now).total_seconds())
@@ -444,8 +447,30 @@ class Notifier:
                 self._enqueue(Item(event, Level(state.level), key, now), now)
 
     async def _deliver_due(self, now: datetime) -> None:
+        assert self._store is not None
         async with self._delivering:
-            await self._deliver_due_locked(now)
+            self._settle_resolutions(now)
+            if not any(q.not_before <= now for q in self._queue.values()):
+                return
+            with self._store.delivery_lock() as held:
+                if not held:
+                    # Another process on this node is delivering from this directory.
+                    self._busy_until = now + timedelta(seconds=1)
+                    return
+                self._busy_until = None
+                self._reload_from_disk()
+                await self._deliver_due_locked(now)
+
+    def _reload_from_disk(self) -> None:
+        """Take in what another process sharing the directory queued or sent."""
+        assert self._store is not None
+        on_disk = {q.item.idempotency_key: q for q in self._store.load_queue()}
+        for key, record in self._store.load_ledger().sent.items():
+            self._ledger.sent.setdefault(key, record)
+        for key in [k for k in self._queue if k not in on_disk]:
+            del self._queue[key]  # delivered (or dropped) by the other process
+        for key, queued in on_disk.items():
+            self._queue.setdefault(key, queued)
 
     async def _deliver_due_locked(self, now: datetime) -> None:
         assert self._store is not None

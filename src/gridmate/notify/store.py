@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -181,7 +184,32 @@ class Store:
         self.directory = directory
         self.queue_directory = directory / "queue"
         self.ledger_path = directory / "ledger.json"
+        self.lock_path = directory / "delivery.lock"
         self.queue_directory.mkdir(parents=True, exist_ok=True)
+
+    # -- delivery lock (between processes sharing this directory)
+
+    @contextlib.contextmanager
+    def delivery_lock(self) -> Iterator[bool]:
+        """Hold the directory's delivery lock if no other process does; yields whether held.
+
+        Two processes may share a notifier directory (the energy service and a
+        ``failover-notify`` run); only the holder delivers, so a queued message is
+        sent once.
+        """
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     # -- queue
 
