@@ -14,6 +14,7 @@ from gridmate.energy.planner import DesiredThermostat
 from gridmate.energy.settings import HomeAssistantSettings, ThermostatSettings
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.secrets import Secret
+from gridmate.sim.http import serve_on_loopback
 
 
 @pytest.fixture
@@ -51,13 +52,8 @@ async def home_assistant():
     app = web.Application()
     app.router.add_get("/api/states/{entity}", state)
     app.router.add_post("/api/services/climate/set_temperature", set_temperature)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", entity, calls
-    finally:
-        await runner.cleanup()
+    async with serve_on_loopback(app) as url:
+        yield url, entity, calls
 
 
 async def test_read_and_write_keep_the_mode(home_assistant):

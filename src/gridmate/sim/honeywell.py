@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from gridmate.runtime.clock import Clock, SystemClock
+from gridmate.sim.http import serve_on_loopback
 
 __all__ = ["HoneywellSimulator", "SimulatedThermostat", "honeywell_simulator"]
 
@@ -307,12 +308,5 @@ async def honeywell_simulator(
         requests_per_window=requests_per_window,
         window_seconds=window_seconds,
     )
-    runner = web.AppRunner(sim.application(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        sim.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with serve_on_loopback(sim.application()) as sim.base_url:
         yield sim
-    finally:
-        await runner.cleanup()

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from gridmate.runtime.clock import Clock
 from gridmate.sim.honeywell import SimulatedThermostat
+from gridmate.sim.http import serve_on_loopback
 from gridmate.sim.tesla_cloud import SimulatedEnergySite, SimulatedVehicle
 
 __all__ = ["HouseModel", "gateway_simulator", "outdoor_profile", "raw_from_app"]
@@ -243,11 +244,5 @@ async def gateway_simulator(
     app.router.add_post("/api/login/Basic", login)
     app.router.add_get("/api/system_status/soe", soe)
     app.router.add_get("/api/meters/aggregates", aggregates)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        sim.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with serve_on_loopback(app) as sim.base_url:
         yield sim
-    finally:
-        await runner.cleanup()

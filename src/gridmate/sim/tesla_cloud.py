@@ -40,6 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from gridmate.runtime.clock import Clock, SystemClock
+from gridmate.sim.http import serve_on_loopback
 
 __all__ = [
     "ALL_SCOPES",
@@ -832,14 +833,6 @@ async def tesla_cloud_simulator(
         access_token_lifetime=access_token_lifetime,
         refresh_token_lifetime=refresh_token_lifetime,
     )
-    runner = web.AppRunner(cloud.application(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        cloud.base_url = f"http://127.0.0.1:{port}"
+    async with serve_on_loopback(cloud.application()) as cloud.base_url:
         cloud.token_url = f"{cloud.base_url}/oauth2/v3/token"
         yield cloud
-    finally:
-        await runner.cleanup()

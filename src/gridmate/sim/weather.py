@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from gridmate.runtime.clock import Clock, SystemClock
+from gridmate.sim.http import serve_on_loopback
 
 __all__ = ["WeatherSimulator", "weather_simulator"]
 
@@ -162,16 +163,6 @@ async def weather_simulator(
     nws.router.add_get("/gridpoints/{office}/{xy}/forecast", sim._forecast)
     meteo = web.Application()
     meteo.router.add_get("/v1/forecast", sim._open_meteo)
-    runners = []
-    try:
-        for app in (nws, meteo):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            runners.append(runner)
-        sim.nws_base_url = f"http://127.0.0.1:{runners[0].addresses[0][1]}"
-        sim.open_meteo_base_url = f"http://127.0.0.1:{runners[1].addresses[0][1]}"
+    async with serve_on_loopback(nws) as nws_url, serve_on_loopback(meteo) as meteo_url:
+        sim.nws_base_url, sim.open_meteo_base_url = nws_url, meteo_url
         yield sim
-    finally:
-        for runner in runners:
-            await runner.cleanup()
