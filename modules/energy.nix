@@ -86,7 +86,9 @@ let
   failover = cfg.failover;
   settingsFile = gridmateLib.mkSettingsFile pkgs component settings;
   credentials = gridmateLib.secretCredentials cfg secrets;
-  systemctl = "/run/current-system/systemd/bin/systemctl";
+  # The systemd this system runs (not whatever /run/current-system points at
+  # while a switch is under way).
+  systemctl = "${config.systemd.package}/bin/systemctl";
   # keepalived's generic notify program gets TYPE NAME STATE PRIORITY. It runs as
   # root, so it only switches units: the energy service runs on the active node,
   # and gridmate-energy-failover@STATE announces the transition as the energy
@@ -99,6 +101,24 @@ let
     esac
     exec ${systemctl} start --no-block "gridmate-energy-failover@$3.service"
   '';
+  # Firewall rules accepting VRRP (IP protocol 112) from the peers on the
+  # failover interface; the chain names are those of nixpkgs'
+  # nixos/modules/services/networking/firewall-iptables.nix.
+  vrrpRules =
+    let
+      interface = if failover.interface == null then "" else failover.interface;
+      isV6 = lib.hasInfix ":";
+    in
+    {
+      iptables = lib.concatMapStrings (
+        peer:
+        "${if isV6 peer then "ip6tables" else "iptables"} -w -A nixos-fw -i ${interface} -p 112 -s ${peer} -j nixos-fw-accept\n"
+      ) failover.unicastPeers;
+      nftables = lib.concatMapStrings (
+        peer:
+        "iifname \"${interface}\" ${if isV6 peer then "ip6" else "ip"} saddr ${peer} meta l4proto 112 accept\n"
+      ) failover.unicastPeers;
+    };
   honeywellThermostats = builtins.filter (t: (t.kind or null) == "honeywell") (
     cfg.settings.thermostats or [ ]
   );
@@ -204,6 +224,34 @@ in
         description = ''
           Addresses (`IP/PREFIX`) the active host carries, e.g. for a metrics scrape target
           that follows the active node. Not needed for failover itself.
+        '';
+      };
+
+      notifyScript = lib.mkOption {
+        type = lib.types.package;
+        internal = true;
+        readOnly = true;
+        default = notifyScript;
+        defaultText = lib.literalMD "a script that starts or stops gridmate-energy.service";
+        description = ''
+          keepalived's notify program (run as root): starts gridmate-energy.service on
+          MASTER, stops it on BACKUP, FAULT and STOP, and starts
+          gridmate-energy-failover@STATE.service, which announces the transition.
+        '';
+      };
+
+      openFirewall = lib.mkOption {
+        type = lib.types.bool;
+        default = true;
+        example = false;
+        description = ''
+          Whether to accept VRRP adverts (IP protocol 112) from
+          {option}`${prefix}.failover.unicastPeers` on
+          {option}`${prefix}.failover.interface` in the NixOS firewall, with either
+          firewall backend (iptables, or nftables when {option}`networking.nftables.enable`
+          is set). Without it the firewall, which is on by default, drops the other host's
+          adverts: each host then thinks it is alone, both become active and both write to
+          the Powerwall. Turn it off only if you open VRRP yourself.
         '';
       };
     };
@@ -314,8 +362,13 @@ in
         description = "gridmate energy: announce the failover transition to %i";
         oneshot = true;
         # The energy unit's user and state directory: the journal and the
-        # notification queue are the energy service's.
+        # notification queue are the energy service's. Not its runtime or
+        # cache directory: systemd removes a RuntimeDirectory= when the unit
+        # that declares it stops, which would take /run/gridmate-energy (the
+        # status file) away from the running energy service.
         user = "gridmate-energy";
+        runtimeDirectory = null;
+        cacheDirectory = null;
         serviceConfig = {
           ExecStart = "${
             lib.concatMapStringsSep " " gridmateLib.escapeExecArg [
@@ -333,8 +386,12 @@ in
       }
     );
 
+    # keepalived runs the notify script as root: with script security it
+    # checks that no part of the script's path is writable by anyone else
+    # (store paths pass) instead of logging a SECURITY VIOLATION.
     services.keepalived = lib.mkIf failover.enable {
       enable = true;
+      enableScriptSecurity = lib.mkDefault true;
       vrrpInstances.gridmate-energy = {
         interface = if failover.interface == null then "" else failover.interface;
         state = "BACKUP";
@@ -342,9 +399,17 @@ in
         inherit (failover) priority unicastPeers;
         virtualIps = map (addr: { inherit addr; }) failover.virtualIps;
         extraConfig = ''
-          notify "${notifyScript}" root
+          notify "${failover.notifyScript}" root
         '';
       };
+    };
+
+    # VRRP adverts from the peers, for whichever firewall backend is in use
+    # (keepalived's own openFirewall writes iptables rules only, and accepts
+    # VRRP from anyone).
+    networking.firewall = lib.mkIf (failover.enable && failover.openFirewall) {
+      extraCommands = lib.mkIf (!config.networking.nftables.enable) vrrpRules.iptables;
+      extraInputRules = lib.mkIf config.networking.nftables.enable vrrpRules.nftables;
     };
 
     services.prometheus.scrapeConfigs = lib.mkIf (

@@ -17,18 +17,22 @@ let
   # Quote one ExecStart= argument for systemd (not for a shell): systemd
   # accepts C-style double-quoted strings, and `%` / `$` are specifier and
   # variable expansion characters that must be doubled to stay literal.
+  # Anything string-like is an argument: strings, paths (copied into the
+  # store, as for any interpolated path), and attribute sets with an
+  # `outPath` or `__toString`, such as derivations (what
+  # `pkgs.formats.toml { }).generate` and `pkgs.writeShellScript` return).
   escapeExecArg =
     arg:
     let
       s =
         if builtins.isPath arg then
           "${arg}"
-        else if builtins.isString arg then
-          arg
+        else if lib.isStringLike arg then
+          toString arg
         else if builtins.isInt arg || builtins.isFloat arg then
           toString arg
         else
-          throw "gridmate: ExecStart arguments must be strings, paths or numbers, got ${builtins.typeOf arg}";
+          throw "gridmate: ExecStart arguments must be strings, paths, derivations or numbers, got ${builtins.typeOf arg}";
     in
     if builtins.match "[A-Za-z0-9_./:=@+,-]+" s != null then
       s
@@ -269,6 +273,8 @@ let
         oneshot ? false,    # a run-to-completion job (a timer's service) instead of a daemon
         user ? "gridmate-<component>",  # the DynamicUser= name (units naming the
                                         # same user share one transient UID)
+        runtimeDirectory ? "gridmate-<component>",  # RuntimeDirectory=, or null for none
+        cacheDirectory ? "gridmate-<component>",    # CacheDirectory=, or null for none
         stateDirectories ? [ "gridmate-<component>" ],  # the first is $STATE_DIRECTORY
         credentials ? { },  # credential name -> nullable path, see loadCredentials
         hardening ? { },    # arguments for `hardening`
@@ -287,7 +293,12 @@ let
       runs to completion and is neither watched nor restarted (its timer
       runs it again). Both run as a transient DynamicUser with state in
       /var/lib/<first state directory> ($STATE_DIRECTORY) and runtime files
-      in /run/gridmate-<component> ($RUNTIME_DIRECTORY).
+      in /run/<runtimeDirectory> ($RUNTIME_DIRECTORY).
+
+      systemd removes a unit's RuntimeDirectory= when that unit stops, so
+      two units must never name the same one: a helper unit that shares a
+      component's user and state (such as the failover announcer) passes
+      its own names, or null.
     */
     mkService =
       {
@@ -298,6 +309,8 @@ let
         command ? "run",
         oneshot ? false,
         user ? "gridmate-${component}",
+        runtimeDirectory ? "gridmate-${component}",
+        cacheDirectory ? "gridmate-${component}",
         stateDirectories ? [ "gridmate-${component}" ],
         credentials ? { },
         hardening ? { },
@@ -311,7 +324,6 @@ let
         serviceConfig ? { },
       }:
       let
-        unitName = "gridmate-${component}";
         argv = [
           "${package}/bin/gridmate"
           component
@@ -343,12 +355,13 @@ let
         wants = [ "network-online.target" ] ++ wants;
         startLimitBurst = 5;
         startLimitIntervalSec = 300;
-        environment = {
-          # matplotlib wants a writable config/cache directory; $HOME does
-          # not exist for a DynamicUser.
-          MPLCONFIGDIR = "/var/cache/${unitName}/matplotlib";
-        }
-        // environment;
+        environment =
+          lib.optionalAttrs (cacheDirectory != null) {
+            # matplotlib wants a writable config/cache directory; $HOME does
+            # not exist for a DynamicUser.
+            MPLCONFIGDIR = "/var/cache/${cacheDirectory}/matplotlib";
+          }
+          // environment;
         serviceConfig =
           (if oneshot then job else daemon)
           // {
@@ -357,13 +370,17 @@ let
             Group = user;
             StateDirectory = lib.concatStringsSep " " stateDirectories;
             StateDirectoryMode = "0700";
-            RuntimeDirectory = unitName;
-            RuntimeDirectoryMode = "0700";
-            CacheDirectory = unitName;
-            CacheDirectoryMode = "0700";
             WorkingDirectory = "/var/lib/${builtins.head stateDirectories}";
             ExecStart = lib.concatMapStringsSep " " escapeExecArg argv;
             LoadCredential = gridmateLib.loadCredentials credentials;
+          }
+          // lib.optionalAttrs (runtimeDirectory != null) {
+            RuntimeDirectory = runtimeDirectory;
+            RuntimeDirectoryMode = "0700";
+          }
+          // lib.optionalAttrs (cacheDirectory != null) {
+            CacheDirectory = cacheDirectory;
+            CacheDirectoryMode = "0700";
           }
           // gridmateLib.hardening hardening
           // serviceConfig;
@@ -417,9 +434,11 @@ let
                 service a private copy as the credential `${secret.credential}`
                 (`LoadCredential=`), so the file can stay owned by root with mode 0400,
                 for example a sops-nix secret with its default owner and mode. Give an
-                absolute path as a string (such as `config.sops.secrets.<name>.path`),
-                not a Nix path literal, which would copy the secret into the
-                world-readable Nix store.
+                absolute path outside the Nix store, such as
+                `config.sops.secrets.<name>.path`. gridmate never copies the file: a
+                path literal is used by name. But a file that is already in the store
+                (a path inside a flake's source, or `"''${./secret}"`) is readable by
+                every user of the machine; the module warns about it.
 
                 This is the file form of the setting
                 `${lib.concatStringsSep "." secret.key}`; do not also set
@@ -438,7 +457,10 @@ let
       Warnings:
         - a `<key>_file` setting alone (the DynamicUser must be able to read
           that file, so it cannot be root-only);
-        - a Nix path literal as `*File` (copied into the Nix store).
+        - a `*File` inside the Nix store (a path in a flake's source, or an
+          interpolated path literal), where every user can read it. A path
+          literal outside the store is passed by name (see loadCredentials)
+          and is fine.
 
       Type: secretChecks :: string -> attrset (cfg) -> [ secret ]
               -> { assertions; warnings; }
@@ -450,6 +472,9 @@ let
         dotted = lib.concatStringsSep ".";
         fileKey = key: lib.init key ++ [ "${lib.last key}_file" ];
         at = path: lib.attrByPath path null cfg.settings;
+        # toString does not copy a path literal: only a file that already is
+        # in the store (a flake's own source, an interpolated path) is there.
+        inStore = value: value != null && lib.hasPrefix "${builtins.storeDir}/" (toString value);
         one = secret: {
           assertions = [
             {
@@ -477,10 +502,11 @@ let
               ${prefix}.${secret.option}, which passes it with LoadCredential= and lets the
               file stay root-only.
             ''
-            ++ lib.optional (builtins.isPath cfg.${secret.option}) ''
-              ${prefix}.${secret.option} is a Nix path literal (${toString cfg.${secret.option}}),
-              so the secret is in the world-readable Nix store. Use a string path to a file
-              outside the store, such as config.sops.secrets.<name>.path.
+            ++ lib.optional (inStore cfg.${secret.option}) ''
+              ${prefix}.${secret.option} (${toString cfg.${secret.option}}) is in the Nix
+              store, which every user of this machine can read, so the secret is not secret.
+              Keep it outside the store, for example with sops-nix
+              (config.sops.secrets.<name>.path), and rotate it.
             '';
         };
         all = map one secrets;

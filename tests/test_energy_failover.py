@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from gridmate.cli import main
-from gridmate.energy.failover import STATES, Transition, failover_event
+from gridmate.energy.failover import STATES, Transition, failover_event, is_news
 from gridmate.energy.journal import journal_directory
 from gridmate.notify import EventKind, Level, Notifier, NotifySettings
 
@@ -213,6 +213,57 @@ async def test_undelivered_transition_stays_queued_and_the_next_notifier_sends_i
     [sent] = subjects_of(smtp_server.messages)
     assert sent.endswith(subject)
     assert queued_subjects(state) == []
+
+
+@pytest.mark.parametrize(
+    ("previous", "state", "news"),
+    [
+        # keepalived starts every instance in BACKUP: routine at every boot
+        (None, "BACKUP", False),
+        ("STOP", "BACKUP", False),
+        ("BACKUP", "BACKUP", False),
+        # losing control, or recovering from a fault, is news
+        ("MASTER", "BACKUP", True),
+        ("FAULT", "BACKUP", True),
+        # taking control always is
+        (None, "MASTER", True),
+        ("BACKUP", "MASTER", True),
+        ("MASTER", "MASTER", True),
+        # a fault once
+        ("BACKUP", "FAULT", True),
+        ("FAULT", "FAULT", False),
+        # a standby that shuts down is routine; the active node giving up is not
+        ("BACKUP", "STOP", False),
+        (None, "STOP", False),
+        ("MASTER", "STOP", True),
+    ],
+)
+def test_which_transitions_are_news(previous: Any, state: Any, news: bool) -> None:
+    assert is_news(previous, state) is news
+
+
+def run_notify(config: Path, state: str) -> None:
+    result = subprocess.run(
+        [str(GRIDMATE), "energy", "failover-notify", "INSTANCE", "gridmate-energy", state,
+         "--config", str(config), "--deliver-within", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_boot_into_backup_is_journalled_but_not_announced(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "energy.toml", state, "pantry", "127.0.0.1", closed_port())
+    run_notify(config, "BACKUP")  # keepalived's first state after every start
+    assert [line["state"] for line in failover_lines(state)] == ["BACKUP"]
+    assert queued_subjects(state) == []
+    run_notify(config, "MASTER")
+    run_notify(config, "BACKUP")  # the other node took over: that is news
+    assert [line["state"] for line in failover_lines(state)] == ["BACKUP", "MASTER", "BACKUP"]
+    subjects = queued_subjects(state)
+    assert len(subjects) == 2
+    assert any("now active" in s for s in subjects)
+    assert any("standing by" in s for s in subjects)
 
 
 # ------------------------------------------------------------------ keepalived in namespaces

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,195 +103,55 @@ def _lib_dir() -> Path:
     return lib
 
 
-# The stand-ins for nixpkgs and NixOS that the evaluation tests use. Options
-# are declared as strictly as NixOS declares them, so a misspelt unit key or
-# a wrongly typed value fails here as it would on a real system.
-HARNESS = r"""
-{ libDir, root }:
-let
-  lib = import libDir;
-  inherit (lib) types mkOption;
-
-  storePath =
-    name: "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" name)}-${name}";
-
-  fakeDrv = name: {
-    type = "derivation";
-    inherit name;
-    outPath = storePath name;
-    drvPath = storePath "${name}.drv";
-    override = args: fakeDrv "${name}-overridden" // { overrideArgs = builtins.attrNames args; };
-  };
-
-  mkPkgs = { system, tag }: {
-    stdenv.hostPlatform.system = system;
-    # what the VM tests' node configurations use
-    writeText = name: _text: storePath name;
-    writeShellScriptBin = name: _text: fakeDrv name;
-    writeShellScript = name: text: storePath "${name}-${builtins.hashString "sha256" text}";
-    python3.withPackages = _: fakeDrv "python3-env";
-    mosquitto = fakeDrv "mosquitto";
-    jq = fakeDrv "jq";
-    apacheKafka = fakeDrv "apache-kafka";
-    callPackage = path: args: fakeDrv "gridmate-${tag}";
-    formats.toml = { }: {
-      type = types.attrsOf types.anything;
-      generate =
-        name: value: storePath "${name}-${builtins.hashString "sha256" (builtins.toJSON value)}";
-    };
-  };
-
-  # systemd's unit option values, as nixpkgs' systemd-lib types them.
-  unitValue = types.oneOf [ types.bool types.int types.str types.path ];
-  unitOption = types.either unitValue (types.listOf unitValue);
-
-  serviceModule = {
-    options = {
-      description = mkOption { type = types.str; default = ""; };
-      wantedBy = mkOption { type = types.listOf types.str; default = [ ]; };
-      after = mkOption { type = types.listOf types.str; default = [ ]; };
-      wants = mkOption { type = types.listOf types.str; default = [ ]; };
-      requires = mkOption { type = types.listOf types.str; default = [ ]; };
-      environment = mkOption {
-        type = types.attrsOf (types.nullOr (types.oneOf [ types.str types.path types.package ]));
-        default = { };
-      };
-      path = mkOption {
-        type = types.listOf (types.either types.package types.str);
-        default = [ ];
-      };
-      preStart = mkOption { type = types.lines; default = ""; };
-      startLimitBurst = mkOption { type = types.int; };
-      startLimitIntervalSec = mkOption { type = types.int; };
-      unitConfig = mkOption { type = types.attrsOf unitOption; default = { }; };
-      serviceConfig = mkOption { type = types.attrsOf unitOption; default = { }; };
-    };
-  };
-
-  timerModule = {
-    options = {
-      description = mkOption { type = types.str; default = ""; };
-      wantedBy = mkOption { type = types.listOf types.str; default = [ ]; };
-      timerConfig = mkOption { type = types.attrsOf unitOption; default = { }; };
-    };
-  };
-
-  # services.<name>.enable of the host services gridmate orders itself after,
-  # and the part of services.prometheus it extends (typed as nixpkgs does:
-  # a list of scrape configs, whose static_configs have targets and labels).
-  hostService = name: {
-    enable = mkOption { type = types.bool; default = false; };
-  };
-
-  staticConfig = types.submodule {
-    options = {
-      targets = mkOption { type = types.listOf types.str; };
-      labels = mkOption { type = types.attrsOf types.str; default = { }; };
-    };
-  };
-
-  scrapeConfig = types.submodule {
-    options = {
-      job_name = mkOption { type = types.str; };
-      static_configs = mkOption { type = types.listOf staticConfig; default = [ ]; };
-    };
-  };
-
-  nixosStub = {
-    options = {
-      assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
-      warnings = mkOption { type = types.listOf types.str; default = [ ]; };
-      systemd.services = mkOption {
-        type = types.attrsOf (types.submodule serviceModule);
-        default = { };
-      };
-      systemd.timers = mkOption {
-        type = types.attrsOf (types.submodule timerModule);
-        default = { };
-      };
-      services = lib.genAttrs
-        [ "apache-kafka" "mosquitto" "postgresql" "home-assistant" "postfix" ]
-        hostService
-      // {
-        # The part of nixpkgs' keepalived module the energy failover sets.
-        keepalived = hostService "keepalived" // {
-          extraConfig = mkOption { type = types.lines; default = ""; };
-          vrrpInstances = mkOption {
-            default = { };
-            type = types.attrsOf (types.submodule {
-              options = {
-                interface = mkOption { type = types.str; };
-                state = mkOption { type = types.enum [ "MASTER" "BACKUP" ]; default = "BACKUP"; };
-                virtualRouterId = mkOption { type = types.ints.between 1 255; };
-                priority = mkOption { type = types.int; default = 100; };
-                noPreempt = mkOption { type = types.bool; default = false; };
-                unicastPeers = mkOption { type = types.listOf types.str; default = [ ]; };
-                virtualIps = mkOption {
-                  default = [ ];
-                  type = types.listOf (types.submodule {
-                    options.addr = mkOption { type = types.str; };
-                  });
-                };
-                extraConfig = mkOption { type = types.lines; default = ""; };
-              };
-            });
-          };
-        };
-        prometheus = hostService "prometheus" // {
-          scrapeConfigs = mkOption { type = types.listOf scrapeConfig; default = [ ]; };
-        };
-      };
-    };
-  };
-
-  flakeOutputsFor = flakePkgs:
-    let
-      flake = import (root + "/flake.nix");
-      self = flake.outputs {
-        inherit self;
-        nixpkgs = {
-          inherit lib;
-          legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" "riscv64-linux" ] (
-            system: flakePkgs system
-          );
-        };
-      } // { outPath = root; };
-    in
-    self;
-
-  flake = flakeOutputsFor (system: mkPkgs { inherit system; tag = "flake-${system}"; });
-
-  eval = { modules, system ? "x86_64-linux" }:
-    let
-      result = lib.evalModules {
-        modules = [
-          nixosStub
-          { _module.args.pkgs = mkPkgs { inherit system; tag = "callpackage"; }; }
-        ] ++ modules;
-      };
-    in
-    result;
-
-  gridmateLib = import (root + "/modules/lib.nix") { inherit lib; };
-in
-{
-  inherit lib eval flake gridmateLib fakeDrv storePath mkPkgs;
-  modules = root + "/modules";
-}
-"""
+HARNESS = ROOT / "tests" / "nixos" / "harness.nix"
+TIERS = ("stand-in", "upstream")
 
 
-@pytest.fixture(scope="module")
-def nix_eval(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    lib = _lib_dir()
-    harness = tmp_path_factory.mktemp("nix") / "harness.nix"
-    harness.write_text(HARNESS)
+def _upstream_tree() -> Path | None:
+    """The nixpkgs tree of the upstream tier: $GRIDMATE_NIXPKGS, else the partial tree
+    scripts/fetch-nixos-files writes to ~/.cache/gridmate/nixpkgs-subset."""
+    value = os.environ.get("GRIDMATE_NIXPKGS")
+    if value:
+        return Path(value).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    default = cache / "gridmate" / "nixpkgs-subset"
+    return default if default.is_dir() else None
+
+
+UPSTREAM_FILES = (
+    "nixos/modules/misc/assertions.nix",
+    "nixos/lib/utils.nix",
+    "nixos/lib/systemd-lib.nix",
+    "nixos/lib/systemd-unit-options.nix",
+    "nixos/lib/systemd-types.nix",
+    "pkgs/pkgs-lib/formats.nix",
+    "nixos/modules/services/networking/keepalived/default.nix",
+)
+
+
+def _tree_for(tier: str) -> Path | None:
+    if tier == "stand-in":
+        return None
+    tree = _upstream_tree()
+    if tree is None:
+        pytest.skip(
+            "no nixpkgs tree for the upstream tier: set GRIDMATE_NIXPKGS to a nixpkgs "
+            "checkout, or to a partial tree of the files docs/nixos.md lists"
+        )
+    missing = [name for name in UPSTREAM_FILES if not (tree / name).is_file()]
+    if missing:
+        pytest.skip(f"the nixpkgs tree {tree} lacks {', '.join(missing)}")
+    return tree.resolve()
+
+
+def _evaluator(lib: Path, tree: Path | None) -> Any:
+    nixpkgs = "null" if tree is None else _nix_string(tree)
 
     def evaluate(body: str, *, expect_error: bool = False) -> Any:
         """Evaluate `body` with `h` bound to the harness; returns its JSON value."""
         expr = (
-            f"let h = import {_nix_string(harness)} "
-            f"{{ libDir = {_nix_string(lib)}; root = {_nix_string(ROOT)}; }}; "
+            f"let h = import {_nix_string(HARNESS)} "
+            f"{{ libDir = {_nix_string(lib)}; root = {_nix_string(ROOT)}; nixpkgs = {nixpkgs}; }}; "
             f"inherit (h) lib; in {body}"
         )
         result = _run_nix(["--eval", "--strict", "--json", "-E", expr])
@@ -302,7 +161,24 @@ def nix_eval(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         assert result.returncode == 0, f"nix evaluation failed:\n{result.stderr}\n---\n{body}"
         return json.loads(result.stdout)
 
-    yield evaluate
+    return evaluate
+
+
+@pytest.fixture(scope="module", params=TIERS)
+def nix_eval(request: pytest.FixtureRequest) -> Any:
+    """An evaluator over the stand-ins, then over the real upstream NixOS files."""
+    lib = _lib_dir()
+    return _evaluator(lib, _tree_for(request.param))
+
+
+@pytest.fixture(scope="module")
+def stand_in_eval() -> Any:
+    return _evaluator(_lib_dir(), None)
+
+
+@pytest.fixture(scope="module")
+def upstream_eval() -> Any:
+    return _evaluator(_lib_dir(), _tree_for("upstream"))
 
 
 # ------------------------------------------------------------ always-on tier
@@ -410,7 +286,7 @@ def test_package_defaults_to_the_flake_package_without_an_overlay(nix_eval: Any)
           pkgName = modules: system: lib.mapAttrs (_: v: v.package.name)
             (removeAttrs (h.eval { inherit modules system; }).config.services.gridmate
               [ "package" "prometheus" ]);
-          custom = h.fakeDrv "gridmate-custom";
+          custom = h.package "gridmate-custom";
         in {
           flake = pkgName [ h.flake.nixosModules.default ] "x86_64-linux";
           flakeArm = pkgName [ h.flake.nixosModules.default ] "aarch64-linux";
@@ -541,7 +417,7 @@ def test_service_unit_shape(nix_eval: Any) -> None:
         f"{unit['packagePath']}/bin/gridmate example run --config {unit['settingsFile']}"
     )
     assert "gridmate-flake-x86_64-linux" in unit["packagePath"]
-    assert unit["settingsFile"].endswith(".toml-" + unit["settingsFile"].rsplit("-", 1)[1])
+    assert re.fullmatch(r"/nix/store/[a-z0-9]{32}-gridmate-example\.toml", unit["settingsFile"])
     # null credentials are dropped; names sorted; paths kept verbatim
     assert sc["LoadCredential"] == [
         "fleet_key:/run/secrets/fleet key.pem",
@@ -744,11 +620,14 @@ def test_report_is_a_oneshot_on_a_persistent_timer(nix_eval: Any) -> None:
         nix_eval,
         body="""{
           unit = c.systemd.services.gridmate-report;
-          timer = c.systemd.timers.gridmate-report;
+          timer = { inherit (c.systemd.timers.gridmate-report) wantedBy timerConfig; };
+          timerText = (h.units r)."gridmate-report.timer".text;
           settings = h.gridmateLib.dropNulls c.services.gridmate.report.settings;
         }""",
     )
     unit, timer, settings = got["unit"], got["timer"], got["settings"]
+    assert "[Timer]\nOnCalendar=*-*-* 00:15:00\nPersistent=true\n" in got["timerText"]
+    assert "[Install]\nWantedBy=timers.target\n" in got["timerText"]
     sc = unit["serviceConfig"]
     assert sc["Type"] == "oneshot" and unit["wantedBy"] == []
     for daemon_only in ("WatchdogSec", "NotifyAccess", "Restart", "RestartSec"):
@@ -897,16 +776,41 @@ def test_secret_file_setting_alone_warns(nix_eval: Any) -> None:
         """{
           services.gridmate.vehicles.mqttPasswordFile = lib.mkForce null;
           services.gridmate.vehicles.settings.mqtt.password_file = "/etc/gridmate/mqtt";
-          services.gridmate.energy.smtpPasswordFile = /run/secrets/smtp;
         }""",
         body="{ inherit failed; inherit (c) warnings; }",
     )
     assert got["failed"] == []
-    warnings = sorted(w.replace("\n", " ") for w in got["warnings"])
-    assert len(warnings) == 2
-    assert "smtpPasswordFile is a Nix path literal" in warnings[0]
-    assert "mqtt.password_file is read by the service's transient DynamicUser" in warnings[1]
-    assert "readable by every user" in warnings[1]
+    [warning] = [w.replace("\n", " ") for w in got["warnings"]]
+    assert "mqtt.password_file is read by the service's transient DynamicUser" in warning
+    assert "readable by every user" in warning
+
+
+def test_only_secret_files_in_the_store_warn(nix_eval: Any, tmp_path: Path) -> None:
+    """A path literal is passed by name; a file in the store is readable by everyone."""
+    secret = tmp_path / "smtp-password"
+    secret.write_text("not really secret once it is in the store\n")
+    got = _host(
+        nix_eval,
+        f"""{{
+          # a path literal outside the store: used by name, never copied
+          services.gridmate.energy.smtpPasswordFile = /run/secrets/smtp;
+          # an interpolated path: Nix copies the file into the store
+          services.gridmate.report.smtpPasswordFile = "${{{tmp_path}/smtp-password}}";
+        }}""",
+        body="""{
+          inherit failed; inherit (c) warnings;
+          energy = c.systemd.services.gridmate-energy.serviceConfig.LoadCredential;
+          report = c.systemd.services.gridmate-report.serviceConfig.LoadCredential;
+        }""",
+    )
+    assert got["failed"] == []
+    assert "smtp_password:/run/secrets/smtp" in got["energy"]
+    [report] = [c for c in got["report"] if c.startswith("smtp_password:")]
+    assert re.fullmatch(r"smtp_password:/nix/store/[a-z0-9]{32}-smtp-password", report)
+    [warning] = [w.replace("\n", " ") for w in got["warnings"]]
+    assert "services.gridmate.report.smtpPasswordFile" in warning
+    assert "is in the Nix store" in warning and "every user" in warning
+    assert "energy" not in warning
 
 
 def test_energy_assertions(nix_eval: Any) -> None:
@@ -1209,19 +1113,19 @@ PYTHON_PACKAGES = [*RUNTIME_DEPENDENCIES, *CHECK_DEPENDENCIES, "hatchling"]
 
 def _package(nix_eval: Any, tansu: bool) -> dict[str, Any]:
     names = " ".join(_nix_string(n) for n in PYTHON_PACKAGES)
-    tansu_arg = 'tansu = h.fakeDrv "tansu";' if tansu else ""
+    tansu_arg = 'tansu = h.package "tansu";' if tansu else ""
     return nix_eval(
         f"""
         let
-          py = lib.genAttrs [ {names} ] h.fakeDrv // {{
+          py = lib.genAttrs [ {names} ] h.package // {{
             python.sitePackages = "lib/python3.13/site-packages";
             buildPythonApplication = attrs: attrs;
           }};
           p = import (h.modules + "/../nix/package.nix") {{
             inherit lib;
             python3Packages = py;
-            protobuf = h.fakeDrv "protobuf-cpp";
-            mosquitto = h.fakeDrv "mosquitto";
+            protobuf = h.package "protobuf-cpp";
+            mosquitto = h.package "mosquitto";
             {tansu_arg}
           }};
           names = map (d: d.name);
@@ -1335,7 +1239,7 @@ def test_overlay(nix_eval: Any) -> None:
         "gridmate": "gridmate-overlay",
         "extensions": 1,
         "pyGridmate": {
-            "name": "gridmate-overlay-overridden",
+            "name": "gridmate-overlay",
             "isPythonModule": True,
             "overrideArgs": ["python3Packages"],
         },
@@ -1364,17 +1268,33 @@ def test_failover_hands_the_energy_unit_to_keepalived(nix_eval: Any) -> None:
         FAILOVER,
         body="""{
           inherit failed;
-          keepalived = c.services.keepalived;
+          keepalived = {
+            inherit (c.services.keepalived) enable enableScriptSecurity;
+            instance = {
+              inherit (c.services.keepalived.vrrpInstances.gridmate-energy)
+                interface state virtualRouterId priority noPreempt unicastPeers extraConfig;
+              virtualIps = map (ip: ip.addr)
+                c.services.keepalived.vrrpInstances.gridmate-energy.virtualIps;
+            };
+          };
           energy = c.systemd.services.gridmate-energy;
           announce = c.systemd.services."gridmate-energy-failover@";
           pkg = c.services.gridmate.package.outPath;
+          script = {
+            inherit (c.services.gridmate.energy.failover.notifyScript) text;
+            path = c.services.gridmate.energy.failover.notifyScript.outPath;
+            systemd = c.systemd.package.outPath;
+          };
         }""",
     )
     assert got["failed"] == []
     assert got["energy"]["wantedBy"] == []
     keepalived = got["keepalived"]
     assert keepalived["enable"] is True
-    instance = keepalived["vrrpInstances"]["gridmate-energy"]
+    # keepalived runs the notify script as root: with script security it checks the
+    # script's path instead of logging "SECURITY VIOLATION" at every start.
+    assert keepalived["enableScriptSecurity"] is True
+    instance = keepalived["instance"]
     assert (instance["interface"], instance["state"], instance["virtualRouterId"]) == (
         "enp1s0",
         "BACKUP",
@@ -1382,11 +1302,22 @@ def test_failover_hands_the_energy_unit_to_keepalived(nix_eval: Any) -> None:
     )
     assert instance["priority"] == 150 and instance["noPreempt"] is False
     assert instance["unicastPeers"] == ["192.168.1.21"]
-    assert instance["virtualIps"] == [{"addr": "192.168.1.20/24"}]
-    assert re.fullmatch(
-        r'notify "/nix/store/\S+-gridmate-energy-failover-notify-\S+" root\n',
-        instance["extraConfig"],
+    assert instance["virtualIps"] == ["192.168.1.20/24"]
+    script = got["script"]
+    assert instance["extraConfig"] == f'notify "{script["path"]}" root\n'
+    assert re.fullmatch(r"/nix/store/[a-z0-9]{32}-gridmate-energy-failover-notify", script["path"])
+    # the configured systemd's systemctl, not whatever /run/current-system points at
+    systemctl = f"{script['systemd']}/bin/systemctl"
+    assert f"MASTER) {systemctl} start --no-block gridmate-energy.service" in script["text"]
+    assert (
+        f"BACKUP|FAULT|STOP) {systemctl} stop --no-block gridmate-energy.service"
+        in (script["text"])
     )
+    assert (
+        f'exec {systemctl} start --no-block "gridmate-energy-failover@$3.service"'
+        in (script["text"])
+    )
+    assert "/run/current-system" not in script["text"]
     announce = got["announce"]
     sc = announce["serviceConfig"]
     assert sc["Type"] == "oneshot" and announce["wantedBy"] == []
@@ -1398,6 +1329,71 @@ def test_failover_hands_the_energy_unit_to_keepalived(nix_eval: Any) -> None:
     argv = sc["ExecStart"].split(" ")
     assert argv[:4] == [f"{got['pkg']}/bin/gridmate", "energy", "failover-notify", "--config"]
     assert argv[5:] == ["INSTANCE", "gridmate-energy", "%i"]
+
+
+def test_failover_announcer_leaves_the_energy_units_directories_alone(nix_eval: Any) -> None:
+    """systemd removes a unit's RuntimeDirectory= when that unit stops: the oneshot
+    announcer must not declare /run/gridmate-energy, where the running energy
+    service keeps its status file."""
+    units = _host(
+        nix_eval,
+        FAILOVER,
+        body="""lib.mapAttrs (_: u: u.text) (lib.filterAttrs
+          (n: _: lib.hasPrefix "gridmate-energy" n) (h.units r))""",
+    )
+    assert sorted(units) == ["gridmate-energy-failover@.service", "gridmate-energy.service"]
+    energy, announce = units["gridmate-energy.service"], units["gridmate-energy-failover@.service"]
+    assert "\nRuntimeDirectory=gridmate-energy\n" in energy
+    assert "\nCacheDirectory=gridmate-energy\n" in energy
+    assert "\nStateDirectory=gridmate-energy\n" in announce
+    for directory in ("RuntimeDirectory", "CacheDirectory"):
+        assert f"\n{directory}=" not in announce, announce
+    assert "MPLCONFIGDIR" not in announce
+
+
+def _firewall(nix_eval: Any, *configs: str) -> dict[str, Any]:
+    return _host(
+        nix_eval,
+        FAILOVER,
+        *configs,
+        body="""{
+          inherit failed;
+          inherit (c.networking.firewall) extraCommands extraInputRules;
+        }""",
+    )
+
+
+def test_failover_opens_vrrp_from_the_peers_in_the_iptables_firewall(nix_eval: Any) -> None:
+    got = _firewall(
+        nix_eval,
+        '{ services.gridmate.energy.failover.unicastPeers = lib.mkAfter [ "fd00::21" ]; }',
+    )
+    assert got["failed"] == [] and got["extraInputRules"] == ""
+    assert got["extraCommands"].splitlines() == [
+        "iptables -w -A nixos-fw -i enp1s0 -p 112 -s 192.168.1.21 -j nixos-fw-accept",
+        "ip6tables -w -A nixos-fw -i enp1s0 -p 112 -s fd00::21 -j nixos-fw-accept",
+    ]
+
+
+def test_failover_opens_vrrp_from_the_peers_in_the_nftables_firewall(nix_eval: Any) -> None:
+    got = _firewall(
+        nix_eval,
+        """{
+          networking.nftables.enable = true;
+          services.gridmate.energy.failover.unicastPeers = lib.mkAfter [ "fd00::21" ];
+        }""",
+    )
+    # No extraCommands: the nftables firewall refuses them with an assertion.
+    assert got["failed"] == [] and got["extraCommands"] == ""
+    assert got["extraInputRules"].splitlines() == [
+        'iifname "enp1s0" ip saddr 192.168.1.21 meta l4proto 112 accept',
+        'iifname "enp1s0" ip6 saddr fd00::21 meta l4proto 112 accept',
+    ]
+
+
+def test_failover_firewall_opening_can_be_turned_off(nix_eval: Any) -> None:
+    got = _firewall(nix_eval, "{ services.gridmate.energy.failover.openFirewall = false; }")
+    assert got == {"failed": [], "extraCommands": "", "extraInputRules": ""}
 
 
 def test_without_failover_the_energy_unit_starts_at_boot(nix_eval: Any) -> None:

@@ -111,8 +111,19 @@ in
         };
         teslaRefreshTokenFile = "${sims}/tesla_refresh_token";
         honeywellRefreshTokenFile = "${sims}/honeywell_refresh_token";
-        honeywellClientSecretFile = "${pkgs.writeText "honeywell-client-secret" "sim-consumer-secret"}";
-        powerwallGatewayPasswordFile = "${pkgs.writeText "gateway-password" "ABCDE"}";
+        # Root-only files outside the store, as sops-nix would place them.
+        honeywellClientSecretFile = "/etc/gridmate-secrets/honeywell-client-secret";
+        powerwallGatewayPasswordFile = "/etc/gridmate-secrets/gateway-password";
+      };
+      environment.etc = {
+        "gridmate-secrets/honeywell-client-secret" = {
+          text = "sim-consumer-secret";
+          mode = "0400";
+        };
+        "gridmate-secrets/gateway-password" = {
+          text = "ABCDE";
+          mode = "0400";
+        };
       };
 
       systemd.services.gridmate-energy = {

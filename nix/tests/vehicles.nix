@@ -89,8 +89,12 @@ in
           mqtt.username = "gridmate";
           vehicles.${vin} = "VM Test Car";
         };
-        # In the store for the test; on a real host a root-only sops-nix secret.
-        mqttPasswordFile = "${pkgs.writeText "gridmate-mqtt-password" mqttPassword}";
+        # A root-only file outside the store, as sops-nix would place it.
+        mqttPasswordFile = "/etc/gridmate-secrets/mqtt-password";
+      };
+      environment.etc."gridmate-secrets/mqtt-password" = {
+        text = mqttPassword;
+        mode = "0400";
       };
 
       environment.systemPackages =

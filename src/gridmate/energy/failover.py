@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 from gridmate.energy.journal import DayJournal, journal_directory
 from gridmate.energy.settings import EnergySettings
 from gridmate.notify import Event, EventKind, Level, Notifier
+from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "add_arguments",
     "failover_event",
     "failover_notify",
+    "is_news",
     "record_transition",
 ]
 
@@ -53,6 +55,9 @@ TYPES = ("INSTANCE", "GROUP")
 DEFAULT_DELIVER_SECONDS = 6.0
 LOCK_WAIT_SECONDS = 3.0
 CLOSE_GRACE_SECONDS = 1.0
+
+# The last state a notify program saw on this node, beside the journal.
+LAST_STATE_FILE = "failover-state"
 
 # What each keepalived state means for this node, in a person's words.
 ROLE: dict[State, str] = {
@@ -175,6 +180,35 @@ def record_transition(
     )
 
 
+def is_news(previous: State | None, state: State) -> bool:
+    """Whether a transition from ``previous`` (None: never seen) is worth a message.
+
+    keepalived starts every instance in BACKUP and reports STOP when it shuts
+    down, so a node that was standing by (or has never been anything) entering
+    BACKUP or STOP is routine: it happens at every boot. What people need to
+    hear: a node taking control, losing it, failing, and recovering from a fault.
+    """
+    if state == "MASTER":
+        return True
+    if state == "FAULT":
+        return previous != "FAULT"
+    if state == "BACKUP":
+        return previous in ("MASTER", "FAULT")
+    return previous == "MASTER"  # STOP: the active node gave control up
+
+
+def _swap_last_state(state_directory: Path, state: State) -> State | None:
+    """Remember ``state`` as this node's last one and return the one before it."""
+    path = journal_directory(state_directory).parent / LAST_STATE_FILE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    previous: State | None = next((s for s in STATES if s == text), None)
+    write_atomically(path, state + "\n")
+    return previous
+
+
 @contextlib.contextmanager
 def _serialized(state_directory: Path, wait_seconds: float) -> Iterator[bool]:
     """One transition at a time per state directory, waiting at most ``wait_seconds``.
@@ -248,6 +282,14 @@ async def failover_notify(settings: EnergySettings, args: argparse.Namespace) ->
     # must not look like a failed transition, so it is logged and the exit is 0.
     try:
         with _serialized(settings.state_directory, LOCK_WAIT_SECONDS) as locked:
+            previous = _swap_last_state(settings.state_directory, transition.state)
+            if not is_news(previous, transition.state):
+                log.info(
+                    "failover transition is routine; no message",
+                    state=transition.state,
+                    previous=previous or "none",
+                )
+                return 0
             await _announce(settings, event, deliver_seconds=args.deliver_within, locked=locked)
     except Exception as error:
         log.error("failover message not queued", error=f"{type(error).__name__}: {error}")

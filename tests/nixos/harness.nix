@@ -1,0 +1,177 @@
+# Evaluates gridmate's NixOS modules and flake with nixpkgs' lib, against
+# either the stand-ins in ./stand-in (tier "stand-in") or the real NixOS
+# files of a nixpkgs tree (tier "upstream"): a full nixpkgs checkout, or a
+# partial tree holding just the files listed in `upstreamFiles` below at
+# their nixpkgs paths. Nothing is built; Nix 2.8 is enough (nixpkgs'
+# default.nix is never imported).
+#
+#   import ./harness.nix { libDir = <nixpkgs lib>; root = <gridmate>; nixpkgs = null | <tree>; }
+{
+  libDir,
+  root,
+  nixpkgs ? null,
+}:
+let
+  lib = import libDir;
+  upstream = nixpkgs != null;
+  tier = if upstream then "upstream" else "stand-in";
+
+  # The real NixOS files the upstream tier loads.
+  upstreamFiles = {
+    assertions = "nixos/modules/misc/assertions.nix";
+    utils = "nixos/lib/utils.nix";
+    formats = "pkgs/pkgs-lib/formats.nix";
+    keepalived = "nixos/modules/services/networking/keepalived/default.nix";
+  };
+  real = name: nixpkgs + "/${upstreamFiles.${name}}";
+
+  standInPkgs = import ./stand-in/pkgs.nix;
+
+  mkPkgs =
+    { system, tag }:
+    let
+      base = standInPkgs { inherit lib system tag; };
+    in
+    if upstream then
+      let
+        pkgs = base // {
+          formats = import (real "formats") { inherit lib pkgs; };
+        };
+      in
+      pkgs
+    else
+      base;
+
+  # The NixOS options gridmate's modules use. Stand-in tier: ./stand-in/nixos.nix.
+  # Upstream tier: the real modules, plus the few option declarations of
+  # nixos/modules/system/boot/systemd.nix (a module too large to load on its
+  # own) typed with the real utils.systemdUtils.types, and the stand-in for
+  # what is still not loaded from upstream (firewall, prometheus, local
+  # services' enable).
+  nixosModules =
+    if !upstream then
+      [ ./stand-in/nixos.nix ]
+    else
+      [
+        (real "assertions")
+        (real "keepalived")
+        (
+          {
+            config,
+            lib,
+            pkgs,
+            utils,
+            ...
+          }:
+          {
+            options.systemd = {
+              package = lib.mkOption {
+                type = lib.types.package;
+                default = pkgs.systemd;
+              };
+              globalEnvironment = lib.mkOption {
+                type = lib.types.attrsOf (
+                  lib.types.nullOr (
+                    lib.types.oneOf [
+                      lib.types.str
+                      lib.types.path
+                      lib.types.package
+                    ]
+                  )
+                );
+                default = { };
+              };
+              enableStrictShellChecks = lib.mkOption {
+                type = lib.types.bool;
+                default = false;
+              };
+              services = lib.mkOption {
+                type = utils.systemdUtils.types.services;
+                default = { };
+              };
+              timers = lib.mkOption {
+                type = utils.systemdUtils.types.timers;
+                default = { };
+              };
+            };
+            config._module.args.utils = import (real "utils") { inherit lib config pkgs; };
+          }
+        )
+        ./stand-in/services.nix
+      ];
+
+  eval =
+    {
+      modules,
+      system ? "x86_64-linux",
+    }:
+    lib.evalModules {
+      modules = [
+        { _module.args.pkgs = mkPkgs { inherit system; tag = "callpackage"; }; }
+      ]
+      ++ nixosModules
+      ++ modules;
+    };
+
+  # The unit files NixOS would write for a configuration: name -> { text, wantedBy, ... }.
+  units =
+    result:
+    let
+      config = result.config;
+      pkgs = result._module.args.pkgs;
+      render =
+        if upstream then
+          (import (real "utils") { inherit lib config pkgs; }).systemdUtils.lib
+        else
+          import ./stand-in/systemd.nix { inherit lib pkgs config; };
+      withName = toUnit: def: lib.nameValuePair def.name (toUnit def);
+    in
+    lib.mapAttrs' (_: withName render.serviceToUnit) config.systemd.services
+    // lib.mapAttrs' (_: withName render.timerToUnit) config.systemd.timers;
+
+  flakeOutputsFor =
+    flakePkgs:
+    let
+      flake = import (root + "/flake.nix");
+      self =
+        flake.outputs {
+          inherit self;
+          nixpkgs = {
+            inherit lib;
+            legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" "riscv64-linux" ] flakePkgs;
+          };
+        }
+        // {
+          outPath = root;
+        };
+    in
+    self;
+
+  flake = flakeOutputsFor (
+    system:
+    mkPkgs {
+      inherit system;
+      tag = "flake-${system}";
+    }
+  );
+
+  stubPkgs = mkPkgs {
+    system = "x86_64-linux";
+    tag = "stub";
+  };
+in
+{
+  inherit
+    lib
+    tier
+    eval
+    units
+    flake
+    mkPkgs
+    upstreamFiles
+    ;
+  # a package of that name (an unbuilt derivation)
+  package = name: stubPkgs.stdenv.mkDerivation { inherit name; };
+  gridmateLib = import (root + "/modules/lib.nix") { inherit lib; };
+  modules = root + "/modules";
+}

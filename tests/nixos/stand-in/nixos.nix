@@ -1,0 +1,12 @@
+# Stand-ins for the NixOS options gridmate's modules read or set, declared
+# with the types upstream uses, so a misspelt unit key, a wrongly typed value
+# or a missing required option fails here as on a real system. Each file
+# names the upstream files it mirrors; tests/test_nix.py compares them with
+# the real ones when a nixpkgs tree is given.
+{
+  imports = [
+    ./core.nix
+    ./keepalived.nix
+    ./services.nix
+  ];
+}
