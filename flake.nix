@@ -20,6 +20,16 @@
       # modules need no overlay (see nix/package-default.nix).
       packageDefault = import ./nix/package-default.nix self;
 
+      # Each example host of docs/nixos.md, evaluated as a complete NixOS system.
+      exampleChecks =
+        system: pkgs:
+        import ./nix/examples/checks.nix {
+          inherit lib pkgs system;
+          inherit (nixpkgs.lib) nixosSystem;
+          gridmateModule = self.nixosModules.default;
+          examples = import ./nix/examples;
+        };
+
       withPackageDefault = module: {
         _file = "gridmate/flake.nix#nixosModules";
         imports = [
@@ -79,6 +89,7 @@
                 touch $out
               '';
         }
+        // exampleChecks system pkgs
         // lib.optionalAttrs (system == "x86_64-linux") (import ./nix/tests { inherit pkgs self; })
       );
 

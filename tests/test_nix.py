@@ -929,25 +929,18 @@ def test_secret_options_cover_every_credential_of_the_settings_models(nix_eval: 
         assert declared == _python_credentials(models[component]), component
 
 
-def test_module_settings_load_in_gridmate(nix_eval: Any, tmp_path: Path) -> None:
-    """The settings and credentials the modules produce are accepted by gridmate."""
+def _load_in_gridmate(units: dict[str, Any], directory: Path) -> None:
+    """Each component's rendered settings and credentials, loaded by gridmate's own model."""
     from gridmate.components import all_components
 
-    got = _host(
-        nix_eval,
-        body="""lib.genAttrs [ "vehicles" "energy" "report" ] (n: {
-          settings = h.gridmateLib.dropNulls c.services.gridmate.${n}.settings;
-          credentials = c.systemd.services."gridmate-${n}".serviceConfig.LoadCredential;
-        })""",
-    )
     models = {c.name: c.settings_model for c in all_components()}
-    for component, unit in got.items():
-        credentials = tmp_path / component
+    for component, unit in units.items():
+        credentials = directory / component
         credentials.mkdir()
         for entry in unit["credentials"]:
             name, _, _ = entry.partition(":")
             (credentials / name).write_text(f"secret-{name}-value")
-        config = tmp_path / f"{component}.json"
+        config = directory / f"{component}.json"
         config.write_text(json.dumps(unit["settings"]))
         # TOML and JSON load to the same data, and gridmate's loader builds the
         # model from the parsed file exactly like this.
@@ -958,6 +951,67 @@ def test_module_settings_load_in_gridmate(nix_eval: Any, tmp_path: Path) -> None
             del os.environ["CREDENTIALS_DIRECTORY"]
         dumped = json.dumps(settings.model_dump(mode="json"))
         assert "secret-" not in dumped  # secrets were read, and stay masked
+
+
+_RENDERED = """lib.genAttrs (builtins.filter (n: c.services.gridmate.${n}.enable)
+  [ "vehicles" "energy" "report" ]) (n: {
+    settings = h.gridmateLib.dropNulls c.services.gridmate.${n}.settings;
+    credentials = c.systemd.services."gridmate-${n}".serviceConfig.LoadCredential;
+  })"""
+
+
+def test_module_settings_load_in_gridmate(nix_eval: Any, tmp_path: Path) -> None:
+    """The settings and credentials the modules produce are accepted by gridmate."""
+    units = _host(nix_eval, body=_RENDERED)
+    assert sorted(units) == sorted(COMPONENTS)
+    _load_in_gridmate(units, tmp_path)
+
+
+# -- the example hosts of docs/nixos.md (flake checks example-<name> on NixOS)
+
+EXAMPLES = {
+    "homelab": {
+        "gridmate-vehicles.service",
+        "gridmate-energy.service",
+        "gridmate-report.service",
+        "gridmate-report.timer",
+    },
+    "vehicles-only": {"gridmate-vehicles.service"},
+    "failover-pantry": {"gridmate-energy.service", "gridmate-energy-failover@.service"},
+    "report-only": {"gridmate-report.service", "gridmate-report.timer"},
+}
+
+
+def test_every_example_host_is_listed() -> None:
+    files = {p.stem for p in (ROOT / "nix" / "examples").glob("*.nix")}
+    assert files - {"default", "machine"} == set(EXAMPLES)
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_example_host_evaluates_cleanly(nix_eval: Any, example: str, tmp_path: Path) -> None:
+    got = nix_eval(
+        f"""
+        let
+          r = h.eval {{ modules = [
+            h.flake.nixosModules.default
+            (import (h.modules + "/../nix/examples")).{json.dumps(example)}
+          ]; }};
+          c = r.config;
+        in {{
+          failed = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
+          inherit (c) warnings;
+          units = lib.mapAttrs (_: u: u.text) (lib.filterAttrs
+            (n: _: lib.hasPrefix "gridmate-" n) (h.units r));
+          rendered = {_RENDERED};
+        }}
+        """
+    )
+    assert got["failed"] == [] and got["warnings"] == []
+    assert set(got["units"]) == EXAMPLES[example]
+    for name, text in got["units"].items():
+        if name.endswith(".service"):
+            assert "\nExecStart=/nix/store/" in text, name
+    _load_in_gridmate(got["rendered"], tmp_path)
 
 
 # -- the VM tests' machines, evaluated with the modules
@@ -1213,10 +1267,60 @@ def test_flake_outputs(nix_eval: Any) -> None:
         assert systems == ["aarch64-linux", "x86_64-linux"], output
     assert got["packages"] == ["default", "gridmate"]
     assert got["defaultPackage"] == "gridmate-flake-x86_64-linux"
-    assert {"package", "formatting", "vm-vehicles", "vm-energy"} <= set(got["checksX86"])
-    assert got["checksArm"] == ["formatting", "package"]  # no VM tests on aarch64
+    examples = {f"example-{name}" for name in EXAMPLES}
+    assert {"package", "formatting", "vm-vehicles", "vm-energy"} | examples == set(got["checksX86"])
+    # no VM tests on aarch64
+    assert set(got["checksArm"]) == {"formatting", "package"} | examples
     assert got["modules"] == ["default", "energy", "report", "vehicles"]
     assert got["app"] == "app"
+
+
+def test_example_checks_evaluate_each_host_as_a_nixos_system(nix_eval: Any) -> None:
+    got = nix_eval(
+        """lib.mapAttrs (_: check: { inherit (check) name toplevel; })
+          (lib.filterAttrs (n: _: lib.hasPrefix "example-" n) h.flake.checks.x86_64-linux)"""
+    )
+    assert sorted(got) == sorted(f"example-{name}" for name in EXAMPLES)
+    for name, check in got.items():
+        assert check["name"] == f"gridmate-{name}"
+        assert re.fullmatch(r"/nix/store/[a-z0-9]{32}-[^/]+\.drv", check["toplevel"])
+
+
+def _example_check(nix_eval: Any, example: str, **kwargs: Any) -> Any:
+    """nix/examples/checks.nix for one inline example host, as the flake calls it."""
+    return nix_eval(
+        f"""
+        let
+          checks = import (h.modules + "/../nix/examples/checks.nix") {{
+            inherit lib;
+            system = "x86_64-linux";
+            pkgs = h.mkPkgs {{ system = "x86_64-linux"; tag = "check"; }};
+            nixosSystem = h.nixosSystem;
+            gridmateModule = h.flake.nixosModules.default;
+            examples.probe = {example};
+          }};
+        in checks.example-probe.drvPath
+        """,
+        **kwargs,
+    )
+
+
+def test_example_checks_fail_where_the_host_would(nix_eval: Any) -> None:
+    """The check forces the system: failed assertions and warnings cannot pass it."""
+    good = '{ services.gridmate.report = { enable = true; settings.energy_state_directory = "/srv/e"; }; }'
+    assert _example_check(nix_eval, good).endswith(".drv")
+    err = _example_check(
+        nix_eval, "{ services.gridmate.energy.failover.enable = true; services.gridmate.energy.enable = true; }",
+        expect_error=True,
+    )  # fmt: skip
+    assert "Failed assertions" in err and "failover.interface is not" in err
+    err = _example_check(
+        nix_eval,
+        '{ services.gridmate.report = { enable = true; settings.energy_state_directory = "/srv/e";'
+        ' settings.notify.password_file = "/etc/pw"; }; }',
+        expect_error=True,
+    )
+    assert "gridmate example probe has warnings" in err and "password_file" in err
 
 
 def test_overlay(nix_eval: Any) -> None:

@@ -129,6 +129,32 @@ let
     lib.mapAttrs' (_: withName render.serviceToUnit) config.systemd.services
     // lib.mapAttrs' (_: withName render.timerToUnit) config.systemd.timers;
 
+  # nixpkgs' lib.nixosSystem (flake.nix -> nixos/lib/eval-config.nix) for the
+  # flake's example checks: the stand-in or upstream options above, other
+  # options (boot, fileSystems, ...) accepted as they are, and a toplevel that
+  # throws on failed assertions and depends on every unit's text, like
+  # nixos/modules/system/activation/top-level.nix.
+  nixosSystem =
+    { modules, ... }:
+    let
+      result = eval {
+        modules = [ { freeformType = lib.types.attrsOf lib.types.anything; } ] ++ modules;
+      };
+      config = result.config;
+      failed = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
+      pkgs = result._module.args.pkgs;
+      toplevel =
+        if failed != [ ] then
+          throw "\nFailed assertions:\n${lib.concatMapStringsSep "\n" (m: "- ${m}") failed}"
+        else
+          pkgs.runCommand "nixos-system-stand-in" {
+            units = lib.mapAttrsToList (name: unit: "${name}\n${unit.text}") (units result);
+          } "touch $out";
+    in
+    {
+      config = lib.recursiveUpdate config { system.build.toplevel = toplevel; };
+    };
+
   flakeOutputsFor =
     flakePkgs:
     let
@@ -137,7 +163,9 @@ let
         flake.outputs {
           inherit self;
           nixpkgs = {
-            inherit lib;
+            lib = lib // {
+              inherit nixosSystem;
+            };
             legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" "riscv64-linux" ] flakePkgs;
           };
         }
@@ -168,6 +196,7 @@ in
     units
     flake
     mkPkgs
+    nixosSystem
     upstreamFiles
     ;
   # a package of that name (an unbuilt derivation)
