@@ -1307,17 +1307,15 @@ def _example_check(nix_eval: Any, example: str, **kwargs: Any) -> Any:
 
 def test_example_checks_fail_where_the_host_would(nix_eval: Any) -> None:
     """The check forces the system: failed assertions and warnings cannot pass it."""
-    good = '{ services.gridmate.report = { enable = true; settings.energy_state_directory = "/srv/e"; }; }'
+    report = 'services.gridmate.report = { enable = true; settings.energy_state_directory = "/"; };'
+    good = "{ " + report + " }"
     assert _example_check(nix_eval, good).endswith(".drv")
-    err = _example_check(
-        nix_eval, "{ services.gridmate.energy.failover.enable = true; services.gridmate.energy.enable = true; }",
-        expect_error=True,
-    )  # fmt: skip
+    failover = "services.gridmate.energy = { enable = true; failover.enable = true; };"
+    err = _example_check(nix_eval, "{ " + failover + " }", expect_error=True)
     assert "Failed assertions" in err and "failover.interface is not" in err
     err = _example_check(
         nix_eval,
-        '{ services.gridmate.report = { enable = true; settings.energy_state_directory = "/srv/e";'
-        ' settings.notify.password_file = "/etc/pw"; }; }',
+        "{ " + report + ' services.gridmate.report.settings.notify.password_file = "/pw"; }',
         expect_error=True,
     )
     assert "gridmate example probe has warnings" in err and "password_file" in err
