@@ -84,6 +84,7 @@ let
     "token_source"
   ];
   failover = cfg.failover;
+  failoverComplete = failover.enable && failover.interface != null && failover.virtualRouterId != null;
   settingsFile = gridmateLib.mkSettingsFile pkgs component settings;
   credentials = gridmateLib.secretCredentials cfg secrets;
   # The systemd this system runs (not whatever /run/current-system points at
@@ -389,14 +390,19 @@ in
     # keepalived runs the notify script as root: with script security it
     # checks that no part of the script's path is writable by anyone else
     # (store paths pass) instead of logging a SECURITY VIOLATION.
-    services.keepalived = lib.mkIf failover.enable {
+    # Only once the instance is complete: otherwise the assertions above say
+    # what to set, and keepalived's own would add a second, vaguer message.
+    services.keepalived = lib.mkIf failoverComplete {
       enable = true;
       enableScriptSecurity = lib.mkDefault true;
       vrrpInstances.gridmate-energy = {
-        interface = if failover.interface == null then "" else failover.interface;
+        inherit (failover)
+          interface
+          virtualRouterId
+          priority
+          unicastPeers
+          ;
         state = "BACKUP";
-        virtualRouterId = if failover.virtualRouterId == null then 1 else failover.virtualRouterId;
-        inherit (failover) priority unicastPeers;
         virtualIps = map (addr: { inherit addr; }) failover.virtualIps;
         extraConfig = ''
           notify "${failover.notifyScript}" root

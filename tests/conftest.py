@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -164,3 +166,42 @@ def smtp_server() -> Iterator[SmtpServer]:
         yield server
     finally:
         controller.stop()
+
+
+# ------------------------------------------------------------ network namespaces
+
+
+def run_checked(*argv: str) -> None:
+    """Run a setup command; fail with its error output."""
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+
+
+@pytest.fixture
+def namespaces() -> Iterator[tuple[str, str, str]]:
+    """Two network namespaces joined by a veth pair: (ns A, ns B, interface name)."""
+    if os.geteuid() != 0:
+        pytest.fail("this test creates network namespaces and runs keepalived: run it as root")
+    for tool in ("ip", "keepalived"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"'{tool}' is not installed (./dev installs keepalived and iproute2)")
+    tag = uuid.uuid4().hex[:6]
+    ns_a, ns_b = f"gmfo-{tag}-a", f"gmfo-{tag}-b"
+    created: list[str] = []
+    try:
+        for ns in (ns_a, ns_b):
+            run_checked("ip", "netns", "add", ns)
+            created.append(ns)
+        # Created in the root namespace under unique names, then moved.
+        run_checked("ip", "link", "add", f"gfa{tag}", "type", "veth", "peer", "name", f"gfb{tag}")
+        for ns, end, address in ((ns_a, "a", "10.231.0.1/24"), (ns_b, "b", "10.231.0.2/24")):
+            run_checked("ip", "link", "set", f"gf{end}{tag}", "netns", ns)
+            run_checked("ip", "-n", ns, "link", "set", f"gf{end}{tag}", "name", "gmfo0")
+            run_checked("ip", "-n", ns, "addr", "add", address, "dev", "gmfo0")
+            run_checked("ip", "-n", ns, "link", "set", "gmfo0", "up")
+            run_checked("ip", "-n", ns, "link", "set", "lo", "up")
+        yield ns_a, ns_b, "gmfo0"
+    finally:
+        for ns in created:  # deleting a namespace removes its end of the veth pair
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=10)

@@ -10,13 +10,9 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -269,12 +265,6 @@ def test_a_boot_into_backup_is_journalled_but_not_announced(tmp_path: Path) -> N
 # ------------------------------------------------------------------ keepalived in namespaces
 
 
-def run(*argv: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
-
-
 def keepalived_conf(
     node: str, interface: str, own: str, peer: str, priority: int, notify: list[str]
 ) -> str:
@@ -327,35 +317,6 @@ def wait_for_notify_programs(state: Path) -> None:
     with lock.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@pytest.fixture
-def namespaces() -> Iterator[tuple[str, str, str]]:
-    """Two network namespaces joined by a veth pair: (ns A, ns B, interface name)."""
-    if os.geteuid() != 0:
-        pytest.fail("this test creates network namespaces and runs keepalived: run it as root")
-    for tool in ("ip", "keepalived"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"'{tool}' is not installed (./dev installs keepalived and iproute2)")
-    tag = uuid.uuid4().hex[:6]
-    ns_a, ns_b = f"gmfo-{tag}-a", f"gmfo-{tag}-b"
-    created: list[str] = []
-    try:
-        for ns in (ns_a, ns_b):
-            run("ip", "netns", "add", ns)
-            created.append(ns)
-        # Created in the root namespace under unique names, then moved.
-        run("ip", "link", "add", f"gfa{tag}", "type", "veth", "peer", "name", f"gfb{tag}")
-        for ns, end, address in ((ns_a, "a", "10.231.0.1/24"), (ns_b, "b", "10.231.0.2/24")):
-            run("ip", "link", "set", f"gf{end}{tag}", "netns", ns)
-            run("ip", "-n", ns, "link", "set", f"gf{end}{tag}", "name", "gmfo0")
-            run("ip", "-n", ns, "addr", "add", address, "dev", "gmfo0")
-            run("ip", "-n", ns, "link", "set", "gmfo0", "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        yield ns_a, ns_b, "gmfo0"
-    finally:
-        for ns in created:  # deleting a namespace removes its end of the veth pair
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=10)
 
 
 def start_keepalived(ns: str, conf: Path, work: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -22,6 +22,9 @@ let
     utils = "nixos/lib/utils.nix";
     formats = "pkgs/pkgs-lib/formats.nix";
     keepalived = "nixos/modules/services/networking/keepalived/default.nix";
+    firewall = "nixos/modules/services/networking/firewall.nix";
+    firewallIptables = "nixos/modules/services/networking/firewall-iptables.nix";
+    firewallNftables = "nixos/modules/services/networking/firewall-nftables.nix";
   };
   real = name: nixpkgs + "/${upstreamFiles.${name}}";
 
@@ -98,6 +101,12 @@ let
           }
         )
         ./stand-in/services.nix
+        ./upstream-inputs.nix
+      ]
+      ++ map real [
+        "firewall"
+        "firewallIptables"
+        "firewallNftables"
       ];
 
   eval =
@@ -113,21 +122,38 @@ let
       ++ modules;
     };
 
-  # The unit files NixOS would write for a configuration: name -> { text, wantedBy, ... }.
-  units =
-    result:
+  # The unit files NixOS would write for a configuration (an evalModules
+  # result): name -> { text, wantedBy, ... }, rendered as
+  # nixos/modules/system/boot/systemd.nix does, with `toUnits` being
+  # utils.systemdUtils.lib or its stand-in.
+  unitsWith =
+    toUnits: result:
     let
-      config = result.config;
-      pkgs = result._module.args.pkgs;
-      render =
-        if upstream then
-          (import (real "utils") { inherit lib config pkgs; }).systemdUtils.lib
-        else
-          import ./stand-in/systemd.nix { inherit lib pkgs config; };
       withName = toUnit: def: lib.nameValuePair def.name (toUnit def);
     in
-    lib.mapAttrs' (_: withName render.serviceToUnit) config.systemd.services
-    // lib.mapAttrs' (_: withName render.timerToUnit) config.systemd.timers;
+    lib.mapAttrs' (_: withName toUnits.serviceToUnit) result.config.systemd.services
+    // lib.mapAttrs' (_: withName toUnits.timerToUnit) result.config.systemd.timers;
+
+  standInUnits =
+    result:
+    unitsWith (import ./stand-in/systemd.nix {
+      inherit lib;
+      inherit (result) config;
+      pkgs = result._module.args.pkgs;
+    }) result;
+
+  units =
+    result:
+    if upstream then
+      unitsWith
+        (import (real "utils") {
+          inherit lib;
+          inherit (result) config;
+          pkgs = result._module.args.pkgs;
+        }).systemdUtils.lib
+        result
+    else
+      standInUnits result;
 
   # nixpkgs' lib.nixosSystem (flake.nix -> nixos/lib/eval-config.nix) for the
   # flake's example checks: the stand-in or upstream options above, other
@@ -154,6 +180,80 @@ let
     {
       config = lib.recursiveUpdate config { system.build.toplevel = toplevel; };
     };
+
+  # The options under `options` as a tree of { type; default?; sub? }, sub
+  # being the options of a submodule type (attrsOf submodule, listOf
+  # submodule), for comparing stand-ins with upstream declarations.
+  describeOptions =
+    let
+      simple =
+        v:
+        v == null
+        || builtins.isBool v
+        || builtins.isInt v
+        || builtins.isString v
+        || (builtins.isList v && lib.all builtins.isString v);
+      go =
+        depth: opts:
+        lib.mapAttrs (
+          _: o:
+          if lib.isOption o then
+            let
+              sub = o.type.getSubOptions (o.loc ++ [ "<name>" ]);
+            in
+            {
+              type = o.type.description;
+              hasDefault = o ? default;
+            }
+            // lib.optionalAttrs (o ? default && simple o.default) { inherit (o) default; }
+            // lib.optionalAttrs (depth < 3 && sub != { }) { sub = go (depth + 1) sub; }
+          else if builtins.isAttrs o then
+            go depth o
+          else
+            null
+        ) (removeAttrs opts [ "_module" ]);
+    in
+    go 0;
+
+  # Evaluates modules against the stand-ins, whatever this harness's tier.
+  evalStandIn =
+    modules:
+    lib.evalModules {
+      modules = [
+        {
+          _module.args.pkgs = standInPkgs {
+            inherit lib;
+            system = "x86_64-linux";
+            tag = "callpackage";
+          };
+        }
+        ./stand-in/nixos.nix
+      ]
+      ++ modules;
+    };
+
+  # The keepalived.conf the real keepalived module writes for a configuration
+  # (upstream tier only). The module writes it with pkgs.writeText inside a
+  # `let`; calling the module again with a writeText whose result's outPath
+  # is the text itself lets the text through to ExecStart, where it is cut out.
+  keepalivedConf =
+    result:
+    let
+      capture = result._module.args.pkgs // {
+        writeText = _name: text: { outPath = text; };
+      };
+      module = import (real "keepalived") {
+        inherit (result) config;
+        inherit lib;
+        pkgs = capture;
+      };
+      execStart = module.config.content.systemd.services.keepalived.serviceConfig.ExecStart;
+      afterFlag = lib.last (lib.splitString " -f " execStart);
+    in
+    if !upstream then
+      throw "keepalivedConf needs the upstream tier"
+    else
+      lib.removeSuffix " -p /run/keepalived.pid" afterFlag;
 
   flakeOutputsFor =
     flakePkgs:
@@ -197,6 +297,10 @@ in
     flake
     mkPkgs
     nixosSystem
+    standInUnits
+    keepalivedConf
+    describeOptions
+    evalStandIn
     upstreamFiles
     ;
   # a package of that name (an unbuilt derivation)

@@ -7,6 +7,7 @@
   imports = [
     ./core.nix
     ./keepalived.nix
+    ./firewall.nix
     ./services.nix
   ];
 }

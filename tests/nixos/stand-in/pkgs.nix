@@ -8,8 +8,8 @@
 #   stdenv.mkDerivation   pkgs/stdenv/generic/make-derivation.nix: the
 #                         arguments become derivation attributes; meta and
 #                         passthru stay outside the derivation; overrideAttrs
-#   runCommand, writeText, writeTextFile, writeScript, writeShellScript,
-#   writeShellScriptBin, writeShellApplication
+#   runCommand, writeText, writeTextFile, writeScript, writeScriptBin,
+#   writeShellScript, writeShellScriptBin, writeShellApplication
 #                         pkgs/build-support/trivial-builders/default.nix
 #   formats.toml          pkgs/pkgs-lib/formats.nix (`toml`): a value type
 #                         without null, and `generate` returning a
@@ -110,6 +110,13 @@ let
         inherit name text;
         executable = true;
       };
+    writeScriptBin =
+      name: text:
+      writeTextFile {
+        inherit name text;
+        executable = true;
+        destination = "/bin/${name}";
+      };
     writeShellScript =
       name: text:
       writeTextFile {
@@ -179,7 +186,9 @@ let
             value = builtins.toJSON value;
             passAsFile = [ "value" ];
             preferLocalBuild = true;
-          } "json2toml \"$valuePath\" \"$out\"";
+          } ''
+            json2toml "$valuePath" "$out"
+          '';
       };
 
     python3 = package "python3" // {
@@ -201,6 +210,7 @@ let
     "apacheKafka"
     "procps"
     "remarshal"
+    "nixos-firewall-tool"
   ] package
   // {
     xorg.lndir = package "lndir";

@@ -96,14 +96,29 @@ let
     );
 
   makeJobScript =
-    name: text:
-    lib.getExe (
-      pkgs.writeShellScriptBin (lib.replaceStrings [ "\\" "@" ] [ "-" "_" ] name) ''
-        set -e
+    {
+      name,
+      text,
+      enableStrictShellChecks,
+    }:
+    let
+      scriptName = lib.replaceStrings [ "\\" "@" ] [ "-" "_" ] (
+        lib.replaceStrings [ "\\" ] [ "\\\\" ] name
+      );
+      script =
+        if !enableStrictShellChecks then
+          pkgs.writeShellScriptBin scriptName ''
+            set -e
 
-        ${text}
-      ''
-    );
+            ${text}
+          ''
+        else
+          pkgs.writeShellApplication {
+            name = scriptName;
+            inherit text;
+          };
+    in
+    lib.getExe (script.overrideAttrs (_: { name = "unit-script-${scriptName}"; }));
 
   unitNames = mkOption {
     default = [ ];
@@ -224,10 +239,8 @@ let
           type = types.addCheck (types.attrsOf unitOption) checkService;
           default = { };
         };
-        enableStrictShellChecks = mkOption {
-          type = types.bool;
-          default = false;
-        };
+        # defaulted from systemd.enableStrictShellChecks below
+        enableStrictShellChecks = mkOption { type = types.bool; };
         script = mkOption {
           type = types.lines;
           default = "";
@@ -273,6 +286,7 @@ let
       config = lib.mkMerge [
         {
           name = "${name}.service";
+          enableStrictShellChecks = lib.mkOptionDefault cfg.enableStrictShellChecks;
           # stage2ServiceConfig: the default PATH of every service
           path = lib.mkAfter [
             pkgs.coreutils
@@ -286,19 +300,19 @@ let
           ) "${lib.makeBinPath config.path}:${lib.makeSearchPathOutput "bin" "sbin" config.path}";
         }
         (lib.mkIf (config.preStart != "") {
-          serviceConfig.ExecStartPre = [ (makeJobScript "${name}-pre-start" config.preStart) ];
+          serviceConfig.ExecStartPre = [ (makeJobScript { name = "${name}-pre-start"; text = config.preStart; inherit (config) enableStrictShellChecks; }) ];
         })
         (lib.mkIf (config.script != "") {
-          serviceConfig.ExecStart = makeJobScript "${name}-start" config.script + " " + config.scriptArgs;
+          serviceConfig.ExecStart = makeJobScript { name = "${name}-start"; text = config.script; inherit (config) enableStrictShellChecks; } + " " + config.scriptArgs;
         })
         (lib.mkIf (config.postStart != "") {
-          serviceConfig.ExecStartPost = [ (makeJobScript "${name}-post-start" config.postStart) ];
+          serviceConfig.ExecStartPost = [ (makeJobScript { name = "${name}-post-start"; text = config.postStart; inherit (config) enableStrictShellChecks; }) ];
         })
         (lib.mkIf (config.preStop != "") {
-          serviceConfig.ExecStop = makeJobScript "${name}-pre-stop" config.preStop;
+          serviceConfig.ExecStop = makeJobScript { name = "${name}-pre-stop"; text = config.preStop; inherit (config) enableStrictShellChecks; };
         })
         (lib.mkIf (config.postStop != "") {
-          serviceConfig.ExecStopPost = makeJobScript "${name}-post-stop" config.postStop;
+          serviceConfig.ExecStopPost = makeJobScript { name = "${name}-post-stop"; text = config.postStop; inherit (config) enableStrictShellChecks; };
         })
       ];
     };
