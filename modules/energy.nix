@@ -102,6 +102,10 @@ let
     esac
     exec ${systemctl} start --no-block "gridmate-energy-failover@$3.service"
   '';
+  # networking.firewall.backend where NixOS has it (it also knows firewalld).
+  firewallBackend =
+    config.networking.firewall.backend
+      or (if config.networking.nftables.enable then "nftables" else "iptables");
   # Firewall rules accepting VRRP (IP protocol 112) from the peers on the
   # failover interface; the chain names are those of nixpkgs'
   # nixos/modules/services/networking/firewall-iptables.nix.
@@ -330,6 +334,19 @@ in
     ];
     warnings =
       checks.warnings
+      ++ lib.optional
+        (
+          failover.enable
+          && failover.openFirewall
+          && config.networking.firewall.enable
+          && firewallBackend == "firewalld"
+        )
+        ''
+        ${prefix}.failover.openFirewall cannot open VRRP in firewalld. Allow IP protocol
+        112 from ${lib.concatStringsSep ", " failover.unicastPeers} in your firewalld zone
+        (for example a rich rule), then set ${prefix}.failover.openFirewall = false.
+        Without it both hosts become active and both write to the Powerwall.
+      ''
       ++ lib.optional (cfg.mqttPasswordFile != null && (at [ "notify" "mqtt" ]) == null) ''
         ${prefix}.mqttPasswordFile is set but settings.notify.mqtt is not, so no MQTT
         connection uses it.
@@ -414,8 +431,8 @@ in
     # (keepalived's own openFirewall writes iptables rules only, and accepts
     # VRRP from anyone).
     networking.firewall = lib.mkIf (failover.enable && failover.openFirewall) {
-      extraCommands = lib.mkIf (!config.networking.nftables.enable) vrrpRules.iptables;
-      extraInputRules = lib.mkIf config.networking.nftables.enable vrrpRules.nftables;
+      extraCommands = lib.mkIf (firewallBackend == "iptables") vrrpRules.iptables;
+      extraInputRules = lib.mkIf (firewallBackend == "nftables") vrrpRules.nftables;
     };
 
     services.prometheus.scrapeConfigs = lib.mkIf (

@@ -1500,6 +1500,21 @@ def test_failover_opens_vrrp_from_the_peers_in_the_nftables_firewall(nix_eval: A
     ]
 
 
+def test_failover_with_firewalld_says_how_to_open_vrrp(nix_eval: Any) -> None:
+    got = _host(
+        nix_eval,
+        FAILOVER,
+        "{ services.firewalld.enable = true; }",
+        body="""{
+          inherit failed; inherit (c) warnings;
+          inherit (c.networking.firewall) extraCommands extraInputRules;
+        }""",
+    )
+    assert got["failed"] == [] and got["extraCommands"] == got["extraInputRules"] == ""
+    [warning] = [w.replace("\n", " ") for w in got["warnings"]]
+    assert "cannot open VRRP in firewalld" in warning and "192.168.1.21" in warning
+
+
 def test_failover_firewall_opening_can_be_turned_off(nix_eval: Any) -> None:
     got = _firewall(nix_eval, "{ services.gridmate.energy.failover.openFirewall = false; }")
     assert got == {"failed": [], "extraCommands": "", "extraInputRules": ""}
@@ -1556,6 +1571,10 @@ def test_stand_ins_declare_options_as_upstream_does(upstream_eval: Any) -> None:
             systemd = { inherit (o.systemd) package globalEnvironment enableStrictShellChecks
                           services timers; };
             keepalived = o.services.keepalived;
+            firewall = { inherit (o.networking.firewall) enable backend extraCommands
+                           extraStopCommands extraInputRules; };
+            nftables = { inherit (o.networking.nftables) enable; };
+            firewalld = { inherit (o.services.firewalld) enable; };
           };
         in {
           upstream = h.describeOptions (pick (h.eval { modules = [ ]; }).options);
@@ -1787,3 +1806,123 @@ def test_real_keepalived_runs_the_rendered_configuration(
     insecure = conf.replace("enable_script_security", "")
     seen = _keepalived_log_after_master(insecure, script, ns_a, tmp_path / "insecure")
     assert "SECURITY VIOLATION" in seen, seen
+
+
+def _pair_configuration(upstream_eval: Any, interface: str, backend: str, open_fw: bool) -> Any:
+    nodes = {"a": ("150", "10.231.0.2"), "b": ("100", "10.231.0.1")}
+    hosts = " ".join(
+        f"""{name} = host {priority} "{peer}";""" for name, (priority, peer) in nodes.items()
+    )
+    return upstream_eval(
+        f"""
+        let
+          host = priority: peer:
+            let r = h.eval {{ modules = [ h.flake.nixosModules.default ({HOST}) ({FAILOVER}) {{
+              networking.nftables.enable = {"true" if backend == "nftables" else "false"};
+              services.gridmate.energy.failover = {{
+                interface = lib.mkForce "{interface}";
+                priority = lib.mkForce priority;
+                unicastPeers = lib.mkForce [ peer ];
+                virtualIps = lib.mkForce [ ];
+                openFirewall = {"true" if open_fw else "false"};
+              }};
+            }} ]; }};
+            in {{
+              conf = h.keepalivedConf r;
+              script = r.config.services.gridmate.energy.failover.notifyScript.outPath;
+              firewall = h.firewallRules r;
+            }};
+        in {{ {hosts} }}
+        """
+    )
+
+
+def _apply_firewall(namespace: str, firewall: dict[str, str], work: Path) -> None:
+    if firewall["backend"] == "iptables":
+        script = work / "firewall-start"
+        script.write_text(firewall["script"])
+        command = ["bash", "-e", str(script)]
+    else:
+        ruleset = work / "ruleset.nft"
+        ruleset.write_text(firewall["ruleset"])
+        command = ["nft", "-f", str(ruleset)]
+    result = subprocess.run(
+        ["ip", "netns", "exec", namespace, *command], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _states_of_a_pair(
+    hosts: dict[str, Any], namespaces: dict[str, str], work: Path, observe: float
+) -> dict[str, list[str]]:
+    """Both hosts' firewalls loaded, both keepalived daemons running: the states each
+    host's notify program saw, once host a is MASTER and `observe` seconds more."""
+    import signal
+    import time
+
+    processes = []
+    records = {}
+    try:
+        for name, host in hosts.items():
+            node = work / name
+            node.mkdir(parents=True)
+            os.chmod(node, 0o755)
+            os.chmod(work, 0o755)
+            _apply_firewall(namespaces[name], host["firewall"], node)
+            records[name] = node / "notified"
+            recorder = node / "notify"
+            recorder.write_text(f'#!/bin/sh\necho "$3" >> {records[name]}\n')
+            recorder.chmod(0o755)
+            (node / "keepalived.conf").write_text(
+                host["conf"].replace(host["script"], str(recorder))
+            )
+            log = (node / "keepalived.log").open("wb")
+            keepalived = ["keepalived", "-n", "-l", "-D", "-f", str(node / "keepalived.conf"),
+                          "-p", str(node / "k.pid"), "-r", str(node / "v.pid")]  # fmt: skip
+            processes.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", namespaces[name], *keepalived],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+        def seen(name: str) -> list[str]:
+            return records[name].read_text().split() if records[name].exists() else []
+
+        deadline = time.monotonic() + 20
+        while "MASTER" not in seen("a") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # Host b declares host a dead after three missed adverts (about 3.6 s).
+        time.sleep(observe)
+        return {name: seen(name) for name in hosts}
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_the_nixos_firewall_lets_exactly_one_host_be_active(
+    upstream_eval: Any, namespaces: tuple[str, str, str], tmp_path: Path, backend: str
+) -> None:
+    """Two hosts behind NixOS's real firewall (its own start script or ruleset, as
+    the upstream modules render it), each running keepalived with the rendered
+    configuration: with the VRRP opening exactly one is active; without it the
+    firewall drops the adverts and both are."""
+    ns_a, ns_b, interface = namespaces
+    namespace = {"a": ns_a, "b": ns_b}
+
+    hosts = _pair_configuration(upstream_eval, interface, backend, open_fw=True)
+    states = _states_of_a_pair(hosts, namespace, tmp_path / "open", observe=6)
+    assert states["a"][:2] == ["BACKUP", "MASTER"], states
+    assert "MASTER" not in states["b"], states
+
+    hosts = _pair_configuration(upstream_eval, interface, backend, open_fw=False)
+    states = _states_of_a_pair(hosts, namespace, tmp_path / "closed", observe=6)
+    assert "MASTER" in states["a"] and "MASTER" in states["b"], states

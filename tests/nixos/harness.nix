@@ -255,6 +255,46 @@ let
     else
       lib.removeSuffix " -p /run/keepalived.pid" afterFlag;
 
+  # What the real firewall modules would load into the kernel (upstream tier
+  # only): the iptables backend's firewall-start script, taken from its
+  # ExecStart the way keepalivedConf takes keepalived.conf, and the nftables
+  # backend's ruleset as nixos/modules/services/networking/nftables.nix
+  # loads each table it manages.
+  firewallRules =
+    result:
+    let
+      cfg = result.config.networking.firewall;
+      capture = result._module.args.pkgs // {
+        writeScriptBin = _name: text: { outPath = text; };
+      };
+      iptablesModule = import (real "firewallIptables") {
+        inherit (result) config;
+        inherit lib;
+        pkgs = capture;
+      };
+      execStart = iptablesModule.config.content.systemd.services.firewall.serviceConfig.ExecStart;
+      table = result.config.networking.nftables.tables.nixos-fw;
+    in
+    if !upstream then
+      throw "firewallRules needs the upstream tier"
+    else if cfg.backend == "iptables" then
+      {
+        backend = "iptables";
+        script = lib.removeSuffix "/bin/firewall-start firewall-start" (lib.removePrefix "@" execStart);
+      }
+    else
+      {
+        backend = "nftables";
+        # nftables.nix replaces a table it manages: declare it, delete it, load it.
+        ruleset = ''
+          table ${table.family} ${table.name} {}
+          delete table ${table.family} ${table.name}
+          table ${table.family} ${table.name} {
+          ${table.content}
+          }
+        '';
+      };
+
   flakeOutputsFor =
     flakePkgs:
     let
@@ -299,6 +339,7 @@ in
     nixosSystem
     standInUnits
     keepalivedConf
+    firewallRules
     describeOptions
     evalStandIn
     upstreamFiles

@@ -1,5 +1,6 @@
 # Mirrors (nixpkgs, nixos-25.11 era) what gridmate sets of the firewall:
 #   nixos/modules/services/networking/firewall.nix      networking.firewall.enable,
+#                                                       backend,
 #                                                       extraCommands,
 #                                                       extraStopCommands,
 #                                                       extraInputRules,
@@ -18,6 +19,20 @@ in
         type = types.bool;
         default = true;
       };
+      backend = mkOption {
+        type = types.enum [
+          "iptables"
+          "nftables"
+          "firewalld"
+        ];
+        default =
+          if config.services.firewalld.enable then
+            "firewalld"
+          else if config.networking.nftables.enable then
+            "nftables"
+          else
+            "iptables";
+      };
       extraCommands = mkOption {
         type = types.lines;
         default = "";
@@ -35,12 +50,18 @@ in
       type = types.bool;
       default = false;
     };
+    services.firewalld.enable = mkOption {
+      type = types.bool;
+      default = false;
+    };
   };
 
   config.assertions = [
     {
       # firewall-nftables.nix
-      assertion = !config.networking.nftables.enable || config.networking.firewall.extraCommands == "";
+      assertion =
+        !(config.networking.firewall.enable && config.networking.firewall.backend == "nftables")
+        || config.networking.firewall.extraCommands == "";
       message = "extraCommands is incompatible with the nftables based firewall: ${config.networking.firewall.extraCommands}";
     }
   ];
