@@ -20,19 +20,19 @@ let
 
   noBytecode = lib.fileset.fileFilter (file: !(file.hasExt "pyc")) root;
 
+  # nix/package-files.txt lists the source set; ./dev test runs the check
+  # phase's tests on a copy of exactly these files.
+  listedFiles = builtins.filter (line: line != "" && !lib.hasPrefix "#" line) (
+    lib.splitString "\n" (builtins.readFile ./package-files.txt)
+  );
+
+  sourceFiles = lib.fileset.intersection noBytecode (
+    lib.fileset.unions (map (name: lib.fileset.maybeMissing (root + "/${name}")) listedFiles)
+  );
+
   src = lib.fileset.toSource {
     inherit root;
-    fileset = lib.fileset.intersection noBytecode (
-      lib.fileset.unions [
-        ../pyproject.toml
-        ../README.md
-        ../src
-        ../tests
-        (lib.fileset.maybeMissing ../LICENSE)
-        (lib.fileset.maybeMissing ../proto)
-        (lib.fileset.maybeMissing ../scripts/gen-proto)
-      ]
-    );
+    fileset = sourceFiles;
   };
 
   version =
