@@ -1944,3 +1944,20 @@ def test_the_nixos_firewall_lets_exactly_one_host_be_active(
     hosts = _pair_configuration(upstream_eval, interface, backend, open_fw=False)
     states = _states_of_a_pair(hosts, namespace, tmp_path / "closed", observe=6)
     assert "MASTER" in states["a"] and "MASTER" in states["b"], states
+
+
+@pytest.mark.parametrize("test", VM_TESTS)
+def test_vm_test_header_lists_every_driver_method_it_uses(test: str) -> None:
+    """Each VM test's header lists the test-driver methods its script calls, with
+    the signatures read from upstream's driver; a new call must be checked there."""
+    path = ROOT / "nix" / "tests" / f"{test}.nix"
+    if not path.exists():
+        pytest.skip(f"nix/tests/{test}.nix is not part of this source tree")
+    text = path.read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    used = set(re.findall(r"\bmachine\.([a-z_]+)\(", body))
+    used |= {name for name in ("subtest", "start_all") if re.search(rf"\b{name}\(", body)}
+    listed = set(re.findall(r"#   (?:machine\.)?([a-z_]+)\(", header))
+    assert used, "the test script calls no driver method?"
+    assert used <= listed, f"not listed in the header: {sorted(used - listed)}"

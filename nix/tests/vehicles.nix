@@ -4,6 +4,19 @@
 #
 # nix/tests/default.nix calls this with pkgs.testers.runNixOSTest and adds
 # gridmate's NixOS modules to every node.
+#
+# The test script uses these parts of NixOS's test driver, checked against
+# nixos/lib/test-driver/src/test_driver/machine/__init__.py (NixOS/nixpkgs
+# b09f2c739a3e49b80049c1fd80bd8a393cc7fbc1) and driver.py (e92a8275e21b71ff3b6b6a9f033afcd235fe6b11),
+# the nixos-25.11-era layout; failures raise RequestedAssertionFailed:
+#   machine                 the single node (nodes.machine), bound by that name
+#   subtest(name)           context manager; logs the failed step and re-raises
+#   machine.start(allow_reboot=False)            boots without waiting
+#   machine.wait_for_unit(unit, user=None, timeout=900)
+#   machine.wait_for_open_port(port, addr="localhost", timeout=900)
+#   machine.wait_until_succeeds(command, timeout=900) -> str   one try a second
+#   machine.succeed(*commands, timeout=None) -> str
+#   machine.fail(*commands, timeout=None) -> str
 { pkgs, ... }:
 let
   namespace = "tesla";
