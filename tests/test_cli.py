@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def gridmate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    if env is not None and "PYTHONPATH" in os.environ:
+        # how the Nix check phase finds the package under test
+        env = {"PYTHONPATH": os.environ["PYTHONPATH"], **env}
     return subprocess.run(
         [sys.executable, "-m", "gridmate.cli", *args],
         capture_output=True,

@@ -24,7 +24,11 @@ from gridmate.energy.failover import STATES, Transition, failover_event, is_news
 from gridmate.energy.journal import journal_directory
 from gridmate.notify import EventKind, Level, Notifier, NotifySettings
 
-GRIDMATE = Path(sys.executable).parent / "gridmate"
+# The CLI through this interpreter, as the Nix check phase (no bin/ beside it) can run it.
+GRIDMATE = [sys.executable, "-m", "gridmate"]
+# keepalived runs a notify program by its resolved path: the venv's python is a
+# symlink to an interpreter outside the venv, so keepalived gets the console script.
+GRIDMATE_SCRIPT = str(Path(sys.executable).parent / "gridmate")
 AT = datetime(2026, 7, 14, 23, 5, tzinfo=UTC)
 
 
@@ -182,7 +186,7 @@ async def test_undelivered_transition_stays_queued_and_the_next_notifier_sends_i
     state = tmp_path / "state"
     config = write_config(tmp_path / "energy.toml", state, "pantry", "127.0.0.1", closed_port())
     process = await asyncio.create_subprocess_exec(
-        str(GRIDMATE), "energy", "failover-notify", "INSTANCE", "gridmate-energy", "MASTER",
+        *GRIDMATE, "energy", "failover-notify", "INSTANCE", "gridmate-energy", "MASTER",
         "150", "--config", str(config), "--deliver-within", "1",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -240,7 +244,7 @@ def test_which_transitions_are_news(previous: Any, state: Any, news: bool) -> No
 
 def run_notify(config: Path, state: str) -> None:
     result = subprocess.run(
-        [str(GRIDMATE), "energy", "failover-notify", "INSTANCE", "gridmate-energy", state,
+        [*GRIDMATE, "energy", "failover-notify", "INSTANCE", "gridmate-energy", state,
          "--config", str(config), "--deliver-within", "0"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -358,7 +362,7 @@ async def test_keepalived_fails_over_and_the_takeover_message_is_delivered_later
             states[node] = work / "state"
             # Inside the namespace nothing listens on this port: mail stays queued.
             config = write_config(work / "energy.toml", states[node], node, "127.0.0.1", 9)
-            notify = [str(GRIDMATE), "energy", "failover-notify", "--config", str(config),
+            notify = [GRIDMATE_SCRIPT, "energy", "failover-notify", "--config", str(config),
                       "--deliver-within", "1"]  # fmt: skip
             conf = work / "keepalived.conf"
             conf.write_text(keepalived_conf(node, interface, own, peer, priority, notify))

@@ -23,7 +23,8 @@ COMPONENTS = [c.name for c in all_components()]
 
 
 def _clean_environment(tmp_path: Path) -> dict[str, str]:
-    keep = {"PATH", "LANG", "LC_ALL", "SYSTEMROOT"}
+    # PYTHONPATH: how the Nix check phase finds the package under test.
+    keep = {"PATH", "LANG", "LC_ALL", "SYSTEMROOT", "PYTHONPATH"}
     env = {k: v for k, v in os.environ.items() if k in keep}
     # Relative state/runtime directories would land in the working directory.
     env["HOME"] = str(tmp_path)
