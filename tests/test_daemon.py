@@ -235,3 +235,26 @@ async def test_reconnecting_gives_up_when_stopped():
         raise ConnectionRefusedError("refused")
 
     await asyncio.wait_for(reconnecting(session, peer="x", stop=stop), timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("address", "warned"), [("0.0.0.0", True), ("::", True), ("127.0.0.1", False), ("::1", False)]
+)
+async def test_metrics_on_a_network_address_warns_that_it_is_unauthenticated(address, warned):
+    stream = io.StringIO()
+    configure_logging("info", "text", stream)
+
+    async def run(_settings, daemon: Daemon) -> None:
+        daemon.request_stop()
+
+    try:
+        assert (
+            await serve("sample", settings(enable=True, listen_address=address, port=0), run) == 0
+        )
+    finally:
+        logging.getLogger().handlers.clear()
+    log = stream.getvalue()
+    assert "metrics endpoint listening" in log  # the endpoint did start on that address
+    assert ("unauthenticated and reachable from the network" in log) == warned, log
+    if warned:
+        assert f"address={address}" in log

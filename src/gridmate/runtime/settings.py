@@ -189,7 +189,11 @@ class LogSettings(Section):
 
 class MetricsSettings(Section):
     enable: bool = True
-    listen_address: str = "127.0.0.1"
+    listen_address: str = Field(
+        "127.0.0.1",
+        description="/metrics has no authentication: any address but a loopback one "
+        "exposes it to the network, and gridmate warns at start.",
+    )
     port: int = Field(9108, ge=0, le=65535, description="0 picks a free port.")
 
     @field_validator("listen_address")
