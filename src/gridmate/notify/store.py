@@ -25,7 +25,7 @@ from typing import Any
 
 from gridmate.notify.events import Event, EventKind, InlineImage, Level
 from gridmate.notify.render import Item
-from gridmate.runtime.files import write_atomically
+from gridmate.runtime.files import make_private_directory, write_atomically
 from gridmate.runtime.logs import get_logger
 
 log = get_logger("notify.store")
@@ -185,7 +185,7 @@ class Store:
         self.queue_directory = directory / "queue"
         self.ledger_path = directory / "ledger.json"
         self.lock_path = directory / "delivery.lock"
-        self.queue_directory.mkdir(parents=True, exist_ok=True)
+        make_private_directory(self.queue_directory)
 
     # -- delivery lock (between processes sharing this directory)
 
