@@ -10,6 +10,8 @@ leak through a formatted message either.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -54,12 +56,27 @@ def mask_credentials(text: str) -> str:
     return scrub_known_secrets(text)
 
 
+@functools.lru_cache(maxsize=1024)
+def _written_forms(secret: str) -> tuple[str, ...]:
+    """How a secret may appear in text: as is, JSON-escaped, repr()-escaped (exception
+    arguments, tracebacks), and each of those escaped once more, longest first."""
+    forms = {secret}
+    for _ in range(2):
+        for form in list(forms):
+            forms.add(json.dumps(form)[1:-1])
+            forms.add(json.dumps(form, ensure_ascii=False)[1:-1])
+            forms.add(repr(form)[1:-1])
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
 def scrub_known_secrets(text: str) -> str:
-    """``text`` with every secret value read in this process replaced by the mask.
-    Longest first, so a secret that contains another is masked whole."""
+    """``text`` with every secret value read in this process, in any of its escaped
+    forms, replaced by the mask. Longest first, so a secret containing another is
+    masked whole."""
     for secret in sorted(_known_values, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
+        for form in _written_forms(secret):
+            if form in text:
+                text = text.replace(form, MASK)
     return text
 
 
