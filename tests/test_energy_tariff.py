@@ -272,3 +272,74 @@ def test_overlapping_windows_are_refused_with_their_keys():
     error = info.value.errors()[0]
     assert error["ctx"]["key"] == "windows.1"
     assert "overlaps windows.0" in error["ctx"]["reason"]
+
+
+# ---------------------------------------------------------------- SRP E-28 and prices
+
+
+def _spans(preset: str, day: date) -> list[tuple[str, str, str]]:
+    """(period, local start, local end) of each segment of ``day``."""
+    p = PRESETS[preset]
+    schedule = Schedule(p.versions, p.timezone)
+    return [
+        (s.period, f"{s.start_minute // 60:02d}:00", f"{s.end_minute // 60:02d}:00")
+        for s in schedule.day_plan(day).segments
+    ]
+
+
+@pytest.mark.parametrize("day", [date(2026, 1, 7), date(2026, 7, 15), date(2026, 10, 14)])
+def test_srp_e28_weekday_has_its_evening_peak_and_midday_super_off_peak(day):
+    assert _spans("srp-e28", day) == [
+        ("off_peak", "00:00", "08:00"),
+        ("super_off_peak", "08:00", "15:00"),
+        ("off_peak", "15:00", "18:00"),
+        ("peak", "18:00", "21:00"),
+        ("off_peak", "21:00", "24:00"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "day",
+    [
+        date(2026, 7, 11),  # a Saturday
+        date(2026, 7, 3),  # Independence Day observed (a Friday)
+        date(2026, 12, 25),  # Christmas (a Friday)
+        date(2026, 11, 26),  # Thanksgiving
+    ],
+)
+def test_srp_e28_weekends_and_holidays_keep_super_off_peak_without_peak(day):
+    assert _spans("srp-e28", day) == [
+        ("off_peak", "00:00", "08:00"),
+        ("super_off_peak", "08:00", "15:00"),
+        ("off_peak", "15:00", "24:00"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("when", "period", "price"),
+    [
+        # SRP's E-26 sheet effective with the November 2024 billing cycle.
+        (datetime(2026, 7, 15, 15), "peak", 0.2610),  # summer peak season
+        (datetime(2026, 7, 15, 22), "off_peak", 0.0931),
+        (datetime(2026, 6, 10, 15), "peak", 0.2295),  # summer
+        (datetime(2026, 9, 9, 10), "off_peak", 0.0928),
+        (datetime(2026, 1, 7, 6), "peak", 0.1215),  # winter
+        (datetime(2026, 1, 7, 12), "off_peak", 0.0955),
+        (datetime(2024, 7, 15, 15), "peak", None),  # before that sheet: no price known
+    ],
+)
+def test_srp_tou_carries_the_published_e26_prices_from_their_effective_date(when, period, price):
+    p = PRESETS["srp-tou"]
+    schedule = Schedule(p.versions, p.timezone)
+    segment = schedule.segment_at(when.replace(tzinfo=ZoneInfo("America/Phoenix")))
+    assert segment.period == period
+    assert segment.price_per_kwh == price
+
+
+@pytest.mark.parametrize(
+    "preset", ["srp-e28", "aps-tou-4pm-7pm", "pge-e-tou-c", "sce-tou-d-4-9pm", "original"]
+)
+def test_presets_without_a_readable_price_sheet_carry_no_prices(preset):
+    # No invented prices: where no published figure was found the report shows none.
+    for version in PRESETS[preset].versions:
+        assert all(not season.prices for season in version.seasons), preset
