@@ -6,7 +6,7 @@ import math
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -176,7 +176,7 @@ class TariffSettings(Section):
                 configured = self.prices.get(season.name, {})
                 # A preset's published prices give way to the configured ones (prices
                 # change yearly); prices written inside tariff.schedules win.
-                merged = (
+                merged: dict[Any, float] = (
                     {**season.prices, **configured}
                     if id(version) in preset
                     else {**configured, **season.prices}
