@@ -201,3 +201,21 @@ def test_check_config_says_whether_a_bad_value_came_from_file_or_environment(tmp
     )
     lines = _config_error_lines(from_environment, component)
     assert any(f"environment variable {name}: metrics.port: " in line for line in lines), lines
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_check_config_cuts_an_echoed_value_of_thousands_of_characters(component):
+    name = f"GRIDMATE_{component.upper()}_NOTIFY__TIME_ZONE"
+    result = gridmate(component, "check-config", env=_env(**{name: "x" * 10_000}))
+    (line,) = _config_error_lines(result, component)
+    assert f"environment variable {name}: notify.time_zone: unknown time zone" in line
+    assert "characters)" in line and len(line) < 400
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\u2028", "\x0b", "\n"])
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_check_config_keeps_a_key_with_a_line_separator_on_one_line(tmp_path, component, separator):
+    config = tmp_path / "c.toml"
+    config.write_text(json.dumps(f"bad{separator}key") + " = 1\n", encoding="utf-8")
+    (line,) = _config_error_lines(gridmate(component, "check-config", "-c", str(config)), component)
+    assert "unknown key" in line

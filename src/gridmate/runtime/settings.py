@@ -100,9 +100,12 @@ class ConfigError(Exception):
 
 
 def _one_line(text: str) -> str:
-    """Control characters shown escaped, so one problem stays one line; credentials masked."""
-    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text)
-    return mask_credentials(text)
+    """One short line per problem: control characters shown escaped, credentials masked,
+    and an echoed value of thousands of characters cut to its start and length."""
+    # Not only \n: str.splitlines() also breaks at \x85, \u2028 and other separators.
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    text = mask_credentials(text)
+    return re.sub(r"\S{81,}", lambda m: f"{m.group()[:60]}...({len(m.group())} characters)", text)
 
 
 def _is_credential(field: FieldInfo) -> bool:
