@@ -105,7 +105,7 @@ def _one_line(text: str) -> str:
     # Not only \n: str.splitlines() also breaks at \x85, \u2028 and other separators.
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     text = mask_credentials(text)
-    return re.sub(r"\S{81,}", lambda m: f"{m.group()[:60]}...({len(m.group())} characters)", text)
+    return re.sub(r"\S{161,}", lambda m: f"{m.group()[:120]}...({len(m.group())} characters)", text)
 
 
 def _is_credential(field: FieldInfo) -> bool:
