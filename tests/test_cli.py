@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ from gridmate.components import all_components
 REPO = Path(__file__).resolve().parent.parent
 
 
-def gridmate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def gridmate(
+    *args: str, env: dict[str, str | bytes] | dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gridmate.cli", *args],
         capture_output=True,
@@ -146,8 +149,15 @@ def test_check_config_rejects_a_password_file_that_is_not_a_path(tmp_path, compo
     assert f"{config}: notify.password_file: must be a file path in quotes, not {kind}" in line
 
 
-def _env(**variables: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", **variables}
+def _env(**variables: str | bytes) -> dict[str, str | bytes]:
+    """This process's environment (PATH, PYTHONPATH...) without gridmate's own
+    variables, plus ``variables``."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("GRIDMATE_") and name != "CREDENTIALS_DIRECTORY"
+    }
+    return {**inherited, **variables}
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
@@ -157,7 +167,7 @@ def test_check_config_rejects_a_secret_file_variable_that_is_not_text(component)
         [sys.executable, "-m", "gridmate.cli", component, "check-config"],
         capture_output=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", name: b"/run/pass\xffword"},  # type: ignore[dict-item]
+        env=_env(**{name: b"/run/pass\xffword"}),  # type: ignore[arg-type]
         check=False,
     )
     decoded = subprocess.CompletedProcess(
