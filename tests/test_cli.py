@@ -174,7 +174,8 @@ def test_check_config_rejects_a_secret_file_variable_that_is_not_text(component)
         result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
     )
     (line,) = _config_error_lines(decoded, component)
-    assert f"environment variable {name}: " in line and "not valid UTF-8 text" in line
+    assert f"environment variable {name}: notify.password_file: " in line
+    assert "not valid UTF-8 text" in line
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

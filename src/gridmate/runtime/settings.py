@@ -326,6 +326,11 @@ def _env_name(model: type[BaseSettings], location: list[str]) -> str:
     return (prefix + "__".join(location)).upper()
 
 
+def _env_key(model: type[BaseSettings], name: str) -> str:
+    """The dotted settings key an environment variable sets."""
+    return name.removeprefix(_env_name(model, [])).lower().replace("__", ".")
+
+
 def _origin(model: type[BaseSettings], location: list[str], file_label: str) -> str:
     """Where the value at ``location`` came from: an environment variable (the variable
     for the key itself or for a table holding it) or else the file."""
@@ -344,7 +349,7 @@ def _environment_problems(model: type[BaseSettings]) -> ConfigError | None:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            problems.append("the value is not valid UTF-8 text")
+            problems.append(f"{_env_key(model, name)}: the value is not valid UTF-8 text")
             origins.append(f"environment variable {name}")
     return ConfigError("environment", problems, origins) if problems else None
 
@@ -361,10 +366,9 @@ def _environment_parse_problem(model: type[BaseSettings], error: SettingsError) 
         try:
             json.loads(value)
         except ValueError:
-            key = name.removeprefix(_env_name(model, [])).lower().replace("__", ".")
             problems.append(
-                f"{key}: this key holds a list or a table: give the value as JSON, "
-                'for example ["a@example.com"] or {"key": "value"}'
+                f"{_env_key(model, name)}: this key holds a list or a table: give the value "
+                'as JSON, for example ["a@example.com"] or {"key": "value"}'
             )
             origins.append(f"environment variable {name}")
     if not problems:
