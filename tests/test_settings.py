@@ -178,6 +178,8 @@ class HookSettings(ComponentSettings):
             "hunter2pass",
             "alice:********@",
         ),
+        # a password with an unescaped "@"
+        ('[webhook]\nurl = "http://dave:p@ss@hooks.example"\n', "p@ss", "dave:********@hooks"),
         # a password with URL-special characters
         ('[webhook]\nurl = "ftp://bob:p%40ss\\"w0rd@h"\n', 'p%40ss"w0rd', "bob:********@"),
         # any value of a secret-looking key, even one that is not a credential field

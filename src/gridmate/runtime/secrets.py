@@ -30,8 +30,9 @@ def known_secret_values() -> frozenset[str]:
     return frozenset(_known_values)
 
 
-# ``scheme://user:password@host``: the password part of a URL's userinfo.
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:)(?P<secret>[^/@\s]+)@")
+# ``scheme://user:password@host``: the password part of a URL's userinfo, up to the last
+# "@" before the path (a password with an unescaped "@" is masked whole).
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:)(?P<secret>[^/\s]+)@")
 # ``password=...`` in a libpq key/value DSN or a query string.
 _KEYWORD_SECRET = re.compile(
     r"(?P<head>\b(?:password|passwd|pwd|secret|token|access_token|refresh_token|api_key)"
