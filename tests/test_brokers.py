@@ -297,5 +297,14 @@ async def test_missing_mosquitto_binary_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_free_port_is_bindable():
     port = free_port()
+    assert 0 < port < 65536
+    # Nothing listens there ...
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    # ... and a listener can take it and be reached on it.
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", port))
+        listener.listen()
+        assert listener.getsockname() == ("127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as client:
+            assert client.getpeername() == ("127.0.0.1", port)

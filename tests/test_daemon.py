@@ -51,13 +51,23 @@ def settings(**metrics) -> ComponentSettings:
     return ComponentSettings(metrics=MetricsSettings(**({"enable": False} | metrics)))
 
 
+async def until(condition, timeout: float = 10.0) -> None:
+    """Wait for ``condition()`` to hold (an event), failing after ``timeout``."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
 async def test_ready_status_watchdog_and_stopping(notify_socket, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # pings every 0.1 s
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
 
     async def run(_settings, daemon: Daemon) -> None:
         daemon.ready("Serving 2 vehicles")
-        await asyncio.sleep(0.35)
+        await until(lambda: notify_socket.drain().count("WATCHDOG=1") >= 2)
         daemon.request_stop("test over")
         await daemon.stop.wait()
 
@@ -74,34 +84,48 @@ async def test_ready_status_watchdog_and_stopping(notify_socket, monkeypatch):
 async def test_watchdog_withheld_while_unhealthy(notify_socket, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "100000")
     healthy = {"value": False}
+    checks = {"while unhealthy": 0}
+
+    def broker() -> str | None:
+        if not healthy["value"]:
+            checks["while unhealthy"] += 1
+        return None if healthy["value"] else "disconnected"
 
     async def run(_settings, daemon: Daemon) -> None:
-        daemon.add_health_check("broker", lambda: None if healthy["value"] else "disconnected")
+        # Registering the check and discarding earlier pings happen in one step of the
+        # event loop, so no ping from before the check can be counted below.
+        daemon.add_health_check("broker", broker)
+        notify_socket.drain().clear()
         daemon.ready("up")
-        await asyncio.sleep(0.05)
-        notify_socket.drain().clear()  # pings from before the check existed
-        await asyncio.sleep(0.3)
-        unhealthy_pings = notify_socket.drain().count("WATCHDOG=1")
-        assert unhealthy_pings == 0
-        assert any("Unhealthy: broker: disconnected" in m for m in notify_socket.messages)
+        # Three rounds of the watchdog loop with the check failing ...
+        await until(lambda: checks["while unhealthy"] >= 3)
+        during = list(notify_socket.drain())
+        assert during.count("WATCHDOG=1") == 0, during
+        assert sum("Unhealthy: broker: disconnected" in m for m in during) >= 2
+        # ... then healthy again: pings resume.
         healthy["value"] = True
-        await asyncio.sleep(0.3)
+        notify_socket.drain().clear()
+        await until(lambda: notify_socket.drain().count("WATCHDOG=1") >= 2)
         daemon.request_stop()
 
     assert await serve("sample", settings(), run) == 0
-    assert notify_socket.drain().count("WATCHDOG=1") >= 2
 
 
-async def test_watchdog_ignored_when_meant_for_another_process(notify_socket, monkeypatch):
+@pytest.mark.parametrize(("pid_offset", "pinged"), [(0, True), (1, False)])
+async def test_watchdog_ignored_when_meant_for_another_process(
+    notify_socket, monkeypatch, pid_offset, pinged
+):
     monkeypatch.setenv("WATCHDOG_USEC", "100000")
-    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + pid_offset))
 
     async def run(_settings, daemon: Daemon) -> None:
-        await asyncio.sleep(0.25)
+        # The watchdog task is created before the component's: its first ping (sent at
+        # once, before its first sleep) precedes this step when the watchdog runs at all.
+        await asyncio.sleep(0)
         daemon.request_stop()
 
     await serve("sample", settings(), run)
-    assert "WATCHDOG=1" not in notify_socket.drain()
+    assert ("WATCHDOG=1" in notify_socket.drain()) == pinged
 
 
 async def test_sigterm_stops_gracefully_after_in_flight_work():
@@ -235,3 +259,37 @@ async def test_reconnecting_gives_up_when_stopped():
         raise ConnectionRefusedError("refused")
 
     await asyncio.wait_for(reconnecting(session, peer="x", stop=stop), timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("address", "warned"), [("0.0.0.0", True), ("::", True), ("127.0.0.1", False), ("::1", False)]
+)
+async def test_metrics_on_a_network_address_warns_that_it_is_unauthenticated(address, warned):
+    if ":" in address and not _ipv6_available():
+        pytest.skip("this host has no IPv6 loopback to listen on")
+    stream = io.StringIO()
+    configure_logging("info", "text", stream)
+
+    async def run(_settings, daemon: Daemon) -> None:
+        daemon.request_stop()
+
+    try:
+        assert (
+            await serve("sample", settings(enable=True, listen_address=address, port=0), run) == 0
+        )
+    finally:
+        logging.getLogger().handlers.clear()
+    log = stream.getvalue()
+    assert "metrics endpoint listening" in log  # the endpoint did start on that address
+    assert ("unauthenticated and reachable from the network" in log) == warned, log
+    if warned:
+        assert f"address={address}" in log
+
+
+def _ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

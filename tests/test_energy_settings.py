@@ -147,3 +147,36 @@ def test_a_seasons_own_prices_win_over_the_price_table():
     after = {s.period: s.price_per_kwh for s in schedule.day_plan(date(2027, 7, 1)).segments}
     assert before == {"off_peak": 0.10, "peak": 0.40}
     assert after == {"off_peak": 0.10, "peak": 0.50}
+
+
+def test_configured_prices_replace_a_presets_published_prices(tmp_path):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    settings = load(
+        tmp_path,
+        '[tariff]\npreset = "srp-tou"\n[tariff.prices."summer peak"]\npeak = 0.30\n',
+    )
+    schedule = settings.tariff.build()
+    phoenix = ZoneInfo("America/Phoenix")
+    assert schedule.segment_at(datetime(2026, 7, 15, 15, tzinfo=phoenix)).price_per_kwh == 0.30
+    # The preset's other published prices stay.
+    assert schedule.segment_at(datetime(2026, 7, 15, 22, tzinfo=phoenix)).price_per_kwh == 0.0931
+
+
+def test_prices_written_in_a_schedule_still_win_over_tariff_prices(tmp_path):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    settings = load(
+        tmp_path,
+        '[tariff]\npreset = "original"\n[tariff.prices.all]\npeak = 0.10\n'
+        "[[tariff.schedules]]\neffective_from = 2027-01-01\n"
+        '[[tariff.schedules.seasons]]\nname = "all"\nstart = "01-01"\nend = "12-31"\n'
+        "prices = { peak = 0.55 }\n"
+        '[[tariff.schedules.seasons.windows]]\nperiod = "peak"\nstart = "17:00"\n'
+        'end = "20:00"\n',
+    )
+    schedule = settings.tariff.build()
+    when = datetime(2027, 3, 3, 18, tzinfo=ZoneInfo("America/Phoenix"))
+    assert schedule.segment_at(when).price_per_kwh == 0.55

@@ -154,15 +154,53 @@ def test_wrapping_window_across_spring_forward_is_shorter():
     assert start.astimezone(schedule.tz).hour == 23
 
 
-@settings(max_examples=30, deadline=None)
-@given(year=st.integers(2024, 2032), preset=st.sampled_from(["aps-tou-4pm-7pm", "srp-tou"]))
-def test_holidays_are_off_peak_all_day(year, preset):
+# Observed holiday dates as the utilities publish them, written out by hand (not taken
+# from the engine): APS's ten and SRP's six, with Saturday holidays on the Friday
+# before and Sunday ones on the Monday after.
+KNOWN_HOLIDAYS = {
+    "aps-tou-4pm-7pm": [
+        date(2026, 1, 1),  # New Year's Day
+        date(2026, 1, 19),  # Martin Luther King Jr. Day
+        date(2026, 2, 16),  # Presidents' Day
+        date(2026, 3, 31),  # Cesar Chavez Day
+        date(2026, 5, 25),  # Memorial Day
+        date(2026, 7, 3),  # Independence Day (July 4 is a Saturday)
+        date(2026, 9, 7),  # Labor Day
+        date(2026, 11, 11),  # Veterans Day
+        date(2026, 11, 26),  # Thanksgiving
+        date(2026, 12, 25),  # Christmas
+        date(2027, 7, 5),  # Independence Day (a Sunday)
+        date(2027, 12, 24),  # Christmas (a Saturday)
+        date(2027, 12, 31),  # New Year's Day 2028 (a Saturday)
+    ],
+    "srp-tou": [
+        date(2026, 1, 1),
+        date(2026, 5, 25),
+        date(2026, 7, 3),
+        date(2026, 9, 7),
+        date(2026, 11, 26),
+        date(2026, 12, 25),
+        date(2027, 1, 1),
+        date(2027, 5, 31),
+        date(2027, 7, 5),
+        date(2027, 9, 6),
+        date(2027, 11, 25),
+        date(2027, 12, 24),
+        date(2027, 12, 31),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("preset", "day"), [(name, day) for name, days in KNOWN_HOLIDAYS.items() for day in days]
+)
+def test_holidays_are_off_peak_all_day(preset, day):
     p = PRESETS[preset]
     schedule = Schedule(p.versions, p.timezone)
-    rules = p.versions[0].holidays
-    for day in holiday_dates(rules, year):
-        plan = schedule.day_plan(day)
-        assert [s.period for s in plan.segments] == ["off_peak"], (day, plan.segments)
+    assert [s.period for s in schedule.day_plan(day).segments] == ["off_peak"], day
+    # The same weekday two weeks later is an ordinary day with a peak.
+    ordinary = schedule.day_plan(day + timedelta(days=14))
+    assert "peak" in {s.period for s in ordinary.segments}, day
 
 
 def test_observed_dates():
@@ -234,3 +272,74 @@ def test_overlapping_windows_are_refused_with_their_keys():
     error = info.value.errors()[0]
     assert error["ctx"]["key"] == "windows.1"
     assert "overlaps windows.0" in error["ctx"]["reason"]
+
+
+# ---------------------------------------------------------------- SRP E-28 and prices
+
+
+def _spans(preset: str, day: date) -> list[tuple[str, str, str]]:
+    """(period, local start, local end) of each segment of ``day``."""
+    p = PRESETS[preset]
+    schedule = Schedule(p.versions, p.timezone)
+    return [
+        (s.period, f"{s.start_minute // 60:02d}:00", f"{s.end_minute // 60:02d}:00")
+        for s in schedule.day_plan(day).segments
+    ]
+
+
+@pytest.mark.parametrize("day", [date(2026, 1, 7), date(2026, 7, 15), date(2026, 10, 14)])
+def test_srp_e28_weekday_has_its_evening_peak_and_midday_super_off_peak(day):
+    assert _spans("srp-e28", day) == [
+        ("off_peak", "00:00", "08:00"),
+        ("super_off_peak", "08:00", "15:00"),
+        ("off_peak", "15:00", "18:00"),
+        ("peak", "18:00", "21:00"),
+        ("off_peak", "21:00", "24:00"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "day",
+    [
+        date(2026, 7, 11),  # a Saturday
+        date(2026, 7, 3),  # Independence Day observed (a Friday)
+        date(2026, 12, 25),  # Christmas (a Friday)
+        date(2026, 11, 26),  # Thanksgiving
+    ],
+)
+def test_srp_e28_weekends_and_holidays_keep_super_off_peak_without_peak(day):
+    assert _spans("srp-e28", day) == [
+        ("off_peak", "00:00", "08:00"),
+        ("super_off_peak", "08:00", "15:00"),
+        ("off_peak", "15:00", "24:00"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("when", "period", "price"),
+    [
+        # SRP's E-26 sheet effective with the November 2024 billing cycle.
+        (datetime(2026, 7, 15, 15), "peak", 0.2610),  # summer peak season
+        (datetime(2026, 7, 15, 22), "off_peak", 0.0931),
+        (datetime(2026, 6, 10, 15), "peak", 0.2295),  # summer
+        (datetime(2026, 9, 9, 10), "off_peak", 0.0928),
+        (datetime(2026, 1, 7, 6), "peak", 0.1215),  # winter
+        (datetime(2026, 1, 7, 12), "off_peak", 0.0955),
+        (datetime(2024, 7, 15, 15), "peak", None),  # before that sheet: no price known
+    ],
+)
+def test_srp_tou_carries_the_published_e26_prices_from_their_effective_date(when, period, price):
+    p = PRESETS["srp-tou"]
+    schedule = Schedule(p.versions, p.timezone)
+    segment = schedule.segment_at(when.replace(tzinfo=ZoneInfo("America/Phoenix")))
+    assert segment.period == period
+    assert segment.price_per_kwh == price
+
+
+@pytest.mark.parametrize(
+    "preset", ["srp-e28", "aps-tou-4pm-7pm", "pge-e-tou-c", "sce-tou-d-4-9pm", "original"]
+)
+def test_presets_without_a_readable_price_sheet_carry_no_prices(preset):
+    # No invented prices: where no published figure was found the report shows none.
+    for version in PRESETS[preset].versions:
+        assert all(not season.prices for season in version.seasons), preset

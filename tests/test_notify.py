@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import pytest
 
 from gridmate.notify import Event, EventKind, Level, Notifier, NotifySettings
 from gridmate.notify.settings import LedgerMqttSettings
+from gridmate.notify.store import Store
 
 pytestmark = pytest.mark.services
 
@@ -59,8 +61,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def settle(seconds: float = 0.6) -> None:
-    await asyncio.sleep(seconds)
+async def until(condition, timeout: float = 10.0) -> None:
+    """Wait for ``condition()`` to hold (an event), failing after ``timeout``."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def close_with_nothing_left(notifier: Notifier, directory: Path) -> None:
+    """Close ``notifier`` and prove that no further message can come from it: what was
+    due went out during close, and nothing is queued (in memory or on disk) and no
+    condition is waiting to send its "Resolved". No waiting for silence."""
+    await notifier.close()
+    assert notifier.queue_length == 0
+    assert Store(directory / "notify").load_queue() == []
+    pending = [
+        cid
+        for cid, state in Store(directory / "notify").load_ledger().conditions.items()
+        if state.resolving_since is not None
+    ]
+    assert pending == []
 
 
 async def test_each_level_goes_to_its_own_recipients(smtp_server, tmp_path):
@@ -131,8 +154,7 @@ async def test_flapping_condition_gives_one_message_and_one_resolved(smtp_server
         await notifier.send(stale())
         await notifier.resolve(EventKind.telemetry_stale, "5YJ3E7EB0KF000001")
     await smtp_server.wait_for(2)
-    await settle(1.0)  # longer than resolve_after: nothing more may arrive
-    await notifier.close()
+    await close_with_nothing_left(notifier, tmp_path)
     subjects = [subject(m) for _, m in smtp_server.messages]
     assert subjects == [
         "gridmate warning: No telemetry from the car 0001 for 10 minutes",
@@ -170,8 +192,7 @@ async def test_many_events_together_become_one_digest(smtp_server, tmp_path):
         )
     )
     await smtp_server.wait_for(1)
-    await settle()
-    await notifier.close()
+    await close_with_nothing_left(notifier, tmp_path)
     assert len(smtp_server.messages) == 1
     recipients, message = smtp_server.messages[0]
     assert sorted(recipients) == ["owner@example.test", "tech@example.test"]
@@ -195,8 +216,7 @@ async def test_same_occurrence_is_sent_once(smtp_server, tmp_path):
     second = await notifier.send(event)
     await smtp_server.wait_for(1)
     third = await notifier.send(event)
-    await settle()
-    await notifier.close()
+    await close_with_nothing_left(notifier, tmp_path)
     assert first is not None and second is None and third is None
     assert len(smtp_server.messages) == 1
 
@@ -216,8 +236,8 @@ async def test_rate_limit_holds_a_burst_of_one_kind(smtp_server, tmp_path):
                 "Nothing.",
             )
         )
-        await asyncio.sleep(0.3)
-    await settle()
+        # The first two go out; wait for each before the next, so it counts as sent.
+        await smtp_server.wait_for(min(number + 1, 2))
     await notifier.close()
     assert len(smtp_server.messages) == 2
     assert notifier.queue_length == 3  # held for later, still on disk
@@ -230,7 +250,7 @@ async def test_two_processes_sharing_a_queue_send_each_message_once(smtp_server,
     earlier = Notifier(down, tmp_path)
     await earlier.start()
     await earlier.send(stale())
-    await settle()
+    await until(lambda: earlier.health() is not None)  # it tried and failed
     await earlier.close()
 
     # Both load the same queued message at start and deliver at the same moment.
@@ -239,8 +259,8 @@ async def test_two_processes_sharing_a_queue_send_each_message_once(smtp_server,
     await asyncio.gather(service.start(), hook.start())
     await smtp_server.wait_for(1)
     await asyncio.gather(service.flush(5), hook.flush(5))
-    await settle()
-    await asyncio.gather(service.close(), hook.close())
+    await close_with_nothing_left(service, tmp_path)
+    await close_with_nothing_left(hook, tmp_path)
     assert len(smtp_server.messages) == 1
     assert not list((tmp_path / "notify" / "queue").glob("*.json"))
 
@@ -259,21 +279,19 @@ async def test_undelivered_messages_survive_a_restart_and_go_out_once(smtp_serve
             key="site 1",
         )
     )
-    await settle()
-    assert first.health() is not None and "undelivered" in first.health()
+    await until(lambda: first.health() is not None)
+    assert "undelivered" in first.health()
     await first.close()
     assert len(list((tmp_path / "notify" / "queue").glob("*.json"))) == 2
 
     second = Notifier(settings_for(smtp_server.port), tmp_path)
     await second.start()
     await smtp_server.wait_for(2)
-    await settle()
-    await second.close()
+    await close_with_nothing_left(second, tmp_path)
     third = Notifier(settings_for(smtp_server.port), tmp_path)
     await third.start()
-    await third.send(stale())  # still the same open condition: nothing new
-    await settle()
-    await third.close()
+    assert await third.send(stale()) is None  # still the same open condition: nothing new
+    await close_with_nothing_left(third, tmp_path)
     assert len(smtp_server.messages) == 2
     assert list((tmp_path / "notify" / "queue").glob("*.json")) == []
 
@@ -315,8 +333,8 @@ async def test_failover_new_active_node_does_not_repeat(smtp_server, mqtt_broker
         )
     )
     await smtp_server.wait_for(2)
-    await settle()
-    await node_a.close()  # node A fails; node B (own disk, same broker) takes over
+    # Node A fails; node B (own disk, same broker) takes over.
+    await close_with_nothing_left(node_a, tmp_path / "a")
 
     node_b = Notifier(
         settings_for(smtp_server.port, mqtt=mqtt, mqtt_topic=topic, node_name="node-b"),
@@ -339,8 +357,7 @@ async def test_failover_new_active_node_does_not_repeat(smtp_server, mqtt_broker
     )
     await node_b.resolve(EventKind.telemetry_stale, "5YJ3E7EB0KF000001")
     await smtp_server.wait_for(3)
-    await settle()
-    await node_b.close()
+    await close_with_nothing_left(node_b, tmp_path / "b")
     subjects = [subject(m) for _, m in smtp_server.messages]
     assert len(subjects) == 3
     assert (

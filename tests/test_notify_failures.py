@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+from pathlib import Path
 
 import pytest
 from pydantic_settings import SettingsConfigDict
@@ -38,6 +38,11 @@ def settings_for(smtp_server, tmp_path) -> FlakySettings:
     )
 
 
+def nothing_queued(state_directory: Path) -> bool:
+    queue = state_directory / "notify" / "queue"
+    return not queue.exists() or not any(queue.iterdir())
+
+
 async def cannot_start(_settings: FlakySettings, _daemon: Daemon) -> None:
     raise ConnectionRefusedError("Kafka at 127.0.0.1:9 refused the connection")
 
@@ -56,18 +61,19 @@ async def test_start_failure_mails_once_until_resolved(smtp_server, tmp_path):
     assert "journalctl -u gridmate-flaky" in body
 
     # systemd restarts it and it fails again: no second message while it keeps failing.
+    # The failure notice has returned, its notifier closed: nothing can come later from
+    # it unless it left something queued.
     assert await _serve_and_report(component, settings) == 1
-    await asyncio.sleep(0.5)
+    assert nothing_queued(tmp_path)
     assert len(smtp_server.messages) == 1
 
     # It runs again: the component's own notifier resolves the condition ...
     notifier = Notifier(settings.notify, settings.state_directory, source="flaky")
     await notifier.start()
     await resolve_failure(notifier, "flaky")
-    await asyncio.sleep(0.3)  # a resolution is sent once it has settled (resolve_after_seconds)
-    await notifier.flush(10)
-    await notifier.close()
+    # The notifier's own loop sends "Resolved" once it has settled (resolve_after_seconds).
     await smtp_server.wait_for(2)
+    await notifier.close()
     assert "Resolved" in smtp_server.messages[1][1]["Subject"]
 
     # ... so a later failure is reported again.
@@ -85,5 +91,6 @@ async def test_clean_stop_sends_nothing(smtp_server, tmp_path):
 
     component = Component("calm", "test", "test", FlakySettings, run=serves_then_stops)
     assert await _serve_and_report(component, settings) == 0
-    await asyncio.sleep(0.3)
+    # Everything has returned; no notifier ran, nothing is queued to go out later.
+    assert nothing_queued(tmp_path)
     assert smtp_server.messages == []

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from gridmate.runtime.settings import (
@@ -146,3 +147,78 @@ def test_secret_cannot_be_set_through_the_environment(monkeypatch):
     monkeypatch.setenv("GRIDMATE_SAMPLE_MQTT__PASSWORD", "from-env-value")
     with pytest.raises(ConfigError, match=r"mqtt\.password: secrets are not accepted inline"):
         load_settings(DemoSettings, None)
+
+
+# ---------------------------------------------------------------- no secret in an error
+
+
+class Webhook(Section):
+    url: str = "https://example.invalid"
+    signing_secret: str = Field("x" * 40, min_length=40)
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("must be an https:// URL")
+        return value
+
+
+class HookSettings(ComponentSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDMATE_HOOK_")
+    webhook: Webhook = Webhook()
+
+
+@pytest.mark.parametrize(
+    ("toml", "secret", "shown"),
+    [
+        # a URL's userinfo password, in the file
+        (
+            '[webhook]\nurl = "http://alice:hunter2pass@hooks.example"\n',
+            "hunter2pass",
+            "alice:********@",
+        ),
+        # a password with an unescaped "@"
+        ('[webhook]\nurl = "http://dave:p@ss@hooks.example"\n', "p@ss", "dave:********@hooks"),
+        # a password with URL-special characters
+        ('[webhook]\nurl = "ftp://bob:p%40ss\\"w0rd@h"\n', 'p%40ss"w0rd', "bob:********@"),
+        # any value of a secret-looking key, even one that is not a credential field
+        ('[webhook]\nsigning_secret = "short-but-secret-value"\n', "short-but-secret-value", None),
+        # libpq key/value form
+        ('[webhook]\nurl = "host=db password=kv-secret-1"\n', "kv-secret-1", "password=********"),
+    ],
+)
+def test_validation_errors_mask_credentials(tmp_path, toml, secret, shown):
+    config = write(tmp_path / "c.toml", toml)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(HookSettings, config)
+    text = "\n".join(caught.value.lines())
+    assert secret not in text
+    assert "webhook." in text
+    if shown is not None:
+        assert shown in text
+
+
+def test_validation_errors_mask_credentials_from_the_environment(monkeypatch):
+    monkeypatch.setenv("GRIDMATE_HOOK_WEBHOOK__URL", "http://carol:env-secret-9@hooks.example")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(HookSettings, None)
+    (line,) = caught.value.lines()
+    assert "env-secret-9" not in line
+    assert line.startswith("environment variable GRIDMATE_HOOK_WEBHOOK__URL: webhook.url: ")
+    assert "carol:********@hooks.example" in line
+
+
+def test_teslamate_dsn_with_a_password_is_rejected_without_echoing_it(tmp_path):
+    from gridmate.vehicles.settings import VehiclesSettings
+
+    config = write(
+        tmp_path / "c.toml",
+        '[tesla]\ntoken_source = "teslamate"\n'
+        '[tesla.teslamate]\ndsn = "postgresql://teslamate:db-pass-42@db/teslamate"\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(VehiclesSettings, config)
+    text = "\n".join(caught.value.lines())
+    assert "tesla.teslamate.dsn: must not contain a password" in text
+    assert "db-pass-42" not in text

@@ -347,3 +347,29 @@ async def test_no_token_at_all_and_an_unreadable_state_file(
     assert caught.value.code == "state_unreadable"
     assert broken.read_text() == "{not json"  # left untouched
     assert refreshes(cloud) == []
+
+
+async def test_a_rotated_refresh_token_is_scrubbed_from_logs(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock, tmp_path: Path
+) -> None:
+    import io
+    import logging
+
+    from gridmate.runtime.logs import configure_logging, get_logger
+
+    _, seed = cloud.issue_tokens()
+    tokens = make_provider(cloud, clock, tmp_path / "tesla-oauth.json", seed)
+    try:
+        await tokens.access_token()
+    finally:
+        await tokens.aclose()
+    rotated = cloud.oauth_events[-1].refresh_token
+    assert rotated and rotated != seed
+    stream = io.StringIO()
+    configure_logging("info", "text", stream)
+    try:
+        get_logger("tesla").warning(f"token endpoint said {rotated}", body=rotated)
+    finally:
+        logging.getLogger().handlers.clear()
+    assert rotated not in stream.getvalue()
+    assert "********" in stream.getvalue()

@@ -124,11 +124,8 @@ def _load(component: Component, args: argparse.Namespace) -> ComponentSettings |
     try:
         return load_settings(component.settings_model, args.config)
     except ConfigError as error:
-        for problem in error.problems:
-            print(
-                f"gridmate {component.name}: configuration error: {error.source}: {problem}",
-                file=sys.stderr,
-            )
+        for line in error.lines():
+            print(f"gridmate {component.name}: configuration error: {line}", file=sys.stderr)
         return None
 
 

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 from gridmate.energy.journal import DayJournal, journal_directory
 from gridmate.energy.settings import EnergySettings
 from gridmate.notify import Event, EventKind, Level, Notifier
-from gridmate.runtime.files import write_atomically
+from gridmate.runtime.files import make_private_directory, write_atomically
 from gridmate.runtime.logs import get_logger
 
 __all__ = [
@@ -218,7 +218,7 @@ def _serialized(state_directory: Path, wait_seconds: float) -> Iterator[bool]:
     queue could both send the same message. Yields whether the lock was taken.
     """
     directory = journal_directory(state_directory).parent
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_directory(directory)
     fd = os.open(directory / "failover.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + wait_seconds

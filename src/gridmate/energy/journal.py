@@ -54,7 +54,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gridmate.runtime.clock import Clock, SystemClock
-from gridmate.runtime.files import write_atomically
+from gridmate.runtime.files import (
+    make_private_directory,
+    open_private_for_append,
+    write_atomically,
+)
 from gridmate.runtime.logs import get_logger
 
 __all__ = [
@@ -119,7 +123,7 @@ class DayJournal:
     def _record_zone(self) -> None:
         directory = journal_directory(self.state_directory)
         if journal_time_zone(self.state_directory) != self.tz.key:
-            write_atomically(directory / TIME_ZONE_FILE, self.tz.key + "\n", mode=0o640)
+            write_atomically(directory / TIME_ZONE_FILE, self.tz.key + "\n")
         self._zone_recorded = True
 
     def path_for(self, day: date) -> Path:
@@ -135,10 +139,10 @@ class DayJournal:
         path = self.path_for(when.astimezone(self.tz).date())
         data = (line + "\n").encode("utf-8")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_directory(path.parent)
             if not self._zone_recorded:
                 self._record_zone()
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = open_private_for_append(path)
             try:
                 os.write(fd, data)
             finally:

@@ -2,9 +2,17 @@
 
 Hours, seasons and holidays as the utilities publish them (check your bill:
 plans change, and a change is a new schedule version in the configuration,
-with its own ``effective_from``). Prices are left out on purpose because they
-change every year; ``[tariff.prices.<season>]`` in the configuration adds them
-by season name, giving ``price_per_kwh`` in the journal and the report.
+with its own ``effective_from``).
+
+Prices per kWh are included only where the utility's own price sheet could be
+read, as a schedule version starting on the sheet's effective date, with the
+sheet named next to them. Utility prices change about once a year (SRP moves
+its fuel and purchased power adjustment between seasons), so
+``[tariff.prices.<season>]`` in the configuration overrides a preset's prices
+by season name; both give ``price_per_kwh`` in the journal and the report.
+Where no published figure was found, the preset has no prices and the
+comment says so: the report then shows no saving estimate until
+``[tariff.prices]`` is set.
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ _ORIGINAL = Preset(
     ),
 )
 
+# APS: no prices. APS's rate schedule for this plan (TOU-E) was not readable here, and
+# its plan page gives no per-kWh figures with an effective date.
 _APS = Preset(
     name="aps-tou-4pm-7pm",
     title="APS Time-of-Use 4pm-7pm Weekdays",
@@ -110,43 +120,129 @@ _APS = Preset(
     ),
 )
 
+_SRP_HOLIDAYS = {
+    "days": [
+        "new_years_day",
+        "memorial_day",
+        "independence_day",
+        "labor_day",
+        "thanksgiving",
+        "christmas",
+    ],
+    "saturday": "friday",
+    "sunday": "monday",
+    "treat_as": "off_peak",
+}
+
+
+def _srp_e26_seasons(prices: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    prices = prices or {}
+    return [
+        {
+            "name": "winter",
+            "start": "11-01",
+            "end": "04-30",
+            "prices": prices.get("winter", {}),
+            "windows": [_peak("05:00", "09:00"), _peak("17:00", "21:00")],
+        },
+        {
+            "name": "summer",
+            "start": "05-01",
+            "end": "06-30",
+            "prices": prices.get("summer", {}),
+            "windows": [_peak("14:00", "20:00")],
+        },
+        {
+            "name": "summer peak",
+            "start": "07-01",
+            "end": "08-31",
+            "prices": prices.get("summer peak", {}),
+            "windows": [_peak("14:00", "20:00")],
+        },
+        {
+            "name": "summer",
+            "start": "09-01",
+            "end": "10-31",
+            "prices": prices.get("summer", {}),
+            "windows": [_peak("14:00", "20:00")],
+        },
+    ]
+
+
+# SRP E-26, "Standard Price Plan for Residential Time-of-Use Service", price sheet
+# "Includes Increase to Fuel & Purchased Power Adjustment, Effective: November 2024
+# Billing Cycle", published November 1, 2024 (SRP ratebook, srpnet.com, price plan
+# E-26): the "Total" per-kWh charge of each season, in dollars. SRP's seasons are
+# billing cycles (summer: May, Jun, Sep, Oct; summer peak: Jul, Aug; winter: Nov-Apr);
+# gridmate applies them by calendar date. Later SRP sheets (from the November 2025
+# billing cycle, and a temporary fuel adjustment for May-October 2026) were not
+# readable here: set [tariff.prices] from your bill to follow them.
+_SRP_E26_PRICES_NOV_2024 = {
+    "summer": {"peak": 0.2295, "off_peak": 0.0928},
+    "summer peak": {"peak": 0.2610, "off_peak": 0.0931},
+    "winter": {"peak": 0.1215, "off_peak": 0.0955},
+}
+
 _SRP = Preset(
     name="srp-tou",
-    title="SRP Time-of-Use (E-26)",
+    title="SRP Time-of-Use (E-26; closed to new customers)",
     timezone="America/Phoenix",
     notes="Summer (May-Jun, Sep-Oct) and summer peak (Jul-Aug) 2-8 PM weekdays; winter "
-    "5-9 AM and 5-9 PM weekdays; six observed holidays off-peak.",
+    "5-9 AM and 5-9 PM weekdays; six observed holidays off-peak. SRP closed E-26 to new "
+    "customers from the November 2025 billing cycle (customers already on it keep it; "
+    "SRP plans to end it in 2029); new customers get E-28, preset srp-e28. Prices from "
+    "SRP's E-26 sheet effective with the November 2024 billing cycle.",
+    versions=(
+        _version(name="SRP Time-of-Use", utility="SRP", seasons=_srp_e26_seasons(),
+                 holidays=_SRP_HOLIDAYS),
+        _version(effective_from=date(2024, 11, 1), name="SRP E-26 (November 2024 prices)",
+                 utility="SRP", seasons=_srp_e26_seasons(_SRP_E26_PRICES_NOV_2024),
+                 holidays=_SRP_HOLIDAYS),
+    ),
+)  # fmt: skip
+
+
+def _srp_e28_windows() -> list[dict[str, Any]]:
+    return [
+        {"period": "super_off_peak", "start": "08:00", "end": "15:00", "days": "every_day"},
+        _peak("18:00", "21:00"),
+    ]
+
+
+# SRP E-28, "Conserve 6-9 p.m. and Save", open to new residential customers from the
+# November 2025 billing cycle: on-peak 6-9 PM weekdays, super off-peak 8 AM-3 PM every
+# day; on the six observed holidays there is no on-peak but super off-peak still applies
+# (a holiday is treated as a weekend day). No prices: SRP's E-28 price sheet (FY26
+# ratebook, "2025 Ratebook E-28") could not be read here and no other SRP publication of
+# its per-kWh prices was found; set [tariff.prices.winter], [tariff.prices.summer] and
+# [tariff.prices."summer peak"] (peak, off_peak, super_off_peak) from your bill.
+_SRP_E28 = Preset(
+    name="srp-e28",
+    title='SRP "Conserve 6-9 p.m. and Save" (E-28)',
+    timezone="America/Phoenix",
+    notes="On-peak 6-9 PM weekdays all year; super off-peak 8 AM-3 PM every day, holidays "
+    "included; six observed holidays have no on-peak. Price seasons: winter Nov-Apr, "
+    "summer May-Jun and Sep-Oct, summer peak Jul-Aug. SRP's default for new customers from "
+    "the November 2025 billing cycle. No built-in prices: set [tariff.prices].",
     versions=(
         _version(
-            name="SRP Time-of-Use",
+            name='SRP E-28 "Conserve 6-9 p.m. and Save"',
             utility="SRP",
             seasons=[
-                {"name": "winter", "start": "11-01", "end": "04-30", "windows": [
-                    _peak("05:00", "09:00"), _peak("17:00", "21:00")]},
-                {"name": "summer", "start": "05-01", "end": "06-30", "windows": [
-                    _peak("14:00", "20:00")]},
-                {"name": "summer peak", "start": "07-01", "end": "08-31", "windows": [
-                    _peak("14:00", "20:00")]},
-                {"name": "summer", "start": "09-01", "end": "10-31", "windows": [
-                    _peak("14:00", "20:00")]},
+                {"name": "winter", "start": "11-01", "end": "04-30", "windows": _srp_e28_windows()},
+                {"name": "summer", "start": "05-01", "end": "06-30", "windows": _srp_e28_windows()},
+                {"name": "summer peak", "start": "07-01", "end": "08-31",
+                 "windows": _srp_e28_windows()},
+                {"name": "summer", "start": "09-01", "end": "10-31", "windows": _srp_e28_windows()},
             ],
-            holidays={
-                "days": [
-                    "new_years_day",
-                    "memorial_day",
-                    "independence_day",
-                    "labor_day",
-                    "thanksgiving",
-                    "christmas",
-                ],
-                "saturday": "friday",
-                "sunday": "monday",
-                "treat_as": "off_peak",
-            },
+            holidays={**_SRP_HOLIDAYS, "treat_as": "weekend"},
         ),
     ),
 )  # fmt: skip
 
+# PG&E: no prices. The E-TOU-C tariff sheet was not readable here; its prices also
+# depend on the baseline credit and the customer's generation provider (CCA), so one
+# per-kWh figure per period would be wrong for many homes.
 _PGE = Preset(
     name="pge-e-tou-c",
     title="PG&E E-TOU-C (peak 4-9 PM every day)",
@@ -175,6 +271,8 @@ _PGE = Preset(
     ),
 )
 
+# SCE: no prices, for the same reasons as PG&E (tariff sheet not readable here; the
+# baseline credit and the generation provider change the per-kWh price).
 _SCE = Preset(
     name="sce-tou-d-4-9pm",
     title="SCE TOU-D-4-9PM",
@@ -240,7 +338,7 @@ _SCE = Preset(
     ),
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (_ORIGINAL, _APS, _SRP, _PGE, _SCE)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (_ORIGINAL, _APS, _SRP, _SRP_E28, _PGE, _SCE)}
 
 
 def preset_names() -> list[str]:

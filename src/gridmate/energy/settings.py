@@ -6,7 +6,7 @@ import math
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -90,7 +90,8 @@ class TariffSettings(Section):
         description="Price per kWh by season name and period, e.g. "
         "[tariff.prices.summer] peak = 0.42, so a preset gets prices without "
         "redefining its schedule. They apply to the seasons of that name in every "
-        "schedule version; prices set inside a season of tariff.schedules win.",
+        "schedule version and replace a preset's built-in prices; prices set inside a "
+        "season of tariff.schedules win.",
     )
 
     @field_validator("preset")
@@ -167,14 +168,20 @@ class TariffSettings(Section):
         versions = self._unpriced_versions()
         if not self.prices:
             return versions
+        preset = set(map(id, PRESETS[self.preset].versions)) if self.preset else set()
         priced = []
         for version in versions:
-            seasons = [
-                season.model_copy(
-                    update={"prices": {**self.prices.get(season.name, {}), **season.prices}}
+            seasons = []
+            for season in version.seasons:
+                configured = self.prices.get(season.name, {})
+                # A preset's published prices give way to the configured ones (prices
+                # change yearly); prices written inside tariff.schedules win.
+                merged: dict[Any, float] = (
+                    {**season.prices, **configured}
+                    if id(version) in preset
+                    else {**configured, **season.prices}
                 )
-                for season in version.seasons
-            ]
+                seasons.append(season.model_copy(update={"prices": merged}))
             priced.append(version.model_copy(update={"seasons": seasons}))
         return priced
 

@@ -28,9 +28,9 @@ log = get_logger("energy.state")
 STATUS_FILE = "energy-status.json"
 
 
-def atomic_write_json(path: Path, data: Any, *, mode: int = 0o640) -> None:
+def atomic_write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON so that readers see the old file or the new one, never half."""
-    write_atomically(path, json.dumps(data, indent=1, sort_keys=True, default=str), mode=mode)
+    write_atomically(path, json.dumps(data, indent=1, sort_keys=True, default=str))
 
 
 @dataclass
@@ -107,7 +107,7 @@ class StateStore:
 
 def write_status(runtime_directory: Path, status: dict[str, Any]) -> None:
     try:
-        atomic_write_json(Path(runtime_directory) / STATUS_FILE, status, mode=0o644)
+        atomic_write_json(Path(runtime_directory) / STATUS_FILE, status)
     except OSError as error:
         log.warning("status file not written", error=str(error))
 

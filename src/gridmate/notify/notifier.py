@@ -492,10 +492,19 @@ class Notifier:
                 self._emails_total.labels(queued.item.level.value, "dropped").inc()
         if not any(q.not_before <= now for q in self._queue.values()):
             return
+        # An email already handed to the server (perhaps delivered before a crash or a
+        # lost reply) goes again exactly as composed then: same events, Message-ID, Date.
+        attempted: dict[str, list[Queued]] = {}
+        for queued in sorted(self._queue.values(), key=lambda q: q.item.accepted_at):
+            if queued.message_key is not None and queued.not_before <= now:
+                attempted.setdefault(queued.message_key, []).append(queued)
+        for parts in attempted.values():
+            if not await self._deliver(parts, parts[0].item.level, now):
+                return
         # Once something is due, everything that arrived with it goes along.
         horizon = now + timedelta(seconds=self.settings.digest_window_seconds)
         batch = sorted(
-            (q for q in self._queue.values() if q.not_before <= horizon),
+            (q for q in self._queue.values() if q.not_before <= horizon and q.message_key is None),
             key=lambda q: q.item.accepted_at,
         )
         for level in Level:
@@ -517,19 +526,35 @@ class Notifier:
                 if not await self._deliver(parts, level, now):
                     return
 
+    def _compose(self, parts: Sequence[Queued], now: datetime) -> tuple[str, datetime]:
+        """The Message-ID key and Date of the email carrying ``parts``: those recorded at
+        its first attempt, or new ones, written to the queue files before anything is
+        sent (delivery is at-least-once; a repeat must be recognisable as one)."""
+        first = parts[0]
+        if first.message_key is not None and first.message_date is not None:
+            return first.message_key, first.message_date
+        assert self._store is not None
+        if len(parts) == 1:
+            message_key = first.item.idempotency_key
+        else:
+            message_key = hashlib.sha256(
+                ",".join(sorted(q.item.idempotency_key for q in parts)).encode()
+            ).hexdigest()[:32]
+        for queued in parts:
+            queued.message_key, queued.message_date = message_key, now
+            self._store.update(queued)
+        return message_key, now
+
     async def _deliver(self, parts: Sequence[Queued], level: Level, now: datetime) -> bool:
         assert self._store is not None
         recipients = self._recipients(level)
         envelope = Envelope(self.settings.sender, recipients, self.source, self.node, self.tz)
         items = [q.item for q in parts]
+        message_key, date = self._compose(parts, now)
         if len(items) == 1:
-            message = render_single(items[0], envelope, now)
-            message_key = items[0].idempotency_key
+            message = render_single(items[0], envelope, date)
         else:
-            message_key = hashlib.sha256(
-                ",".join(sorted(i.idempotency_key for i in items)).encode()
-            ).hexdigest()[:32]
-            message = render_digest(items, level, envelope, message_key, now)
+            message = render_digest(items, level, envelope, message_key, date)
         try:
             await deliver(self.settings, message, recipients)
         except DeliveryFailed as error:

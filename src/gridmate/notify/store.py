@@ -25,7 +25,7 @@ from typing import Any
 
 from gridmate.notify.events import Event, EventKind, InlineImage, Level
 from gridmate.notify.render import Item
-from gridmate.runtime.files import write_atomically
+from gridmate.runtime.files import make_private_directory, write_atomically
 from gridmate.runtime.logs import get_logger
 
 log = get_logger("notify.store")
@@ -83,6 +83,11 @@ class Queued:
     not_before: datetime
     attempts: int = 0
     last_error: str | None = None
+    message_key: str | None = None
+    """Set (with ``message_date``) before the first attempt to hand this item to the SMTP
+    server: the Message-ID of the email carrying it. Every re-send is composed the same
+    way, so a copy the server took before a crash folds with the re-sent one."""
+    message_date: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +97,8 @@ class Queued:
             "not_before": self.not_before.isoformat(),
             "attempts": self.attempts,
             "last_error": self.last_error,
+            "message_key": self.message_key,
+            "message_date": self.message_date.isoformat() if self.message_date else None,
             "event": event_to_json(self.item.event),
         }
 
@@ -108,6 +115,10 @@ class Queued:
             not_before=datetime.fromisoformat(data["not_before"]),
             attempts=int(data.get("attempts", 0)),
             last_error=data.get("last_error"),
+            message_key=data.get("message_key"),
+            message_date=datetime.fromisoformat(data["message_date"])
+            if data.get("message_date")
+            else None,
         )
 
 
@@ -185,7 +196,7 @@ class Store:
         self.queue_directory = directory / "queue"
         self.ledger_path = directory / "ledger.json"
         self.lock_path = directory / "delivery.lock"
-        self.queue_directory.mkdir(parents=True, exist_ok=True)
+        make_private_directory(self.queue_directory)
 
     # -- delivery lock (between processes sharing this directory)
 

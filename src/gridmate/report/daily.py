@@ -51,7 +51,7 @@ def parse_day(text: str | None, now: datetime, tz: tzinfo) -> date:
 
 def write_metrics(directory: Path, metrics: dict[str, Any]) -> Path:
     path = directory / f"{metrics['date']}.json"
-    write_atomically(path, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", mode=0o640)
+    write_atomically(path, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

@@ -24,7 +24,12 @@ from prometheus_client import CollectorRegistry, Gauge
 from gridmate import __version__
 from gridmate.runtime.clock import Clock, SystemClock
 from gridmate.runtime.logs import get_logger
-from gridmate.runtime.metrics import MetricsServer, new_registry, start_metrics_server
+from gridmate.runtime.metrics import (
+    MetricsServer,
+    is_loopback,
+    new_registry,
+    start_metrics_server,
+)
 from gridmate.runtime.settings import ComponentSettings
 from gridmate.runtime.systemd import ServiceNotifier, watchdog_interval, watchdog_loop
 
@@ -134,6 +139,14 @@ async def serve(
             "metrics endpoint listening",
             url=f"http://{settings.metrics.listen_address}:{metrics.port}/metrics",
         )
+        if not is_loopback(settings.metrics.listen_address):
+            log.warning(
+                "the metrics endpoint is unauthenticated and reachable from the network",
+                address=settings.metrics.listen_address,
+                port=metrics.port,
+                hint='set metrics.listen_address = "127.0.0.1" and scrape through a proxy, '
+                "or allow only the Prometheus host in the firewall",
+            )
 
     tasks: list[asyncio.Task[Any]] = []
     interval = watchdog_interval()

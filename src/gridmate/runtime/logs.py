@@ -7,8 +7,10 @@ Events carry a short message plus ``key=value`` fields::
 
 Under journald (``$JOURNAL_STREAM`` matches stderr) lines have no timestamp of
 their own (journald adds one) and start with an ``<N>`` priority prefix, so
-``journalctl -p warning`` works. Any known secret value is scrubbed from every
-line before it is written.
+``journalctl -p warning`` works. Secrets are scrubbed from every part of an event
+(message, each field, the traceback) *before* it is quoted or serialised, so a secret
+holding ``"`` or ``\\`` cannot slip through as its escaped form; URL passwords and
+``password=`` values are masked too. Uncaught exceptions go through the same path.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
-from gridmate.runtime.secrets import MASK, known_secret_values
+from gridmate.runtime.secrets import mask_credentials
 
 _SYSLOG_PRIORITY = {
     logging.DEBUG: 7,
@@ -42,10 +46,17 @@ def _format_value(value: Any) -> str:
 
 
 def _scrub(text: str) -> str:
-    for secret in known_secret_values():
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
+    """Secrets masked in one piece of an event, before it is quoted or serialised
+    (known secrets in any escaped form, URL passwords, ``password=`` values)."""
+    return mask_credentials(text)
+
+
+# The finished line is scrubbed once more, in case quoting produced a new form.
+_scrub_serialised = _scrub
+
+
+def _scrub_field(value: Any) -> Any:
+    return value if isinstance(value, int | float | bool) else _scrub(str(value))
 
 
 def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
@@ -69,15 +80,17 @@ class TextFormatter(logging.Formatter):
             parts.append(f"{stamp[:-4]}Z ")
         if self.with_time or not self.priority_prefix:
             parts.append(f"{record.levelname:<7} ")
-        parts.append(f"{record.name}: {record.getMessage()}")
-        fields = " ".join(f"{k}={_format_value(v)}" for k, v in _fields(record).items())
+        parts.append(f"{record.name}: {_scrub(record.getMessage())}")
+        fields = " ".join(
+            f"{k}={_format_value(_scrub_field(v))}" for k, v in _fields(record).items()
+        )
         if fields:
             parts.append(f" {fields}")
         line = "".join(parts)
         if record.exc_info:
             # Tracebacks stay one event: journald keeps the continuation lines together.
-            line += "\n" + self.formatException(record.exc_info)
-        return _scrub(line)
+            line += "\n" + _scrub(self.formatException(record.exc_info))
+        return _scrub_serialised(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -86,17 +99,12 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": _scrub(record.getMessage()),
         }
-        event.update(
-            {
-                k: v if isinstance(v, int | float | bool) else str(v)
-                for k, v in _fields(record).items()
-            }
-        )
+        event.update({k: _scrub_field(v) for k, v in _fields(record).items()})
         if record.exc_info:
-            event["exception"] = self.formatException(record.exc_info)
-        return _scrub(json.dumps(event, ensure_ascii=False))
+            event["exception"] = _scrub(self.formatException(record.exc_info))
+        return _scrub_serialised(json.dumps(event, ensure_ascii=False))
 
 
 class EventLogger(logging.LoggerAdapter[logging.Logger]):
@@ -144,6 +152,27 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level, logging.INFO))
+    # An exception nobody caught is printed by Python itself, unscrubbed: log it instead.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
     # Libraries speak at warning and above unless we are debugging.
     for noisy in ("aiokafka", "asyncio", "httpx", "httpcore", "matplotlib", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, traceback)
+        return
+    logging.getLogger("gridmate").critical("uncaught exception", exc_info=(kind, error, traceback))
+
+
+def _log_uncaught_in_thread(arguments: threading.ExceptHookArgs) -> None:
+    if arguments.exc_value is None or arguments.exc_type is SystemExit:
+        return
+    logging.getLogger("gridmate").critical(
+        "uncaught exception in a thread",
+        exc_info=(arguments.exc_type, arguments.exc_value, arguments.exc_traceback),
+    )

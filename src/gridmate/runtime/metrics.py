@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
@@ -11,7 +12,16 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-__all__ = ["MetricsServer", "new_registry", "start_metrics_server"]
+__all__ = ["MetricsServer", "is_loopback", "new_registry", "start_metrics_server"]
+
+
+def is_loopback(address: str) -> bool:
+    """Whether only this host can reach ``address`` (127.0.0.0/8, ::1). The wildcard
+    addresses 0.0.0.0 and :: listen on every interface, so they are not."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def new_registry() -> CollectorRegistry:

@@ -34,6 +34,12 @@ Secrets are never written in the file. For a secret key `password` write
 table with `LoadCredential=` (the file `$CREDENTIALS_DIRECTORY/<credential>` is read
 when no `_file` key is set). `gridmate <component> check-config --config FILE` shows
 the effective settings with secrets masked.
+
+A value that is a list or a table is given to an environment variable as JSON, for
+example `GRIDMATE_ENERGY_NOTIFY__RECIPIENTS__INFO='["me@example.com"]'`. Any problem
+is one line, with exit status 2: where the value came from (the file's path or
+`environment variable GRIDMATE_...`), the key, and the reason. Errors never show a
+secret: values of secret-looking keys, URL passwords and `password=` values are masked.
 """
 
 

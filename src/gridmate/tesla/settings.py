@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field, field_validator, model_validator
 
 from gridmate.runtime.clock import Clock
+from gridmate.runtime.files import make_private_directory
 from gridmate.runtime.secrets import Credential, Secret
 from gridmate.runtime.settings import Section
 from gridmate.tesla.fleet_api import BudgetUse, FleetApi
@@ -141,7 +142,7 @@ def build_token_provider(
         oauth = settings.oauth
         assert oauth.client_id is not None
         state_file = oauth.state_file or state_directory / "tesla" / "oauth.json"
-        state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_directory(state_file.parent)
         return OAuthTokenProvider(
             oauth.client_id,
             state_file,

@@ -496,7 +496,9 @@ class TeslaMateTokenProvider:
 
 @dataclass(frozen=True)
 class _OAuthState:
-    refresh_token: str
+    refresh_token: Secret
+    """Wrapped as soon as it is read or received, so the log scrubber knows every
+    rotated value, not only the one configured at start."""
     refresh_token_issued_at: datetime
     access_token: str | None
     access_token_expires_at: datetime | None
@@ -508,7 +510,7 @@ class _OAuthState:
         return json.dumps(
             {
                 "version": 1,
-                "refresh_token": self.refresh_token,
+                "refresh_token": self.refresh_token.reveal(),
                 "refresh_token_issued_at": self.refresh_token_issued_at.isoformat(),
                 "access_token": self.access_token,
                 "access_token_expires_at": (
@@ -528,7 +530,7 @@ class _OAuthState:
             raise ValueError("no refresh_token in it")
         expires = data.get("access_token_expires_at")
         return cls(
-            refresh_token=data["refresh_token"],
+            refresh_token=Secret(data["refresh_token"], source="tesla token state file"),
             refresh_token_issued_at=datetime.fromisoformat(data["refresh_token_issued_at"]),
             access_token=data.get("access_token"),
             access_token_expires_at=datetime.fromisoformat(expires) if expires else None,
@@ -599,7 +601,7 @@ class OAuthTokenProvider:
         self._dead: TokenUnavailable | None = None
         self._next_attempt: datetime | None = None
         self._last_failure: TokenUnavailable | None = None
-        self._warned_for: str | None = None
+        self._warned_for: Secret | None = None
 
     @property
     def expires_at(self) -> datetime | None:
@@ -725,7 +727,7 @@ class OAuthTokenProvider:
     async def _take_over_seed(self) -> None:
         assert self._initial is not None
         seed = _OAuthState(
-            self._initial.reveal(), self._clock.now(), None, None, _fingerprint(self._initial)
+            self._initial, self._clock.now(), None, None, _fingerprint(self._initial)
         )
         await self._save(seed)
         self._dead = None
@@ -771,7 +773,7 @@ class OAuthTokenProvider:
                 data={
                     "grant_type": "refresh_token",
                     "client_id": self.client_id,
-                    "refresh_token": state.refresh_token,
+                    "refresh_token": state.refresh_token.reveal(),
                 },
                 headers={"Accept": "application/json"},
             )
@@ -804,7 +806,7 @@ class OAuthTokenProvider:
         try:
             assert isinstance(body, dict)
             access = str(body["access_token"])
-            refresh = str(body["refresh_token"])
+            refresh = Secret(str(body["refresh_token"]), source="Tesla's token endpoint")
             lifetime = float(body.get("expires_in") or 0)
         except (AssertionError, KeyError, TypeError, ValueError):
             await self._transient("bad_response", "Tesla's OAuth answer lacked tokens", now)
