@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gridmate.energy.journal import read_day
-from gridmate.energy.service import EnergyRuntime, build_runtime, run
+from gridmate.energy.service import EnergyRuntime, build_runtime, run, run_loop
 from gridmate.energy.settings import (
     EnergySettings,
     EvSettings,
@@ -25,10 +25,12 @@ from gridmate.energy.settings import (
     HoneywellSettings,
     PowerwallSettings,
     ReserveSettings,
+    TariffSettings,
     ThermostatSettings,
     WeatherSettings,
 )
 from gridmate.energy.state import read_status
+from gridmate.energy.tariff import ScheduleVersionConfig
 from gridmate.notify import NotifySettings
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.daemon import Daemon
@@ -345,6 +347,26 @@ async def test_daemon_runs_against_the_simulators_with_its_own_tesla_login(tmp_p
         assert status is not None and status["phase"] == "peak"
         assert status["powerwall_writes_today"] == 2
         assert status["memory"]["baseline"]["reserve_percent"] == 30
+
+
+async def test_status_line_names_the_custom_schedule_in_force(tmp_path):
+    custom = ScheduleVersionConfig(
+        effective_from=date(2026, 6, 1),
+        name="summer 2026 plan",
+        seasons=[{"name": "all", "start": "01-01", "end": "12-31",
+                  "windows": [{"period": "peak", "start": "17:00", "end": "20:00"}]}],
+    )  # fmt: skip
+    tariff = TariffSettings(preset="original", schedules=[custom])
+    async with world(tmp_path, tariff=tariff) as w:
+        said: list[str] = []
+        stopped = asyncio.Event()
+        stopped.set()
+        await run_loop(w.runtime, clock=w.clock, stop=stopped, ready=said.append)
+        assert said == [
+            "Energy manager controlling: tariff custom schedule summer 2026 plan, 1 thermostat(s)"
+        ]
+        # Before the custom schedule takes effect, the preset is what is in force.
+        assert tariff.describe(date(2026, 5, 31)) == "preset original"
 
 
 async def test_home_charging_paused_at_peak_and_resumed_after(tmp_path):

@@ -408,7 +408,8 @@ async def run_loop(
             log.warning("Powerwall not reachable at start", error=str(error))
     if ready is not None:
         mode = "dry run" if settings.dry_run else "controlling"
-        ready(f"Energy manager {mode}: tariff {settings.tariff.preset or 'custom'}, "
+        today = reconciler.schedule.local_date(clock.now())
+        ready(f"Energy manager {mode}: tariff {settings.tariff.describe(today)}, "
               f"{len(reconciler.thermostats)} thermostat(s)")  # fmt: skip
     if runtime.notifier is not None:
         await resolve_failure(runtime.notifier, "energy")

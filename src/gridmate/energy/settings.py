@@ -188,6 +188,17 @@ class TariffSettings(Section):
     def build(self) -> Schedule:
         return Schedule(self.all_versions(), self.zone, self.events)
 
+    def describe(self, day: date) -> str:
+        """The tariff in force on ``day`` in words: a preset's version or a custom schedule."""
+        version = self.build().version_for(day).config
+        preset_dates = (
+            {v.effective_from for v in PRESETS[self.preset].versions} if self.preset else set()
+        )
+        if version.effective_from in preset_dates:
+            return f"preset {self.preset}"
+        name = version.name or f"from {version.effective_from.isoformat()}"
+        return f"custom schedule {name}"
+
 
 class ReserveSettings(Section):
     peak_reserve_percent: int = Field(
