@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -45,7 +45,7 @@ from gridmate.sim.tesla_cloud import (
     tesla_cloud_simulator,
 )
 from gridmate.sim.weather import WeatherSimulator, weather_simulator
-from gridmate.tesla.fleet_api import FleetApi
+from gridmate.tesla.fleet_api import BudgetUse, FleetApi
 from gridmate.tesla.settings import OAuthSettings, TeslaCloudSettings
 from gridmate.tesla.tokens import StaticTokenProvider
 
@@ -80,6 +80,10 @@ class World:
     settings: EnergySettings
     runtime: EnergyRuntime
     fleet: FleetApi
+    budget_uses: list[BudgetUse] = field(default_factory=list)
+    """Every count the Fleet API client reported to its ``on_budget_use`` hook."""
+    events: list[tuple[datetime, str, dict]] = field(default_factory=list)
+    """(time, kind, facts) of every cycle's notifier events."""
 
     async def run_until(self, hour: int, minute: int = 0, step: float = 60.0) -> None:
         end = datetime(DAY.year, DAY.month, DAY.day, hour, minute, tzinfo=PHOENIX)
@@ -87,7 +91,16 @@ class World:
             self.clock.advance(step)
             self.house.step(self.clock.now())
             report = await self.runtime.reconciler.cycle()
+            self.events += [(report.at, kind, facts) for kind, facts in report.events]
             await self.runtime.after_cycle(report)
+
+    def event_kinds(self, since: datetime | None = None) -> list[str]:
+        return [kind for at, kind, _ in self.events if since is None or at >= since]
+
+    def site_writes_counted(self) -> int:
+        """Site writes as the Fleet API client counts them (over its UTC days)."""
+        last_per_day = {u.day: u.used for u in self.budget_uses if u.budget == "site_writes_daily"}
+        return sum(last_per_day.values())
 
     async def restart(self) -> None:
         await self.runtime.close()
@@ -158,11 +171,13 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
     ):
         settings = make_settings(tmp_path, honeywell, weather, gateway, site, **changes)
         access, _ = cloud.issue_tokens()
+        uses: list[BudgetUse] = []
         fleet = FleetApi(
             StaticTokenProvider(Secret(access)),
             base_url=cloud.base_url,
             clock=clock,
             daily_site_write_budget=None,
+            on_budget_use=uses.append,
         )
         runtime = await build_runtime(
             settings, clock=clock, fleet=fleet, with_notifier="notify" in changes
@@ -170,7 +185,7 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
         assert runtime.reconciler.powerwall is not None
         await runtime.reconciler.powerwall.start()
         w = World(clock, site, thermostat, house, cloud, honeywell, weather, settings, runtime,
-                  fleet)  # fmt: skip
+                  fleet, uses)  # fmt: skip
         try:
             yield w
         finally:
@@ -252,8 +267,64 @@ async def test_429_is_honoured_and_the_write_retried_after_it(tmp_path):
         await w.run_until(19, 15)
         assert [c.status for c in w.cloud.calls_to("backup")] == [200, 429, 200]
         assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
-        # The refused call did not count against the day's write budget.
+        # The refused call did not count against the day's write budget, in gridmate's
+        # count nor in the Fleet API client's budget file.
         assert w.runtime.reconciler.state.powerwall_writes == 4
+        assert w.site_writes_counted() == 4
+
+
+@pytest.mark.parametrize("answer", [502, "truncated"])
+async def test_a_write_whose_answer_is_lost_is_read_back_not_retried(tmp_path, answer):
+    async with world(tmp_path, start=(15, 55)) as w:
+        await w.run_until(18, 55)
+        # Tesla applies the restore's mode write, then the answer is lost on the way back.
+        w.cloud.lose_answers(endpoint="operation", answer=answer)
+        await w.run_until(19, 30)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert len(w.cloud.calls_to("operation")) == 2  # read back, not sent again
+        assert len(w.site.writes) == 4
+        # Counted the way Tesla counts: four writes applied, four counted, everywhere.
+        assert w.runtime.reconciler.state.powerwall_writes == 4
+        assert w.site_writes_counted() == 4
+        assert "reserve_restore_failed" not in w.event_kinds()
+        assert "reserve_restore_verified" in w.event_kinds()
+        (lost,) = [a for a in w.actions("powerwall") if a["detail"].get("answer_lost")]
+        assert lost["ok"] and lost["detail"]["verified"] and lost["action"] == "set_mode"
+
+
+async def test_a_lost_answer_whose_read_back_fails_is_settled_by_the_next_read(tmp_path):
+    async with world(tmp_path, start=(15, 55)) as w:
+        await w.run_until(18, 55)
+        w.cloud.lose_answers(endpoint="backup")  # applied, answered 502
+        w.cloud.inject_failures(1, status=503, endpoint="site_info")  # and the read-back fails
+        await w.run_until(19, 1)
+        unknown = [a for a in w.actions("powerwall") if a["detail"].get("outcome") == "unknown"]
+        assert len(unknown) == 1 and not unknown[0]["ok"]
+        await w.run_until(19, 30)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert len(w.cloud.calls_to("backup")) == 2  # the peak's drop and the one restore
+        assert w.runtime.reconciler.state.powerwall_writes == 4
+        assert w.site_writes_counted() == 4
+        assert "reserve_restore_failed" not in w.event_kinds()
+        assert "reserve_restore_verified" in w.event_kinds()
+
+
+async def test_nothing_is_decided_nor_reported_on_a_stale_reading(tmp_path):
+    async with world(tmp_path, start=(15, 55), reserve=ReserveSettings(writes_per_day=4)) as w:
+        await w.run_until(18, 55)
+        # site_info fails for a few minutes from the restore on: the reserve write goes
+        # through but is not read back, so the last reading (reserve 0) is stale. Then the
+        # mode write is applied but its answer lost. Nothing may be decided, nor reported,
+        # on a stale reading.
+        w.cloud.lose_answers(endpoint="operation")
+        w.cloud.inject_failures(4, status=503, endpoint="site_info")
+        await w.run_until(19, 30)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert len(w.cloud.calls_to("backup")) == 2 and len(w.cloud.calls_to("operation")) == 2
+        assert w.runtime.reconciler.state.powerwall_writes == 4
+        assert w.site_writes_counted() == 4
+        assert "reserve_restore_failed" not in w.event_kinds()
+        assert "reserve_restore_verified" in w.event_kinds()
 
 
 async def test_write_budget_too_small_leaves_the_powerwall_alone(tmp_path):

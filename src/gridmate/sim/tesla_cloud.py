@@ -15,7 +15,8 @@ against behaviour rather than against our own assumptions:
 * Powerwall reserve writes follow firmware 25.18.4: 0-80 or exactly 100,
   anything else is a 400;
 * rate limits (429 with ``RateLimit-*`` and ``Retry-After``) and 5xx failures
-  are configured per test.
+  are configured per test, as are lost answers (:meth:`TeslaCloudSimulator.lose_answers`:
+  a call carried out whose answer is a 502 or a truncated body).
 
 Usage::
 
@@ -35,7 +36,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -249,6 +250,7 @@ class TeslaCloudSimulator:
         self.random_failure_rate = 0.0
         self._random = random.Random(7)
         self._injected: list[tuple[int, str | None]] = []
+        self._lost_answers: list[tuple[int | Literal["truncated"], str | None]] = []
         self._oauth_injected: list[int] = []
         self._access: dict[str, _AccessGrant] = {}
         self._refresh: dict[str, _RefreshGrant] = {}
@@ -287,6 +289,18 @@ class TeslaCloudSimulator:
     ) -> None:
         """The next ``count`` matching Fleet calls answer ``status``."""
         self._injected.extend([(status, endpoint)] * count)
+
+    def lose_answers(
+        self,
+        count: int = 1,
+        *,
+        endpoint: str | None = None,
+        answer: int | Literal["truncated"] = 502,
+    ) -> None:
+        """The next ``count`` matching Fleet calls are carried out, then their answer is
+        lost: replaced by HTTP ``answer`` (a gateway error in front of Tesla) or, with
+        ``"truncated"``, a 200 whose body breaks off. The write has been applied."""
+        self._lost_answers.extend([(answer, endpoint)] * count)
 
     def inject_oauth_failures(self, count: int = 1, *, status: int = 503) -> None:
         """The next ``count`` token requests answer ``status`` without touching any token."""
@@ -449,6 +463,14 @@ class TeslaCloudSimulator:
         if limited is not None:
             return limited
         response: web.StreamResponse = await handler(request)
+        for index, (answer, only) in enumerate(self._lost_answers):
+            if only is None or only == endpoint:
+                del self._lost_answers[index]
+                if answer == "truncated":
+                    return web.Response(
+                        status=200, body=b'{"response": {"code": 2', content_type="application/json"
+                    )
+                return _fleet_error(answer, "bad_gateway", "upstream answer lost (injected)")
         return response
 
     def _note_first_use(self, request: web.Request, grant: _AccessGrant) -> None:

@@ -442,6 +442,11 @@ class FleetApi:
                 BudgetUse("site_writes_daily", key, used, self.daily_site_write_budget, today)
             )
 
+    def note_site_write_applied(self, site_id: int) -> None:
+        """Count a site write whose answer was lost (5xx, no answer) but which a read-back
+        shows (or cannot rule out) the site applied, as Tesla counts it."""
+        self._count_budgets(None, site_id)
+
     def _load_budgets(self) -> None:
         """Today's counts from the budget file, so a restart does not reset them."""
         if self._budget_file is None:
@@ -673,7 +678,10 @@ class FleetApi:
             if status < 500:
                 # Tesla bills every request that gets an answer below 500.
                 self._m_billable.labels(category).inc()
-                self._count_budgets(vin, site_write)
+                # A site write counts against the day's writes only when the site took
+                # it; one refused before reaching it (401, 403, 429, 400) does not.
+                applied = site_write if 200 <= status < 300 else None
+                self._count_budgets(vin, applied)
             self._note_rate_headers(response, block_key)
             if status == 401 and not retried_token:
                 retried_token = True

@@ -22,6 +22,16 @@ class RejectedError(AdapterError):
     """The device refused the value (a 400 for a value it does not accept)."""
 
 
+class OutcomeUnknown(AdapterError):
+    """The request may have reached the device but its answer was lost (a timeout, a
+    reset connection, a 5xx, an unparsable body): only a fresh read tells what happened."""
+
+    def __init__(self, message: str, *, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
+        """A 2xx came back (its body was unusable): the write reached the device."""
+
+
 @dataclass
 class ApiHealth:
     """Whether an API answered lately, how often it was called today, and back-off."""
