@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gridmate.energy.journal import read_day
-from gridmate.energy.service import EnergyRuntime, build_runtime, run, run_loop
+from gridmate.energy.service import EnergyRuntime, build_runtime, health_problems, run, run_loop
 from gridmate.energy.settings import (
     EnergySettings,
     EvSettings,
@@ -37,7 +37,7 @@ from gridmate.runtime.daemon import Daemon
 from gridmate.runtime.secrets import Secret
 from gridmate.runtime.settings import MetricsSettings
 from gridmate.sim.honeywell import HoneywellSimulator, SimulatedThermostat, honeywell_simulator
-from gridmate.sim.house import HouseModel, gateway_simulator, outdoor_profile
+from gridmate.sim.house import GatewaySimulator, HouseModel, gateway_simulator, outdoor_profile
 from gridmate.sim.tesla_cloud import (
     SimulatedEnergySite,
     SimulatedVehicle,
@@ -80,6 +80,7 @@ class World:
     settings: EnergySettings
     runtime: EnergyRuntime
     fleet: FleetApi
+    gateway: GatewaySimulator
     budget_uses: list[BudgetUse] = field(default_factory=list)
     """Every count the Fleet API client reported to its ``on_budget_use`` hook."""
     events: list[tuple[datetime, str, dict]] = field(default_factory=list)
@@ -185,7 +186,7 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
         assert runtime.reconciler.powerwall is not None
         await runtime.reconciler.powerwall.start()
         w = World(clock, site, thermostat, house, cloud, honeywell, weather, settings, runtime,
-                  fleet, uses)  # fmt: skip
+                  fleet, gateway, uses)  # fmt: skip
         try:
             yield w
         finally:
@@ -325,6 +326,61 @@ async def test_nothing_is_decided_nor_reported_on_a_stale_reading(tmp_path):
         assert w.site_writes_counted() == 4
         assert "reserve_restore_failed" not in w.event_kinds()
         assert "reserve_restore_verified" in w.event_kinds()
+
+
+WRONG_SHAPES = [
+    pytest.param(None, id="null"),
+    pytest.param([], id="list"),
+    pytest.param({"deviceID": "LCC-00D02DB89E33"}, id="no-changeableValues"),
+    pytest.param({"changeableValues": {"coolSetpoint": 76}}, id="no-mode"),
+    pytest.param({"changeableValues": {"mode": "Cool", "coolSetpoint": "warm"}}, id="bad-number"),
+]
+
+
+@pytest.mark.parametrize("answer", WRONG_SHAPES)
+async def test_a_wrong_shaped_honeywell_answer_is_that_thermostats_problem(tmp_path, answer):
+    async with world(tmp_path, start=(15, 50)) as w:
+        w.honeywell.answer_instead[w.thermostat.device_id] = answer
+        await w.run_until(16, 5)
+        # The cycle went on: the Powerwall is under control for the peak.
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        assert w.thermostat.writes == []  # nothing written on a reading that made no sense
+        problems = health_problems(w.runtime, w.runtime.reconciler.last_report)
+        (mine,) = [p for p in problems if p.startswith("thermostat living:")]
+        assert "Honeywell answered" in mine and "tesla" not in " ".join(problems)
+        # When it answers properly again, the problem is over.
+        del w.honeywell.answer_instead[w.thermostat.device_id]
+        await w.run_until(16, 15)
+        report = w.runtime.reconciler.last_report
+        assert report is not None and report.reading is not None
+        assert report.reading.thermostats["living"].cool_setpoint_f == w.thermostat.cool_setpoint_f
+        assert not any(
+            p.startswith("thermostat living:") for p in health_problems(w.runtime, report)
+        )
+
+
+@pytest.mark.parametrize(
+    ("path", "answer"),
+    [
+        ("/api/system_status/soe", None),
+        ("/api/system_status/soe", {"percent": 50}),
+        ("/api/meters/aggregates", []),
+        ("/api/meters/aggregates", {"site": {}, "battery": {}, "load": {}, "solar": {}}),
+        ("/api/meters/aggregates", {"site": {"instant_power": 1.0}}),
+    ],
+)
+async def test_a_wrong_shaped_gateway_answer_falls_back_to_the_cloud(tmp_path, path, answer):
+    async with world(tmp_path, start=(15, 50)) as w:
+        w.gateway.answer_instead[path] = answer
+        await w.run_until(16, 5)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        assert w.cloud.calls_to("live_status")  # the cloud stood in for the gateway
+        report = w.runtime.reconciler.last_report
+        assert report is not None and report.reading is not None
+        assert report.reading.soc_percent is not None
+        (mine,) = [p for p in health_problems(w.runtime, report) if "gateway" in p]
+        assert mine.startswith(f"powerwall gateway: the gateway's {path.removeprefix('/api/')} "
+                               "answered JSON of an unexpected shape")  # fmt: skip
 
 
 async def test_write_budget_too_small_leaves_the_powerwall_alone(tmp_path):

@@ -376,6 +376,10 @@ def health_problems(runtime: EnergyRuntime, report: CycleReport | None) -> list[
         reason = reconciler.powerwall.health.problem()
         if reason:
             problems.append(f"tesla: {reason}")
+    if runtime.gateway is not None:
+        reason = runtime.gateway.health.problem()
+        if reason:
+            problems.append(f"powerwall gateway: {reason} (reading from Tesla's cloud instead)")
     for tid, device in reconciler.thermostats.items():
         reason = device.health.problem()
         if reason:

@@ -138,6 +138,9 @@ class HoneywellSimulator:
         self._refresh: set[str] = set()
         self._hits: list[datetime] = []
         self.refreshes = 0
+        self.answer_instead: dict[str, Any] = {}
+        """Device ID -> JSON answered (200) to a GET instead of the device: valid JSON of
+        another shape (``null``, ``[]``, a missing key), as a broken API answers."""
 
     def issue_refresh_token(self) -> str:
         token = "hw-r-" + secrets.token_urlsafe(16)
@@ -224,6 +227,8 @@ class HoneywellSimulator:
             return web.json_response({"code": 404, "message": "Device not found"}, status=404)
         if request.method == "GET":
             self._record(request, 200)
+            if device.device_id in self.answer_instead:
+                return web.json_response(self.answer_instead[device.device_id])
             return web.json_response(device.as_json())
         try:
             body = await request.json()

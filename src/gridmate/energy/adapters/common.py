@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gridmate.runtime.clock import Clock
+
+WireModel = TypeVar("WireModel", bound="Wire")
 
 
 class AdapterError(Exception):
@@ -75,3 +80,31 @@ class ApiHealth:
         if wait is not None:
             return f"rate limited for {wait:.0f} more seconds"
         return self.last_error
+
+
+class Wire(BaseModel):
+    """A device's answer as its wire format documents it; other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def parse_wire(model: type[WireModel], data: Any, who: str) -> WireModel:
+    """``data`` (decoded JSON) as ``model``, or an :class:`AdapterError` naming what was
+    wrong, so a wrong-shaped answer is that device's problem and not a crash."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        what = "expected an object" if first["type"] == "model_type" else first["msg"]
+        raise AdapterError(
+            f"{who} answered JSON of an unexpected shape ({where or _json_kind(data)}: {what})"
+        ) from None
+
+
+def _json_kind(data: Any) -> str:
+    if data is None:
+        return "null"
+    if isinstance(data, list):
+        return "a list"
+    return "an object" if isinstance(data, dict) else f"a {type(data).__name__}"

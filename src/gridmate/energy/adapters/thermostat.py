@@ -18,7 +18,14 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from gridmate.energy.adapters.common import AdapterError, ApiHealth, RateLimitedError, RejectedError
+from gridmate.energy.adapters.common import (
+    AdapterError,
+    ApiHealth,
+    RateLimitedError,
+    RejectedError,
+    Wire,
+    parse_wire,
+)
 from gridmate.energy.planner import DesiredThermostat, Hold, ThermostatReading
 from gridmate.energy.settings import HomeAssistantSettings, HoneywellSettings, ThermostatSettings
 from gridmate.runtime.clock import Clock
@@ -37,6 +44,37 @@ _HOLD_FROM_HONEYWELL: dict[str, Hold] = {
 }
 _HOLD_TO_HONEYWELL = {"schedule": "NoHold", "temporary": "TemporaryHold",
                       "permanent": "PermanentHold", "until": "HoldUntil"}  # fmt: skip
+
+
+class _HoneywellChangeable(Wire):
+    """``changeableValues`` of a Honeywell Home v2 thermostat: what a write echoes."""
+
+    mode: str
+    autoChangeoverActive: bool = False
+    heatSetpoint: float | None = None
+    coolSetpoint: float | None = None
+    thermostatSetpointStatus: str = "NoHold"
+
+
+class _HoneywellDevice(Wire):
+    """``GET /v2/devices/thermostats/{deviceId}``, the fields gridmate reads."""
+
+    indoorTemperature: float | None = None
+    changeableValues: _HoneywellChangeable
+
+
+class _HomeAssistantAttributes(Wire):
+    temperature: float | None = None
+    target_temp_high: float | None = None
+    target_temp_low: float | None = None
+    current_temperature: float | None = None
+
+
+class _HomeAssistantState(Wire):
+    """``GET /api/states/climate.x``."""
+
+    state: str
+    attributes: _HomeAssistantAttributes = _HomeAssistantAttributes()
 
 
 class Thermostat(Protocol):
@@ -151,7 +189,7 @@ class HoneywellThermostat:
         self.clock = clock
         self.tz = tz
         self.health = ApiHealth(f"honeywell:{self.id}", clock)
-        self._last: tuple[datetime, dict[str, Any]] | None = None
+        self._last: tuple[datetime, _HoneywellDevice] | None = None
 
     @property
     def _url(self) -> str:
@@ -186,7 +224,7 @@ class HoneywellThermostat:
             return response
         raise AdapterError("Honeywell refused the access token twice")
 
-    async def _raw(self, force: bool) -> dict[str, Any]:
+    async def _raw(self, force: bool) -> _HoneywellDevice:
         now = self.clock.now()
         if (
             not force
@@ -195,7 +233,8 @@ class HoneywellThermostat:
         ):
             return self._last[1]
         try:
-            data = dict((await self._request("GET")).json())
+            answer = (await self._request("GET")).json()
+            data = parse_wire(_HoneywellDevice, answer, "Honeywell")
         except (httpx.HTTPError, ValueError) as error:
             self.health.failed(f"{type(error).__name__}: {error}")
             raise AdapterError(f"Honeywell read failed: {error}") from error
@@ -208,36 +247,28 @@ class HoneywellThermostat:
 
     async def read(self, *, force: bool = False) -> ThermostatReading:
         data = await self._raw(force)
-        values = data.get("changeableValues", {})
-        status = values.get("thermostatSetpointStatus", "NoHold")
-        indoor = data.get("indoorTemperature")
+        values = data.changeableValues
         return ThermostatReading(
-            mode=str(values.get("mode", "Off")).lower(),
-            cool_setpoint_f=_float(values.get("coolSetpoint")),
-            heat_setpoint_f=_float(values.get("heatSetpoint")),
-            indoor_f=_float(indoor),
-            hold=_HOLD_FROM_HONEYWELL.get(status, "permanent"),
+            mode=values.mode.lower(),
+            cool_setpoint_f=values.coolSetpoint,
+            heat_setpoint_f=values.heatSetpoint,
+            indoor_f=data.indoorTemperature,
+            hold=_HOLD_FROM_HONEYWELL.get(values.thermostatSetpointStatus, "permanent"),
         )
 
     async def write(self, wish: DesiredThermostat) -> None:
         # Read-modify-write from a fresh read, echoing what the person set.
-        current = (await self._raw(force=True)).get("changeableValues", {})
+        current = (await self._raw(force=True)).changeableValues
+        heat = wish.heat_setpoint_f if wish.heat_setpoint_f is not None else current.heatSetpoint
+        cool = wish.cool_setpoint_f if wish.cool_setpoint_f is not None else current.coolSetpoint
+        if heat is None or cool is None:
+            raise AdapterError("Honeywell device reported no setpoints; not writing blind")
         body: dict[str, Any] = {
-            "mode": current.get("mode"),
-            "autoChangeoverActive": current.get("autoChangeoverActive", False),
-            "heatSetpoint": round(
-                wish.heat_setpoint_f
-                if wish.heat_setpoint_f is not None
-                else current.get("heatSetpoint")
-            ),
-            "coolSetpoint": round(
-                wish.cool_setpoint_f
-                if wish.cool_setpoint_f is not None
-                else current.get("coolSetpoint")
-            ),
+            "mode": current.mode,
+            "autoChangeoverActive": current.autoChangeoverActive,
+            "heatSetpoint": round(heat),
+            "coolSetpoint": round(cool),
         }
-        if body["mode"] is None:
-            raise AdapterError("Honeywell device reported no mode; not writing blind")
         if self.device_id.startswith("LCC-"):
             body["thermostatSetpointStatus"] = _HOLD_TO_HONEYWELL[wish.hold]
             if wish.hold == "until":
@@ -270,7 +301,7 @@ class HomeAssistantThermostat:
         self.http = http
         self.health = ApiHealth(f"home_assistant:{self.id}", clock)
         self.clock = clock
-        self._last: tuple[datetime, dict[str, Any]] | None = None
+        self._last: tuple[datetime, _HomeAssistantState] | None = None
 
     def _headers(self) -> dict[str, str]:
         if self.settings.token is None:
@@ -291,26 +322,30 @@ class HomeAssistantThermostat:
                     headers=self._headers(),
                 )
                 response.raise_for_status()
-                self._last = (now, dict(response.json()))
+                answer = response.json()
+                state = parse_wire(_HomeAssistantState, answer, "Home Assistant")
+            except AdapterError as error:
+                self.health.failed(str(error))
+                raise
             except (httpx.HTTPError, ValueError) as error:
                 self.health.failed(f"{type(error).__name__}: {error}")
                 raise AdapterError(f"Home Assistant read failed: {error}") from error
+            self._last = (now, state)
             self.health.ok()
         state = self._last[1]
-        attributes = state.get("attributes", {})
-        mode = str(state.get("state", "off"))
-        mode = {"heat_cool": "auto", "cool": "cool", "heat": "heat"}.get(mode, "off")
+        attributes = state.attributes
+        mode = {"heat_cool": "auto", "cool": "cool", "heat": "heat"}.get(state.state, "off")
         if mode == "auto":
-            cool = _float(attributes.get("target_temp_high"))
-            heat = _float(attributes.get("target_temp_low"))
+            cool = attributes.target_temp_high
+            heat = attributes.target_temp_low
         else:
-            cool = _float(attributes.get("temperature")) if mode == "cool" else None
-            heat = _float(attributes.get("temperature")) if mode == "heat" else None
+            cool = attributes.temperature if mode == "cool" else None
+            heat = attributes.temperature if mode == "heat" else None
         return ThermostatReading(
             mode=mode,
             cool_setpoint_f=cool,
             heat_setpoint_f=heat,
-            indoor_f=_float(attributes.get("current_temperature")),
+            indoor_f=attributes.current_temperature,
             hold="schedule",
         )
 
@@ -340,10 +375,3 @@ class HomeAssistantThermostat:
             self.health.failed(f"{type(error).__name__}: {error}")
             raise AdapterError(f"Home Assistant write failed: {error}") from error
         self._last = None
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
