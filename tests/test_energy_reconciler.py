@@ -383,6 +383,33 @@ async def test_a_wrong_shaped_gateway_answer_falls_back_to_the_cloud(tmp_path, p
                                "answered JSON of an unexpected shape")  # fmt: skip
 
 
+async def test_a_retry_after_beyond_the_cap_is_waited_out_for_an_hour_and_reported(tmp_path):
+    async with world(tmp_path, start=(15, 55)) as w:
+        await w.run_until(18, 55)
+        w.cloud.add_rate_limit(0, 60, endpoint="backup", retry_after="1e309")
+        w.honeywell.requests_per_window = 0  # every Honeywell request is refused too,
+        w.honeywell.retry_after = "Fri, 31 Dec 9999 23:59:59 GMT"  # until year 9999
+        await w.run_until(19, 5)
+        assert w.site.backup_reserve_percent == 0  # nothing crashed; the restore waits
+        report = w.runtime.reconciler.last_report
+        problems = health_problems(w.runtime, report)
+        (tesla,) = [p for p in problems if p.startswith("tesla:")]
+        assert "Retry-After asked for ever; waiting the cap of 3600 s" in tesla
+        living = [p for p in problems if p.startswith("thermostat living:")]
+        capped = "Retry-After asked 251"  # about 251,000,000,000 s until 9999
+        assert any(capped in p and "waiting the cap of 3600 s" in p for p in living)
+        assert w.runtime.alerts is not None and report is not None
+        seen = w.runtime.alerts.observations(w.runtime.reconciler, report, "site")
+        limited = {o.key for o in seen if o.kind.value == "api_rate_limited" and o.bad}
+        assert limited == {"tesla_energy", "honeywell:living"}
+        # The cap is obeyed: an hour later the restore goes through.
+        w.cloud.rate_limits.clear()
+        w.honeywell.requests_per_window = None
+        await w.run_until(20, 5)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert [c.status for c in w.cloud.calls_to("backup")] == [200, 429, 200]
+
+
 async def test_write_budget_too_small_leaves_the_powerwall_alone(tmp_path):
     async with world(tmp_path, reserve=ReserveSettings(writes_per_day=3)) as w:
         await w.run_until(16, 30)

@@ -48,7 +48,9 @@ def api_status(health: ApiHealth) -> ApiStatus:
     """What an adapter's :class:`ApiHealth` says about its API right now."""
     wait = health.blocked()
     if wait is not None:
-        return ApiStatus(health.name, "rate_limited", health.last_error or "429", wait)
+        return ApiStatus(
+            health.name, "rate_limited", health.last_error or "429", wait, health.block_capped
+        )
     if health.last_error:
         return ApiStatus(health.name, "failing", health.last_error)
     return ApiStatus(health.name, "ok")

@@ -298,6 +298,12 @@ class HoneywellSettings(Section):
     poll_seconds: float = Field(
         180.0, ge=120.0, le=300.0, description="Thermostat reads, no faster than every 2 minutes."
     )
+    max_retry_after_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest wait gridmate obeys after a 429; a longer Retry-After is cut "
+        "to this and reported as a rate-limit condition.",
+    )
 
 
 class HomeAssistantSettings(Section):

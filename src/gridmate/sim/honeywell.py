@@ -138,6 +138,8 @@ class HoneywellSimulator:
         self._refresh: set[str] = set()
         self._hits: list[datetime] = []
         self.refreshes = 0
+        self.retry_after: str | None = None
+        """A ``Retry-After`` header on 429 answers (Resideo usually sends none)."""
         self.answer_instead: dict[str, Any] = {}
         """Device ID -> JSON answered (200) to a GET instead of the device: valid JSON of
         another shape (``null``, ``[]``, a missing key), as a broken API answers."""
@@ -191,9 +193,11 @@ class HoneywellSimulator:
             horizon = now - timedelta(seconds=self.window_seconds)
             self._hits = [t for t in self._hits if t > horizon]
             if len(self._hits) >= self.requests_per_window:
+                headers = {"Retry-After": self.retry_after} if self.retry_after else None
                 return web.json_response(
                     {"code": "429.02.001", "message": "rate limit has been exhausted"},
                     status=429,
+                    headers=headers,
                 )
             self._hits.append(now)
         return None

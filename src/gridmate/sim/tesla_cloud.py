@@ -186,13 +186,14 @@ class RateLimitRule:
     from the start).
 
     ``endpoint`` None applies to every Fleet endpoint. ``retry_after`` fixes the
-    Retry-After value; by default it is the time until the window resets.
+    Retry-After value (a number of seconds, or the header's text as sent, such as
+    ``"1e309"`` or an HTTP date); by default it is the time until the window resets.
     """
 
     limit: int
     window: float
     endpoint: str | None = None
-    retry_after: float | None = None
+    retry_after: float | str | None = None
     per_device: bool = True
     _hits: dict[str, list[datetime]] = field(default_factory=dict, repr=False)
 
@@ -312,7 +313,7 @@ class TeslaCloudSimulator:
         window: float,
         *,
         endpoint: str | None = None,
-        retry_after: float | None = None,
+        retry_after: float | str | None = None,
         per_device: bool = True,
     ) -> RateLimitRule:
         if limit < 0 or window <= 0:
@@ -496,13 +497,12 @@ class TeslaCloudSimulator:
                 opened = hits[0] if hits else now
                 reset = math.ceil((opened + window - now).total_seconds())
                 retry = rule.retry_after if rule.retry_after is not None else reset
-                response = _fleet_error(
-                    429, "rate_limit_exceeded", f"Retry in {math.ceil(retry)} seconds"
-                )
+                header = retry if isinstance(retry, str) else str(math.ceil(retry))
+                response = _fleet_error(429, "rate_limit_exceeded", f"Retry in {header} seconds")
                 response.headers["RateLimit-Limit"] = str(rule.limit)
                 response.headers["RateLimit-Remaining"] = "0"
                 response.headers["RateLimit-Reset"] = str(reset)
-                response.headers["Retry-After"] = str(math.ceil(retry))
+                response.headers["Retry-After"] = header
                 return response
             hits.append(now)
         return None

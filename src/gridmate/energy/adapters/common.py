@@ -47,6 +47,8 @@ class ApiHealth:
     last_ok: datetime | None = None
     last_error: str | None = None
     blocked_until: datetime | None = None
+    block_capped: bool = False
+    """The API asked for a longer wait than gridmate obeys; it waits the cap instead."""
     used_today: int = 0
     day: date | None = None
     history: list[str] = field(default_factory=list)
@@ -64,9 +66,11 @@ class ApiHealth:
     def failed(self, reason: str) -> None:
         self.last_error = reason
 
-    def block(self, seconds: float, reason: str) -> None:
-        self.blocked_until = self.clock.now() + timedelta(seconds=max(1.0, seconds))
+    def block(self, seconds: float, reason: str, *, capped: bool = False) -> None:
+        # Callers cap the wait (gridmate.runtime.retry_after); a day bounds it regardless.
+        self.blocked_until = self.clock.now() + timedelta(seconds=min(max(1.0, seconds), 86400))
         self.last_error = reason
+        self.block_capped = capped
 
     def blocked(self) -> float | None:
         """Seconds left of a 429 back-off, or None."""
@@ -78,6 +82,9 @@ class ApiHealth:
     def problem(self) -> str | None:
         wait = self.blocked()
         if wait is not None:
+            if self.block_capped:
+                # Say that the API asked for more: a wait beyond the cap is news.
+                return f"rate limited for {wait:.0f} more seconds ({self.last_error})"
             return f"rate limited for {wait:.0f} more seconds"
         return self.last_error
 

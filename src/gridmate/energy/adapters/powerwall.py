@@ -116,7 +116,7 @@ class Powerwall:
             self.health.count()
             result = await awaitable
         except fleet_api.RateLimited as error:
-            self.health.block(error.retry_after, f"429 from Tesla ({error})")
+            self.health.block(error.retry_after, f"429 from Tesla ({error})", capped=error.capped)
             raise RateLimitedError(str(error), error.retry_after) from error
         except fleet_api.BudgetExhausted as error:
             raise RateLimitedError(str(error), error.retry_after) from error

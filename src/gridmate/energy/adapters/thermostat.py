@@ -31,6 +31,7 @@ from gridmate.energy.settings import HomeAssistantSettings, HoneywellSettings, T
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
+from gridmate.runtime.retry_after import parse_retry_after
 from gridmate.runtime.secrets import Secret
 
 log = get_logger("energy.thermostat")
@@ -214,9 +215,15 @@ class HoneywellThermostat:
                 self.auth.invalidate()
                 continue
             if response.status_code == 429:
-                # Honeywell sends no Retry-After; wait a poll interval and more.
-                self.health.block(2 * self.settings.poll_seconds, "429 rate limit")
-                raise RateLimitedError("Honeywell answered 429", 2 * self.settings.poll_seconds)
+                # Honeywell usually sends no Retry-After: then wait two poll intervals.
+                asked = parse_retry_after(
+                    response.headers.get("retry-after"), self.clock.now(),
+                    max_wait=self.settings.max_retry_after_seconds,
+                )  # fmt: skip
+                wait = max(2 * self.settings.poll_seconds, asked.seconds if asked else 0.0)
+                reason = "429 rate limit" + (f" ({asked.describe()})" if asked else "")
+                self.health.block(wait, reason, capped=asked is not None and asked.capped)
+                raise RateLimitedError(f"Honeywell answered {reason}", wait)
             if response.status_code == 400:
                 raise RejectedError(f"Honeywell refused the write: {response.text[:200]}")
             if response.status_code >= 300:
@@ -235,6 +242,8 @@ class HoneywellThermostat:
         try:
             answer = (await self._request("GET")).json()
             data = parse_wire(_HoneywellDevice, answer, "Honeywell")
+        except RateLimitedError:
+            raise  # the health already says why and for how long
         except (httpx.HTTPError, ValueError) as error:
             self.health.failed(f"{type(error).__name__}: {error}")
             raise AdapterError(f"Honeywell read failed: {error}") from error
