@@ -8,13 +8,21 @@ depends on how fast the machine is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import json
+import socket
+import ssl
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from gridmate.energy.journal import read_day
 from gridmate.energy.service import EnergyRuntime, build_runtime, health_problems, run, run_loop
@@ -118,7 +126,7 @@ class World:
         return [e for e in self.journal() if e["kind"] == "action" and e["device"] == device]
 
 
-def make_settings(tmp_path, honeywell, weather, gateway, site, **changes) -> EnergySettings:
+def make_settings(tmp_path, honeywell_sim, weather, gateway, site, **changes) -> EnergySettings:
     fields = {
         "state_directory": tmp_path / "state",
         "runtime_directory": tmp_path / "run",
@@ -129,10 +137,10 @@ def make_settings(tmp_path, honeywell, weather, gateway, site, **changes) -> Ene
             )
         ],
         "honeywell": HoneywellSettings(
-            base_url=honeywell.base_url,
+            base_url=honeywell_sim.base_url,
             api_key="sim-consumer-key",
             client_secret=Secret("sim-consumer-secret"),
-            refresh_token=Secret(honeywell.issue_refresh_token()),
+            refresh_token=Secret(honeywell_sim.issue_refresh_token()),
         ),
         "weather": WeatherSettings(
             latitude=33.45,
@@ -408,6 +416,82 @@ async def test_a_retry_after_beyond_the_cap_is_waited_out_for_an_hour_and_report
         await w.run_until(20, 5)
         assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
         assert [c.status for c in w.cloud.calls_to("backup")] == [200, 429, 200]
+
+
+@asynccontextmanager
+async def expired_certificate_server(directory):
+    """A TLS listener on loopback whose certificate expired in May 2026, like the old host."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.honeywell.com")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime(2025, 5, 18, tzinfo=UTC))
+        .not_valid_after(datetime(2026, 5, 18, tzinfo=UTC))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert, private = directory / "expired.pem", directory / "expired.key"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, private)
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0, ssl=context)
+    try:
+        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("where", ["expired certificate", "nothing listening"])
+async def test_an_unreachable_honeywell_names_the_setting_to_change(tmp_path, where):
+    async with contextlib.AsyncExitStack() as stack:
+        if where == "expired certificate":
+            url = await stack.enter_async_context(expired_certificate_server(tmp_path))
+        else:
+            url = closed_port_url()
+        moved = HoneywellSettings(
+            base_url=url,
+            api_key="sim-consumer-key",
+            client_secret=Secret("sim-consumer-secret"),
+            refresh_token=Secret("hw-r-unused"),
+        )
+        async with world(tmp_path, start=(15, 50), honeywell=moved) as w:
+            await w.run_until(16, 5)
+            assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+            report = w.runtime.reconciler.last_report
+            living = [p for p in health_problems(w.runtime, report) if "thermostat living" in p]
+            assert living and all("check honeywell.base_url" in p for p in living)
+            assert "https://api.honeywellhome.com" in living[0]
+            word = "certificate" if where == "expired certificate" else "cannot connect"
+            assert word in living[0]
+
+
+def test_the_honeywell_api_default_is_resideos_new_host():
+    assert HoneywellSettings().base_url == "https://api.honeywellhome.com"
 
 
 async def test_write_budget_too_small_leaves_the_powerwall_alone(tmp_path):

@@ -288,7 +288,11 @@ class ThermostatSettings(Section):
 
 
 class HoneywellSettings(Section):
-    base_url: str = "https://api.honeywell.com"
+    base_url: str = Field(
+        "https://api.honeywellhome.com",
+        description="Resideo's Honeywell Home API (api.honeywell.com has served an expired "
+        "certificate since May 2026).",
+    )
     api_key: str | None = Field(None, description="The app's consumer key (sent as apikey).")
     client_secret: Annotated[Secret | None, Credential("honeywell_client_secret")] = None
     refresh_token: Annotated[Secret | None, Credential("honeywell_refresh_token")] = Field(

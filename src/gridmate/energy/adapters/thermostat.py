@@ -88,6 +88,23 @@ class Thermostat(Protocol):
     async def write(self, wish: DesiredThermostat) -> None: ...
 
 
+RESIDEO_API_URL = "https://api.honeywellhome.com"
+
+
+def honeywell_unreachable(error: httpx.TransportError, base_url: str) -> AdapterError:
+    """A connection or certificate failure that names the setting to change."""
+    text = str(error) or type(error).__name__
+    host = httpx.URL(base_url).host or base_url
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate" in text.lower():
+        what = f"the certificate of {host} is not valid ({text})"
+    else:
+        what = f"cannot connect to {host} ({text})"
+    return AdapterError(
+        f"Honeywell: {what}; check honeywell.base_url (Resideo's API is at {RESIDEO_API_URL}; "
+        "api.honeywell.com has served an expired certificate since May 2026)"
+    )
+
+
 def write_private_file(path: Path, text: str) -> None:
     """Atomically replace ``path`` with ``text``, readable by the owner only."""
     write_atomically(path, text, mode=0o600)
@@ -141,11 +158,14 @@ class HoneywellAuth:
             raise AdapterError(problem)
         refresh = self._refresh_token()
         assert refresh is not None and self.settings.client_secret is not None
-        response = await self.http.post(
-            f"{self.settings.base_url.rstrip('/')}/oauth2/token",
-            auth=(str(self.settings.api_key), self.settings.client_secret.reveal()),
-            data={"grant_type": "refresh_token", "refresh_token": refresh.reveal()},
-        )
+        try:
+            response = await self.http.post(
+                f"{self.settings.base_url.rstrip('/')}/oauth2/token",
+                auth=(str(self.settings.api_key), self.settings.client_secret.reveal()),
+                data={"grant_type": "refresh_token", "refresh_token": refresh.reveal()},
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            raise honeywell_unreachable(error, self.settings.base_url) from None
         if response.status_code != 200:
             raise AdapterError(
                 f"Honeywell token refresh refused ({response.status_code}); authorize gridmate "
@@ -204,13 +224,16 @@ class HoneywellThermostat:
         for attempt in (1, 2):
             token = await self.auth.token()
             self.health.count()
-            response = await self.http.request(
-                method,
-                self._url,
-                params=params,
-                json=body,
-                headers={"Authorization": f"Bearer {token.reveal()}"},
-            )
+            try:
+                response = await self.http.request(
+                    method,
+                    self._url,
+                    params=params,
+                    json=body,
+                    headers={"Authorization": f"Bearer {token.reveal()}"},
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                raise honeywell_unreachable(error, self.settings.base_url) from None
             if response.status_code == 401 and attempt == 1:
                 self.auth.invalidate()
                 continue
