@@ -111,10 +111,10 @@ class World:
         last_per_day = {u.day: u.used for u in self.budget_uses if u.budget == "site_writes_daily"}
         return sum(last_per_day.values())
 
-    async def restart(self) -> None:
+    async def restart(self, *, with_notifier: bool = False) -> None:
         await self.runtime.close()
         self.runtime = await build_runtime(
-            self.settings, clock=self.clock, fleet=self.fleet, with_notifier=False
+            self.settings, clock=self.clock, fleet=self.fleet, with_notifier=with_notifier
         )
         assert self.runtime.reconciler.powerwall is not None
         await self.runtime.reconciler.powerwall.start()
@@ -486,7 +486,7 @@ async def test_an_unreachable_honeywell_names_the_setting_to_change(tmp_path, wh
             living = [p for p in health_problems(w.runtime, report) if "thermostat living" in p]
             assert living and all("check honeywell.base_url" in p for p in living)
             assert "https://api.honeywellhome.com" in living[0]
-            word = "certificate" if where == "expired certificate" else "cannot connect"
+            word = "CERTIFICATE_VERIFY_FAILED" if where == "expired certificate" else "ConnectError"
             assert word in living[0]
 
 
@@ -810,3 +810,60 @@ async def test_a_reserve_changed_in_the_tesla_app_during_peak_is_respected(smtp_
     assert len(hand) == 1
     body = hand[0].get_payload()[0].get_payload(decode=True).decode()
     assert "backup reserve 0 % → 50 %" in body
+
+
+@pytest.mark.services
+async def test_a_lost_honeywell_token_answer_asks_once_to_authorize_again(smtp_server, tmp_path):
+    async with world(tmp_path, start=(15, 0), notify=alert_mail(smtp_server.port)) as w:
+        # Resideo rotates the single-use refresh token, then the answer breaks off.
+        w.honeywell.truncate_token_answers = 1
+        await w.run_until(16, 30)
+        assert w.honeywell.refreshes == 1  # rotated once; the new token never arrived
+        # Asked once more at once (refused: the token was spent), then never again: no loop.
+        token_calls = [r[3] for r in w.honeywell.requests if r[2] == "/oauth2/token"]
+        assert token_calls == [200, 401]
+        assert all(status != 401 for _, _, path, status in w.honeywell.requests
+                   if path != "/oauth2/token")  # fmt: skip
+        report = w.runtime.reconciler.last_report
+        living = [p for p in health_problems(w.runtime, report) if "thermostat living" in p]
+        assert living and living[0].startswith("thermostat living: authorize again: ")
+        assert "put the new refresh token in honeywell.refresh_token_file" in living[0]
+        # The Powerwall is controlled all the same.
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        await smtp_server.wait_for(1)
+        # The user authorizes again and restarts: the new token is taken over and rotated.
+        fresh = Secret(w.honeywell.issue_refresh_token())
+        w.settings = w.settings.model_copy(
+            update={"honeywell": w.settings.honeywell.model_copy(update={"refresh_token": fresh})}
+        )
+        restarted = len(w.honeywell.requests)
+        await w.restart(with_notifier=True)
+        await w.run_until(17, 0)
+        assert w.honeywell.refreshes >= 2
+        assert all(status == 200 for *_, status in w.honeywell.requests[restarted:])
+        problems = health_problems(w.runtime, w.runtime.reconciler.last_report)
+        assert not any("thermostat living" in p for p in problems)
+        await w.run_until(17, 15)  # clear for longer than resolve_after
+        await smtp_server.wait_for(2)
+        await settle_mail(w)
+    assert subjects(smtp_server) == [
+        "gridmate CRITICAL: Honeywell authorization lost: authorize gridmate again",
+        "gridmate CRITICAL: Resolved: Honeywell authorization lost: authorize gridmate again",
+    ]
+    body = smtp_server.messages[0][1].get_payload()[0].get_payload(decode=True).decode()
+    assert "honeywell.refresh_token_file" in body and "restart gridmate-energy" in body
+
+
+async def test_a_token_file_of_an_earlier_version_is_adopted_not_replaced(tmp_path):
+    async with world(tmp_path, start=(15, 0)) as w:
+        # An earlier gridmate kept {"refresh_token": ...}; the configured token is long spent.
+        token_file = w.settings.energy_directory / "honeywell-token.json"
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        kept = w.honeywell.issue_refresh_token()
+        token_file.write_text(json.dumps({"refresh_token": kept}))
+        await w.restart()
+        await w.run_until(15, 5)
+        assert w.honeywell.refreshes == 1
+        assert all(status == 200 for *_, status in w.honeywell.requests)
+        state = json.loads(token_file.read_text())
+        assert state["refresh_token"] not in (kept, w.settings.honeywell.refresh_token.reveal())

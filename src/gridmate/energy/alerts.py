@@ -232,7 +232,7 @@ def token_changes(
     A recovery is a working refresh (OAuth) or a token read again (TeslaMate); after
     it, gridmate's refresh token is new, so an expiry warning is over too.
     """
-    key = f"tesla {source}"
+    key = "honeywell" if source == "honeywell" else f"tesla {source}"
     if kind == "failing":
         return [Change("open", EventKind.token_failing, key, facts)]
     if kind == "expiring":

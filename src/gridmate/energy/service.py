@@ -86,6 +86,12 @@ class EnergyRuntime:
             and powerwall.health.last_error is None
         )
 
+    def honeywell_healthy(self) -> bool:
+        """Every Honeywell thermostat answered lately and none reports a problem."""
+        healths = [d.health for d in self.reconciler.thermostats.values()
+                   if d.health.name.startswith("honeywell")]  # fmt: skip
+        return bool(healths) and all(h.last_ok is not None and h.problem() is None for h in healths)
+
     async def after_cycle(self, report: CycleReport) -> None:
         """Tell people what the cycle did and which conditions opened or cleared."""
         site_key = self.site_key
@@ -96,8 +102,9 @@ class EnergyRuntime:
                     await self.notifier.send(event)
         if self.alerts is not None:
             await self.alerts.observe(
-                self.reconciler, report, site_key, tokens_healthy=self.tokens_healthy()
-            )
+                self.reconciler, report, site_key, tokens_healthy=self.tokens_healthy(),
+                honeywell_healthy=self.honeywell_healthy(),
+            )  # fmt: skip
 
     async def close(self) -> None:
         for task in self.background:
@@ -171,6 +178,7 @@ async def build_runtime(
         settings.energy_directory / "honeywell-token.json",
         http=http,
         clock=clock,
+        on_event=alerts.token_event,
     )
     thermostats: dict[str, Thermostat] = {}
     for config in settings.thermostats:

@@ -9,6 +9,7 @@ person left them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
 from gridmate.runtime.retry_after import parse_retry_after
 from gridmate.runtime.secrets import Secret
+from gridmate.tesla.tokens import EventHook, OAuthTokenProvider, TokenUnavailable
 
 log = get_logger("energy.thermostat")
 
@@ -89,6 +91,10 @@ class Thermostat(Protocol):
 
 
 RESIDEO_API_URL = "https://api.honeywellhome.com"
+BASE_URL_HINT = (
+    f"check honeywell.base_url (Resideo's API is at {RESIDEO_API_URL}; api.honeywell.com "
+    "has served an expired certificate since May 2026)"
+)
 
 
 def honeywell_unreachable(error: httpx.TransportError, base_url: str) -> AdapterError:
@@ -99,10 +105,7 @@ def honeywell_unreachable(error: httpx.TransportError, base_url: str) -> Adapter
         what = f"the certificate of {host} is not valid ({text})"
     else:
         what = f"cannot connect to {host} ({text})"
-    return AdapterError(
-        f"Honeywell: {what}; check honeywell.base_url (Resideo's API is at {RESIDEO_API_URL}; "
-        "api.honeywell.com has served an expired certificate since May 2026)"
-    )
+    return AdapterError(f"Honeywell: {what}; {BASE_URL_HINT}")
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -111,11 +114,21 @@ def write_private_file(path: Path, text: str) -> None:
 
 
 class HoneywellAuth:
-    """OAuth for the Honeywell Home API with single-use refresh tokens.
+    """OAuth for the Honeywell Home API, whose refresh tokens are single-use.
 
-    The rotated refresh token is written to ``token_file`` before the new
-    access token is used, so a crash never leaves only a spent token behind.
+    It is :class:`~gridmate.tesla.tokens.OAuthTokenProvider`, the mechanism of
+    gridmate's own Tesla login: the rotated refresh token is saved (atomically,
+    0600) in ``token_file`` before the new access token is used, a newly
+    configured ``honeywell.refresh_token_file`` replaces the saved one, and a
+    refused refresh token stops all token requests until the user authorizes
+    again, saying once, exactly, what to do (``on_event``).
     """
+
+    REAUTHORIZE = (
+        "authorize gridmate again with your Honeywell Home developer app (the OAuth "
+        "authorization-code flow), put the new refresh token in "
+        "honeywell.refresh_token_file and restart gridmate-energy"
+    )
 
     def __init__(
         self,
@@ -124,61 +137,73 @@ class HoneywellAuth:
         *,
         http: httpx.AsyncClient,
         clock: Clock,
+        on_event: EventHook | None = None,
     ) -> None:
         self.settings = settings
         self.token_file = token_file
-        self.http = http
-        self.clock = clock
-        self._access: Secret | None = None
-        self._expires: datetime | None = None
-
-    def _refresh_token(self) -> Secret | None:
-        try:
-            saved = json.loads(self.token_file.read_text())
-            return Secret(str(saved["refresh_token"]), source=str(self.token_file))
-        except (OSError, ValueError, KeyError):
-            return self.settings.refresh_token
+        self._provider: OAuthTokenProvider | None = None
+        if settings.api_key and settings.client_secret is not None:
+            token_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _adopt_legacy_token_file(token_file, settings.refresh_token, clock)
+            self._provider = OAuthTokenProvider(
+                settings.api_key,
+                token_file,
+                initial_refresh_token=settings.refresh_token,
+                token_url=f"{settings.base_url.rstrip('/')}/oauth2/token",
+                http=http,
+                clock=clock,
+                client_secret=settings.client_secret,
+                service="Honeywell",
+                source="honeywell",
+                reauthorize=self.REAUTHORIZE,
+                # Resideo publishes no refresh-token lifetime: no expiry warnings.
+                refresh_token_lifetime=timedelta(days=36500),
+                expiry_warning=timedelta(days=1),
+                on_event=on_event,
+            )
 
     def problem(self) -> str | None:
-        if not self.settings.api_key or self.settings.client_secret is None:
+        if self._provider is None:
             return "honeywell.api_key and honeywell.client_secret_file are required"
-        if self._refresh_token() is None:
-            return "no Honeywell refresh token (set honeywell.refresh_token_file)"
-        return None
+        return self._provider.health()
 
-    def invalidate(self) -> None:
-        self._access = None
+    async def rejected(self, token: Secret) -> None:
+        """Honeywell refused ``token``: the next :meth:`token` refreshes."""
+        if self._provider is not None:
+            await self._provider.token_rejected(token)
 
     async def token(self) -> Secret:
-        now = self.clock.now()
-        if self._access is not None and self._expires is not None and now < self._expires:
-            return self._access
-        problem = self.problem()
-        if problem:
-            raise AdapterError(problem)
-        refresh = self._refresh_token()
-        assert refresh is not None and self.settings.client_secret is not None
+        if self._provider is None:
+            raise AdapterError(str(self.problem()))
         try:
-            response = await self.http.post(
-                f"{self.settings.base_url.rstrip('/')}/oauth2/token",
-                auth=(str(self.settings.api_key), self.settings.client_secret.reveal()),
-                data={"grant_type": "refresh_token", "refresh_token": refresh.reveal()},
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-            raise honeywell_unreachable(error, self.settings.base_url) from None
-        if response.status_code != 200:
-            raise AdapterError(
-                f"Honeywell token refresh refused ({response.status_code}); authorize gridmate "
-                "again and put the new refresh token in honeywell.refresh_token_file"
-            )
-        data = response.json()
-        write_private_file(self.token_file, json.dumps({"refresh_token": data["refresh_token"]}))
-        self._access = Secret(str(data["access_token"]), source="honeywell oauth")
-        Secret(str(data["refresh_token"]), source="honeywell oauth")  # registered for scrubbing
-        lifetime = float(data.get("expires_in", 1799))
-        self._expires = now + timedelta(seconds=max(60.0, lifetime - 60.0))
-        log.info("honeywell token refreshed", expires_in=f"{lifetime:.0f}s")
-        return self._access
+            return await self._provider.access_token()
+        except TokenUnavailable as error:
+            if error.code == "refresh_token_rejected" or error.code == "no_refresh_token":
+                raise AdapterError(f"authorize again: {error.reason}") from None
+            if error.code == "auth_unreachable":
+                raise AdapterError(f"Honeywell login: {error.reason}; {BASE_URL_HINT}") from None
+            raise AdapterError(f"Honeywell login: {error.reason}") from None
+
+
+def _adopt_legacy_token_file(path: Path, seed: Secret | None, clock: Clock) -> None:
+    """Turn the token file of earlier gridmate versions (``{"refresh_token": ...}``) into
+    the OAuth state file, keeping its (newer) token rather than the configured one."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, dict) or "version" in saved or "refresh_token" not in saved:
+        return
+    state = {
+        "version": 1,
+        "refresh_token": str(saved["refresh_token"]),
+        "refresh_token_issued_at": clock.now().isoformat(),
+        "access_token": None,
+        "access_token_expires_at": None,
+        "seed_sha256": hashlib.sha256(seed.reveal().encode()).hexdigest() if seed else None,
+    }
+    write_private_file(path, json.dumps(state, indent=2))
+    log.info("honeywell token file converted to the OAuth state format", path=str(path))
 
 
 def _round_up_quarter(when: datetime, tz: ZoneInfo) -> str:
@@ -235,7 +260,7 @@ class HoneywellThermostat:
             except (httpx.ConnectError, httpx.ConnectTimeout) as error:
                 raise honeywell_unreachable(error, self.settings.base_url) from None
             if response.status_code == 401 and attempt == 1:
-                self.auth.invalidate()
+                await self.auth.rejected(token)
                 continue
             if response.status_code == 429:
                 # Honeywell usually sends no Retry-After: then wait two poll intervals.
