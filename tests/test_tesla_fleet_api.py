@@ -437,6 +437,40 @@ async def test_site_write_budget_and_restored_usage(
     assert [w.setting for w in cloud.sites[SITE_ID].writes] == ["default_real_mode"]
 
 
+async def test_site_writes_count_only_when_the_site_took_them(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock
+) -> None:
+    def counted(api: FleetApi) -> int:
+        return sum(u.used for u in api.budget_use() if u.budget == "site_writes_daily")
+
+    async with make_api(cloud, clock, daily_site_write_budget=5) as api:
+        with pytest.raises(RejectedValue):  # refused for its value
+            await api.set_backup_reserve(SITE_ID, 90)
+        cloud.add_rate_limit(0, window=60, endpoint="backup", retry_after=30)
+        with pytest.raises(RateLimited):  # refused before it reached the site
+            await api.set_backup_reserve(SITE_ID, 40)
+        cloud.rate_limits.clear()
+        clock.jump_to(clock.now() + timedelta(seconds=31))
+        cloud.lose_answers(endpoint="backup")  # applied, answer lost: the caller decides
+        with pytest.raises(ServerError):
+            await api.set_backup_reserve(SITE_ID, 40)
+        assert counted(api) == 0
+        api.note_site_write_applied(SITE_ID)  # a read-back showed it applied
+        await api.set_operation_mode(SITE_ID, "self_consumption")
+        assert counted(api) == 2
+    without_energy_scope, _ = cloud.issue_tokens(scopes=("openid", "offline_access"))
+    async with FleetApi(
+        StaticTokenProvider(Secret(without_energy_scope)), base_url=cloud.base_url, clock=clock
+    ) as api:
+        with pytest.raises(Forbidden):
+            await api.set_backup_reserve(SITE_ID, 40)
+        assert counted(api) == 0
+    assert [w.setting for w in cloud.sites[SITE_ID].writes] == [
+        "backup_reserve_percent",
+        "default_real_mode",
+    ]
+
+
 async def test_live_status_is_read_at_most_once_per_interval(
     cloud: TeslaCloudSimulator, clock: SimulatedClock
 ) -> None:
