@@ -336,6 +336,25 @@ async def test_nothing_is_decided_nor_reported_on_a_stale_reading(tmp_path):
         assert "reserve_restore_verified" in w.event_kinds()
 
 
+@pytest.mark.parametrize(
+    "answer", [{"response": None}, {"response": []}, {"response": "ok"}, {"result": {}}]
+)
+async def test_a_wrong_shaped_tesla_site_answer_is_teslas_problem_not_the_cycles(tmp_path, answer):
+    async with world(tmp_path, start=(15, 50)) as w:
+        await w.run_until(16, 5)
+        w.cloud.lose_answers(3, endpoint="site_info", answer=answer)
+        await w.run_until(16, 12)
+        problems = health_problems(w.runtime, w.runtime.reconciler.last_report)
+        assert any(p.startswith("tesla:") and "site_info" in p for p in problems)
+        await w.run_until(16, 40)  # the peak's reads of site_info fail for a while
+        report = w.runtime.reconciler.last_report
+        assert report is not None and report.reading is not None  # cycles ran on
+        assert w.thermostat.writes  # and the thermostats were controlled
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        assert w.runtime.reconciler.powerwall is not None
+        assert w.runtime.reconciler.powerwall.health.last_ok is not None
+
+
 WRONG_SHAPES = [
     pytest.param(None, id="null"),
     pytest.param([], id="list"),

@@ -251,7 +251,9 @@ class TeslaCloudSimulator:
         self.random_failure_rate = 0.0
         self._random = random.Random(7)
         self._injected: list[tuple[int, str | None]] = []
-        self._lost_answers: list[tuple[int | Literal["truncated"], str | None]] = []
+        self._lost_answers: list[
+            tuple[int | Literal["truncated"] | dict[str, Any], str | None]
+        ] = []
         self._oauth_injected: list[int] = []
         self._access: dict[str, _AccessGrant] = {}
         self._refresh: dict[str, _RefreshGrant] = {}
@@ -296,11 +298,13 @@ class TeslaCloudSimulator:
         count: int = 1,
         *,
         endpoint: str | None = None,
-        answer: int | Literal["truncated"] = 502,
+        answer: int | Literal["truncated"] | dict[str, Any] = 502,
     ) -> None:
         """The next ``count`` matching Fleet calls are carried out, then their answer is
-        lost: replaced by HTTP ``answer`` (a gateway error in front of Tesla) or, with
-        ``"truncated"``, a 200 whose body breaks off. The write has been applied."""
+        lost: replaced by HTTP ``answer`` (a gateway error in front of Tesla), with
+        ``"truncated"`` a 200 whose body breaks off, or with a dict a 200 with that JSON
+        (an answer of the wrong shape, e.g. ``{"response": None}``). A write has been
+        applied."""
         self._lost_answers.extend([(answer, endpoint)] * count)
 
     def inject_oauth_failures(self, count: int = 1, *, status: int = 503) -> None:
@@ -471,6 +475,8 @@ class TeslaCloudSimulator:
                     return web.Response(
                         status=200, body=b'{"response": {"code": 2', content_type="application/json"
                     )
+                if isinstance(answer, dict):
+                    return web.json_response(answer)
                 return _fleet_error(answer, "bad_gateway", "upstream answer lost (injected)")
         return response
 

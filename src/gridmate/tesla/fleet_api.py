@@ -903,7 +903,7 @@ class FleetApi:
             category="data",
             device=f"site:{site_id}",
         )
-        return dict(response)
+        return _object(response, "site_info")
 
     async def live_status(self, site_id: int) -> dict[str, Any]:
         """Powerwall live status. Limited to one call per ``site_live_status_interval``."""
@@ -932,7 +932,7 @@ class FleetApi:
             device=f"site:{site_id}",
             on_answer=answered,
         )
-        return dict(response)
+        return _object(response, "live_status")
 
     async def set_backup_reserve(self, site_id: int, percent: int) -> None:
         """Write the backup reserve as asked; Tesla's refusal raises :class:`RejectedValue`.
@@ -977,6 +977,17 @@ class FleetApi:
                     status=code,
                     endpoint=endpoint,
                 )
+
+
+def _object(response: Any, endpoint: str) -> dict[str, Any]:
+    """An energy site's ``response`` object, or :class:`FleetApiError` for another shape."""
+    if not isinstance(response, dict):
+        shape = "null" if response is None else type(response).__name__
+        raise FleetApiError(
+            f"{endpoint}: answer of an unexpected shape ({shape} instead of an object)",
+            endpoint=endpoint,
+        )
+    return response
 
 
 def _rate_header(headers: httpx.Headers, suffix: str) -> float | None:
