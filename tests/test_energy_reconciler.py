@@ -513,6 +513,20 @@ def test_the_honeywell_api_default_is_resideos_new_host():
     assert HoneywellSettings().base_url == "https://api.honeywellhome.com"
 
 
+async def test_a_verified_restore_is_not_read_again_every_cycle(tmp_path):
+    async with world(tmp_path, start=(15, 55)) as w:
+        await w.run_until(18, 55)
+        w.honeywell.requests_per_window = 0  # the thermostat cannot be restored for a while
+        await w.run_until(19, 10)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert w.runtime.reconciler.state.memory.baseline is not None  # still restoring
+        before = len(w.cloud.calls_to("site_info"))
+        await w.run_until(19, 40)
+        # Read every cycle only until the Powerwall's restore was verified, not while a
+        # thermostat keeps the restore phase open (site_info calls are billed).
+        assert len(w.cloud.calls_to("site_info")) - before <= 1
+
+
 async def test_write_budget_too_small_leaves_the_powerwall_alone(tmp_path):
     async with world(tmp_path, reserve=ReserveSettings(writes_per_day=3)) as w:
         await w.run_until(16, 30)

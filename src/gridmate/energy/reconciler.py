@@ -98,10 +98,20 @@ class Reconciler:
         if self.powerwall is not None:
             try:
                 # During a peak the reserve is read back more often, so a change a person
-                # makes in the Tesla app is seen (and respected) within minutes. A restore
-                # (a cycle or two) is decided, and reported, on what the site has now.
-                max_age = {"peak": self.powerwall.cloud_read_seconds, "restore": 0.0}
-                power = await self.powerwall.read(settings_max_age=max_age.get(phase))
+                # makes in the Tesla app is seen (and respected) within minutes. Until the
+                # Powerwall's restore is verified (a cycle or two), every cycle reads it:
+                # the restore is decided, and reported, on what the site has now.
+                memory = self.state.memory
+                max_age: float | None = None
+                if phase == "peak":
+                    max_age = self.powerwall.cloud_read_seconds
+                elif (
+                    phase == "restore"
+                    and memory.powerwall_changed
+                    and not memory.powerwall_restored
+                ):
+                    max_age = 0.0
+                power = await self.powerwall.read(settings_max_age=max_age)
             except (AdapterError, RateLimitedError) as error:
                 report.problems.append(f"powerwall: {error}")
         thermostats: dict[str, ThermostatReading] = {}
@@ -329,7 +339,8 @@ class Reconciler:
             # Not read back since the last write (its answer or the read-back was lost):
             # deciding on the older reading would be a guess. The next read settles it.
             report.problems.append(
-                "Powerwall settings not read back since the last write; waiting for a read"
+                "Powerwall reserve and mode unknown (not read since the last write, or never); "
+                "nothing decided for it until a read works"
             )
             return memory
         changes: list[tuple[str, object]] = []
