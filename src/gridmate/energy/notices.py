@@ -209,7 +209,7 @@ def condition_event(change: Change, tz: ZoneInfo) -> Event:
 
 def _login_lost(device: object) -> bool:
     auth = getattr(device, "auth", None)
-    return isinstance(auth, HoneywellAuth) and auth.problem() is not None
+    return isinstance(auth, HoneywellAuth) and auth.login_failing()
 
 
 class AlertMonitor:

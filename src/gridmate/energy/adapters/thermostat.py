@@ -167,6 +167,10 @@ class HoneywellAuth:
             return "honeywell.api_key and honeywell.client_secret_file are required"
         return self._provider.health()
 
+    def login_failing(self) -> bool:
+        """The login itself fails (reported as a token condition, not as "API failing")."""
+        return self._provider is not None and self._provider.health() is not None
+
     async def rejected(self, token: Secret) -> None:
         """Honeywell refused ``token``: the next :meth:`token` refreshes."""
         if self._provider is not None:
