@@ -282,7 +282,7 @@ async def test_429_is_honoured_and_the_write_retried_after_it(tmp_path):
         assert w.site_writes_counted() == 4
 
 
-@pytest.mark.parametrize("answer", [502, "truncated"])
+@pytest.mark.parametrize("answer", [502, "truncated", "reset"])
 async def test_a_write_whose_answer_is_lost_is_read_back_not_retried(tmp_path, answer):
     async with world(tmp_path, start=(15, 55)) as w:
         await w.run_until(18, 55)
@@ -299,6 +299,8 @@ async def test_a_write_whose_answer_is_lost_is_read_back_not_retried(tmp_path, a
         assert "reserve_restore_verified" in w.event_kinds()
         (lost,) = [a for a in w.actions("powerwall") if a["detail"].get("answer_lost")]
         assert lost["ok"] and lost["detail"]["verified"] and lost["action"] == "set_mode"
+        said = {502: "HTTP 502", "truncated": "without a 'response' field", "reset": "no answer"}
+        assert said[answer] in lost["detail"]["answer_lost"]
 
 
 async def test_a_lost_answer_whose_read_back_fails_is_settled_by_the_next_read(tmp_path):

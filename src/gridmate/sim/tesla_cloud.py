@@ -252,7 +252,7 @@ class TeslaCloudSimulator:
         self._random = random.Random(7)
         self._injected: list[tuple[int, str | None]] = []
         self._lost_answers: list[
-            tuple[int | Literal["truncated"] | dict[str, Any], str | None]
+            tuple[int | Literal["truncated", "reset"] | dict[str, Any], str | None]
         ] = []
         self._oauth_injected: list[int] = []
         self._access: dict[str, _AccessGrant] = {}
@@ -298,11 +298,12 @@ class TeslaCloudSimulator:
         count: int = 1,
         *,
         endpoint: str | None = None,
-        answer: int | Literal["truncated"] | dict[str, Any] = 502,
+        answer: int | Literal["truncated", "reset"] | dict[str, Any] = 502,
     ) -> None:
         """The next ``count`` matching Fleet calls are carried out, then their answer is
         lost: replaced by HTTP ``answer`` (a gateway error in front of Tesla), with
-        ``"truncated"`` a 200 whose body breaks off, or with a dict a 200 with that JSON
+        ``"truncated"`` a 200 whose body breaks off, with ``"reset"`` a connection closed
+        without an answer, or with a dict a 200 with that JSON
         (an answer of the wrong shape, e.g. ``{"response": None}``). A write has been
         applied."""
         self._lost_answers.extend([(answer, endpoint)] * count)
@@ -471,6 +472,9 @@ class TeslaCloudSimulator:
         for index, (answer, only) in enumerate(self._lost_answers):
             if only is None or only == endpoint:
                 del self._lost_answers[index]
+                if answer == "reset" and request.transport is not None:
+                    request.transport.abort()  # the connection drops: no answer at all
+                    return web.Response(status=200)
                 if answer == "truncated":
                     return web.Response(
                         status=200, body=b'{"response": {"code": 2', content_type="application/json"
