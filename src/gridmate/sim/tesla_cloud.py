@@ -472,8 +472,9 @@ class TeslaCloudSimulator:
         for index, (answer, only) in enumerate(self._lost_answers):
             if only is None or only == endpoint:
                 del self._lost_answers[index]
-                if answer == "reset" and request.transport is not None:
-                    request.transport.abort()  # the connection drops: no answer at all
+                if answer == "reset":
+                    if request.transport is not None:
+                        request.transport.abort()  # the connection drops: no answer at all
                     return web.Response(status=200)
                 if answer == "truncated":
                     return web.Response(
