@@ -529,6 +529,22 @@ async def test_a_verified_restore_is_not_read_again_every_cycle(tmp_path):
         assert len(w.cloud.calls_to("site_info")) - before <= 1
 
 
+async def test_a_capped_retry_after_on_the_vehicle_list_is_a_rate_limit_condition(tmp_path):
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    ev = EvSettings(enable=True, home_latitude=car.latitude, home_longitude=car.longitude)
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        w.cloud.add_rate_limit(0, 60, endpoint="vehicles", retry_after="inf")
+        await w.run_until(16, 10)
+        report = w.runtime.reconciler.last_report
+        assert report is not None and w.runtime.alerts is not None
+        seen = w.runtime.alerts.observations(w.runtime.reconciler, report, "site")
+        (limited,) = [o for o in seen if o.kind.value == "api_rate_limited" and o.bad]
+        assert limited.key == "tesla_vehicle" and limited.hold_seconds == 0.0
+        assert "waiting the cap of 3600 s" in limited.facts["reason"]
+        assert len(w.cloud.calls_to("vehicles")) == 1  # the cap is obeyed: no more calls
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+
+
 async def test_write_budget_too_small_leaves_the_powerwall_alone(tmp_path):
     async with world(tmp_path, reserve=ReserveSettings(writes_per_day=3)) as w:
         await w.run_until(16, 30)
