@@ -174,6 +174,14 @@ def test_a_long_retry_after_is_reported_at_once_a_short_one_not_at_all():
     assert api_run([short, ApiStatus("tesla_energy", "ok")] * 5) == []
 
 
+def test_a_retry_after_beyond_the_cap_is_reported_at_once_however_short_the_cap():
+    capped = ApiStatus("tesla_energy", "rate_limited", "429", 300.0, capped=True)
+    assert api_run([capped, ApiStatus("tesla_energy", "ok")]) == [
+        ("open", EventKind.api_rate_limited),
+        ("resolve", EventKind.api_rate_limited),
+    ]
+
+
 def test_conditions_left_open_by_a_previous_run_resolve_on_the_first_good_cycle():
     watches = {(EventKind.api_failure, "weather"): Watch(open=True)}
     watches, changes = evaluate(watches, api_observations([ApiStatus("weather", "ok")], 600.0), T0)

@@ -27,6 +27,7 @@ async def home_assistant():
                        "hvac_modes": ["off", "cool", "heat", "heat_cool"]},
     }  # fmt: skip
     calls: list[dict] = []
+    instead: dict = {}  # {"body": ...}: answer this JSON instead of the entity
 
     def authorised(request: web.Request) -> bool:
         return request.headers.get("Authorization") == "Bearer ha-token-123"
@@ -36,6 +37,8 @@ async def home_assistant():
             return web.json_response({"message": "401: Unauthorized"}, status=401)
         if request.match_info["entity"] != entity["entity_id"]:
             return web.json_response({"message": "Entity not found."}, status=404)
+        if "body" in instead:
+            return web.json_response(instead["body"])
         return web.json_response(entity)
 
     async def set_temperature(request: web.Request) -> web.Response:
@@ -53,11 +56,11 @@ async def home_assistant():
     app.router.add_get("/api/states/{entity}", state)
     app.router.add_post("/api/services/climate/set_temperature", set_temperature)
     async with serve_on_loopback(app) as url:
-        yield url, entity, calls
+        yield url, entity, calls, instead
 
 
 async def test_read_and_write_keep_the_mode(home_assistant):
-    url, entity, calls = home_assistant
+    url, entity, calls, _ = home_assistant
     clock = SimulatedClock(datetime(2026, 7, 1, 23, tzinfo=UTC))
     config = ThermostatSettings(id="living", kind="home_assistant", entity_id="climate.living")
     async with httpx.AsyncClient() as http:
@@ -76,7 +79,7 @@ async def test_read_and_write_keep_the_mode(home_assistant):
 
 
 async def test_wrong_token_is_a_clear_error(home_assistant):
-    url, _, _ = home_assistant
+    url, _, _, _ = home_assistant
     clock = SimulatedClock(datetime(2026, 7, 1, 23, tzinfo=UTC))
     config = ThermostatSettings(id="living", kind="home_assistant", entity_id="climate.living")
     async with httpx.AsyncClient() as http:
@@ -87,3 +90,27 @@ async def test_wrong_token_is_a_clear_error(home_assistant):
         with pytest.raises(AdapterError, match="Home Assistant read failed"):
             await device.read()
         assert device.health.problem() is not None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [None, [], {"attributes": {}}, {"state": "cool", "attributes": {"temperature": "hot"}}],
+)
+async def test_a_wrong_shaped_answer_is_an_adapter_error_and_a_health_problem(
+    home_assistant, answer
+):
+    url, _, calls, instead = home_assistant
+    instead["body"] = answer
+    clock = SimulatedClock(datetime(2026, 7, 1, 23, tzinfo=UTC))
+    config = ThermostatSettings(id="living", kind="home_assistant", entity_id="climate.living")
+    async with httpx.AsyncClient() as http:
+        device = HomeAssistantThermostat(
+            config, HomeAssistantSettings(url=url, token=Secret("ha-token-123")),
+            http=http, clock=clock,
+        )  # fmt: skip
+        with pytest.raises(AdapterError, match="answered JSON of an unexpected shape"):
+            await device.read()
+        assert "unexpected shape" in (device.health.problem() or "")
+        with pytest.raises(AdapterError):
+            await device.write(DesiredThermostat(78.0, None, "until", None, "ladder step 1"))
+        assert calls == []  # nothing written on a reading that made no sense

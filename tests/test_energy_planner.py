@@ -145,6 +145,22 @@ def test_precool_window_and_threshold():
     assert at_threshold.thermostats["living"].cool_setpoint_f == 73.0
 
 
+def test_precool_reason_is_true_for_every_combination():
+    def reason(config=CONFIG, forecast=HOT, when=None):
+        result = plan(when or at(15, 40), SCHEDULE, site(), forecast, config, PeakMemory())
+        (decision,) = [d for d in result.decisions if d.what == "precool"]
+        return decision.detail["decided"], decision.detail["reason"]
+
+    off = replace(CONFIG, policy=ThermostatPolicy(precool=False))
+    # A hot day with precooling turned off: the text must not claim 100 < 95.
+    assert reason(off) == (False, "precooling is turned off (policy.precool = false)")
+    assert reason() == (True, "forecast high 100 °F >= 95 °F")
+    mild = Forecast(date(2026, 7, 1), 94.9, "nws")
+    assert reason(forecast=mild) == (False, "forecast high 94.9 °F < 95 °F")
+    assert reason(forecast=None) == (False, "no forecast")
+    assert reason(when=at(16, 5)) == (False, "peak already started")
+
+
 def test_precool_lead_time_is_configurable():
     config = replace(CONFIG, policy=ThermostatPolicy(precool_lead_minutes=90))
     assert plan(at(14, 45), SCHEDULE, site(), HOT, config, PeakMemory()).phase == "precool"

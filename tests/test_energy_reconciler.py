@@ -8,16 +8,24 @@ depends on how fast the machine is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import json
+import socket
+import ssl
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from gridmate.energy.journal import read_day
-from gridmate.energy.service import EnergyRuntime, build_runtime, run
+from gridmate.energy.service import EnergyRuntime, build_runtime, health_problems, run, run_loop
 from gridmate.energy.settings import (
     EnergySettings,
     EvSettings,
@@ -25,17 +33,19 @@ from gridmate.energy.settings import (
     HoneywellSettings,
     PowerwallSettings,
     ReserveSettings,
+    TariffSettings,
     ThermostatSettings,
     WeatherSettings,
 )
 from gridmate.energy.state import read_status
+from gridmate.energy.tariff import ScheduleVersionConfig
 from gridmate.notify import NotifySettings
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.daemon import Daemon
 from gridmate.runtime.secrets import Secret
 from gridmate.runtime.settings import MetricsSettings
 from gridmate.sim.honeywell import HoneywellSimulator, SimulatedThermostat, honeywell_simulator
-from gridmate.sim.house import HouseModel, gateway_simulator, outdoor_profile
+from gridmate.sim.house import GatewaySimulator, HouseModel, gateway_simulator, outdoor_profile
 from gridmate.sim.tesla_cloud import (
     SimulatedEnergySite,
     SimulatedVehicle,
@@ -43,7 +53,7 @@ from gridmate.sim.tesla_cloud import (
     tesla_cloud_simulator,
 )
 from gridmate.sim.weather import WeatherSimulator, weather_simulator
-from gridmate.tesla.fleet_api import FleetApi
+from gridmate.tesla.fleet_api import BudgetUse, FleetApi
 from gridmate.tesla.settings import OAuthSettings, TeslaCloudSettings
 from gridmate.tesla.tokens import StaticTokenProvider
 
@@ -78,6 +88,11 @@ class World:
     settings: EnergySettings
     runtime: EnergyRuntime
     fleet: FleetApi
+    gateway: GatewaySimulator
+    budget_uses: list[BudgetUse] = field(default_factory=list)
+    """Every count the Fleet API client reported to its ``on_budget_use`` hook."""
+    events: list[tuple[datetime, str, dict]] = field(default_factory=list)
+    """(time, kind, facts) of every cycle's notifier events."""
 
     async def run_until(self, hour: int, minute: int = 0, step: float = 60.0) -> None:
         end = datetime(DAY.year, DAY.month, DAY.day, hour, minute, tzinfo=PHOENIX)
@@ -85,12 +100,21 @@ class World:
             self.clock.advance(step)
             self.house.step(self.clock.now())
             report = await self.runtime.reconciler.cycle()
+            self.events += [(report.at, kind, facts) for kind, facts in report.events]
             await self.runtime.after_cycle(report)
 
-    async def restart(self) -> None:
+    def event_kinds(self, since: datetime | None = None) -> list[str]:
+        return [kind for at, kind, _ in self.events if since is None or at >= since]
+
+    def site_writes_counted(self) -> int:
+        """Site writes as the Fleet API client counts them (over its UTC days)."""
+        last_per_day = {u.day: u.used for u in self.budget_uses if u.budget == "site_writes_daily"}
+        return sum(last_per_day.values())
+
+    async def restart(self, *, with_notifier: bool = False) -> None:
         await self.runtime.close()
         self.runtime = await build_runtime(
-            self.settings, clock=self.clock, fleet=self.fleet, with_notifier=False
+            self.settings, clock=self.clock, fleet=self.fleet, with_notifier=with_notifier
         )
         assert self.runtime.reconciler.powerwall is not None
         await self.runtime.reconciler.powerwall.start()
@@ -102,7 +126,7 @@ class World:
         return [e for e in self.journal() if e["kind"] == "action" and e["device"] == device]
 
 
-def make_settings(tmp_path, honeywell, weather, gateway, site, **changes) -> EnergySettings:
+def make_settings(tmp_path, honeywell_sim, weather, gateway, site, **changes) -> EnergySettings:
     fields = {
         "state_directory": tmp_path / "state",
         "runtime_directory": tmp_path / "run",
@@ -113,10 +137,10 @@ def make_settings(tmp_path, honeywell, weather, gateway, site, **changes) -> Ene
             )
         ],
         "honeywell": HoneywellSettings(
-            base_url=honeywell.base_url,
+            base_url=honeywell_sim.base_url,
             api_key="sim-consumer-key",
             client_secret=Secret("sim-consumer-secret"),
-            refresh_token=Secret(honeywell.issue_refresh_token()),
+            refresh_token=Secret(honeywell_sim.issue_refresh_token()),
         ),
         "weather": WeatherSettings(
             latitude=33.45,
@@ -156,11 +180,13 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
     ):
         settings = make_settings(tmp_path, honeywell, weather, gateway, site, **changes)
         access, _ = cloud.issue_tokens()
+        uses: list[BudgetUse] = []
         fleet = FleetApi(
             StaticTokenProvider(Secret(access)),
             base_url=cloud.base_url,
             clock=clock,
             daily_site_write_budget=None,
+            on_budget_use=uses.append,
         )
         runtime = await build_runtime(
             settings, clock=clock, fleet=fleet, with_notifier="notify" in changes
@@ -168,7 +194,7 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
         assert runtime.reconciler.powerwall is not None
         await runtime.reconciler.powerwall.start()
         w = World(clock, site, thermostat, house, cloud, honeywell, weather, settings, runtime,
-                  fleet)  # fmt: skip
+                  fleet, gateway, uses)  # fmt: skip
         try:
             yield w
         finally:
@@ -250,8 +276,273 @@ async def test_429_is_honoured_and_the_write_retried_after_it(tmp_path):
         await w.run_until(19, 15)
         assert [c.status for c in w.cloud.calls_to("backup")] == [200, 429, 200]
         assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
-        # The refused call did not count against the day's write budget.
+        # The refused call did not count against the day's write budget, in gridmate's
+        # count nor in the Fleet API client's budget file.
         assert w.runtime.reconciler.state.powerwall_writes == 4
+        assert w.site_writes_counted() == 4
+
+
+@pytest.mark.parametrize("answer", [502, "truncated", "reset"])
+async def test_a_write_whose_answer_is_lost_is_read_back_not_retried(tmp_path, answer):
+    async with world(tmp_path, start=(15, 55)) as w:
+        await w.run_until(18, 55)
+        # Tesla applies the restore's mode write, then the answer is lost on the way back.
+        w.cloud.lose_answers(endpoint="operation", answer=answer)
+        await w.run_until(19, 30)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert len(w.cloud.calls_to("operation")) == 2  # read back, not sent again
+        assert len(w.site.writes) == 4
+        # Counted the way Tesla counts: four writes applied, four counted, everywhere.
+        assert w.runtime.reconciler.state.powerwall_writes == 4
+        assert w.site_writes_counted() == 4
+        assert "reserve_restore_failed" not in w.event_kinds()
+        assert "reserve_restore_verified" in w.event_kinds()
+        (lost,) = [a for a in w.actions("powerwall") if a["detail"].get("answer_lost")]
+        assert lost["ok"] and lost["detail"]["verified"] and lost["action"] == "set_mode"
+        said = {502: "HTTP 502", "truncated": "without a 'response' field", "reset": "no answer"}
+        assert said[answer] in lost["detail"]["answer_lost"]
+
+
+async def test_a_lost_answer_whose_read_back_fails_is_settled_by_the_next_read(tmp_path):
+    async with world(tmp_path, start=(15, 55)) as w:
+        await w.run_until(18, 55)
+        w.cloud.lose_answers(endpoint="backup")  # applied, answered 502
+        w.cloud.inject_failures(1, status=503, endpoint="site_info")  # and the read-back fails
+        await w.run_until(19, 1)
+        unknown = [a for a in w.actions("powerwall") if a["detail"].get("outcome") == "unknown"]
+        assert len(unknown) == 1 and not unknown[0]["ok"]
+        await w.run_until(19, 30)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert len(w.cloud.calls_to("backup")) == 2  # the peak's drop and the one restore
+        assert w.runtime.reconciler.state.powerwall_writes == 4
+        assert w.site_writes_counted() == 4
+        assert "reserve_restore_failed" not in w.event_kinds()
+        assert "reserve_restore_verified" in w.event_kinds()
+
+
+async def test_nothing_is_decided_nor_reported_on_a_stale_reading(tmp_path):
+    async with world(tmp_path, start=(15, 55), reserve=ReserveSettings(writes_per_day=4)) as w:
+        await w.run_until(18, 55)
+        # site_info fails for a few minutes from the restore on: the reserve write goes
+        # through but is not read back, so the last reading (reserve 0) is stale. Then the
+        # mode write is applied but its answer lost. Nothing may be decided, nor reported,
+        # on a stale reading.
+        w.cloud.lose_answers(endpoint="operation")
+        w.cloud.inject_failures(4, status=503, endpoint="site_info")
+        await w.run_until(19, 30)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert len(w.cloud.calls_to("backup")) == 2 and len(w.cloud.calls_to("operation")) == 2
+        assert w.runtime.reconciler.state.powerwall_writes == 4
+        assert w.site_writes_counted() == 4
+        assert "reserve_restore_failed" not in w.event_kinds()
+        assert "reserve_restore_verified" in w.event_kinds()
+
+
+@pytest.mark.parametrize(
+    "answer", [{"response": None}, {"response": []}, {"response": "ok"}, {"result": {}}]
+)
+async def test_a_wrong_shaped_tesla_site_answer_is_teslas_problem_not_the_cycles(tmp_path, answer):
+    async with world(tmp_path, start=(15, 50)) as w:
+        await w.run_until(16, 5)
+        w.cloud.lose_answers(3, endpoint="site_info", answer=answer)
+        await w.run_until(16, 12)
+        problems = health_problems(w.runtime, w.runtime.reconciler.last_report)
+        assert any(p.startswith("tesla:") and "site_info" in p for p in problems)
+        await w.run_until(16, 40)  # the peak's reads of site_info fail for a while
+        report = w.runtime.reconciler.last_report
+        assert report is not None and report.reading is not None  # cycles ran on
+        assert w.thermostat.writes  # and the thermostats were controlled
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        assert w.runtime.reconciler.powerwall is not None
+        assert w.runtime.reconciler.powerwall.health.last_ok is not None
+
+
+WRONG_SHAPES = [
+    pytest.param(None, id="null"),
+    pytest.param([], id="list"),
+    pytest.param({"deviceID": "LCC-00D02DB89E33"}, id="no-changeableValues"),
+    pytest.param({"changeableValues": {"coolSetpoint": 76}}, id="no-mode"),
+    pytest.param({"changeableValues": {"mode": "Cool", "coolSetpoint": "warm"}}, id="bad-number"),
+]
+
+
+@pytest.mark.parametrize("answer", WRONG_SHAPES)
+async def test_a_wrong_shaped_honeywell_answer_is_that_thermostats_problem(tmp_path, answer):
+    async with world(tmp_path, start=(15, 50)) as w:
+        w.honeywell.answer_instead[w.thermostat.device_id] = answer
+        await w.run_until(16, 5)
+        # The cycle went on: the Powerwall is under control for the peak.
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        assert w.thermostat.writes == []  # nothing written on a reading that made no sense
+        problems = health_problems(w.runtime, w.runtime.reconciler.last_report)
+        (mine,) = [p for p in problems if p.startswith("thermostat living:")]
+        assert "Honeywell answered" in mine and "tesla" not in " ".join(problems)
+        # When it answers properly again, the problem is over.
+        del w.honeywell.answer_instead[w.thermostat.device_id]
+        await w.run_until(16, 15)
+        report = w.runtime.reconciler.last_report
+        assert report is not None and report.reading is not None
+        assert report.reading.thermostats["living"].cool_setpoint_f == w.thermostat.cool_setpoint_f
+        assert not any(
+            p.startswith("thermostat living:") for p in health_problems(w.runtime, report)
+        )
+
+
+@pytest.mark.parametrize(
+    ("path", "answer"),
+    [
+        ("/api/system_status/soe", None),
+        ("/api/system_status/soe", {"percent": 50}),
+        ("/api/meters/aggregates", []),
+        ("/api/meters/aggregates", {"site": {}, "battery": {}, "load": {}, "solar": {}}),
+        ("/api/meters/aggregates", {"site": {"instant_power": 1.0}}),
+    ],
+)
+async def test_a_wrong_shaped_gateway_answer_falls_back_to_the_cloud(tmp_path, path, answer):
+    async with world(tmp_path, start=(15, 50)) as w:
+        w.gateway.answer_instead[path] = answer
+        await w.run_until(16, 5)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        assert w.cloud.calls_to("live_status")  # the cloud stood in for the gateway
+        report = w.runtime.reconciler.last_report
+        assert report is not None and report.reading is not None
+        assert report.reading.soc_percent is not None
+        (mine,) = [p for p in health_problems(w.runtime, report) if "gateway" in p]
+        assert mine.startswith(f"powerwall gateway: the gateway's {path.removeprefix('/api/')} "
+                               "answered JSON of an unexpected shape")  # fmt: skip
+
+
+async def test_a_retry_after_beyond_the_cap_is_waited_out_for_an_hour_and_reported(tmp_path):
+    async with world(tmp_path, start=(15, 55)) as w:
+        await w.run_until(18, 55)
+        w.cloud.add_rate_limit(0, 60, endpoint="backup", retry_after="1e309")
+        w.honeywell.requests_per_window = 0  # every Honeywell request is refused too,
+        w.honeywell.retry_after = "Fri, 31 Dec 9999 23:59:59 GMT"  # until year 9999
+        await w.run_until(19, 5)
+        assert w.site.backup_reserve_percent == 0  # nothing crashed; the restore waits
+        report = w.runtime.reconciler.last_report
+        problems = health_problems(w.runtime, report)
+        (tesla,) = [p for p in problems if p.startswith("tesla:")]
+        assert "Retry-After asked for ever; waiting the cap of 3600 s" in tesla
+        living = [p for p in problems if p.startswith("thermostat living:")]
+        capped = "Retry-After asked 251"  # about 251,000,000,000 s until 9999
+        assert any(capped in p and "waiting the cap of 3600 s" in p for p in living)
+        assert w.runtime.alerts is not None and report is not None
+        seen = w.runtime.alerts.observations(w.runtime.reconciler, report, "site")
+        limited = {o.key for o in seen if o.kind.value == "api_rate_limited" and o.bad}
+        assert limited == {"tesla_energy", "honeywell:living"}
+        # The cap is obeyed: an hour later the restore goes through.
+        w.cloud.rate_limits.clear()
+        w.honeywell.requests_per_window = None
+        await w.run_until(20, 5)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert [c.status for c in w.cloud.calls_to("backup")] == [200, 429, 200]
+
+
+@asynccontextmanager
+async def expired_certificate_server(directory):
+    """A TLS listener on loopback whose certificate expired in May 2026, like the old host."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.honeywell.com")])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime(2025, 5, 18, tzinfo=UTC))
+        .not_valid_after(datetime(2026, 5, 18, tzinfo=UTC))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert, private = directory / "expired.pem", directory / "expired.key"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, private)
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0, ssl=context)
+    try:
+        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("where", ["expired certificate", "nothing listening"])
+async def test_an_unreachable_honeywell_names_the_setting_to_change(tmp_path, where):
+    async with contextlib.AsyncExitStack() as stack:
+        if where == "expired certificate":
+            url = await stack.enter_async_context(expired_certificate_server(tmp_path))
+        else:
+            url = closed_port_url()
+        moved = HoneywellSettings(
+            base_url=url,
+            api_key="sim-consumer-key",
+            client_secret=Secret("sim-consumer-secret"),
+            refresh_token=Secret("hw-r-unused"),
+        )
+        async with world(tmp_path, start=(15, 50), honeywell=moved) as w:
+            await w.run_until(16, 5)
+            assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+            report = w.runtime.reconciler.last_report
+            living = [p for p in health_problems(w.runtime, report) if "thermostat living" in p]
+            assert living and all("check honeywell.base_url" in p for p in living)
+            assert "https://api.honeywellhome.com" in living[0]
+            word = "CERTIFICATE_VERIFY_FAILED" if where == "expired certificate" else "ConnectError"
+            assert word in living[0]
+
+
+def test_the_honeywell_api_default_is_resideos_new_host():
+    assert HoneywellSettings().base_url == "https://api.honeywellhome.com"
+
+
+async def test_a_verified_restore_is_not_read_again_every_cycle(tmp_path):
+    async with world(tmp_path, start=(15, 55)) as w:
+        await w.run_until(18, 55)
+        w.honeywell.requests_per_window = 0  # the thermostat cannot be restored for a while
+        await w.run_until(19, 10)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert w.runtime.reconciler.state.memory.baseline is not None  # still restoring
+        before = len(w.cloud.calls_to("site_info"))
+        await w.run_until(19, 40)
+        # Read every cycle only until the Powerwall's restore was verified, not while a
+        # thermostat keeps the restore phase open (site_info calls are billed).
+        assert len(w.cloud.calls_to("site_info")) - before <= 1
+
+
+async def test_a_capped_retry_after_on_the_vehicle_list_is_a_rate_limit_condition(tmp_path):
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    ev = EvSettings(enable=True, home_latitude=car.latitude, home_longitude=car.longitude)
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        w.cloud.add_rate_limit(0, 60, endpoint="vehicles", retry_after="inf")
+        await w.run_until(16, 10)
+        report = w.runtime.reconciler.last_report
+        assert report is not None and w.runtime.alerts is not None
+        seen = w.runtime.alerts.observations(w.runtime.reconciler, report, "site")
+        (limited,) = [o for o in seen if o.kind.value == "api_rate_limited" and o.bad]
+        assert limited.key == "tesla_vehicle" and limited.hold_seconds == 0.0
+        assert "waiting the cap of 3600 s" in limited.facts["reason"]
+        assert len(w.cloud.calls_to("vehicles")) == 1  # the cap is obeyed: no more calls
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
 
 
 async def test_write_budget_too_small_leaves_the_powerwall_alone(tmp_path):
@@ -345,6 +636,26 @@ async def test_daemon_runs_against_the_simulators_with_its_own_tesla_login(tmp_p
         assert status is not None and status["phase"] == "peak"
         assert status["powerwall_writes_today"] == 2
         assert status["memory"]["baseline"]["reserve_percent"] == 30
+
+
+async def test_status_line_names_the_custom_schedule_in_force(tmp_path):
+    custom = ScheduleVersionConfig(
+        effective_from=date(2026, 6, 1),
+        name="summer 2026 plan",
+        seasons=[{"name": "all", "start": "01-01", "end": "12-31",
+                  "windows": [{"period": "peak", "start": "17:00", "end": "20:00"}]}],
+    )  # fmt: skip
+    tariff = TariffSettings(preset="original", schedules=[custom])
+    async with world(tmp_path, tariff=tariff) as w:
+        said: list[str] = []
+        stopped = asyncio.Event()
+        stopped.set()
+        await run_loop(w.runtime, clock=w.clock, stop=stopped, ready=said.append)
+        assert said == [
+            "Energy manager controlling: tariff custom schedule summer 2026 plan, 1 thermostat(s)"
+        ]
+        # Before the custom schedule takes effect, the preset is what is in force.
+        assert tariff.describe(date(2026, 5, 31)) == "preset original"
 
 
 async def test_home_charging_paused_at_peak_and_resumed_after(tmp_path):
@@ -550,3 +861,60 @@ async def test_a_reserve_changed_in_the_tesla_app_during_peak_is_respected(smtp_
     assert len(hand) == 1
     body = hand[0].get_payload()[0].get_payload(decode=True).decode()
     assert "backup reserve 0 % → 50 %" in body
+
+
+@pytest.mark.services
+async def test_a_lost_honeywell_token_answer_asks_once_to_authorize_again(smtp_server, tmp_path):
+    async with world(tmp_path, start=(15, 0), notify=alert_mail(smtp_server.port)) as w:
+        # Resideo rotates the single-use refresh token, then the answer breaks off.
+        w.honeywell.truncate_token_answers = 1
+        await w.run_until(16, 30)
+        assert w.honeywell.refreshes == 1  # rotated once; the new token never arrived
+        # Asked once more at once (refused: the token was spent), then never again: no loop.
+        token_calls = [r[3] for r in w.honeywell.requests if r[2] == "/oauth2/token"]
+        assert token_calls == [200, 401]
+        assert all(status != 401 for _, _, path, status in w.honeywell.requests
+                   if path != "/oauth2/token")  # fmt: skip
+        report = w.runtime.reconciler.last_report
+        living = [p for p in health_problems(w.runtime, report) if "thermostat living" in p]
+        assert living and living[0].startswith("thermostat living: authorize again: ")
+        assert "put the new refresh token in honeywell.refresh_token_file" in living[0]
+        # The Powerwall is controlled all the same.
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        await smtp_server.wait_for(1)
+        # The user authorizes again and restarts: the new token is taken over and rotated.
+        fresh = Secret(w.honeywell.issue_refresh_token())
+        w.settings = w.settings.model_copy(
+            update={"honeywell": w.settings.honeywell.model_copy(update={"refresh_token": fresh})}
+        )
+        restarted = len(w.honeywell.requests)
+        await w.restart(with_notifier=True)
+        await w.run_until(17, 0)
+        assert w.honeywell.refreshes >= 2
+        assert all(status == 200 for *_, status in w.honeywell.requests[restarted:])
+        problems = health_problems(w.runtime, w.runtime.reconciler.last_report)
+        assert not any("thermostat living" in p for p in problems)
+        await w.run_until(17, 15)  # clear for longer than resolve_after
+        await smtp_server.wait_for(2)
+        await settle_mail(w)
+    assert subjects(smtp_server) == [
+        "gridmate CRITICAL: Honeywell authorization lost: authorize gridmate again",
+        "gridmate CRITICAL: Resolved: Honeywell authorization lost: authorize gridmate again",
+    ]
+    body = smtp_server.messages[0][1].get_payload()[0].get_payload(decode=True).decode()
+    assert "honeywell.refresh_token_file" in body and "restart gridmate-energy" in body
+
+
+async def test_a_token_file_of_an_earlier_version_is_adopted_not_replaced(tmp_path):
+    async with world(tmp_path, start=(15, 0)) as w:
+        # An earlier gridmate kept {"refresh_token": ...}; the configured token is long spent.
+        token_file = w.settings.energy_directory / "honeywell-token.json"
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        kept = w.honeywell.issue_refresh_token()
+        token_file.write_text(json.dumps({"refresh_token": kept}))
+        await w.restart()
+        await w.run_until(15, 5)
+        assert w.honeywell.refreshes == 1
+        assert all(status == 200 for *_, status in w.honeywell.requests)
+        state = json.loads(token_file.read_text())
+        assert state["refresh_token"] not in (kept, w.settings.honeywell.refresh_token.reveal())

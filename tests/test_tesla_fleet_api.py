@@ -285,6 +285,64 @@ async def test_429_blocks_the_device_for_retry_after_without_calling_again(
     assert billable(registry, "data") == 4
 
 
+@pytest.mark.parametrize(
+    ("header", "asked"),
+    [
+        ("1e20", "asked 100000000000000000000 s"),
+        ("1e309", "asked for ever"),
+        ("inf", "asked for ever"),
+        ("99999999999", "asked 99999999999 s"),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", "asked 251"),  # about 251,000,000,000 s
+    ],
+)
+async def test_a_huge_retry_after_is_capped_not_obeyed_nor_a_crash(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock, header: str, asked: str
+) -> None:
+    cloud.add_rate_limit(0, window=60, endpoint="site_info", retry_after=header)
+    async with make_api(cloud, clock) as api:
+        with pytest.raises(RateLimited) as caught:
+            await api.site_info(SITE_ID)
+        assert caught.value.capped and caught.value.retry_after == pytest.approx(3600, abs=1)
+        assert "waiting the cap of 3600 s" in str(caught.value) and asked in str(caught.value)
+        with pytest.raises(RateLimited) as again:  # refused locally, still saying why
+            await api.site_info(SITE_ID)
+        assert again.value.capped and "waiting the cap" in str(again.value)
+        cloud.rate_limits.clear()
+        clock.jump_to(clock.now() + timedelta(seconds=3601))
+        assert (await api.site_info(SITE_ID))["id"] == f"STE{SITE_ID}"
+
+
+@pytest.mark.parametrize(
+    ("header", "wait"),
+    [
+        ("120", 120.0),
+        ("2.5", 2.5),
+        ("Wed, 01 Jul 2026 18:10:00 GMT", 600.0),
+        ("soon", 60.0),  # unparsable: RateLimit-Reset (the window) applies
+        ("nan", 60.0),
+    ],
+)
+async def test_every_retry_after_form_is_understood(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock, header: str, wait: float
+) -> None:
+    cloud.add_rate_limit(0, window=60, endpoint="site_info", retry_after=header)
+    async with make_api(cloud, clock) as api:
+        with pytest.raises(RateLimited) as caught:
+            await api.site_info(SITE_ID)
+    assert not caught.value.capped
+    assert caught.value.retry_after == pytest.approx(wait, abs=1.5)
+
+
+async def test_the_retry_after_cap_is_configurable(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock
+) -> None:
+    cloud.add_rate_limit(0, window=60, endpoint="site_info", retry_after="7200")
+    async with make_api(cloud, clock, max_retry_after=900.0) as api:
+        with pytest.raises(RateLimited) as caught:
+            await api.site_info(SITE_ID)
+    assert caught.value.capped and caught.value.retry_after == pytest.approx(900, abs=1)
+
+
 async def test_429_without_retry_after_uses_ratelimit_reset(
     cloud: TeslaCloudSimulator, clock: SimulatedClock
 ) -> None:
@@ -377,6 +435,40 @@ async def test_site_write_budget_and_restored_usage(
             await api.set_backup_reserve(SITE_ID, 40)
     assert caught.value.budget == "site_writes_daily"
     assert [w.setting for w in cloud.sites[SITE_ID].writes] == ["default_real_mode"]
+
+
+async def test_site_writes_count_only_when_the_site_took_them(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock
+) -> None:
+    def counted(api: FleetApi) -> int:
+        return sum(u.used for u in api.budget_use() if u.budget == "site_writes_daily")
+
+    async with make_api(cloud, clock, daily_site_write_budget=5) as api:
+        with pytest.raises(RejectedValue):  # refused for its value
+            await api.set_backup_reserve(SITE_ID, 90)
+        cloud.add_rate_limit(0, window=60, endpoint="backup", retry_after=30)
+        with pytest.raises(RateLimited):  # refused before it reached the site
+            await api.set_backup_reserve(SITE_ID, 40)
+        cloud.rate_limits.clear()
+        clock.jump_to(clock.now() + timedelta(seconds=31))
+        cloud.lose_answers(endpoint="backup")  # applied, answer lost: the caller decides
+        with pytest.raises(ServerError):
+            await api.set_backup_reserve(SITE_ID, 40)
+        assert counted(api) == 0
+        api.note_site_write_applied(SITE_ID)  # a read-back showed it applied
+        await api.set_operation_mode(SITE_ID, "self_consumption")
+        assert counted(api) == 2
+    without_energy_scope, _ = cloud.issue_tokens(scopes=("openid", "offline_access"))
+    async with FleetApi(
+        StaticTokenProvider(Secret(without_energy_scope)), base_url=cloud.base_url, clock=clock
+    ) as api:
+        with pytest.raises(Forbidden):
+            await api.set_backup_reserve(SITE_ID, 40)
+        assert counted(api) == 0
+    assert [w.setting for w in cloud.sites[SITE_ID].writes] == [
+        "backup_reserve_percent",
+        "default_real_mode",
+    ]
 
 
 async def test_live_status_is_read_at_most_once_per_interval(

@@ -185,14 +185,16 @@ class ApiStatus:
     state: Literal["ok", "failing", "rate_limited"]
     reason: str = ""
     retry_seconds: float = 0.0
+    capped: bool = False
+    """The API asked for a longer wait than gridmate obeys (Retry-After beyond the cap)."""
 
 
 def api_observations(statuses: Iterable[ApiStatus], hold_seconds: float) -> list[Observation]:
     """A failing and a rate-limit observation per API.
 
     A failure counts once it has lasted ``hold_seconds`` without one success. A
-    rate limit counts as soon as its Retry-After is that long, since waiting for it
-    to last that long would only delay the news.
+    rate limit counts as soon as its Retry-After is that long, or longer than
+    gridmate's cap, since waiting for it to last that long would only delay the news.
     """
     result = []
     for status in statuses:
@@ -208,7 +210,9 @@ def api_observations(statuses: Iterable[ApiStatus], hold_seconds: float) -> list
                 EventKind.api_rate_limited,
                 status.name,
                 limited,
-                0.0 if limited and status.retry_seconds >= hold_seconds else hold_seconds,
+                0.0
+                if limited and (status.capped or status.retry_seconds >= hold_seconds)
+                else hold_seconds,
                 facts,
             )
         )
@@ -228,7 +232,7 @@ def token_changes(
     A recovery is a working refresh (OAuth) or a token read again (TeslaMate); after
     it, gridmate's refresh token is new, so an expiry warning is over too.
     """
-    key = f"tesla {source}"
+    key = "honeywell" if source == "honeywell" else f"tesla {source}"
     if kind == "failing":
         return [Change("open", EventKind.token_failing, key, facts)]
     if kind == "expiring":

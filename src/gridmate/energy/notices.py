@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gridmate.energy.adapters.common import ApiHealth
+from gridmate.energy.adapters.thermostat import HoneywellAuth
 from gridmate.energy.alerts import (
     ApiStatus,
     Change,
@@ -48,7 +49,9 @@ def api_status(health: ApiHealth) -> ApiStatus:
     """What an adapter's :class:`ApiHealth` says about its API right now."""
     wait = health.blocked()
     if wait is not None:
-        return ApiStatus(health.name, "rate_limited", health.last_error or "429", wait)
+        return ApiStatus(
+            health.name, "rate_limited", health.last_error or "429", wait, health.block_capped
+        )
     if health.last_error:
         return ApiStatus(health.name, "failing", health.last_error)
     return ApiStatus(health.name, "ok")
@@ -83,6 +86,13 @@ def _api_advice(name: str) -> str:
     if name.startswith("home_assistant"):
         return "Check that Home Assistant runs and that gridmate's token is still valid."
     return "Nothing, if it passes: without a forecast gridmate does not precool."
+
+
+HONEYWELL_REAUTHORIZE_STEPS = (
+    "Authorize gridmate again: run the OAuth authorization-code flow of your Honeywell Home "
+    "developer app (developer.honeywellhome.com), put the new refresh token in the file "
+    "honeywell.refresh_token_file names, and restart gridmate-energy."
+)
 
 
 def condition_event(change: Change, tz: ZoneInfo) -> Event:
@@ -145,6 +155,23 @@ def condition_event(change: Change, tz: ZoneInfo) -> Event:
             _api_advice(name),
             key=change.key,
         )
+    if change.kind is EventKind.token_failing and facts.get("source") == "honeywell":
+        refused = facts.get("reason") == "refresh_token_rejected"
+        return Event(
+            change.kind,
+            "Honeywell authorization lost: authorize gridmate again"
+            if refused
+            else "Honeywell login failing",
+            str(facts.get("detail")),
+            "Leaves the thermostats as they are and asks Honeywell for no more tokens; the "
+            "Powerwall and the cars are controlled as usual."
+            if refused
+            else "Retries with growing pauses; thermostat calls fail until a token works again.",
+            HONEYWELL_REAUTHORIZE_STEPS
+            if refused
+            else "Nothing, if it passes; if it keeps failing, check honeywell.base_url.",
+            key=change.key,
+        )
     if change.kind is EventKind.token_failing:
         source = str(facts.get("source"))
         until = facts.get("expires_at")
@@ -180,6 +207,11 @@ def condition_event(change: Change, tz: ZoneInfo) -> Event:
     raise ValueError(f"no wording for {change.kind}")  # pragma: no cover
 
 
+def _login_lost(device: object) -> bool:
+    auth = getattr(device, "auth", None)
+    return isinstance(auth, HoneywellAuth) and auth.login_failing()
+
+
 class AlertMonitor:
     """Conditions of one energy service, from cycles and token events to the notifier."""
 
@@ -211,7 +243,11 @@ class AlertMonitor:
             healths.append(reconciler.powerwall.health)
         if reconciler.vehicles is not None:
             healths.append(reconciler.vehicles.health)
-        healths += [device.health for device in reconciler.thermostats.values()]
+        # A thermostat whose Honeywell login is lost is covered by the token condition
+        # ("authorize again"): one message, not a second "API failing" one.
+        healths += [
+            device.health for device in reconciler.thermostats.values() if not _login_lost(device)
+        ]
         if reconciler.weather is not None:
             healths.append(reconciler.weather.health)
         seen = api_observations(
@@ -236,13 +272,16 @@ class AlertMonitor:
         site_key: str,
         *,
         tokens_healthy: bool = False,
+        honeywell_healthy: bool = False,
     ) -> list[Change]:
-        """One cycle's conditions; ``tokens_healthy``: Tesla tokens work (clears old ones)."""
+        """One cycle's conditions; ``tokens_healthy``: Tesla tokens work,
+        ``honeywell_healthy``: Honeywell answers (each clears its conditions left open)."""
         observed = self.observations(reconciler, report, site_key)
         self.watches, changes = evaluate(self.watches, observed, report.at)
-        if tokens_healthy and self._stale_tokens:
-            changes += [Change("resolve", kind, key) for kind, key in sorted(self._stale_tokens)]
-            self._stale_tokens.clear()
+        for kind, key in sorted(self._stale_tokens):
+            if honeywell_healthy if key == "honeywell" else tokens_healthy:
+                changes.append(Change("resolve", kind, key))
+                self._stale_tokens.discard((kind, key))
         await self.apply(changes)
         return changes
 

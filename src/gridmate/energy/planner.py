@@ -423,6 +423,18 @@ def _clamp(value: float, low: float, high: float) -> float:
 # ---------------------------------------------------------------- the planner
 
 
+def precool_reason(phase: str, enabled: bool, high: float | None, threshold: float) -> str:
+    """Why precooling is on or off, in words that are true for every combination."""
+    if not enabled:
+        return "precooling is turned off (policy.precool = false)"
+    if phase == "peak":
+        return "peak already started"
+    if high is None:
+        return "no forecast"
+    relation = ">=" if high >= threshold else "<"
+    return f"forecast high {high:g} °F {relation} {threshold:g} °F"
+
+
 def plan(
     at: datetime,
     schedule: Schedule,
@@ -496,13 +508,8 @@ def plan(
                     "source": forecast.source if forecast is not None else None,
                     "threshold_f": config.policy.precool_threshold_f,
                     "enabled": config.policy.precool,
-                    "reason": (
-                        "no forecast"
-                        if high is None
-                        else "peak already started"
-                        if phase == "peak"
-                        else f"forecast high {high:g} °F "
-                        f"{'>=' if decided else '<'} {config.policy.precool_threshold_f:g} °F"
+                    "reason": precool_reason(
+                        phase, config.policy.precool, high, config.policy.precool_threshold_f
                     ),
                 },
             )

@@ -92,16 +92,26 @@ class Reconciler:
     # ------------------------------------------------------------ reading
 
     async def _read_site(
-        self, now: datetime, report: CycleReport, want_vehicles: bool, peak: bool = False
+        self, now: datetime, report: CycleReport, want_vehicles: bool, phase: str = "idle"
     ) -> SiteReading | None:
         power: PowerwallReading | None = None
         if self.powerwall is not None:
             try:
                 # During a peak the reserve is read back more often, so a change a person
-                # makes in the Tesla app is seen (and respected) within minutes.
-                power = await self.powerwall.read(
-                    settings_max_age=self.powerwall.cloud_read_seconds if peak else None
-                )
+                # makes in the Tesla app is seen (and respected) within minutes. Until the
+                # Powerwall's restore is verified (a cycle or two), every cycle reads it:
+                # the restore is decided, and reported, on what the site has now.
+                memory = self.state.memory
+                max_age: float | None = None
+                if phase == "peak":
+                    max_age = self.powerwall.cloud_read_seconds
+                elif (
+                    phase == "restore"
+                    and memory.powerwall_changed
+                    and not memory.powerwall_restored
+                ):
+                    max_age = 0.0
+                power = await self.powerwall.read(settings_max_age=max_age)
             except (AdapterError, RateLimitedError) as error:
                 report.problems.append(f"powerwall: {error}")
         thermostats: dict[str, ThermostatReading] = {}
@@ -155,7 +165,7 @@ class Reconciler:
         memory = self.state.memory
         preview = plan(now, self.schedule, SiteReading(None), forecast, self.config, memory)
         reading = await self._read_site(
-            now, report, want_vehicles=preview.phase != "idle", peak=preview.phase == "peak"
+            now, report, want_vehicles=preview.phase != "idle", phase=preview.phase
         )
         report.reading = reading
         if reading is None:
@@ -325,6 +335,14 @@ class Reconciler:
         wish = result.powerwall
         if wish is None or self.powerwall is None:
             return memory
+        if reading.reserve_percent is None or reading.mode is None:
+            # Not read back since the last write (its answer or the read-back was lost):
+            # deciding on the older reading would be a guess. The next read settles it.
+            report.problems.append(
+                "Powerwall reserve and mode unknown (not read since the last write, or never); "
+                "nothing decided for it until a read works"
+            )
+            return memory
         changes: list[tuple[str, object]] = []
         restoring = result.phase == "restore"
         reserve_change = ("backup_reserve_percent", wish.reserve_percent)
@@ -362,18 +380,31 @@ class Reconciler:
                 if restoring:
                     report.events.append(("reserve_restore_failed", {"reason": "write budget"}))
                 break
+            # Counted before sending, so a crash mid-write cannot forget it.
             self.state.powerwall_writes += 1
             self.store.save(self.state)
             if setting == "backup_reserve_percent":
                 outcome = await self.powerwall.write_reserve(int(str(value)))
             else:
                 outcome = await self.powerwall.write_mode(str(value))
+            if not outcome.counts:
+                self.state.powerwall_writes -= 1
+                self.store.save(self.state)
+            if outcome.answer_lost is not None:
+                detail = {**detail, "answer_lost": outcome.answer_lost}
+            if outcome.unknown:
+                # Not a failure: nobody knows yet. The next cycle reads the site first.
+                self._action(report, "powerwall", action, {**detail, "outcome": "unknown"},
+                             False, outcome.error)  # fmt: skip
+                report.problems.append(f"Powerwall: {outcome.error}")
+                if not restoring:
+                    # It may have been applied: if so, it must be restored after the peak.
+                    memory = replace(memory, powerwall_changed=True)
+                break
             if not outcome.ok:
                 if outcome.rejected:
                     # Tesla refused this value: asking again today only burns budget.
                     self.state.rejected.append(tag)
-                if not outcome.sent:
-                    self.state.powerwall_writes -= 1
                 self._action(report, "powerwall", action, detail, False, outcome.error)
                 if restoring:
                     report.events.append(("reserve_restore_failed", {"reason": outcome.error}))
@@ -381,6 +412,9 @@ class Reconciler:
             self._action(report, "powerwall", action, {**detail, "verified": outcome.verified},
                          outcome.verified, outcome.error)  # fmt: skip
             if not outcome.verified:
+                if not restoring:
+                    # Tesla accepted it: whatever the site shows later, restore after the peak.
+                    memory = replace(memory, powerwall_changed=True)
                 break
             if not restoring:
                 memory = replace(

@@ -86,6 +86,12 @@ class EnergyRuntime:
             and powerwall.health.last_error is None
         )
 
+    def honeywell_healthy(self) -> bool:
+        """Every Honeywell thermostat answered lately and none reports a problem."""
+        healths = [d.health for d in self.reconciler.thermostats.values()
+                   if d.health.name.startswith("honeywell")]  # fmt: skip
+        return bool(healths) and all(h.last_ok is not None and h.problem() is None for h in healths)
+
     async def after_cycle(self, report: CycleReport) -> None:
         """Tell people what the cycle did and which conditions opened or cleared."""
         site_key = self.site_key
@@ -96,8 +102,9 @@ class EnergyRuntime:
                     await self.notifier.send(event)
         if self.alerts is not None:
             await self.alerts.observe(
-                self.reconciler, report, site_key, tokens_healthy=self.tokens_healthy()
-            )
+                self.reconciler, report, site_key, tokens_healthy=self.tokens_healthy(),
+                honeywell_healthy=self.honeywell_healthy(),
+            )  # fmt: skip
 
     async def close(self) -> None:
         for task in self.background:
@@ -171,6 +178,7 @@ async def build_runtime(
         settings.energy_directory / "honeywell-token.json",
         http=http,
         clock=clock,
+        on_event=alerts.token_event,
     )
     thermostats: dict[str, Thermostat] = {}
     for config in settings.thermostats:
@@ -376,6 +384,10 @@ def health_problems(runtime: EnergyRuntime, report: CycleReport | None) -> list[
         reason = reconciler.powerwall.health.problem()
         if reason:
             problems.append(f"tesla: {reason}")
+    if runtime.gateway is not None:
+        reason = runtime.gateway.health.problem()
+        if reason:
+            problems.append(f"powerwall gateway: {reason} (reading from Tesla's cloud instead)")
     for tid, device in reconciler.thermostats.items():
         reason = device.health.problem()
         if reason:
@@ -408,7 +420,8 @@ async def run_loop(
             log.warning("Powerwall not reachable at start", error=str(error))
     if ready is not None:
         mode = "dry run" if settings.dry_run else "controlling"
-        ready(f"Energy manager {mode}: tariff {settings.tariff.preset or 'custom'}, "
+        today = reconciler.schedule.local_date(clock.now())
+        ready(f"Energy manager {mode}: tariff {settings.tariff.describe(today)}, "
               f"{len(reconciler.thermostats)} thermostat(s)")  # fmt: skip
     if runtime.notifier is not None:
         await resolve_failure(runtime.notifier, "energy")

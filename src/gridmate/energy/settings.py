@@ -195,6 +195,17 @@ class TariffSettings(Section):
     def build(self) -> Schedule:
         return Schedule(self.all_versions(), self.zone, self.events)
 
+    def describe(self, day: date) -> str:
+        """The tariff in force on ``day`` in words: a preset's version or a custom schedule."""
+        version = self.build().version_for(day).config
+        preset_dates = (
+            {v.effective_from for v in PRESETS[self.preset].versions} if self.preset else set()
+        )
+        if version.effective_from in preset_dates:
+            return f"preset {self.preset}"
+        name = version.name or f"from {version.effective_from.isoformat()}"
+        return f"custom schedule {name}"
+
 
 class ReserveSettings(Section):
     peak_reserve_percent: int = Field(
@@ -284,7 +295,11 @@ class ThermostatSettings(Section):
 
 
 class HoneywellSettings(Section):
-    base_url: str = "https://api.honeywell.com"
+    base_url: str = Field(
+        "https://api.honeywellhome.com",
+        description="Resideo's Honeywell Home API (api.honeywell.com has served an expired "
+        "certificate since May 2026).",
+    )
     api_key: str | None = Field(None, description="The app's consumer key (sent as apikey).")
     client_secret: Annotated[Secret | None, Credential("honeywell_client_secret")] = None
     refresh_token: Annotated[Secret | None, Credential("honeywell_refresh_token")] = Field(
@@ -293,6 +308,12 @@ class HoneywellSettings(Section):
     )
     poll_seconds: float = Field(
         180.0, ge=120.0, le=300.0, description="Thermostat reads, no faster than every 2 minutes."
+    )
+    max_retry_after_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest wait gridmate obeys after a 429; a longer Retry-After is cut "
+        "to this and reported as a rate-limit condition.",
     )
 
 

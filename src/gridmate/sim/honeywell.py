@@ -1,7 +1,9 @@
 """A stand-in for the Honeywell Home (Resideo) v2 API, quirks included.
 
 * OAuth: ``POST /oauth2/token`` with HTTP Basic ``apikey:secret``; refresh
-  tokens are single-use (each refresh issues a new one, the old one answers 401).
+  tokens are single-use (each refresh issues a new one, the old one answers 401
+  ``Invalid Refresh Token``). ``truncate_token_answers`` breaks off that many token
+  answers after the rotation, as a dropped connection or proxy does.
 * ``GET/POST /v2/devices/thermostats/{deviceId}?apikey=…&locationId=…`` with a
   Bearer token; ``GET /v2/locations?apikey=…``.
 * A POST without ``mode`` is a 400, as is one without both setpoints; LCC
@@ -17,6 +19,7 @@ The thermal model in :mod:`gridmate.sim.house` moves ``indoor_f``.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -133,11 +136,18 @@ class HoneywellSimulator:
         self.window_seconds = window_seconds
         self.base_url = ""
         self.requests: list[tuple[datetime, str, str, int]] = []
-        """(time, method, path, status) of every API request."""
+        """(time, method, path, status) of every request, token requests included."""
         self._access: dict[str, datetime] = {}
         self._refresh: set[str] = set()
         self._hits: list[datetime] = []
         self.refreshes = 0
+        self.truncate_token_answers = 0
+        """How many of the next token answers break off after the refresh token rotated."""
+        self.retry_after: str | None = None
+        """A ``Retry-After`` header on 429 answers (Resideo usually sends none)."""
+        self.answer_instead: dict[str, Any] = {}
+        """Device ID -> JSON answered (200) to a GET instead of the device: valid JSON of
+        another shape (``null``, ``[]``, a missing key), as a broken API answers."""
 
     def issue_refresh_token(self) -> str:
         token = "hw-r-" + secrets.token_urlsafe(16)
@@ -152,6 +162,11 @@ class HoneywellSimulator:
     # ------------------------------------------------------------ handlers
 
     async def _token(self, request: web.Request) -> web.Response:
+        response = await self._token_answer(request)
+        self._record(request, response.status)
+        return response
+
+    async def _token_answer(self, request: web.Request) -> web.Response:
         expected = base64.b64encode(f"{self.api_key}:{self.api_secret}".encode()).decode()
         if request.headers.get("Authorization") != f"Basic {expected}":
             return web.json_response({"fault": {"faultstring": "Invalid client"}}, status=401)
@@ -167,14 +182,17 @@ class HoneywellSimulator:
         self.refreshes += 1
         access = "hw-a-" + secrets.token_urlsafe(16)
         self._access[access] = self.clock.now() + timedelta(seconds=1799)
-        return web.json_response(
-            {
-                "access_token": access,
-                "refresh_token": self.issue_refresh_token(),
-                "expires_in": "1799",
-                "token_type": "Bearer",
-            }
-        )
+        answer = {
+            "access_token": access,
+            "refresh_token": self.issue_refresh_token(),
+            "expires_in": "1799",
+            "token_type": "Bearer",
+        }
+        if self.truncate_token_answers > 0:
+            self.truncate_token_answers -= 1
+            body = json.dumps(answer).encode()
+            return web.Response(body=body[: len(body) // 3], content_type="application/json")
+        return web.json_response(answer)
 
     def _check(self, request: web.Request) -> web.Response | None:
         now = self.clock.now()
@@ -188,9 +206,11 @@ class HoneywellSimulator:
             horizon = now - timedelta(seconds=self.window_seconds)
             self._hits = [t for t in self._hits if t > horizon]
             if len(self._hits) >= self.requests_per_window:
+                headers = {"Retry-After": self.retry_after} if self.retry_after else None
                 return web.json_response(
                     {"code": "429.02.001", "message": "rate limit has been exhausted"},
                     status=429,
+                    headers=headers,
                 )
             self._hits.append(now)
         return None
@@ -224,6 +244,8 @@ class HoneywellSimulator:
             return web.json_response({"code": 404, "message": "Device not found"}, status=404)
         if request.method == "GET":
             self._record(request, 200)
+            if device.device_id in self.answer_instead:
+                return web.json_response(self.answer_instead[device.device_id])
             return web.json_response(device.as_json())
         try:
             body = await request.json()

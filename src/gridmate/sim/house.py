@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -182,6 +183,9 @@ class GatewaySimulator:
     base_url: str = ""
     tokens: set[str] = field(default_factory=set)
     reads: int = 0
+    answer_instead: dict[str, Any] = field(default_factory=dict)
+    """Path -> JSON answered (200) instead of the reading: a firmware that answers
+    valid JSON of another shape (``null``, ``[]``, a missing key)."""
 
 
 @asynccontextmanager
@@ -217,6 +221,8 @@ async def gateway_simulator(
         if not authorised(request):
             return web.json_response({"code": 401, "error": "Unauthorized"}, status=401)
         sim.reads += 1
+        if request.path in sim.answer_instead:
+            return web.json_response(sim.answer_instead[request.path])
         return web.json_response(
             {"percentage": round(raw_from_app(house.site.percentage_charged), 4)}
         )
@@ -225,6 +231,8 @@ async def gateway_simulator(
         if not authorised(request):
             return web.json_response({"code": 401, "error": "Unauthorized"}, status=401)
         sim.reads += 1
+        if request.path in sim.answer_instead:
+            return web.json_response(sim.answer_instead[request.path])
         site = house.site
 
         def meter(watts: float) -> dict[str, float]:

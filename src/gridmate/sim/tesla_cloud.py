@@ -15,7 +15,8 @@ against behaviour rather than against our own assumptions:
 * Powerwall reserve writes follow firmware 25.18.4: 0-80 or exactly 100,
   anything else is a 400;
 * rate limits (429 with ``RateLimit-*`` and ``Retry-After``) and 5xx failures
-  are configured per test.
+  are configured per test, as are lost answers (:meth:`TeslaCloudSimulator.lose_answers`:
+  a call carried out whose answer is a 502 or a truncated body).
 
 Usage::
 
@@ -35,7 +36,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -185,13 +186,14 @@ class RateLimitRule:
     from the start).
 
     ``endpoint`` None applies to every Fleet endpoint. ``retry_after`` fixes the
-    Retry-After value; by default it is the time until the window resets.
+    Retry-After value (a number of seconds, or the header's text as sent, such as
+    ``"1e309"`` or an HTTP date); by default it is the time until the window resets.
     """
 
     limit: int
     window: float
     endpoint: str | None = None
-    retry_after: float | None = None
+    retry_after: float | str | None = None
     per_device: bool = True
     _hits: dict[str, list[datetime]] = field(default_factory=dict, repr=False)
 
@@ -249,6 +251,9 @@ class TeslaCloudSimulator:
         self.random_failure_rate = 0.0
         self._random = random.Random(7)
         self._injected: list[tuple[int, str | None]] = []
+        self._lost_answers: list[
+            tuple[int | Literal["truncated", "reset"] | dict[str, Any], str | None]
+        ] = []
         self._oauth_injected: list[int] = []
         self._access: dict[str, _AccessGrant] = {}
         self._refresh: dict[str, _RefreshGrant] = {}
@@ -288,6 +293,21 @@ class TeslaCloudSimulator:
         """The next ``count`` matching Fleet calls answer ``status``."""
         self._injected.extend([(status, endpoint)] * count)
 
+    def lose_answers(
+        self,
+        count: int = 1,
+        *,
+        endpoint: str | None = None,
+        answer: int | Literal["truncated", "reset"] | dict[str, Any] = 502,
+    ) -> None:
+        """The next ``count`` matching Fleet calls are carried out, then their answer is
+        lost: replaced by HTTP ``answer`` (a gateway error in front of Tesla), with
+        ``"truncated"`` a 200 whose body breaks off, with ``"reset"`` a connection closed
+        without an answer, or with a dict a 200 with that JSON
+        (an answer of the wrong shape, e.g. ``{"response": None}``). A write has been
+        applied."""
+        self._lost_answers.extend([(answer, endpoint)] * count)
+
     def inject_oauth_failures(self, count: int = 1, *, status: int = 503) -> None:
         """The next ``count`` token requests answer ``status`` without touching any token."""
         self._oauth_injected.extend([status] * count)
@@ -298,7 +318,7 @@ class TeslaCloudSimulator:
         window: float,
         *,
         endpoint: str | None = None,
-        retry_after: float | None = None,
+        retry_after: float | str | None = None,
         per_device: bool = True,
     ) -> RateLimitRule:
         if limit < 0 or window <= 0:
@@ -449,6 +469,20 @@ class TeslaCloudSimulator:
         if limited is not None:
             return limited
         response: web.StreamResponse = await handler(request)
+        for index, (answer, only) in enumerate(self._lost_answers):
+            if only is None or only == endpoint:
+                del self._lost_answers[index]
+                if answer == "reset":
+                    if request.transport is not None:
+                        request.transport.abort()  # the connection drops: no answer at all
+                    return web.Response(status=200)
+                if answer == "truncated":
+                    return web.Response(
+                        status=200, body=b'{"response": {"code": 2', content_type="application/json"
+                    )
+                if isinstance(answer, dict):
+                    return web.json_response(answer)
+                return _fleet_error(answer, "bad_gateway", "upstream answer lost (injected)")
         return response
 
     def _note_first_use(self, request: web.Request, grant: _AccessGrant) -> None:
@@ -474,13 +508,12 @@ class TeslaCloudSimulator:
                 opened = hits[0] if hits else now
                 reset = math.ceil((opened + window - now).total_seconds())
                 retry = rule.retry_after if rule.retry_after is not None else reset
-                response = _fleet_error(
-                    429, "rate_limit_exceeded", f"Retry in {math.ceil(retry)} seconds"
-                )
+                header = retry if isinstance(retry, str) else str(math.ceil(retry))
+                response = _fleet_error(429, "rate_limit_exceeded", f"Retry in {header} seconds")
                 response.headers["RateLimit-Limit"] = str(rule.limit)
                 response.headers["RateLimit-Remaining"] = "0"
                 response.headers["RateLimit-Reset"] = str(reset)
-                response.headers["Retry-After"] = str(math.ceil(retry))
+                response.headers["Retry-After"] = header
                 return response
             hits.append(now)
         return None

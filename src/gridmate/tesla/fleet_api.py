@@ -22,7 +22,6 @@ or refresh it) and retries; a second 401 raises :class:`Unauthorized`.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import ssl
 from collections.abc import Callable, Sequence
@@ -39,6 +38,12 @@ from gridmate.runtime.backoff import Backoff
 from gridmate.runtime.clock import Clock, SystemClock
 from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
+from gridmate.runtime.retry_after import (
+    DEFAULT_MAX_WAIT_SECONDS,
+    RetryAfter,
+    cap_wait,
+    parse_retry_after,
+)
 from gridmate.runtime.secrets import Secret
 from gridmate.tesla._metrics import collector
 from gridmate.tesla.tokens import TokenProvider, TokenUnavailable
@@ -162,9 +167,13 @@ class RateLimited(FleetApiError):
 
     status = 429
 
-    def __init__(self, message: str, *, retry_after: float, **kwargs: Any) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float, capped: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
+        self.capped = capped
+        """Tesla asked for a longer wait than ``max_retry_after``; the wait is the cap."""
 
 
 class ServerError(FleetApiError):
@@ -290,8 +299,10 @@ class FleetApi:
         verify: ssl.SSLContext | bool = True,
         outage_backoff: Backoff | None = None,
         budget_file: Path | None = None,
+        max_retry_after: float = DEFAULT_MAX_WAIT_SECONDS,
     ) -> None:
         self._tokens = tokens
+        self.max_retry_after = max_retry_after
         self._configured_base = base_url.rstrip("/") if base_url else None
         self._base: str | None = self._configured_base
         self._command_base = command_base_url.rstrip("/") if command_base_url else None
@@ -307,6 +318,7 @@ class FleetApi:
         self._site_write_counter = _DailyCounter()
         self._last_live_status: dict[int, datetime] = {}
         self._blocked_until: dict[str, datetime] = {}
+        self._block_asked: dict[str, RetryAfter] = {}
         # Consecutive unanswered or 5xx calls; from the second one on, calls wait for
         # the backoff's delay instead of hammering an API that is down.
         self._outage = outage_backoff or Backoff(initial=5.0, cap=300.0)
@@ -441,6 +453,11 @@ class FleetApi:
             self._report_use(
                 BudgetUse("site_writes_daily", key, used, self.daily_site_write_budget, today)
             )
+
+    def note_site_write_applied(self, site_id: int) -> None:
+        """Count a site write whose answer was lost (5xx, no answer) but which a read-back
+        shows (or cannot rule out) the site applied, as Tesla counts it."""
+        self._count_budgets(None, site_id)
 
     def _load_budgets(self) -> None:
         """Today's counts from the budget file, so a restart does not reset them."""
@@ -639,11 +656,16 @@ class FleetApi:
         remaining = (until - self._clock.now()).total_seconds()
         if remaining <= 0:
             del self._blocked_until[key]
+            self._block_asked.pop(key, None)
             return
         self._m_refused.labels("rate_limited").inc()
+        asked = self._block_asked.get(key)
+        capped = asked is not None and asked.capped
         raise RateLimited(
-            f"Tesla rate-limited {key}; not calling again for {remaining:.0f} s",
+            f"Tesla rate-limited {key}; not calling again for {remaining:.0f} s"
+            + (f" ({asked.describe()})" if asked is not None and capped else ""),
             retry_after=remaining,
+            capped=capped,
             endpoint=endpoint,
         )
 
@@ -673,7 +695,10 @@ class FleetApi:
             if status < 500:
                 # Tesla bills every request that gets an answer below 500.
                 self._m_billable.labels(category).inc()
-                self._count_budgets(vin, site_write)
+                # A site write counts against the day's writes only when the site took
+                # it; one refused before reaching it (401, 403, 429, 400) does not.
+                applied = site_write if 200 <= status < 300 else None
+                self._count_budgets(vin, applied)
             self._note_rate_headers(response, block_key)
             if status == 401 and not retried_token:
                 retried_token = True
@@ -721,16 +746,25 @@ class FleetApi:
         remaining = _rate_header(response.headers, "remaining")
         if response.status_code != 429 and (remaining is None or remaining > 0):
             return
-        wait = _retry_after(response.headers, self._clock.now())
-        if wait is None:
-            wait = _rate_header(response.headers, "reset")
-        if wait is None:
+        now = self._clock.now()
+        asked = parse_retry_after(
+            response.headers.get("retry-after"), now, max_wait=self.max_retry_after
+        )
+        if asked is None:
+            reset = _rate_header(response.headers, "reset")
+            asked = None if reset is None else cap_wait(reset, max_wait=self.max_retry_after)
+        if asked is None:
             wait = 60.0 if response.status_code == 429 else 0.0
-        if wait > 0:
-            until = self._clock.now() + timedelta(seconds=wait)
+            asked = RetryAfter(wait, wait, False)
+        if asked.capped:
+            log.warning("tesla asked for a longer wait than allowed; waiting the cap",
+                        device=block_key, asked=asked.describe())  # fmt: skip
+        if asked.seconds > 0:
+            until = now + timedelta(seconds=asked.seconds)
             previous = self._blocked_until.get(block_key)
             if previous is None or until > previous:
                 self._blocked_until[block_key] = until
+                self._block_asked[block_key] = asked
 
     def _interpret(self, response: httpx.Response, endpoint: str, block_key: str) -> Any:
         status = response.status_code
@@ -767,13 +801,17 @@ class FleetApi:
             self._m_rate_limited.labels(endpoint).inc()
             until = self._blocked_until.get(block_key)
             wait = max(0.0, (until - self._clock.now()).total_seconds()) if until else 60.0
+            asked = self._block_asked.get(block_key)
+            capped = asked is not None and asked.capped
             log.warning(
                 "fleet api rate limited",
                 endpoint=endpoint,
                 device=block_key,
                 retry_in=f"{wait:.0f}s",
             )
-            raise RateLimited(message, retry_after=wait, **kwargs)
+            if asked is not None and capped:
+                message = f"{message} ({asked.describe()})"
+            raise RateLimited(message, retry_after=wait, capped=capped, **kwargs)
         if status in (400, 422):
             raise RejectedValue(message, **kwargs)
         if status >= 500:
@@ -865,7 +903,7 @@ class FleetApi:
             category="data",
             device=f"site:{site_id}",
         )
-        return dict(response)
+        return _object(response, "site_info")
 
     async def live_status(self, site_id: int) -> dict[str, Any]:
         """Powerwall live status. Limited to one call per ``site_live_status_interval``."""
@@ -894,7 +932,7 @@ class FleetApi:
             device=f"site:{site_id}",
             on_answer=answered,
         )
-        return dict(response)
+        return _object(response, "live_status")
 
     async def set_backup_reserve(self, site_id: int, percent: int) -> None:
         """Write the backup reserve as asked; Tesla's refusal raises :class:`RejectedValue`.
@@ -941,6 +979,17 @@ class FleetApi:
                 )
 
 
+def _object(response: Any, endpoint: str) -> dict[str, Any]:
+    """An energy site's ``response`` object, or :class:`FleetApiError` for another shape."""
+    if not isinstance(response, dict):
+        shape = "null" if response is None else type(response).__name__
+        raise FleetApiError(
+            f"{endpoint}: answer of an unexpected shape ({shape} instead of an object)",
+            endpoint=endpoint,
+        )
+    return response
+
+
 def _rate_header(headers: httpx.Headers, suffix: str) -> float | None:
     """A ``RateLimit-Remaining``/``-Reset`` value, or Tesla's ``RateLimit-<scope>-<suffix>``."""
     for name, value in headers.items():
@@ -951,21 +1000,3 @@ def _rate_header(headers: httpx.Headers, suffix: str) -> float | None:
             except ValueError:
                 continue
     return None
-
-
-def _retry_after(headers: httpx.Headers, now: datetime) -> float | None:
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())

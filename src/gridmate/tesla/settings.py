@@ -99,6 +99,12 @@ class TeslaCloudSettings(Section):
     daily_vehicle_budget: int | None = Field(200, ge=1)
     daily_site_write_budget: int | None = Field(5, ge=1)
     live_status_interval: float = Field(300.0, ge=0)
+    max_retry_after_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest wait gridmate obeys when Tesla answers 429; a longer "
+        "Retry-After is cut to this and reported as a rate-limit condition.",
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> TeslaCloudSettings:
@@ -187,4 +193,5 @@ def build_fleet_api(
         on_budget_use=on_budget_use,
         verify=verify,
         budget_file=state_directory / "tesla-api-budgets.json" if state_directory else None,
+        max_retry_after=settings.max_retry_after_seconds,
     )

@@ -91,7 +91,7 @@ class TokenEvent:
     """A change worth telling a person about (the notifier's token_failing/token_expiring)."""
 
     kind: Literal["failing", "recovered", "expiring"]
-    source: Literal["teslamate", "oauth"]
+    source: Literal["teslamate", "oauth", "honeywell"]
     reason: str
     """Short cause, e.g. ``wrong_encryption_key``, ``refresh_token_rejected``."""
     detail: str
@@ -559,6 +559,16 @@ class OAuthTokenProvider:
     ``refresh_token_lifetime - expiry_warning`` raises a ``expiring`` event;
     :meth:`run` keeps the refresh token young by refreshing at least every
     ``keepalive_interval`` even when no API call is made.
+
+    Other services with single-use refresh tokens use it too (Honeywell Home):
+    ``client_secret`` sends the client's credentials as HTTP Basic, ``service``
+    names the service in messages, ``source`` labels events and metrics, and
+    ``reauthorize`` says what the user must do when the refresh token is refused.
+
+    A token answer that is lost (a 2xx whose body is unusable) leaves the refresh
+    token's fate unknown: it is asked once more at once with the same token, which
+    either works (the server had not rotated it) or is refused (it was spent: then
+    the user must authorize again, and is told so once).
     """
 
     def __init__(
@@ -578,8 +588,16 @@ class OAuthTokenProvider:
         on_event: EventHook | None = None,
         backoff: Backoff | None = None,
         timeout: float = 30.0,
+        client_secret: Secret | None = None,
+        service: str = "Tesla",
+        source: Literal["oauth", "honeywell"] = "oauth",
+        reauthorize: str = "sign in to Tesla again and provide a new refresh token",
     ) -> None:
         self.client_id = client_id
+        self.client_secret = client_secret
+        self.service = service
+        self.source: Literal["oauth", "honeywell"] = source
+        self.reauthorize = reauthorize
         self.state_path = Path(state_path)
         self._initial = initial_refresh_token
         self.token_url = token_url
@@ -592,7 +610,7 @@ class OAuthTokenProvider:
         self.keepalive_interval = keepalive_interval
         self._on_event = on_event
         self._backoff = backoff or Backoff(initial=5.0, cap=600.0)
-        self._metrics = _TokenMetrics(registry, "oauth")
+        self._metrics = _TokenMetrics(registry, source)
         self._lock = asyncio.Lock()
         self._state: _OAuthState | None = None
         self._state_mtime: int | None = None
@@ -662,7 +680,7 @@ class OAuthTokenProvider:
 
     def _current(self) -> Secret:
         assert self._state is not None and self._state.access_token is not None
-        return Secret(self._state.access_token, source="Tesla OAuth")
+        return Secret(self._state.access_token, source=f"{self.service} OAuth")
 
     def _usable(self, now: datetime) -> bool:
         state = self._state
@@ -694,7 +712,7 @@ class OAuthTokenProvider:
                 raise self._fail_now(
                     "no_refresh_token",
                     f"no refresh token: {self.state_path} does not exist and no initial "
-                    "refresh token is configured; sign in to Tesla and provide one",
+                    f"refresh token is configured; {self.reauthorize}",
                     permanent=True,
                 )
             await self._take_over_seed()
@@ -710,9 +728,11 @@ class OAuthTokenProvider:
                 permanent=False,
             ) from None
         if self._state is not None and state.refresh_token != self._state.refresh_token:
-            log.info("tesla token state file was replaced; using the new refresh token")
+            log.info("token state file was replaced; using the new refresh token",
+                     service=self.service)  # fmt: skip
         if self._initial is not None and state.seed_sha256 != _fingerprint(self._initial):
-            log.info("a new initial tesla refresh token is configured; it replaces the old state")
+            log.info("a new initial refresh token is configured; it replaces the old state",
+                     service=self.service)  # fmt: skip
             await self._take_over_seed()
             return
         self._state = state
@@ -735,7 +755,8 @@ class OAuthTokenProvider:
         self._metrics.refresh_expiry.set(
             (seed.refresh_token_issued_at + self.refresh_token_lifetime).timestamp()
         )
-        log.info("tesla refresh token taken over into the state file", path=self.state_path)
+        log.info("refresh token taken over into the state file", service=self.service,
+                 path=self.state_path)  # fmt: skip
 
     async def _save(self, state: _OAuthState) -> None:
         await asyncio.to_thread(write_private_file, self.state_path, state.to_json())
@@ -748,7 +769,8 @@ class OAuthTokenProvider:
         self._last_failure = error
         if permanent:
             self._dead = error
-        log.warning("tesla token unavailable", reason=reason, detail=detail)
+        log.warning("access token unavailable", service=self.service, reason=reason,
+                    detail=detail)  # fmt: skip
         return error
 
     async def _refresh(self, now: datetime, *, keepalive: bool = False) -> None:
@@ -767,50 +789,57 @@ class OAuthTokenProvider:
             raise self._last_failure
         state = self._state
         assert state is not None
-        try:
-            response = await self._http.post(
-                self.token_url,
-                data={
-                    "grant_type": "refresh_token",
-                    "client_id": self.client_id,
-                    "refresh_token": state.refresh_token.reveal(),
-                },
-                headers={"Accept": "application/json"},
-            )
-        except httpx.TransportError as error:
-            await self._transient(
-                "auth_unreachable",
-                f"no answer from Tesla's OAuth server: {type(error).__name__}",
-                now,
-            )
-            return
-        if response.status_code >= 500:
-            await self._transient(
-                "auth_server_error",
-                f"Tesla's OAuth server answered HTTP {response.status_code}",
-                now,
-            )
-            return
-        body = _json_or_none(response)
-        if response.status_code != 200:
-            code = body.get("error") if isinstance(body, dict) else None
-            detail = (
-                f"Tesla refused the refresh token (HTTP {response.status_code}, {code}); "
-                "sign in to Tesla again and provide a new refresh token"
-            )
-            refused = self._fail_now("refresh_token_rejected", detail, permanent=True)
-            await _emit(
-                self._on_event, TokenEvent("failing", "oauth", "refresh_token_rejected", detail)
-            )
-            raise refused
-        try:
-            assert isinstance(body, dict)
-            access = str(body["access_token"])
-            refresh = Secret(str(body["refresh_token"]), source="Tesla's token endpoint")
-            lifetime = float(body.get("expires_in") or 0)
-        except (AssertionError, KeyError, TypeError, ValueError):
-            await self._transient("bad_response", "Tesla's OAuth answer lacked tokens", now)
-            return
+        for attempt in (1, 2):
+            try:
+                response = await self._post_refresh(state.refresh_token.reveal())
+            except httpx.TransportError as error:
+                await self._transient(
+                    "auth_unreachable",
+                    f"no answer from {self.service}'s OAuth server: {type(error).__name__}"
+                    + (f" ({error})" if str(error) else ""),
+                    now,
+                )
+                return
+            if response.status_code >= 500:
+                await self._transient(
+                    "auth_server_error",
+                    f"{self.service}'s OAuth server answered HTTP {response.status_code}",
+                    now,
+                )
+                return
+            body = _json_or_none(response)
+            if response.status_code != 200:
+                code = _error_code(body)
+                lost = " after its answer to the last refresh was lost" if attempt == 2 else ""
+                detail = (
+                    f"{self.service} refused the refresh token{lost} (HTTP "
+                    f"{response.status_code}, {code}); {self.reauthorize}"
+                )
+                refused = self._fail_now("refresh_token_rejected", detail, permanent=True)
+                await _emit(
+                    self._on_event,
+                    TokenEvent("failing", self.source, "refresh_token_rejected", detail),
+                )
+                raise refused
+            try:
+                assert isinstance(body, dict)
+                access = str(body["access_token"])
+                refresh = Secret(
+                    str(body["refresh_token"]), source=f"{self.service}'s token endpoint"
+                )
+                lifetime = float(body.get("expires_in") or 0)
+                break
+            except (AssertionError, KeyError, TypeError, ValueError):
+                if attempt == 1:
+                    # The server may have rotated the refresh token before the answer
+                    # broke: asking again at once tells whether it is spent.
+                    log.warning("token answer unusable; asking again with the same token",
+                                service=self.service)  # fmt: skip
+                    continue
+                await self._transient(
+                    "bad_response", f"{self.service}'s OAuth answer lacked tokens", now
+                )
+                return
         expires = jwt_expiry(access) or (now + timedelta(seconds=lifetime) if lifetime else None)
         new_state = _OAuthState(refresh, now, access, expires, state.seed_sha256)
         self._unsaved = new_state
@@ -826,7 +855,8 @@ class OAuthTokenProvider:
             self._metrics.expiry.set(expires.timestamp())
         self._metrics.refresh_expiry.set((now + self.refresh_token_lifetime).timestamp())
         log.info(
-            "tesla access token refreshed",
+            "access token refreshed",
+            service=self.service,
             expires_at=f"{expires:%Y-%m-%dT%H:%M:%S}Z" if expires else "unknown",
         )
         warned, self._warned_for = self._warned_for, None
@@ -834,7 +864,7 @@ class OAuthTokenProvider:
             await _emit(
                 self._on_event,
                 TokenEvent(
-                    "recovered", "oauth", recovered.code or "unknown", "refresh works again"
+                    "recovered", self.source, recovered.code or "unknown", "refresh works again"
                 ),
             )
         elif warned is not None and warned != refresh:
@@ -842,9 +872,26 @@ class OAuthTokenProvider:
             await _emit(
                 self._on_event,
                 TokenEvent(
-                    "recovered", "oauth", "refresh_token_expiring", "a new refresh token was issued"
+                    "recovered",
+                    self.source,
+                    "refresh_token_expiring",
+                    "a new refresh token was issued",
                 ),
             )
+
+    async def _post_refresh(self, refresh_token: str) -> httpx.Response:
+        data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        headers = {"Accept": "application/json"}
+        if self.client_secret is None:
+            return await self._http.post(
+                self.token_url, data={**data, "client_id": self.client_id}, headers=headers
+            )
+        return await self._http.post(
+            self.token_url,
+            data=data,
+            headers=headers,
+            auth=(self.client_id, self.client_secret.reveal()),
+        )
 
     async def _persist(self, state: _OAuthState) -> None:
         try:
@@ -856,10 +903,13 @@ class OAuthTokenProvider:
                 "retried before the new access token is used"
             )
             self._metrics.error("state_not_saved")
-            log.error("tesla refresh token not saved", path=self.state_path, error=str(error))
+            log.error("refresh token not saved", service=self.service, path=self.state_path,
+                      error=str(error))  # fmt: skip
             failure = TokenUnavailable(detail, "state_not_saved")
             self._last_failure = failure
-            await _emit(self._on_event, TokenEvent("failing", "oauth", "state_not_saved", detail))
+            await _emit(
+                self._on_event, TokenEvent("failing", self.source, "state_not_saved", detail)
+            )
             raise failure from None
         self._unsaved = None
 
@@ -871,7 +921,7 @@ class OAuthTokenProvider:
         error = self._fail_now(reason, f"{detail}; retrying in {delay:.0f} s", permanent=False)
         if first:
             expires = self.expires_at if self._usable(now) else None
-            await _emit(self._on_event, TokenEvent("failing", "oauth", reason, detail, expires))
+            await _emit(self._on_event, TokenEvent("failing", self.source, reason, detail, expires))
         if not self._usable(now):
             raise error
 
@@ -885,18 +935,31 @@ class OAuthTokenProvider:
         self._warned_for = state.refresh_token
         days = max(0.0, (expires - now).total_seconds() / 86400)
         detail = (
-            f"gridmate's Tesla refresh token is expected to expire on {expires:%Y-%m-%d} "
-            f"(in {days:.0f} days) and could not be renewed; sign in to Tesla again"
+            f"gridmate's {self.service} refresh token is expected to expire on "
+            f"{expires:%Y-%m-%d} (in {days:.0f} days) and could not be renewed; "
+            f"{self.reauthorize}"
         )
         log.warning("tesla refresh token nears expiry", expires_at=f"{expires:%Y-%m-%d}")
         await _emit(
             self._on_event,
-            TokenEvent("expiring", "oauth", "refresh_token_expiring", detail, expires),
+            TokenEvent("expiring", self.source, "refresh_token_expiring", detail, expires),
         )
 
 
 def _fingerprint(secret: Secret) -> str:
     return hashlib.sha256(secret.reveal().encode("utf-8")).hexdigest()
+
+
+def _error_code(body: Any) -> str | None:
+    """OAuth's ``error`` field, or Apigee's ``fault.faultstring`` (Honeywell)."""
+    if not isinstance(body, dict):
+        return None
+    if body.get("error"):
+        return str(body["error"])
+    fault = body.get("fault")
+    if isinstance(fault, dict) and fault.get("faultstring"):
+        return str(fault["faultstring"])
+    return None
 
 
 def _json_or_none(response: httpx.Response) -> Any:

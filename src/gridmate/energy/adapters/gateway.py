@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from gridmate.energy.adapters.common import AdapterError, ApiHealth
+from gridmate.energy.adapters.common import AdapterError, ApiHealth, Wire, parse_wire
 from gridmate.energy.settings import GatewaySettings
 from gridmate.runtime.clock import Clock
 
@@ -28,6 +28,29 @@ class GatewayReading:
     solar_kw: float
     battery_kw: float
     grid_kw: float
+
+
+class _Login(Wire):
+    token: str
+
+
+class _StateOfEnergy(Wire):
+    """``GET /api/system_status/soe``."""
+
+    percentage: float
+
+
+class _Meter(Wire):
+    instant_power: float
+
+
+class _Aggregates(Wire):
+    """``GET /api/meters/aggregates``: one meter per flow, power in W."""
+
+    site: _Meter
+    battery: _Meter
+    load: _Meter
+    solar: _Meter
 
 
 class GatewayClient:
@@ -58,9 +81,9 @@ class GatewayClient:
             raise AdapterError(
                 f"gateway login refused ({response.status_code}); check the password"
             )
-        self._token = str(response.json()["token"])
+        self._token = parse_wire(_Login, response.json(), "the gateway's login").token
 
-    async def _get(self, path: str) -> dict:
+    async def _get(self, path: str) -> object:
         for attempt in (1, 2):
             if self._token is None:
                 await self._login()
@@ -71,21 +94,28 @@ class GatewayClient:
                 self._token = None  # the gateway forgets sessions; log in again once
                 continue
             response.raise_for_status()
-            return dict(response.json())
+            return response.json()
         raise AdapterError("gateway refused the session twice")
 
     async def read(self) -> GatewayReading:
         try:
-            soe = await self._get("/api/system_status/soe")
-            meters = await self._get("/api/meters/aggregates")
-        except (httpx.HTTPError, AdapterError, KeyError, ValueError) as error:
+            soe = parse_wire(_StateOfEnergy, await self._get("/api/system_status/soe"),
+                             "the gateway's system_status/soe")  # fmt: skip
+            meters = parse_wire(_Aggregates, await self._get("/api/meters/aggregates"),
+                                "the gateway's meters/aggregates")  # fmt: skip
+        except AdapterError as error:
+            self.health.failed(str(error))
+            raise AdapterError(f"gateway read failed: {error}") from error
+        except (httpx.HTTPError, ValueError) as error:
             self.health.failed(f"{type(error).__name__}: {error}")
             raise AdapterError(f"gateway read failed: {error}") from error
         self.health.ok()
-        raw = float(soe["percentage"])
+        raw = soe.percentage
         soc = app_from_raw(raw) if self.settings.soc_scale == "raw" else raw
-
-        def kw(name: str) -> float:
-            return float(meters[name]["instant_power"]) / 1000.0
-
-        return GatewayReading(soc, kw("load"), kw("solar"), kw("battery"), kw("site"))
+        return GatewayReading(
+            soc,
+            meters.load.instant_power / 1000.0,
+            meters.solar.instant_power / 1000.0,
+            meters.battery.instant_power / 1000.0,
+            meters.site.instant_power / 1000.0,
+        )

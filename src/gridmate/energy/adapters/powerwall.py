@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
-from gridmate.energy.adapters.common import AdapterError, ApiHealth, RateLimitedError, RejectedError
+from gridmate.energy.adapters.common import (
+    AdapterError,
+    ApiHealth,
+    OutcomeUnknown,
+    RateLimitedError,
+    RejectedError,
+)
 from gridmate.energy.adapters.gateway import GatewayClient
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
@@ -50,8 +56,16 @@ class WriteOutcome:
     error: str | None = None
     rejected: bool = False
     """Tesla refused the value (400): retrying the same value is pointless."""
-    sent: bool = True
-    """False when nothing was sent (a 429 back-off or a local budget)."""
+    counts: bool = True
+    """Whether the write counts against the day's write budget the way Tesla counts it:
+    a write the site applied does; one refused before reaching it (a local budget or
+    back-off, 401, 403, 429) or refused for its value does not. A lost answer whose
+    read-back fails too counts, since the site may have applied it."""
+    unknown: bool = False
+    """The answer was lost and the read-back failed: nobody knows yet whether the site
+    has the value. The next read asks Tesla again before anything is decided."""
+    answer_lost: str | None = None
+    """Why the answer was lost, when the outcome was settled by reading back."""
 
 
 class Powerwall:
@@ -80,6 +94,9 @@ class Powerwall:
         self._info_at: datetime | None = None
         self._live: PowerwallReading | None = None
         self._live_at: datetime | None = None
+        self._unsettled = False
+        """A write went out after the last site_info read that worked: the reserve and
+        mode held are older than it and are not reported as the site's."""
 
     async def start(self) -> None:
         if self.site_id is None:
@@ -99,13 +116,19 @@ class Powerwall:
             self.health.count()
             result = await awaitable
         except fleet_api.RateLimited as error:
-            self.health.block(error.retry_after, f"429 from Tesla ({error})")
+            self.health.block(error.retry_after, f"429 from Tesla ({error})", capped=error.capped)
             raise RateLimitedError(str(error), error.retry_after) from error
         except fleet_api.BudgetExhausted as error:
             raise RateLimitedError(str(error), error.retry_after) from error
         except fleet_api.RejectedValue as error:
             raise RejectedError(str(error)) from error
-        except (fleet_api.FleetApiError, fleet_api.TokenUnavailable) as error:
+        except fleet_api.FleetApiError as error:
+            self.health.failed(f"{type(error).__name__}: {error}")
+            if _answer_lost(error):
+                answered = error.status is not None and 200 <= error.status < 300
+                raise OutcomeUnknown(f"Tesla: {error}", answered=answered) from error
+            raise AdapterError(f"Tesla: {error}") from error
+        except fleet_api.TokenUnavailable as error:
             self.health.failed(f"{type(error).__name__}: {error}")
             raise AdapterError(f"Tesla: {error}") from error
         self.health.ok()
@@ -116,6 +139,7 @@ class Powerwall:
         info = await self._call(self.fleet.site_info(self.site_id))
         self._info = dict(info)
         self._info_at = self.clock.now()
+        self._unsettled = False
 
     @property
     def reserve_percent(self) -> int | None:
@@ -156,8 +180,8 @@ class Powerwall:
                 log.warning("site_info read failed; using the last one", error=str(error))
         zone = self._info.get("installation_time_zone")
         common = {
-            "reserve_percent": self.reserve_percent,
-            "mode": self.mode,
+            "reserve_percent": None if self._unsettled else self.reserve_percent,
+            "mode": None if self._unsettled else self.mode,
             "capacity_kwh": self.capacity_kwh,
             "max_power_kw": self.max_power_kw,
             "time_zone": str(zone) if zone else None,
@@ -220,23 +244,70 @@ class Powerwall:
         try:
             await self._call(call)
         except RejectedError as error:
-            return WriteOutcome(setting, value, False, False, str(error), rejected=True)
-        except RateLimitedError as error:
-            return WriteOutcome(setting, value, False, False, str(error), sent=False)
-        except AdapterError as error:
-            return WriteOutcome(setting, value, False, False, str(error))
+            return WriteOutcome(
+                setting, value, False, False, str(error), rejected=True, counts=False
+            )
+        except OutcomeUnknown as error:
+            return await self._settle(setting, value, error)
+        except AdapterError as error:  # refused before it reached the site: 401, 403, 429
+            return WriteOutcome(setting, value, False, False, str(error), counts=False)
         return await self._verify(setting, value)
+
+    async def _settle(self, setting: str, value: object, error: OutcomeUnknown) -> WriteOutcome:
+        """A write whose answer was lost: what the site reads now is what happened."""
+        lost = str(error)
+        # The Fleet client counted a 2xx itself; a 5xx or no answer is counted here once
+        # the site shows (or may have) the value, as Tesla counts it.
+        uncounted = not error.answered
+        self._info_at = None  # whatever comes next, the next read asks Tesla first
+        assert self.site_id is not None
+        try:
+            await self.refresh_settings()
+        except AdapterError as read_error:
+            log.warning("write answer lost and read-back failed; outcome unknown",
+                        setting=setting, value=value, error=str(read_error))  # fmt: skip
+            self._info_at = None
+            self._unsettled = True
+            if uncounted:
+                self.fleet.note_site_write_applied(self.site_id)
+            return WriteOutcome(
+                setting, value, False, False,
+                f"answer lost ({lost}) and read-back failed ({read_error}); the next cycle reads "
+                "the site again before deciding", counts=True, unknown=True,
+            )  # fmt: skip
+        seen = self._info.get(setting)
+        if seen == value:
+            log.info("write answer lost; the site has the value", setting=setting, value=value)
+            if uncounted:
+                self.fleet.note_site_write_applied(self.site_id)
+            return WriteOutcome(setting, value, True, True, answer_lost=lost)
+        return WriteOutcome(
+            setting, value, False, False,
+            f"answer lost ({lost}); read back {seen!r}, so the site did not apply it",
+            counts=False, answer_lost=lost,
+        )  # fmt: skip
 
     async def _verify(self, setting: str, value: object) -> WriteOutcome:
         # Read back: a write Tesla acknowledged is not yet a setting the site has.
         try:
             await self.refresh_settings()
         except AdapterError as error:
+            self._unsettled = True
+            self._info_at = None
             return WriteOutcome(setting, value, True, False, f"read-back failed: {error}")
         seen = self._info.get(setting)
         if seen != value:
             return WriteOutcome(setting, value, True, False, f"read back {seen!r}")
         return WriteOutcome(setting, value, True, True)
+
+
+def _answer_lost(error: fleet_api.FleetApiError) -> bool:
+    """Whether the request may have reached Tesla although no usable answer came back."""
+    if isinstance(error, fleet_api.ServerError):
+        return True
+    if isinstance(error, fleet_api.ApiUnreachable):
+        return error.retry_after is None  # with a wait, it was refused before sending
+    return error.status is not None and 200 <= error.status < 300  # an unparsable answer
 
 
 def _num(value: object) -> float | None:

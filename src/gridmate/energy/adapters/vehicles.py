@@ -82,6 +82,9 @@ class FleetVehicles:
         try:
             self.health.count()
             listing = await self.fleet.vehicles()
+        except fleet_api.RateLimited as error:
+            self.health.block(error.retry_after, f"429 from Tesla ({error})", capped=error.capped)
+            raise RateLimitedError(f"vehicle list: {error}", error.retry_after) from error
         except fleet_api.FleetApiError as error:
             self.health.failed(str(error))
             raise AdapterError(f"vehicle list: {error}") from error
@@ -129,6 +132,7 @@ class FleetVehicles:
                 self.fleet.charge_stop(vin) if wish == "stopped" else self.fleet.charge_start(vin)
             )
         except fleet_api.RateLimited as error:
+            self.health.block(error.retry_after, f"429 from Tesla ({error})", capped=error.capped)
             raise RateLimitedError(str(error), error.retry_after) from error
         except fleet_api.FleetApiError as error:
             self.health.failed(str(error))
