@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from gridmate.energy.adapters.vehicles import MqttVehicles
 from gridmate.energy.journal import read_day
 from gridmate.energy.service import EnergyRuntime, build_runtime, run
 from gridmate.energy.settings import (
@@ -34,6 +35,7 @@ from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.daemon import Daemon
 from gridmate.runtime.secrets import Secret
 from gridmate.runtime.settings import MetricsSettings
+from gridmate.sim.command_proxy import command_proxy_simulator
 from gridmate.sim.honeywell import HoneywellSimulator, SimulatedThermostat, honeywell_simulator
 from gridmate.sim.house import HouseModel, gateway_simulator, outdoor_profile
 from gridmate.sim.tesla_cloud import (
@@ -44,8 +46,11 @@ from gridmate.sim.tesla_cloud import (
 )
 from gridmate.sim.weather import WeatherSimulator, weather_simulator
 from gridmate.tesla.fleet_api import FleetApi
-from gridmate.tesla.settings import OAuthSettings, TeslaCloudSettings
+from gridmate.tesla.settings import OAuthSettings, TeslaCloudSettings, build_fleet_api
 from gridmate.tesla.tokens import StaticTokenProvider
+from gridmate.vehicles.homeassistant import Topics
+from gridmate.vehicles.publisher import Publisher
+from gridmate.vehicles.state import StateStore as VehiclesStateStore
 
 PHOENIX = ZoneInfo("America/Phoenix")
 DAY = date(2026, 7, 1)  # a Wednesday
@@ -150,17 +155,22 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
     house.step(clock.now())
     async with (
         tesla_cloud_simulator(sites=[site], vehicles=vehicles, clock=clock) as cloud,
+        command_proxy_simulator(cloud) as proxy,
         honeywell_simulator([thermostat], clock=clock) as honeywell,
         weather_simulator(clock=clock, highs={DAY: high}) as weather,
         gateway_simulator(house) as gateway,
     ):
         settings = make_settings(tmp_path, honeywell, weather, gateway, site, **changes)
         access, _ = cloud.issue_tokens()
-        fleet = FleetApi(
-            StaticTokenProvider(Secret(access)),
+        # Vehicle commands are signed by the command proxy, configured as a user would.
+        tesla = TeslaCloudSettings(
             base_url=cloud.base_url,
-            clock=clock,
+            command_proxy_url=proxy.base_url,
+            command_proxy_ca_file=proxy.ca_file,
             daily_site_write_budget=None,
+        )
+        fleet = build_fleet_api(
+            tesla, StaticTokenProvider(Secret(access)), clock=clock, registry=None
         )
         runtime = await build_runtime(
             settings, clock=clock, fleet=fleet, with_notifier="notify" in changes
@@ -362,6 +372,56 @@ async def test_home_charging_paused_at_peak_and_resumed_after(tmp_path):
         assert all(c.vehicle_state == "online" for c in w.cloud.calls_to("vehicle_data"))
         stops = w.actions(f"vehicle:{car.vin}")
         assert [a["action"] for a in stops] == ["charge_stop", "charge_start"]
+        # A Model 3: both commands reached the car signed, through the command proxy.
+        assert car.signed_commands == 2
+
+
+def hub_state(vin: str, at: datetime, *, charging: bool, where: tuple[float, float]):
+    """The vehicles hub's retained state document for a car, made by the hub's own code."""
+    store = VehiclesStateStore()
+    when = at.timestamp()
+    store.update(vin, "charge_state", "charging" if charging else "stopped", when, "telemetry")
+    store.update(vin, "ac_charging_power_kw", 7.7 if charging else 0.0, when, "telemetry")
+    store.update(vin, "location", where, when, "telemetry")
+    publisher = Publisher(
+        store, Topics(base="gridmate", discovery_prefix="ha"), {}, now=lambda: when
+    )
+    publisher.mark_vehicles([vin])
+    (state,) = [m for m in publisher.take().messages if m.topic.endswith(f"{vin}/state")]
+    return state.topic, state.payload
+
+
+async def test_a_paused_car_that_fell_asleep_is_woken_and_resumed_after_the_peak(tmp_path):
+    # With the hub's documents as the source nobody reads the car's data during the
+    # peak, so it falls asleep after the stop, as a real car does.
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    home = (car.latitude, car.longitude)
+    ev = EvSettings(enable=True, state_source="mqtt", home_latitude=home[0], home_longitude=home[1])
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        hub = w.runtime.reconciler.vehicles
+        assert isinstance(hub, MqttVehicles)
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=True, where=home))
+        await w.run_until(16, 2)
+        assert car.charging_state == "Stopped"
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=False, where=home))
+        await w.run_until(17, 0)
+        assert car.state == "asleep" and car.naps == 1  # the hub has gone quiet too
+
+        await w.run_until(19, 10)
+        assert car.charging_state == "Charging"
+        assert car.wakes == 1
+        assert [c[1] for c in car.commands] == ["charge_stop", "charge_start"]
+        assert car.signed_commands == 2
+        actions = w.actions(f"vehicle:{car.vin}")
+        assert [(a["action"], a["ok"]) for a in actions] == [
+            ("charge_stop", True),
+            ("wake_up", True),
+            ("charge_start", True),
+        ]
+        assert w.runtime.reconciler.state.memory.paused == frozenset()
+        # Its data was read only while it was awake, and it was woken only to resume.
+        assert all(c.vehicle_state == "online" for c in w.cloud.calls_to("vehicle_data"))
+        assert [c.t.hour for c in w.cloud.calls_to("wake_up")] == [19]
 
 
 async def test_honeywell_refresh_token_is_rotated_and_kept(tmp_path):

@@ -76,6 +76,8 @@ class VehicleReading:
     charging: bool
     at_home: bool = True
     charge_power_kw: float = 0.0
+    asleep: bool = False
+    """Asleep: where it is and whether it is plugged in are unknown until it wakes."""
 
 
 @dataclass(frozen=True)

@@ -467,6 +467,11 @@ class Reconciler:
                 continue
             if wish == "stopped" and (not car.charging or vin in memory.paused):
                 continue
+            if wish == "charging" and car.asleep:
+                # Paused by gridmate and asleep since: it has to be woken to charge again.
+                # It stays paused; the next cycle sees it online and starts charging.
+                await self._wake_vehicle(vin, result, report)
+                continue
             if wish == "charging" and (car.charging or not car.at_home):
                 memory = replace(memory, paused=memory.paused - {vin})
                 continue
@@ -489,6 +494,22 @@ class Reconciler:
                     paused=memory.paused | {vin} if wish == "stopped" else memory.paused - {vin},
                 )
         return memory
+
+    async def _wake_vehicle(self, vin: str, result: Plan, report: CycleReport) -> None:
+        assert self.vehicles is not None
+        detail = {"phase": result.phase, "reason": "resume charging paused for the peak"}
+        if self.dry_run:
+            self._action(report, f"vehicle:{vin}", "wake_up", {**detail, "dry_run": True},
+                         True, None)  # fmt: skip
+            return
+        try:
+            await self.vehicles.wake(vin)
+        except (AdapterError, RateLimitedError) as error:
+            self._action(report, f"vehicle:{vin}", "wake_up", detail, False, str(error))
+            return
+        self.state.vehicle_commands[vin] = self.state.vehicle_commands.get(vin, 0) + 1
+        self._vehicle_cache = None  # read the car again next cycle, awake
+        self._action(report, f"vehicle:{vin}", "wake_up", detail, True, None)
 
 
 def _forget(memory: PeakMemory, tid: str) -> PeakMemory:

@@ -43,6 +43,8 @@ class VehicleSource(Protocol):
 
     async def command(self, vin: str, wish: str) -> bool: ...
 
+    async def wake(self, vin: str) -> None: ...
+
 
 def _distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     r = 6_371_000.0
@@ -91,7 +93,9 @@ class FleetVehicles:
             if wanted and car.vin not in wanted:
                 continue
             if not car.online:
-                readings[car.vin] = VehicleReading(charging=False, at_home=False)
+                readings[car.vin] = VehicleReading(
+                    charging=False, at_home=False, asleep=car.state == "asleep"
+                )
                 continue
             try:
                 self.health.count()
@@ -134,6 +138,19 @@ class FleetVehicles:
             self.health.failed(str(error))
             raise AdapterError(f"{vin}: {error}") from error
         return result.achieved
+
+    async def wake(self, vin: str) -> None:
+        """Wake a car gridmate paused, so its charging can be resumed (counts as a command)."""
+        if self.commands_left(vin) <= 0:
+            raise RateLimitedError(f"charging command budget for {vin} used up today", 3600.0)
+        self._commands[vin] = self._commands.get(vin, 0) + 1
+        try:
+            await self.fleet.wake_up(vin)
+        except fleet_api.RateLimited as error:
+            raise RateLimitedError(str(error), error.retry_after) from error
+        except fleet_api.FleetApiError as error:
+            self.health.failed(str(error))
+            raise AdapterError(f"{vin}: {error}") from error
 
 
 # ---------------------------------------------------------------- the vehicles hub over MQTT
@@ -322,3 +339,9 @@ class MqttVehicles:
             raise AdapterError("charging commands need Tesla access (tesla.token_source)")
         self._commanded_at[vin] = self.clock.now()
         return await self.fleet.command(vin, wish)
+
+    async def wake(self, vin: str) -> None:
+        if self.fleet is None:
+            raise AdapterError("waking a car needs Tesla access (tesla.token_source)")
+        self._commanded_at[vin] = self.clock.now()
+        await self.fleet.wake(vin)
