@@ -282,6 +282,21 @@ async def test_nws_down_falls_back_to_open_meteo(tmp_path):
         assert w.thermostat.cool_setpoint_f == 73.0
 
 
+async def test_both_weather_services_down_precool_uses_the_mornings_forecast(tmp_path):
+    async with world(tmp_path, start=(9, 0)) as w:
+        await w.run_until(9, 5)
+        w.weather.nws_down = w.weather.open_meteo_down = True
+        await w.run_until(15, 25, step=300)
+        await w.run_until(15, 35)
+        precool = next(e for e in w.journal() if e["kind"] == "decision" and e["what"] == "precool")
+        assert precool["detail"]["decided"] is True
+        assert (precool["detail"]["source"], precool["detail"]["forecast_high_f"]) == ("nws", 100.0)
+        assert w.thermostat.cool_setpoint_f == 73.0
+        # Both were asked again after the cache went stale, and both failed.
+        failed = {service for service, _path, status in w.weather.requests if status == 503}
+        assert failed == {"nws", "open_meteo"}
+
+
 async def test_manual_override_is_never_fought_nor_restored(tmp_path):
     async with world(tmp_path) as w:
         await w.run_until(17, 30)
