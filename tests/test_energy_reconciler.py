@@ -26,6 +26,7 @@ from gridmate.energy.settings import (
     HoneywellSettings,
     PowerwallSettings,
     ReserveSettings,
+    TariffSettings,
     ThermostatSettings,
     WeatherSettings,
 )
@@ -83,9 +84,10 @@ class World:
     settings: EnergySettings
     runtime: EnergyRuntime
     fleet: FleetApi
+    day: date = DAY
 
     async def run_until(self, hour: int, minute: int = 0, step: float = 60.0) -> None:
-        end = datetime(DAY.year, DAY.month, DAY.day, hour, minute, tzinfo=PHOENIX)
+        end = datetime(self.day.year, self.day.month, self.day.day, hour, minute, tzinfo=PHOENIX)
         while self.clock.now() < end:
             self.clock.advance(step)
             self.house.step(self.clock.now())
@@ -101,7 +103,7 @@ class World:
         await self.runtime.reconciler.powerwall.start()
 
     def journal(self) -> list[dict]:
-        return read_day(self.settings.state_directory, DAY)
+        return read_day(self.settings.state_directory, self.day)
 
     def actions(self, device: str) -> list[dict]:
         return [e for e in self.journal() if e["kind"] == "action" and e["device"] == device]
@@ -140,8 +142,8 @@ def make_settings(tmp_path, honeywell, weather, gateway, site, **changes) -> Ene
 
 
 @asynccontextmanager
-async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), **changes):
-    clock = HandClock(datetime(DAY.year, DAY.month, DAY.day, *start, tzinfo=PHOENIX))
+async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), day=DAY, **changes):
+    clock = HandClock(datetime(day.year, day.month, day.day, *start, tzinfo=PHOENIX))
     site = site or SimulatedEnergySite(
         percentage_charged=95.0,
         backup_reserve_percent=30,
@@ -157,7 +159,7 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
         tesla_cloud_simulator(sites=[site], vehicles=vehicles, clock=clock) as cloud,
         command_proxy_simulator(cloud) as proxy,
         honeywell_simulator([thermostat], clock=clock) as honeywell,
-        weather_simulator(clock=clock, highs={DAY: high}) as weather,
+        weather_simulator(clock=clock, highs={day: high}) as weather,
         gateway_simulator(house) as gateway,
     ):
         settings = make_settings(tmp_path, honeywell, weather, gateway, site, **changes)
@@ -178,7 +180,7 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
         assert runtime.reconciler.powerwall is not None
         await runtime.reconciler.powerwall.start()
         w = World(clock, site, thermostat, house, cloud, honeywell, weather, settings, runtime,
-                  fleet)  # fmt: skip
+                  fleet, day)  # fmt: skip
         try:
             yield w
         finally:
@@ -625,3 +627,83 @@ async def test_a_reserve_changed_in_the_tesla_app_during_peak_is_respected(smtp_
     assert len(hand) == 1
     body = hand[0].get_payload()[0].get_payload(decode=True).decode()
     assert "backup reserve 0 % → 50 %" in body
+
+
+def local_hhmm(timestamp: str) -> str:
+    return datetime.fromisoformat(timestamp).astimezone(PHOENIX).strftime("%H:%M")
+
+
+async def test_a_person_restarting_charging_during_the_peak_is_left_alone(tmp_path):
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    ev = EvSettings(enable=True, home_latitude=car.latitude, home_longitude=car.longitude)
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        await w.run_until(16, 10)
+        assert car.charging_state == "Stopped"
+        car.charging_state = "Charging"  # started again in the Tesla app at 16:10
+        await w.run_until(16, 30)
+        memory = w.runtime.reconciler.state.memory
+        assert memory.paused == frozenset() and memory.vehicle_overrides == {car.vin}
+        await w.run_until(19, 10)
+        # Never stopped again, and nothing to resume after the peak.
+        assert car.charging_state == "Charging"
+        assert [c[1] for c in car.commands] == ["charge_stop"]
+        assert [a["action"] for a in w.actions(f"vehicle:{car.vin}")] == ["charge_stop"]
+        assert w.runtime.reconciler.state.memory.baseline is None  # the restore completed
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+
+
+async def test_a_weekday_event_overlapping_the_peak_is_controlled_as_one_block(tmp_path):
+    event = {"date": DAY, "start": "14:00", "end": "17:00", "name": "heat wave"}
+    async with world(tmp_path, start=(13, 0), tariff=TariffSettings(events=[event])) as w:
+        await w.run_until(14, 5)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        await w.run_until(18, 55)  # through the event's end at 17:00 into the regular peak
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        await w.run_until(19, 20)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        writes = [(write.setting, write.value) for write in w.site.writes]
+        assert writes == [
+            ("default_real_mode", "self_consumption"),
+            ("backup_reserve_percent", 0),
+            ("backup_reserve_percent", 30),
+            ("default_real_mode", "autonomous"),
+        ]
+        peaks = [(e["event"], local_hhmm(e["t"])) for e in w.journal() if e["kind"] == "peak"]
+        assert peaks == [("start", "14:00"), ("end", "19:00")]
+
+
+async def test_a_holiday_passes_without_any_write(tmp_path):
+    # APS: Labor Day, Monday 2026-09-07, is off-peak all day.
+    labor_day = date(2026, 9, 7)
+    tariff = TariffSettings(preset="aps-tou-4pm-7pm")
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    ev = EvSettings(enable=True, home_latitude=car.latitude, home_longitude=car.longitude)
+    async with world(
+        tmp_path, start=(13, 0), day=labor_day, tariff=tariff, vehicles=[car], ev=ev
+    ) as w:
+        await w.run_until(20, 0, step=300)
+        assert w.site.writes == [] and w.thermostat.writes == []
+        assert car.commands == [] and car.charging_state == "Charging"
+        assert w.cloud.calls_to("vehicle_data") == [] and w.cloud.calls_to("vehicles") == []
+        assert not [e for e in w.journal() if e["kind"] in ("peak", "action")]
+        periods = {e["period"] for e in w.journal() if e["kind"] == "sample"}
+        assert periods == {"off_peak"}
+        assert w.runtime.reconciler.state.memory.baseline is None
+
+
+async def test_an_event_on_a_saturday_is_controlled_and_restored(tmp_path):
+    saturday = date(2026, 7, 4)
+    event = {"date": saturday, "start": "15:00", "end": "18:00", "name": "critical peak"}
+    async with world(
+        tmp_path, start=(14, 0), day=saturday, tariff=TariffSettings(events=[event])
+    ) as w:
+        await w.run_until(14, 45)
+        assert w.thermostat.cool_setpoint_f == 73.0  # precooled for the event
+        await w.run_until(15, 5)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        await w.run_until(18, 20)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert w.thermostat.setpoint_status == "NoHold"
+        peaks = [(e["event"], local_hhmm(e["t"])) for e in w.journal() if e["kind"] == "peak"]
+        assert peaks == [("start", "15:00"), ("end", "18:00")]
+        assert w.runtime.reconciler.state.memory.baseline is None
