@@ -337,9 +337,11 @@ async def test_daemon_runs_against_the_simulators_with_its_own_tesla_login(tmp_p
     site = SimulatedEnergySite(percentage_charged=95.0, backup_reserve_percent=30,
                                operation_mode="autonomous")  # fmt: skip
     thermostat = SimulatedThermostat(indoor_f=76.0)
-    house = HouseModel(site, "America/Phoenix", [thermostat], outdoor=outdoor_profile(90.0))
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    house = HouseModel(site, "America/Phoenix", [thermostat], [car], outdoor=outdoor_profile(90.0))
     async with (
-        tesla_cloud_simulator(sites=[site], clock=clock) as cloud,
+        tesla_cloud_simulator(sites=[site], vehicles=[car], clock=clock) as cloud,
+        command_proxy_simulator(cloud) as proxy,
         honeywell_simulator([thermostat], clock=clock) as honeywell,
         weather_simulator(clock=clock, highs={DAY: 90.0}) as weather,
         gateway_simulator(house) as gateway,
@@ -351,15 +353,19 @@ async def test_daemon_runs_against_the_simulators_with_its_own_tesla_login(tmp_p
             tesla=TeslaCloudSettings(
                 token_source="oauth",
                 base_url=cloud.base_url,
+                command_proxy_url=proxy.base_url,
+                command_proxy_ca_file=proxy.ca_file,
                 oauth=OAuthSettings(client_id=cloud.client_id, refresh_token=Secret(refresh),
                                     token_url=cloud.token_url),
             ),
+            ev=EvSettings(enable=True, home_latitude=car.latitude, home_longitude=car.longitude),
         )  # fmt: skip
         daemon = Daemon("energy", settings, clock=clock)
         house_task = asyncio.create_task(house.run(clock, daemon.stop, tick_seconds=30))
         service = asyncio.create_task(run(settings, daemon))
         for _ in range(200):
-            if site.backup_reserve_percent == 0 and daemon.is_ready:
+            paused = car.charging_state == "Stopped"
+            if site.backup_reserve_percent == 0 and paused and daemon.is_ready:
                 break
             await asyncio.sleep(0.05)
         daemon.request_stop("test over")
@@ -372,6 +378,9 @@ async def test_daemon_runs_against_the_simulators_with_its_own_tesla_login(tmp_p
         assert status is not None and status["phase"] == "peak"
         assert status["powerwall_writes_today"] == 2
         assert status["memory"]["baseline"]["reserve_percent"] == 30
+        # The car was paused with a command signed by the configured proxy.
+        assert [c[1] for c in car.commands] == ["charge_stop"] and car.signed_commands == 1
+        assert [(r.handling, r.status) for r in proxy.requests] == [("signed", 200)]
 
 
 async def test_home_charging_paused_at_peak_and_resumed_after(tmp_path):

@@ -664,8 +664,6 @@ class TeslaCloudSimulator:
             return "ERROR_INVALID_SIGNATURE"
         if message.get("vin") != car.vin:
             return "ERROR_INCORRECT_EPOCH"
-        if float(message.get("expires_at", 0)) <= self.clock.now().timestamp():
-            return "ERROR_TIME_EXPIRED"
         counter = int(message.get("counter", 0))
         if counter <= car._counters.get(public_key, 0):
             return "ERROR_INVALID_TOKEN_OR_COUNTER"
