@@ -8,6 +8,7 @@ depends on how fast the machine is.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -402,13 +403,16 @@ async def test_home_charging_paused_at_peak_and_resumed_after(tmp_path):
         assert car.signed_commands == 2
 
 
-def hub_state(vin: str, at: datetime, *, charging: bool, where: tuple[float, float]):
+def hub_state(
+    vin: str, at: datetime, *, charging: bool, where: tuple[float, float], online: bool = True
+):
     """The vehicles hub's retained state document for a car, made by the hub's own code."""
     store = VehiclesStateStore()
     when = at.timestamp()
     store.update(vin, "charge_state", "charging" if charging else "stopped", when, "telemetry")
     store.update(vin, "ac_charging_power_kw", 7.7 if charging else 0.0, when, "telemetry")
     store.update(vin, "location", where, when, "telemetry")
+    store.update(vin, "online", online, when, "teslamate")
     publisher = Publisher(
         store, Topics(base="gridmate", discovery_prefix="ha"), {}, now=lambda: when
     )
@@ -448,6 +452,38 @@ async def test_a_paused_car_that_fell_asleep_is_woken_and_resumed_after_the_peak
         # Its data was read only while it was awake, and it was woken only to resume.
         assert all(c.vehicle_state == "online" for c in w.cloud.calls_to("vehicle_data"))
         assert [c.t.hour for c in w.cloud.calls_to("wake_up")] == [19]
+
+
+async def test_a_paused_car_the_hub_reports_asleep_is_woken_not_commanded(tmp_path):
+    # TeslaMate saw the car fall asleep at 18:50: the hub's document is fresh at 19:00
+    # and says the car is offline. A charge_start would only fail (and burn the budget).
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    home = (car.latitude, car.longitude)
+    ev = EvSettings(enable=True, state_source="mqtt", home_latitude=home[0], home_longitude=home[1])
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        hub = w.runtime.reconciler.vehicles
+        assert isinstance(hub, MqttVehicles)
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=True, where=home))
+        await w.run_until(16, 2)
+        assert car.charging_state == "Stopped"
+        for minute in range(10, 51, 10):  # the hub keeps reporting while the car is awake
+            hub.take(*hub_state(car.vin, w.clock.now(), charging=False, where=home))
+            await w.run_until(18, minute)
+        car.sleep_after = timedelta(0)  # the car falls asleep now ...
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=False, where=home, online=False))
+        await w.run_until(18, 52)
+        assert car.state == "asleep"  # ... and the hub says so
+        car.sleep_after = timedelta(minutes=15)
+
+        await w.run_until(19, 10)
+        assert car.charging_state == "Charging" and car.wakes == 1
+        actions = w.actions(f"vehicle:{car.vin}")
+        assert [(a["action"], a["ok"]) for a in actions] == [
+            ("charge_stop", True),
+            ("wake_up", True),
+            ("charge_start", True),
+        ]
+        assert w.runtime.reconciler.state.vehicle_commands[car.vin] == 3
 
 
 async def test_honeywell_refresh_token_is_rotated_and_kept(tmp_path):
@@ -716,3 +752,22 @@ async def test_an_event_on_a_saturday_is_controlled_and_restored(tmp_path):
         peaks = [(e["event"], local_hhmm(e["t"])) for e in w.journal() if e["kind"] == "peak"]
         assert peaks == [("start", "15:00"), ("end", "18:00")]
         assert w.runtime.reconciler.state.memory.baseline is None
+
+
+async def test_a_car_that_does_not_come_online_is_not_woken_every_minute(tmp_path):
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    home = (car.latitude, car.longitude)
+    ev = EvSettings(enable=True, state_source="mqtt", home_latitude=home[0], home_longitude=home[1])
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        hub = w.runtime.reconciler.vehicles
+        assert isinstance(hub, MqttVehicles)
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=True, where=home))
+        await w.run_until(16, 2)
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=False, where=home))
+        car.sleep_after = timedelta(0)  # back to sleep at once: it never stays online
+        await w.run_until(19, 12)
+        wakes = [c.t for c in w.cloud.calls_to("wake_up")]
+        assert len(wakes) == 3  # 19:00, 19:05, 19:10
+        assert all(b - a >= timedelta(minutes=5) for a, b in itertools.pairwise(wakes))
+        assert car.charging_state == "Stopped"
+        assert w.runtime.reconciler.state.memory.paused == {car.vin}  # still owed a resume

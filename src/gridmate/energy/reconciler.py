@@ -42,6 +42,8 @@ from gridmate.runtime.logs import get_logger
 log = get_logger("energy.reconciler")
 
 _JOURNAL_PERIODS = {"peak", "off_peak", "super_off_peak", "partial_peak"}
+WAKE_PATIENCE_SECONDS = 300.0
+"""After waking a car, how long to wait for it to come online before waking it again."""
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Reconciler:
         self.last_report: CycleReport | None = None
         self._last_decisions: dict[str, Any] = {}
         self._vehicle_cache: tuple[datetime, dict[str, VehicleReading]] | None = None
+        self._woken_at: dict[str, datetime] = {}
         self._last_usage: dict[str, int] = {}
 
     # ------------------------------------------------------------ reading
@@ -497,6 +500,9 @@ class Reconciler:
 
     async def _wake_vehicle(self, vin: str, result: Plan, report: CycleReport) -> None:
         assert self.vehicles is not None
+        woken = self._woken_at.get(vin)
+        if woken is not None and (result.at - woken).total_seconds() < WAKE_PATIENCE_SECONDS:
+            return  # a wake takes up to a minute or so; waking again only burns budget
         detail = {"phase": result.phase, "reason": "resume charging paused for the peak"}
         if self.dry_run:
             self._action(report, f"vehicle:{vin}", "wake_up", {**detail, "dry_run": True},
@@ -508,6 +514,7 @@ class Reconciler:
             self._action(report, f"vehicle:{vin}", "wake_up", detail, False, str(error))
             return
         self.state.vehicle_commands[vin] = self.state.vehicle_commands.get(vin, 0) + 1
+        self._woken_at[vin] = result.at
         self._vehicle_cache = None  # read the car again next cycle, awake
         self._action(report, f"vehicle:{vin}", "wake_up", detail, True, None)
 

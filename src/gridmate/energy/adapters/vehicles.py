@@ -166,10 +166,11 @@ def reading_from_state(
     """A car's reading from the vehicles hub's state document, or None if not trustworthy.
 
     The document is what ``<base>/<VIN>/state`` carries: ``charging`` (bool or null),
-    ``charger_power_kw``, ``location`` ([latitude, longitude] or null) and
-    ``last_update`` (ISO 8601), among others. It is not trusted when its last update
-    is older than ``ev.max_age_minutes`` or than ``not_before`` (a charging command
-    gridmate sent since, whose effect the document does not show yet).
+    ``charger_power_kw``, ``location`` ([latitude, longitude] or null), ``online``
+    (false while the car sleeps) and ``last_update`` (ISO 8601), among others. It is
+    not trusted when its last update is older than ``ev.max_age_minutes`` or than
+    ``not_before`` (a charging command gridmate sent since, whose effect the document
+    does not show yet).
     """
     raw_update = document.get("last_update")
     try:
@@ -196,6 +197,7 @@ def reading_from_state(
         charging=charging,
         at_home=at_home(settings, lat, lon),
         charge_power_kw=float(power) if isinstance(power, int | float) else 0.0,
+        asleep=document.get("online") is False,
     )
 
 
