@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 import pytest_asyncio
+from prometheus_client import CollectorRegistry
 
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.secrets import Secret
@@ -61,12 +62,12 @@ class Setup:
         fields.update(changes)
         return TeslaCloudSettings(**fields)  # type: ignore[arg-type]
 
-    def api(self, **changes: object) -> FleetApi:
+    def api(self, registry: CollectorRegistry | None = None, **changes: object) -> FleetApi:
         return build_fleet_api(
             self.settings(**changes),
             StaticTokenProvider(Secret(self.access)),
             clock=self.clock,
-            registry=None,
+            registry=registry,
         )
 
     def car(self, vin: str = MODEL_3) -> SimulatedVehicle:
@@ -154,10 +155,14 @@ async def test_a_sleeping_car_through_the_proxy_is_unavailable_not_an_outage(
     setup: Setup,
 ) -> None:
     setup.car().state = "asleep"
-    async with setup.api() as api:
+    registry = CollectorRegistry()
+    async with setup.api(registry) as api:
         for _ in range(3):
             with pytest.raises(VehicleUnavailable, match="offline or asleep"):
                 await api.charge_stop(MODEL_3)
+        # Tesla billed its 408s behind the proxy's 500s: so does gridmate's count.
+        billed = "gridmate_tesla_api_billable_requests_total"
+        assert registry.get_sample_value(billed, {"category": "commands"}) == 3
         # A car's sleep is that car's state: the Powerwall is still reachable at once.
         assert (await api.live_status(SITE_ID))["percentage_charged"] == 80.0
     assert setup.car().state == "asleep"  # the proxy does not wake the car

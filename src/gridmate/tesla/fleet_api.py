@@ -674,8 +674,9 @@ class FleetApi:
             self._m_requests.labels(endpoint, str(status)).inc()
             if on_answer is not None:
                 on_answer()
-            if status < 500:
-                # Tesla bills every request that gets an answer below 500.
+            if status < 500 or _proxy_reports_asleep(response):
+                # Tesla bills every request that gets an answer below 500 (the command
+                # proxy turns Tesla's billed 408 for a sleeping car into a 500).
                 self._m_billable.labels(category).inc()
                 self._count_budgets(vin, site_write)
             self._note_rate_headers(response, block_key)
@@ -780,7 +781,7 @@ class FleetApi:
             raise RateLimited(message, retry_after=wait, **kwargs)
         if status in (400, 422):
             raise RejectedValue(message, **kwargs)
-        if status == 500 and isinstance(error, str) and _NOT_AWAKE in error:
+        if _proxy_reports_asleep(response):
             # tesla-http-proxy answers a command to a sleeping car with a 500: the car's
             # state, not an outage of Tesla's API.
             raise VehicleUnavailable(message, **kwargs)
@@ -963,6 +964,18 @@ class FleetApi:
                     status=code,
                     endpoint=endpoint,
                 )
+
+
+def _proxy_reports_asleep(response: httpx.Response) -> bool:
+    """tesla-http-proxy's 500 for a sleeping car (Tesla answered it 408)."""
+    if response.status_code != 500:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, str) and _NOT_AWAKE in error
 
 
 def _rate_header(headers: httpx.Headers, suffix: str) -> float | None:
