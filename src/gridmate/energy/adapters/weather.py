@@ -49,6 +49,7 @@ class WeatherClient:
         if day in self._daytime_over:
             return cached  # the day's high is history; asking again changes nothing
         problems = []
+        days_over = 0  # sources that answered but have nothing left for the day
         for source in self.settings.sources:
             try:
                 high = await (self._nws(day) if source == "nws" else self._open_meteo(day))
@@ -60,6 +61,7 @@ class WeatherClient:
                     self.health.ok()
                     return cached
                 problems.append(f"{source}: no daytime period left for {day}")
+                days_over += 1
                 continue
             except (httpx.HTTPError, KeyError, ValueError, TypeError) as error:
                 problems.append(f"{source}: {type(error).__name__}: {error}")
@@ -74,7 +76,7 @@ class WeatherClient:
             self.health.ok()
             log.info("forecast", day=day.isoformat(), high_f=high, source=source)
             return result
-        if problems and all("no daytime period left" in p for p in problems):
+        if problems and days_over == len(problems):
             self._daytime_over = {d for d in self._daytime_over if d > day} | {day}
             self.health.ok()  # every source answered; today simply has no forecast left
             return cached
