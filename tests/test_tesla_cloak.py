@@ -2,12 +2,12 @@
 
 Where the format is documented:
 
-* danielberkompas/cloak ``lib/cloak/ciphers/aes_gcm.ex`` (moduledoc diagram):
+* danielberkompas/cloak (9a3d10c) ``lib/cloak/ciphers/aes_gcm.ex`` (moduledoc diagram):
   ``key tag | IV | ciphertag (16) | ciphertext``, AAD is the module constant
   ``"AES256GCM"``; ``lib/cloak/tags/encoder.ex``: the key tag is
   ``<<1, byte_size(tag)>> <> tag`` (DER-style long form from 128 bytes on);
   ``lib/cloak/crypto.ex``: ``:crypto.crypto_one_time_aead(:aes_256_gcm, ...)``.
-* teslamate-org/teslamate ``lib/teslamate/vault.ex``: tag ``"AES.GCM.V1"``,
+* teslamate-org/teslamate (8a692e2) ``lib/teslamate/vault.ex``: tag ``"AES.GCM.V1"``,
   ``iv_length: 12`` and key = ``:crypto.hash(:sha256, ENCRYPTION_KEY)``.
 
 Known answers (they cannot share a mistake with the encoder below):
