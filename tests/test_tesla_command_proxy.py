@@ -260,8 +260,12 @@ async def test_a_car_falls_asleep_after_charging_stops_unless_polled(setup: Setu
         assert {v.vin: v.state for v in await api.vehicles()}[MODEL_3] == "asleep"
         with pytest.raises(VehicleUnavailable):
             await api.vehicle_data(MODEL_3)
-        # Woken on purpose, it is online again and falls asleep again when left alone.
+        # Woken on purpose, it comes online some seconds later (Tesla: 10-60 s).
         assert await api.wake_up(MODEL_3) == "asleep"
+        with pytest.raises(VehicleUnavailable):
+            await api.charge_start(MODEL_3)
+        setup.clock.jump_to(setup.clock.now() + timedelta(seconds=car.wake_seconds))
+        assert {v.vin: v.state for v in await api.vehicles()}[MODEL_3] == "online"
         assert (await api.charge_start(MODEL_3)).achieved
     assert car.naps == 1 and car.wakes == 1
     assert car.charging_state == "Charging"

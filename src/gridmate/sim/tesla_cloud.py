@@ -10,7 +10,8 @@ against behaviour rather than against our own assumptions:
   ``login_required`` as Tesla does;
 * access tokens are JWT-shaped with ``exp`` and ``scp`` claims and expire;
 * a sleeping or offline car answers 408 to data and commands and is not woken
-  (only ``wake_up`` wakes it); every call is recorded with the car's state so
+  (only ``wake_up`` wakes it, answering the state before the wake; the car is
+  online ``wake_seconds`` later, 20 s by default); every call is recorded with the car's state so
   tests can assert that nothing polled a sleeping car;
 * an online car that is not charging falls asleep after ``sleep_after`` of
   inactivity (about 15 minutes, TeslaMate's FAQ). ``vehicle_data``, commands
@@ -163,7 +164,10 @@ class SimulatedVehicle:
     """Inactivity after which an online car that is not charging falls asleep (None: never)."""
     naps: int = 0
     """How often the car fell asleep by itself."""
+    wake_seconds: float = 20.0
+    """How long a woken car takes to come online (Tesla: 10-60 s)."""
     _idle_since: datetime | None = field(default=None, repr=False)
+    _online_at: datetime | None = field(default=None, repr=False)
     _counters: dict[bytes, int] = field(default_factory=dict, repr=False)
 
     @property
@@ -177,7 +181,12 @@ class SimulatedVehicle:
         return round(self.charge_amps * self.charger_voltage / 1000, 1)
 
     def settle(self, now: datetime) -> None:
-        """Fall asleep if the car has been online, idle and not charging for ``sleep_after``."""
+        """Come online after a wake; fall asleep after ``sleep_after`` idle and not charging."""
+        if self._online_at is not None and now >= self._online_at:
+            self._online_at = None
+            if self.state == "asleep":
+                self.state = "online"
+            self.active(now)
         if self.state != "online" or self.charging_state == "Charging":
             self._idle_since = None
             return
@@ -591,9 +600,11 @@ class TeslaCloudSimulator:
             return _fleet_error(404, "not_found", "vehicle not found")
         car.wakes += 1
         answer = _listing(car)  # Tesla answers with the state before the car is up
-        if car.state == "asleep":
-            car.state = "online"
-        car.active(self.clock.now())
+        now = self.clock.now()
+        if car.state == "asleep" and car._online_at is None:
+            car._online_at = now + timedelta(seconds=car.wake_seconds)
+            car.settle(now)
+        car.active(now)
         return _ok(answer)
 
     async def _command(self, request: web.Request) -> web.Response:
