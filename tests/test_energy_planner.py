@@ -22,7 +22,7 @@ from gridmate.energy.planner import (
 )
 from gridmate.energy.presets import PRESETS
 from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
-from gridmate.energy.tariff import Schedule
+from gridmate.energy.tariff import EventConfig, Schedule
 
 PHOENIX = ZoneInfo("America/Phoenix")
 SCHEDULE = Schedule(PRESETS["original"].versions, "America/Phoenix")
@@ -372,3 +372,111 @@ def test_an_overridden_powerwall_is_left_alone_in_peak_and_not_restored():
     after = plan(at(19, 5), SCHEDULE, site(reserve_percent=50), HOT, CONFIG, peak.memory)
     assert after.phase == "restore" and after.powerwall is None
     assert after.memory.restore_complete
+
+
+# ---------------------------------------------------------------- energy rule: power branch
+
+
+def test_energy_rule_power_branch_fires_above_the_battery_power_only():
+    # 40 kWh at 90 %: energy is plenty, so only the power branch can fire.
+    roomy = {"soc": 90.0, "capacity_kwh": 40.0, "max_power_kw": 5.0}
+    above = plan(at(16, 0), SCHEDULE, site(load_kw=5.5, **roomy), HOT, CONFIG, PeakMemory())
+    (ladder,) = [d for d in above.decisions if d.what == "ladder"]
+    assert ladder.detail["energy_rule"] is True
+    assert ladder.detail["house_kw"] == 5.5 and ladder.detail["battery_limit_kw"] == 5.0
+    assert ladder.detail["needed_kwh"] < ladder.detail["available_kwh"]
+    assert above.raise_f == 2.0
+    # Exactly the battery's power is still covered: no step.
+    at_limit = plan(at(16, 0), SCHEDULE, site(load_kw=5.0, **roomy), HOT, CONFIG, PeakMemory())
+    assert at_limit.raise_f == 0.0
+    assert not [d for d in at_limit.decisions if d.what == "ladder"]
+    # Solar covering the excess: the house draws 7 - 2 = 5 kW from the battery.
+    sunny = plan(at(16, 0), SCHEDULE, site(load_kw=7.0, solar_kw=2.0, **roomy), HOT, CONFIG,
+                 PeakMemory())  # fmt: skip
+    assert sunny.raise_f == 0.0
+    # Two Powerwalls (10 kW) carry what one could not.
+    two = plan(at(16, 0), SCHEDULE, site(load_kw=5.5, **{**roomy, "max_power_kw": 10.0}), HOT,
+               CONFIG, PeakMemory())  # fmt: skip
+    assert two.raise_f == 0.0
+    # The rule switched off: the power branch adds nothing either.
+    off = replace(CONFIG, policy=ThermostatPolicy(energy_rule=False))
+    assert plan(at(16, 0), SCHEDULE, site(load_kw=9.0, **roomy), HOT, off,
+                PeakMemory()).raise_f == 0.0  # fmt: skip
+
+
+def test_a_car_being_paused_does_not_count_as_house_draw():
+    # 1.3 kW house + 7.7 kW car: the car is paused in this very plan, so the battery
+    # only has to carry 1.3 kW and the thermostats are not raised for the car.
+    roomy = {"soc": 90.0, "capacity_kwh": 40.0, "max_power_kw": 5.0}
+    car = {"5YJ3": VehicleReading(charging=True, at_home=True, charge_power_kw=7.7)}
+    result = plan(at(16, 0), SCHEDULE, site(load_kw=9.0, vehicles=car, **roomy), HOT, CONFIG,
+                  PeakMemory())  # fmt: skip
+    assert result.vehicles == {"5YJ3": "stopped"}
+    assert result.raise_f == 0.0
+    assert result.memory.ladder_level == 0
+    # A car gridmate leaves alone (charging away from home here) is real draw.
+    away = {"5YJ3": VehicleReading(charging=True, at_home=False, charge_power_kw=7.7)}
+    kept = plan(at(16, 0), SCHEDULE, site(load_kw=9.0, vehicles=away, **roomy), HOT, CONFIG,
+                PeakMemory())  # fmt: skip
+    assert kept.vehicles == {"5YJ3": None}
+    assert kept.raise_f == 2.0
+
+
+# ---------------------------------------------------------------- events and holidays
+
+
+def event_schedule(*events: EventConfig, preset: str = "original") -> Schedule:
+    return Schedule(PRESETS[preset].versions, "America/Phoenix", events)
+
+
+def test_a_weekday_event_overlapping_the_peak_is_one_block():
+    # 2026-07-01 is a Wednesday: regular peak 16-19, a critical peak event 14-17.
+    schedule = event_schedule(
+        EventConfig(date=date(2026, 7, 1), start="14:00", end="17:00", name="heat wave")
+    )
+    assert schedule.next_block(at(12, 0)) == (at(14, 0), at(19, 0))
+    memory = PeakMemory()
+    phases = {}
+    for when in (at(13, 0), at(13, 30), at(14, 0), at(16, 30), at(17, 0), at(18, 59), at(19, 0)):
+        result = plan(when, schedule, site(), HOT, CONFIG, memory)
+        memory = result.memory
+        if result.phase == "peak":  # as the reconciler records its verified write
+            memory = replace(memory, powerwall_changed=True)
+        phases[when.strftime("%H:%M")] = (result.phase, result.powerwall)
+    assert phases["13:00"] == ("idle", None)
+    assert phases["13:30"][0] == "precool"  # 30 minutes before the event, not before 16:00
+    for hhmm in ("14:00", "16:30", "17:00", "18:59"):
+        phase, powerwall = phases[hhmm]
+        assert phase == "peak" and powerwall is not None
+        assert (powerwall.reserve_percent, powerwall.mode) == (0, "self_consumption")
+    phase, powerwall = phases["19:00"]
+    assert phase == "restore" and powerwall is not None
+    assert (powerwall.reserve_percent, powerwall.mode) == (30, "autonomous")
+    # One baseline for the whole stretch, taken before the event.
+    assert memory.baseline is not None
+    assert (memory.baseline.block_start, memory.baseline.block_end) == (at(14, 0), at(19, 0))
+    assert memory.baseline.captured_at == at(13, 30)
+
+
+def test_a_holiday_is_idle_all_day_and_an_event_day_is_controlled():
+    # APS: Labor Day (Monday 2026-09-07) is off-peak all day.
+    holiday = event_schedule(preset="aps-tou-4pm-7pm")
+    labor_day = [datetime(2026, 9, 7, h, m, tzinfo=PHOENIX) for h in range(24) for m in (0, 30)]
+    assert {plan(when, holiday, site(), HOT, CONFIG, PeakMemory()).phase
+            for when in labor_day} == {"idle"}  # fmt: skip
+    tuesday = plan(datetime(2026, 9, 8, 16, 30, tzinfo=PHOENIX), holiday, site(), HOT, CONFIG,
+                   PeakMemory())  # fmt: skip
+    assert tuesday.phase == "peak"
+    # A Saturday critical peak event: controlled like a weekday peak.
+    saturday = date(2026, 7, 4)
+    event = event_schedule(EventConfig(date=saturday, start="15:00", end="18:00"))
+    result = plan(datetime(2026, 7, 4, 15, 10, tzinfo=PHOENIX), event, site(), HOT, CONFIG,
+                  PeakMemory())  # fmt: skip
+    assert result.phase == "peak" and result.period == "peak"
+    assert result.powerwall is not None and result.powerwall.reserve_percent == 0
+    assert result.block == (
+        datetime(2026, 7, 4, 15, 0, tzinfo=PHOENIX),
+        datetime(2026, 7, 4, 18, 0, tzinfo=PHOENIX),
+    )
+    assert plan(datetime(2026, 7, 4, 15, 10, tzinfo=PHOENIX), SCHEDULE, site(), HOT, CONFIG,
+                PeakMemory()).phase == "idle"  # fmt: skip

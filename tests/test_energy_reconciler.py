@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import json
 import socket
 import ssl
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gridmate.energy.adapters.vehicles import MqttVehicles
 from gridmate.energy.journal import read_day
 from gridmate.energy.service import EnergyRuntime, build_runtime, health_problems, run, run_loop
 from gridmate.energy.settings import (
@@ -44,6 +46,7 @@ from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.daemon import Daemon
 from gridmate.runtime.secrets import Secret
 from gridmate.runtime.settings import MetricsSettings
+from gridmate.sim.command_proxy import command_proxy_simulator
 from gridmate.sim.honeywell import HoneywellSimulator, SimulatedThermostat, honeywell_simulator
 from gridmate.sim.house import GatewaySimulator, HouseModel, gateway_simulator, outdoor_profile
 from gridmate.sim.tesla_cloud import (
@@ -54,8 +57,11 @@ from gridmate.sim.tesla_cloud import (
 )
 from gridmate.sim.weather import WeatherSimulator, weather_simulator
 from gridmate.tesla.fleet_api import BudgetUse, FleetApi
-from gridmate.tesla.settings import OAuthSettings, TeslaCloudSettings
+from gridmate.tesla.settings import OAuthSettings, TeslaCloudSettings, build_fleet_api
 from gridmate.tesla.tokens import StaticTokenProvider
+from gridmate.vehicles.homeassistant import Topics
+from gridmate.vehicles.publisher import Publisher
+from gridmate.vehicles.state import StateStore as VehiclesStateStore
 
 PHOENIX = ZoneInfo("America/Phoenix")
 DAY = date(2026, 7, 1)  # a Wednesday
@@ -93,9 +99,10 @@ class World:
     """Every count the Fleet API client reported to its ``on_budget_use`` hook."""
     events: list[tuple[datetime, str, dict]] = field(default_factory=list)
     """(time, kind, facts) of every cycle's notifier events."""
+    day: date = DAY
 
     async def run_until(self, hour: int, minute: int = 0, step: float = 60.0) -> None:
-        end = datetime(DAY.year, DAY.month, DAY.day, hour, minute, tzinfo=PHOENIX)
+        end = datetime(self.day.year, self.day.month, self.day.day, hour, minute, tzinfo=PHOENIX)
         while self.clock.now() < end:
             self.clock.advance(step)
             self.house.step(self.clock.now())
@@ -120,7 +127,7 @@ class World:
         await self.runtime.reconciler.powerwall.start()
 
     def journal(self) -> list[dict]:
-        return read_day(self.settings.state_directory, DAY)
+        return read_day(self.settings.state_directory, self.day)
 
     def actions(self, device: str) -> list[dict]:
         return [e for e in self.journal() if e["kind"] == "action" and e["device"] == device]
@@ -159,8 +166,8 @@ def make_settings(tmp_path, honeywell_sim, weather, gateway, site, **changes) ->
 
 
 @asynccontextmanager
-async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), **changes):
-    clock = HandClock(datetime(DAY.year, DAY.month, DAY.day, *start, tzinfo=PHOENIX))
+async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), day=DAY, **changes):
+    clock = HandClock(datetime(day.year, day.month, day.day, *start, tzinfo=PHOENIX))
     site = site or SimulatedEnergySite(
         percentage_charged=95.0,
         backup_reserve_percent=30,
@@ -174,18 +181,26 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
     house.step(clock.now())
     async with (
         tesla_cloud_simulator(sites=[site], vehicles=vehicles, clock=clock) as cloud,
+        command_proxy_simulator(cloud) as proxy,
         honeywell_simulator([thermostat], clock=clock) as honeywell,
-        weather_simulator(clock=clock, highs={DAY: high}) as weather,
+        weather_simulator(clock=clock, highs={day: high}) as weather,
         gateway_simulator(house) as gateway,
     ):
         settings = make_settings(tmp_path, honeywell, weather, gateway, site, **changes)
         access, _ = cloud.issue_tokens()
         uses: list[BudgetUse] = []
-        fleet = FleetApi(
-            StaticTokenProvider(Secret(access)),
+        # Vehicle commands are signed by the command proxy, configured as a user would.
+        tesla = TeslaCloudSettings(
             base_url=cloud.base_url,
-            clock=clock,
+            command_proxy_url=proxy.base_url,
+            command_proxy_ca_file=proxy.ca_file,
             daily_site_write_budget=None,
+        )
+        fleet = build_fleet_api(
+            tesla,
+            StaticTokenProvider(Secret(access)),
+            clock=clock,
+            registry=None,
             on_budget_use=uses.append,
         )
         runtime = await build_runtime(
@@ -194,7 +209,7 @@ async def world(tmp_path, *, start=(15, 0), high=100.0, site=None, vehicles=(), 
         assert runtime.reconciler.powerwall is not None
         await runtime.reconciler.powerwall.start()
         w = World(clock, site, thermostat, house, cloud, honeywell, weather, settings, runtime,
-                  fleet, gateway, uses)  # fmt: skip
+                  fleet, gateway, uses, day=day)  # fmt: skip
         try:
             yield w
         finally:
@@ -563,6 +578,21 @@ async def test_nws_down_falls_back_to_open_meteo(tmp_path):
         assert w.thermostat.cool_setpoint_f == 73.0
 
 
+async def test_both_weather_services_down_precool_uses_the_mornings_forecast(tmp_path):
+    async with world(tmp_path, start=(9, 0)) as w:
+        await w.run_until(9, 5)
+        w.weather.nws_down = w.weather.open_meteo_down = True
+        await w.run_until(15, 25, step=300)
+        await w.run_until(15, 35)
+        precool = next(e for e in w.journal() if e["kind"] == "decision" and e["what"] == "precool")
+        assert precool["detail"]["decided"] is True
+        assert (precool["detail"]["source"], precool["detail"]["forecast_high_f"]) == ("nws", 100.0)
+        assert w.thermostat.cool_setpoint_f == 73.0
+        # Both were asked again after the cache went stale, and both failed.
+        failed = {service for service, _path, status in w.weather.requests if status == 503}
+        assert failed == {"nws", "open_meteo"}
+
+
 async def test_manual_override_is_never_fought_nor_restored(tmp_path):
     async with world(tmp_path) as w:
         await w.run_until(17, 30)
@@ -601,9 +631,11 @@ async def test_daemon_runs_against_the_simulators_with_its_own_tesla_login(tmp_p
     site = SimulatedEnergySite(percentage_charged=95.0, backup_reserve_percent=30,
                                operation_mode="autonomous")  # fmt: skip
     thermostat = SimulatedThermostat(indoor_f=76.0)
-    house = HouseModel(site, "America/Phoenix", [thermostat], outdoor=outdoor_profile(90.0))
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    house = HouseModel(site, "America/Phoenix", [thermostat], [car], outdoor=outdoor_profile(90.0))
     async with (
-        tesla_cloud_simulator(sites=[site], clock=clock) as cloud,
+        tesla_cloud_simulator(sites=[site], vehicles=[car], clock=clock) as cloud,
+        command_proxy_simulator(cloud) as proxy,
         honeywell_simulator([thermostat], clock=clock) as honeywell,
         weather_simulator(clock=clock, highs={DAY: 90.0}) as weather,
         gateway_simulator(house) as gateway,
@@ -615,15 +647,19 @@ async def test_daemon_runs_against_the_simulators_with_its_own_tesla_login(tmp_p
             tesla=TeslaCloudSettings(
                 token_source="oauth",
                 base_url=cloud.base_url,
+                command_proxy_url=proxy.base_url,
+                command_proxy_ca_file=proxy.ca_file,
                 oauth=OAuthSettings(client_id=cloud.client_id, refresh_token=Secret(refresh),
                                     token_url=cloud.token_url),
             ),
+            ev=EvSettings(enable=True, home_latitude=car.latitude, home_longitude=car.longitude),
         )  # fmt: skip
         daemon = Daemon("energy", settings, clock=clock)
         house_task = asyncio.create_task(house.run(clock, daemon.stop, tick_seconds=30))
         service = asyncio.create_task(run(settings, daemon))
         for _ in range(200):
-            if site.backup_reserve_percent == 0 and daemon.is_ready:
+            paused = car.charging_state == "Stopped"
+            if site.backup_reserve_percent == 0 and paused and daemon.is_ready:
                 break
             await asyncio.sleep(0.05)
         daemon.request_stop("test over")
@@ -636,6 +672,9 @@ async def test_daemon_runs_against_the_simulators_with_its_own_tesla_login(tmp_p
         assert status is not None and status["phase"] == "peak"
         assert status["powerwall_writes_today"] == 2
         assert status["memory"]["baseline"]["reserve_percent"] == 30
+        # The car was paused with a command signed by the configured proxy.
+        assert [c[1] for c in car.commands] == ["charge_stop"] and car.signed_commands == 1
+        assert [(r.handling, r.status) for r in proxy.requests] == [("signed", 200)]
 
 
 async def test_status_line_names_the_custom_schedule_in_force(tmp_path):
@@ -673,6 +712,91 @@ async def test_home_charging_paused_at_peak_and_resumed_after(tmp_path):
         assert all(c.vehicle_state == "online" for c in w.cloud.calls_to("vehicle_data"))
         stops = w.actions(f"vehicle:{car.vin}")
         assert [a["action"] for a in stops] == ["charge_stop", "charge_start"]
+        # A Model 3: both commands reached the car signed, through the command proxy.
+        assert car.signed_commands == 2
+
+
+def hub_state(
+    vin: str, at: datetime, *, charging: bool, where: tuple[float, float], online: bool = True
+):
+    """The vehicles hub's retained state document for a car, made by the hub's own code."""
+    store = VehiclesStateStore()
+    when = at.timestamp()
+    store.update(vin, "charge_state", "charging" if charging else "stopped", when, "telemetry")
+    store.update(vin, "ac_charging_power_kw", 7.7 if charging else 0.0, when, "telemetry")
+    store.update(vin, "location", where, when, "telemetry")
+    store.update(vin, "online", online, when, "teslamate")
+    publisher = Publisher(
+        store, Topics(base="gridmate", discovery_prefix="ha"), {}, now=lambda: when
+    )
+    publisher.mark_vehicles([vin])
+    (state,) = [m for m in publisher.take().messages if m.topic.endswith(f"{vin}/state")]
+    return state.topic, state.payload
+
+
+async def test_a_paused_car_that_fell_asleep_is_woken_and_resumed_after_the_peak(tmp_path):
+    # With the hub's documents as the source nobody reads the car's data during the
+    # peak, so it falls asleep after the stop, as a real car does.
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    home = (car.latitude, car.longitude)
+    ev = EvSettings(enable=True, state_source="mqtt", home_latitude=home[0], home_longitude=home[1])
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        hub = w.runtime.reconciler.vehicles
+        assert isinstance(hub, MqttVehicles)
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=True, where=home))
+        await w.run_until(16, 2)
+        assert car.charging_state == "Stopped"
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=False, where=home))
+        await w.run_until(17, 0)
+        assert car.state == "asleep" and car.naps == 1  # the hub has gone quiet too
+
+        await w.run_until(19, 10)
+        assert car.charging_state == "Charging"
+        assert car.wakes == 1
+        assert [c[1] for c in car.commands] == ["charge_stop", "charge_start"]
+        assert car.signed_commands == 2
+        actions = w.actions(f"vehicle:{car.vin}")
+        assert [(a["action"], a["ok"]) for a in actions] == [
+            ("charge_stop", True),
+            ("wake_up", True),
+            ("charge_start", True),
+        ]
+        assert w.runtime.reconciler.state.memory.paused == frozenset()
+        # Its data was read only while it was awake, and it was woken only to resume.
+        assert all(c.vehicle_state == "online" for c in w.cloud.calls_to("vehicle_data"))
+        assert [c.t.hour for c in w.cloud.calls_to("wake_up")] == [19]
+
+
+async def test_a_paused_car_the_hub_reports_asleep_is_woken_not_commanded(tmp_path):
+    # TeslaMate saw the car fall asleep at 18:50: the hub's document is fresh at 19:00
+    # and says the car is offline. A charge_start would only fail (and burn the budget).
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    home = (car.latitude, car.longitude)
+    ev = EvSettings(enable=True, state_source="mqtt", home_latitude=home[0], home_longitude=home[1])
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        hub = w.runtime.reconciler.vehicles
+        assert isinstance(hub, MqttVehicles)
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=True, where=home))
+        await w.run_until(16, 2)
+        assert car.charging_state == "Stopped"
+        for minute in range(10, 51, 10):  # the hub keeps reporting while the car is awake
+            hub.take(*hub_state(car.vin, w.clock.now(), charging=False, where=home))
+            await w.run_until(18, minute)
+        car.sleep_after = timedelta(0)  # the car falls asleep now ...
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=False, where=home, online=False))
+        await w.run_until(18, 52)
+        assert car.state == "asleep"  # ... and the hub says so
+        car.sleep_after = timedelta(minutes=15)
+
+        await w.run_until(19, 10)
+        assert car.charging_state == "Charging" and car.wakes == 1
+        actions = w.actions(f"vehicle:{car.vin}")
+        assert [(a["action"], a["ok"]) for a in actions] == [
+            ("charge_stop", True),
+            ("wake_up", True),
+            ("charge_start", True),
+        ]
+        assert w.runtime.reconciler.state.vehicle_commands[car.vin] == 3
 
 
 async def test_honeywell_refresh_token_is_rotated_and_kept(tmp_path):
@@ -918,3 +1042,102 @@ async def test_a_token_file_of_an_earlier_version_is_adopted_not_replaced(tmp_pa
         assert all(status == 200 for *_, status in w.honeywell.requests)
         state = json.loads(token_file.read_text())
         assert state["refresh_token"] not in (kept, w.settings.honeywell.refresh_token.reveal())
+
+
+def local_hhmm(timestamp: str) -> str:
+    return datetime.fromisoformat(timestamp).astimezone(PHOENIX).strftime("%H:%M")
+
+
+async def test_a_person_restarting_charging_during_the_peak_is_left_alone(tmp_path):
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    ev = EvSettings(enable=True, home_latitude=car.latitude, home_longitude=car.longitude)
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        await w.run_until(16, 10)
+        assert car.charging_state == "Stopped"
+        car.charging_state = "Charging"  # started again in the Tesla app at 16:10
+        await w.run_until(16, 30)
+        memory = w.runtime.reconciler.state.memory
+        assert memory.paused == frozenset() and memory.vehicle_overrides == {car.vin}
+        await w.run_until(19, 10)
+        # Never stopped again, and nothing to resume after the peak.
+        assert car.charging_state == "Charging"
+        assert [c[1] for c in car.commands] == ["charge_stop"]
+        assert [a["action"] for a in w.actions(f"vehicle:{car.vin}")] == ["charge_stop"]
+        assert w.runtime.reconciler.state.memory.baseline is None  # the restore completed
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+
+
+async def test_a_weekday_event_overlapping_the_peak_is_controlled_as_one_block(tmp_path):
+    event = {"date": DAY, "start": "14:00", "end": "17:00", "name": "heat wave"}
+    async with world(tmp_path, start=(13, 0), tariff=TariffSettings(events=[event])) as w:
+        await w.run_until(14, 5)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        await w.run_until(18, 55)  # through the event's end at 17:00 into the regular peak
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        await w.run_until(19, 20)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        writes = [(write.setting, write.value) for write in w.site.writes]
+        assert writes == [
+            ("default_real_mode", "self_consumption"),
+            ("backup_reserve_percent", 0),
+            ("backup_reserve_percent", 30),
+            ("default_real_mode", "autonomous"),
+        ]
+        peaks = [(e["event"], local_hhmm(e["t"])) for e in w.journal() if e["kind"] == "peak"]
+        assert peaks == [("start", "14:00"), ("end", "19:00")]
+
+
+async def test_a_holiday_passes_without_any_write(tmp_path):
+    # APS: Labor Day, Monday 2026-09-07, is off-peak all day.
+    labor_day = date(2026, 9, 7)
+    tariff = TariffSettings(preset="aps-tou-4pm-7pm")
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    ev = EvSettings(enable=True, home_latitude=car.latitude, home_longitude=car.longitude)
+    async with world(
+        tmp_path, start=(13, 0), day=labor_day, tariff=tariff, vehicles=[car], ev=ev
+    ) as w:
+        await w.run_until(20, 0, step=300)
+        assert w.site.writes == [] and w.thermostat.writes == []
+        assert car.commands == [] and car.charging_state == "Charging"
+        assert w.cloud.calls_to("vehicle_data") == [] and w.cloud.calls_to("vehicles") == []
+        assert not [e for e in w.journal() if e["kind"] in ("peak", "action")]
+        periods = {e["period"] for e in w.journal() if e["kind"] == "sample"}
+        assert periods == {"off_peak"}
+        assert w.runtime.reconciler.state.memory.baseline is None
+
+
+async def test_an_event_on_a_saturday_is_controlled_and_restored(tmp_path):
+    saturday = date(2026, 7, 4)
+    event = {"date": saturday, "start": "15:00", "end": "18:00", "name": "critical peak"}
+    async with world(
+        tmp_path, start=(14, 0), day=saturday, tariff=TariffSettings(events=[event])
+    ) as w:
+        await w.run_until(14, 45)
+        assert w.thermostat.cool_setpoint_f == 73.0  # precooled for the event
+        await w.run_until(15, 5)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        await w.run_until(18, 20)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        assert w.thermostat.setpoint_status == "NoHold"
+        peaks = [(e["event"], local_hhmm(e["t"])) for e in w.journal() if e["kind"] == "peak"]
+        assert peaks == [("start", "15:00"), ("end", "18:00")]
+        assert w.runtime.reconciler.state.memory.baseline is None
+
+
+async def test_a_car_that_does_not_come_online_is_not_woken_every_minute(tmp_path):
+    car = SimulatedVehicle(charging_state="Charging", battery_level=40, charge_limit_soc=90)
+    home = (car.latitude, car.longitude)
+    ev = EvSettings(enable=True, state_source="mqtt", home_latitude=home[0], home_longitude=home[1])
+    async with world(tmp_path, start=(15, 40), vehicles=[car], ev=ev) as w:
+        hub = w.runtime.reconciler.vehicles
+        assert isinstance(hub, MqttVehicles)
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=True, where=home))
+        await w.run_until(16, 2)
+        hub.take(*hub_state(car.vin, w.clock.now(), charging=False, where=home))
+        car.sleep_after = timedelta(0)  # back to sleep at once: it never stays online
+        await w.run_until(19, 12)
+        wakes = [c.t for c in w.cloud.calls_to("wake_up")]
+        assert len(wakes) == 3  # 19:00, 19:05, 19:10
+        assert all(b - a >= timedelta(minutes=5) for a, b in itertools.pairwise(wakes))
+        assert car.charging_state == "Stopped"
+        assert w.runtime.reconciler.state.memory.paused == {car.vin}  # still owed a resume

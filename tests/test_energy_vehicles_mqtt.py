@@ -9,6 +9,7 @@ fresh.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
@@ -20,6 +21,7 @@ from gridmate.energy.settings import EvSettings
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.secrets import Secret
 from gridmate.runtime.settings import MqttSettings
+from gridmate.sim.command_proxy import command_proxy_simulator
 from gridmate.sim.tesla_cloud import SimulatedVehicle, tesla_cloud_simulator
 from gridmate.tesla.fleet_api import FleetApi
 from gridmate.tesla.tokens import StaticTokenProvider
@@ -96,6 +98,7 @@ async def test_states_come_from_the_broker_and_the_fleet_api_only_as_fallback(mq
     messages = hub_messages(base, VIN, clock.now(), charging=True)
     async with (
         tesla_cloud_simulator(vehicles=[car], clock=clock) as cloud,
+        command_proxy_simulator(cloud) as proxy,
         aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as client,
     ):
         for message in messages:
@@ -106,7 +109,13 @@ async def test_states_come_from_the_broker_and_the_fleet_api_only_as_fallback(mq
             base_topic=base,
         )
         access, _ = cloud.issue_tokens()
-        fleet = FleetApi(StaticTokenProvider(Secret(access)), base_url=cloud.base_url, clock=clock)
+        fleet = FleetApi(
+            StaticTokenProvider(Secret(access)),
+            base_url=cloud.base_url,
+            clock=clock,
+            command_base_url=proxy.base_url,  # a Model 3: commands are signed
+            verify=ssl.create_default_context(cafile=str(proxy.ca_file)),
+        )
         source = MqttVehicles(settings, FleetVehicles(fleet, settings, clock=clock), clock=clock)
         stop = asyncio.Event()
         task = asyncio.create_task(source.run(stop))
@@ -137,8 +146,12 @@ async def test_states_come_from_the_broker_and_the_fleet_api_only_as_fallback(mq
 
             # The hub went quiet for longer than max_age: the Fleet API answers.
             clock.jump_to(clock.now() + timedelta(minutes=45))
-            assert (await source.read())[VIN].charging is False
-            assert len(cloud.calls_to("vehicle_data", vin=VIN)) == 2
+            # Nobody read its data for 45 minutes: the car fell asleep, and the vehicle
+            # list says so without waking it.
+            assert (await source.read())[VIN] == VehicleReading(False, False, asleep=True)
+            assert len(cloud.calls_to("vehicle_data", vin=VIN)) == 1
+            assert car.state == "asleep" and car.wakes == 0
+            assert car.naps == 1 and car.signed_commands == 1
         finally:
             stop.set()
             await task

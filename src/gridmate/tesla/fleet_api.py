@@ -2,10 +2,12 @@
 
 Three rules shape this client:
 
-* **Never wake a car.** There is deliberately no ``wake_up`` method. Whether a
-  car is online comes from :meth:`FleetApi.vehicles`, which does not wake it;
+* **Never wake a car to look at it.** Whether a car is online comes from
+  :meth:`FleetApi.vehicles`, which does not wake it;
   :meth:`FleetApi.vehicle_data` on a sleeping car answers 408
-  (:class:`VehicleUnavailable`) and leaves it asleep.
+  (:class:`VehicleUnavailable`) and leaves it asleep. :meth:`FleetApi.wake_up`
+  exists for one purpose: resuming charging that gridmate itself paused, on a
+  car that fell asleep meanwhile.
 * **Every request below status 500 is billed** (Tesla's billing page), so calls
   are counted by pricing category and capped by daily budgets before they are
   sent: per vehicle per day, per energy site writes per day, and at most one
@@ -84,6 +86,8 @@ DEFAULT_DISCOVERY_URLS: tuple[str, ...] = tuple(REGION_BASE_URLS.values())
 # Region discovery may only hand us a base URL on Tesla's own domains (or one of
 # the URLs we were told to ask), so a bad answer cannot redirect our token.
 _TRUSTED_HOST_SUFFIXES = (".tesla.com", ".tesla.cn")
+
+_NOT_AWAKE = "vehicle is offline or asleep"
 
 OperationMode = Literal["self_consumption", "autonomous", "backup"]
 _OPERATION_MODES: tuple[str, ...] = ("self_consumption", "autonomous", "backup")
@@ -692,8 +696,9 @@ class FleetApi:
             self._m_requests.labels(endpoint, str(status)).inc()
             if on_answer is not None:
                 on_answer()
-            if status < 500:
-                # Tesla bills every request that gets an answer below 500.
+            if status < 500 or _proxy_reports_asleep(response):
+                # Tesla bills every request that gets an answer below 500 (the command
+                # proxy turns Tesla's billed 408 for a sleeping car into a 500).
                 self._m_billable.labels(category).inc()
                 # A site write counts against the day's writes only when the site took
                 # it; one refused before reaching it (401, 403, 429, 400) does not.
@@ -814,6 +819,10 @@ class FleetApi:
             raise RateLimited(message, retry_after=wait, capped=capped, **kwargs)
         if status in (400, 422):
             raise RejectedValue(message, **kwargs)
+        if _proxy_reports_asleep(response):
+            # tesla-http-proxy answers a command to a sleeping car with a 500: the car's
+            # state, not an outage of Tesla's API.
+            raise VehicleUnavailable(message, **kwargs)
         if status >= 500:
             raise ServerError(message, **kwargs)
         raise FleetApiError(message, **kwargs)
@@ -865,6 +874,22 @@ class FleetApi:
             return await self.vehicle_data(vin, endpoints)
         except VehicleUnavailable:
             return None
+
+    async def wake_up(self, vin: str) -> str:
+        """Wake a sleeping car; answers its state *before* the wake (it takes 10-60 s).
+
+        Only for resuming charging gridmate paused: reads never wake a car.
+        """
+        response = await self._call(
+            "POST",
+            f"/api/1/vehicles/{vin}/wake_up",
+            endpoint="wake_up",
+            category="wakes",
+            vin=vin,
+        )
+        state = str(response.get("state", "unknown")) if isinstance(response, dict) else "unknown"
+        log.info("vehicle woken to resume charging", vin=vin, state_before=state)
+        return state
 
     async def charge_start(self, vin: str) -> CommandResult:
         return await self._charge_command(vin, "charge_start", already="is_charging")
@@ -988,6 +1013,18 @@ def _object(response: Any, endpoint: str) -> dict[str, Any]:
             endpoint=endpoint,
         )
     return response
+
+
+def _proxy_reports_asleep(response: httpx.Response) -> bool:
+    """tesla-http-proxy's 500 for a sleeping car (Tesla answered it 408)."""
+    if response.status_code != 500:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, str) and _NOT_AWAKE in error
 
 
 def _rate_header(headers: httpx.Headers, suffix: str) -> float | None:

@@ -43,6 +43,8 @@ class VehicleSource(Protocol):
 
     async def command(self, vin: str, wish: str) -> bool: ...
 
+    async def wake(self, vin: str) -> None: ...
+
 
 def _distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     r = 6_371_000.0
@@ -94,7 +96,9 @@ class FleetVehicles:
             if wanted and car.vin not in wanted:
                 continue
             if not car.online:
-                readings[car.vin] = VehicleReading(charging=False, at_home=False)
+                readings[car.vin] = VehicleReading(
+                    charging=False, at_home=False, asleep=car.state == "asleep"
+                )
                 continue
             try:
                 self.health.count()
@@ -139,6 +143,19 @@ class FleetVehicles:
             raise AdapterError(f"{vin}: {error}") from error
         return result.achieved
 
+    async def wake(self, vin: str) -> None:
+        """Wake a car gridmate paused, so its charging can be resumed (counts as a command)."""
+        if self.commands_left(vin) <= 0:
+            raise RateLimitedError(f"charging command budget for {vin} used up today", 3600.0)
+        self._commands[vin] = self._commands.get(vin, 0) + 1
+        try:
+            await self.fleet.wake_up(vin)
+        except fleet_api.RateLimited as error:
+            raise RateLimitedError(str(error), error.retry_after) from error
+        except fleet_api.FleetApiError as error:
+            self.health.failed(str(error))
+            raise AdapterError(f"{vin}: {error}") from error
+
 
 # ---------------------------------------------------------------- the vehicles hub over MQTT
 
@@ -153,10 +170,11 @@ def reading_from_state(
     """A car's reading from the vehicles hub's state document, or None if not trustworthy.
 
     The document is what ``<base>/<VIN>/state`` carries: ``charging`` (bool or null),
-    ``charger_power_kw``, ``location`` ([latitude, longitude] or null) and
-    ``last_update`` (ISO 8601), among others. It is not trusted when its last update
-    is older than ``ev.max_age_minutes`` or than ``not_before`` (a charging command
-    gridmate sent since, whose effect the document does not show yet).
+    ``charger_power_kw``, ``location`` ([latitude, longitude] or null), ``online``
+    (false while the car sleeps) and ``last_update`` (ISO 8601), among others. It is
+    not trusted when its last update is older than ``ev.max_age_minutes`` or than
+    ``not_before`` (a charging command gridmate sent since, whose effect the document
+    does not show yet).
     """
     raw_update = document.get("last_update")
     try:
@@ -183,6 +201,7 @@ def reading_from_state(
         charging=charging,
         at_home=at_home(settings, lat, lon),
         charge_power_kw=float(power) if isinstance(power, int | float) else 0.0,
+        asleep=document.get("online") is False,
     )
 
 
@@ -326,3 +345,9 @@ class MqttVehicles:
             raise AdapterError("charging commands need Tesla access (tesla.token_source)")
         self._commanded_at[vin] = self.clock.now()
         return await self.fleet.command(vin, wish)
+
+    async def wake(self, vin: str) -> None:
+        if self.fleet is None:
+            raise AdapterError("waking a car needs Tesla access (tesla.token_source)")
+        self._commanded_at[vin] = self.clock.now()
+        await self.fleet.wake(vin)

@@ -16,6 +16,10 @@ from gridmate.runtime.logs import get_logger
 log = get_logger("energy.weather")
 
 
+class _DaytimeOver(Exception):
+    """NWS answered, but its periods start after the day's daytime: nothing left to forecast."""
+
+
 class WeatherClient:
     def __init__(
         self, settings: WeatherSettings, tz: ZoneInfo, *, http: httpx.AsyncClient, clock: Clock
@@ -27,6 +31,7 @@ class WeatherClient:
         self.health = ApiHealth("weather", clock)
         self._forecast_url: str | None = None
         self._cache: dict[date, Forecast] = {}
+        self._daytime_over: set[date] = set()
 
     @property
     def configured(self) -> bool:
@@ -41,10 +46,23 @@ class WeatherClient:
         fresh = timedelta(hours=self.settings.refresh_hours)
         if cached is not None and cached.fetched_at is not None and now - cached.fetched_at < fresh:
             return cached
+        if day in self._daytime_over:
+            return cached  # the day's high is history; asking again changes nothing
         problems = []
+        days_over = 0  # sources that answered but have nothing left for the day
         for source in self.settings.sources:
             try:
                 high = await (self._nws(day) if source == "nws" else self._open_meteo(day))
+            except _DaytimeOver:
+                # Evening: NWS's first period is tonight. The forecast made earlier today
+                # stays the day's forecast; without one, the next source may know the day.
+                if cached is not None:
+                    self._daytime_over = {d for d in self._daytime_over if d > day} | {day}
+                    self.health.ok()
+                    return cached
+                problems.append(f"{source}: no daytime period left for {day}")
+                days_over += 1
+                continue
             except (httpx.HTTPError, KeyError, ValueError, TypeError) as error:
                 problems.append(f"{source}: {type(error).__name__}: {error}")
                 log.warning("forecast source failed", source=source, error=str(error))
@@ -58,6 +76,10 @@ class WeatherClient:
             self.health.ok()
             log.info("forecast", day=day.isoformat(), high_f=high, source=source)
             return result
+        if problems and days_over == len(problems):
+            self._daytime_over = {d for d in self._daytime_over if d > day} | {day}
+            self.health.ok()  # every source answered; today simply has no forecast left
+            return cached
         self.health.failed("; ".join(problems) or "no source configured")
         return cached  # an older forecast of the same day beats none
 
@@ -77,15 +99,24 @@ class WeatherClient:
             points = await self._get(f"{self.settings.nws_url.rstrip('/')}/points/{where}")
             self._forecast_url = str(points.json()["properties"]["forecast"])
         data = (await self._get(self._forecast_url)).json()
+        periods = data["properties"]["periods"]
         highs = [
             float(p["temperature"])
             if p.get("temperatureUnit", "F") == "F"
             else float(p["temperature"]) * 1.8 + 32
-            for p in data["properties"]["periods"]
+            for p in periods
             if p.get("isDaytime")
             and datetime.fromisoformat(p["startTime"]).astimezone(self.tz).date() == day
         ]
-        return max(highs) if highs else None
+        if highs:
+            return max(highs)
+        # The forecast starts with the current period: from 18:00 on that is tonight.
+        first = (
+            datetime.fromisoformat(periods[0]["startTime"]).astimezone(self.tz) if periods else None
+        )
+        if first is not None and first.date() == day and not periods[0].get("isDaytime"):
+            raise _DaytimeOver
+        return None
 
     async def _open_meteo(self, day: date) -> float | None:
         response = await self._get(
