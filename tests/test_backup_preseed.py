@@ -306,7 +306,7 @@ def test_syncoid_pulls_the_replica_back_and_replication_continues(
 # ------------------------------------------------------------------ failure paths
 
 
-def test_unreachable_repository_refuses_mails_and_leaves_the_database_alone(
+async def test_unreachable_repository_refuses_mails_and_leaves_the_database_alone(
     tmp_path, database, smtp_server
 ):
     password = tmp_path / "password"
@@ -326,7 +326,7 @@ def test_unreachable_repository_refuses_mails_and_leaves_the_database_alone(
     assert 'gridmate_preseed_result{result="refused",target="teslamate"} 1.0' in metrics(
         tmp_path, "teslamate"
     )
-    smtp_server.wait_for(1)
+    await smtp_server.wait_for(1)
     recipients, message = smtp_server.messages[0]
     assert recipients == ["owner@home.test"]
     assert "CRITICAL" in message["Subject"]
@@ -334,7 +334,9 @@ def test_unreachable_repository_refuses_mails_and_leaves_the_database_alone(
     assert "unreachable" in message.get_body(("plain",)).get_content()
 
 
-def test_wrong_password_with_start_empty_policy_starts_empty_once(tmp_path, database, smtp_server):
+async def test_wrong_password_with_start_empty_policy_starts_empty_once(
+    tmp_path, database, smtp_server
+):
     repository = new_repository(tmp_path)
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not the password")
@@ -353,7 +355,7 @@ def test_wrong_password_with_start_empty_policy_starts_empty_once(tmp_path, data
     assert database_exists(database)
     assert database_comment(database).startswith("gridmate-preseed complete")
     assert database_comment(database).endswith("empty")
-    smtp_server.wait_for(1)
+    await smtp_server.wait_for(1)
     assert "warning" in smtp_server.messages[0][1]["Subject"]
 
     # Marked complete: a later run (say, after a NAS outage ends) does not restore over it.
