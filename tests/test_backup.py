@@ -19,6 +19,7 @@ from gridmate.backup.preseed import Decision, decide
 from gridmate.backup.restic import classify_failure, parse_environment
 from gridmate.backup.settings import BackupSettings
 from gridmate.backup.targets import Inspection
+from gridmate.backup.tools import last_lines
 from gridmate.runtime.settings import ConfigError, load_settings
 
 # ------------------------------------------------------------------ decisions
@@ -106,6 +107,23 @@ def test_restic_environment_file() -> None:
 )
 def test_restic_failures_in_plain_words(stderr: str, words: str) -> None:
     assert words in classify_failure(stderr, "/srv/restic")
+
+
+def test_error_output_is_summed_up_by_its_error_line() -> None:
+    pg_restore = (
+        "pg_restore: while PROCESSING TOC:\n"
+        "pg_restore: from TOC entry 3277; 1259 16582 INDEX geofences_earth postgres\n"
+        'pg_restore: error: could not execute query: ERROR:  type "earth" does not exist\n'
+        "LINE 1: ...ians($1))*sin(radians($2))),earth()*sin(radians($1)))::earth\n"
+        "Command was: CREATE INDEX geofences_earth ON public.geofences USING gist (...);\n"
+    )
+    summary = last_lines(pg_restore)
+    assert summary.startswith('pg_restore: error: could not execute query: ERROR:  type "earth"')
+    assert summary.endswith(
+        "Command was: CREATE INDEX geofences_earth ON public.geofences USING gist (...);"
+    )
+    assert last_lines("one\ntwo\nthree\n") == "two / three"
+    assert last_lines("") == "no error message"
 
 
 def test_service_result() -> None:

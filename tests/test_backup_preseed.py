@@ -564,7 +564,8 @@ def test_dry_run_tells_what_would_happen_and_changes_nothing(tmp_path, pools, da
     assert "now: does not exist" in out
     assert f"1. local: would load {dumps}/{database}.dump" in out
     assert "2. restic: would fail: restic is not configured" in out
-    assert f"would roll {dataset} back to {dataset}@{taken[-1]}" in out
+    assert f"1. syncoid: would fail: the replica {pools.nas}/svc does not exist" in out
+    assert f"2. local: would roll {dataset} back to {dataset}@{taken[-1]}" in out
     assert "if every method fails: refuse (exit 1)" in out
     assert not database_exists(database)
     assert list(mountpoint.iterdir()) == []

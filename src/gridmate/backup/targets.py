@@ -305,10 +305,16 @@ class DatasetTarget(FilesTarget):
         if method == "local":
             return f"would roll {self.dataset} back to {self._newest_local()}"
         if method == "syncoid":
-            return (
-                f"would replicate {self.config.replica} into {self.dataset} with syncoid "
-                "(reachability is only known by trying)"
-            )
+            replica = self.config.replica or ""
+            if ":" in replica.split("/", 1)[0]:
+                return (
+                    f"would replicate {replica} into {self.dataset} with syncoid (a remote "
+                    "replica is only reached when trying)"
+                )
+            if not self.zfs.exists(replica):
+                raise ToolError(f"the replica {replica} does not exist")
+            count = len(self.zfs.snapshots(replica))
+            return f"would replicate {replica} ({count} snapshots) into {self.dataset} with syncoid"
         return super().probe(method)
 
     def discard_partial(self) -> None:

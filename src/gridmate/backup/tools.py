@@ -7,6 +7,7 @@ Secrets travel in the environment, never in argv. Every failure becomes a
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,9 +32,19 @@ class Result:
     stderr: str
 
 
+_ERROR_LINE = re.compile(r"\b(error|fatal|critical)\b", re.IGNORECASE)
+
+
 def last_lines(text: str, count: int = 2) -> str:
+    """The gist of a program's error output: its first error line, else its last lines."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " / ".join(lines[-count:]) if lines else "no error message"
+    if not lines:
+        return "no error message"
+    errors = [line for line in lines if _ERROR_LINE.search(line)]
+    if errors and count > 1:
+        tail = lines[-1]
+        return errors[0] if tail == errors[0] else f"{errors[0]} / {tail}"
+    return " / ".join(lines[-count:])
 
 
 def run(
