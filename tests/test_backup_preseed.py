@@ -570,3 +570,73 @@ def test_dry_run_tells_what_would_happen_and_changes_nothing(tmp_path, pools, da
     assert not database_exists(database)
     assert list(mountpoint.iterdir()) == []
     assert zfs_get(dataset, "gridmate:preseed") == "-"
+
+
+def test_restic_restores_a_dataset_the_rebuilt_host_does_not_have_yet(tmp_path, pools):
+    mountpoint = tmp_path / "mnt" / "state"
+    dataset = f"{pools.local}/state"
+    make_dataset(dataset, mountpoint)
+    seed_state_directory(mountpoint)
+    files = tree(mountpoint)
+    repository = new_repository(tmp_path)
+    repository.backup("gridmate", mountpoint)
+    config = write_config(
+        tmp_path,
+        {
+            "gridmate-state": {
+                "kind": "dataset",
+                "dataset": dataset,
+                "path": str(mountpoint),
+                "restic_tag": "gridmate",
+                "methods": ["restic"],
+            }
+        },
+        repository=repository.location,
+        password_file=repository.password_file,
+    )
+    zfs_destroy(dataset)
+
+    result = preseed(config)
+    assert result.returncode == 0, result.stderr
+    assert tree(mountpoint) == files
+    assert zfs_get(dataset, "mountpoint") == str(mountpoint)
+    assert zfs_get(dataset, "gridmate:preseed").startswith("complete")
+    assert not (mountpoint / ".gridmate-preseed-incoming").exists()
+
+
+def test_restored_objects_belong_to_teslamates_role(tmp_path, database):
+    role = f"gm_teslamate_{uuid.uuid4().hex[:8]}"
+    psql("postgres", f'CREATE ROLE "{role}" LOGIN')
+    try:
+        seed_teslamate(database)
+        rows = teslamate_rows(database)
+        dumps = tmp_path / "dumps"
+        config = write_config(
+            tmp_path, {"teslamate": database_target(database, dumps, methods=["local"])}
+        )
+        text = config.read_text().replace(
+            "[targets.teslamate.database]\n", f'[targets.teslamate.database]\nowner = "{role}"\n'
+        )
+        config.write_text(text)
+        dump_teslamate(config)
+        drop_database(database)
+
+        result = preseed(config)
+        assert result.returncode == 0, result.stderr
+        assert teslamate_rows(database) == rows
+        owners = psql(
+            database,
+            "SELECT DISTINCT tableowner FROM pg_tables "
+            "WHERE schemaname IN ('public', 'private') ORDER BY 1",
+        )
+        assert owners == role
+        assert (
+            psql(
+                "postgres",
+                f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{database}'",
+            )
+            == role
+        )
+    finally:
+        drop_database(database)
+        psql("postgres", f'DROP ROLE IF EXISTS "{role}"')
