@@ -178,8 +178,7 @@ def test_restic_brings_back_teslamate_and_gridmate_state(tmp_path, database):
 
     # The host is lost: no database, no state, no dumps.
     drop_database(database)
-    shutil.rmtree(state)
-    shutil.rmtree(dumps)
+    shutil.rmtree(tmp_path / "var")
 
     result = preseed(config)
     assert result.returncode == 0, result.stderr
@@ -188,6 +187,8 @@ def test_restic_brings_back_teslamate_and_gridmate_state(tmp_path, database):
     assert database_comment(database).startswith("gridmate-preseed complete")
     assert "restic" in database_comment(database)
     assert (state / ".gridmate-preseed").read_text().startswith("complete")
+    # Parents preseed had to create are private, as systemd wants /var/lib/private.
+    assert oct((tmp_path / "var/lib/private").stat().st_mode & 0o777) == "0o700"
     assert "local could not restore teslamate: no dump file" in result.stderr
     assert 'gridmate_preseed_result{result="restored",target="teslamate"} 1.0' in metrics(
         tmp_path, "teslamate"

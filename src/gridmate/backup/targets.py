@@ -19,6 +19,7 @@ from gridmate.backup.restic import Restic, ResticSnapshot
 from gridmate.backup.settings import BackupSettings, Method, TargetSettings
 from gridmate.backup.tools import ToolError
 from gridmate.backup.zfs import MARKER_PROPERTY, Zfs
+from gridmate.runtime.files import write_atomically
 
 MARKER_FILE = ".gridmate-preseed"
 """The marker inside a plain directory: it goes when the directory's data goes."""
@@ -84,6 +85,18 @@ def _wipe(path: Path, keep: frozenset[str] = frozenset()) -> None:
             shutil.rmtree(entry.path)
         else:
             os.unlink(entry.path)
+
+
+def make_private_directory(path: Path) -> None:
+    """Create ``path`` and its missing parents as 0700: state directories hold tokens, and
+    systemd insists on /var/lib/private being 0700 for DynamicUser= services."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
 
 
 def _move_into(source: Path, destination: Path) -> None:
@@ -200,8 +213,7 @@ class FilesTarget(Target):
         )
 
     def mark(self, text: str) -> None:
-        from gridmate.runtime.files import write_atomically
-
+        make_private_directory(self.path)
         write_atomically(self.path / MARKER_FILE, text + "\n", mode=0o644)
 
     def clear_marker(self) -> None:
@@ -217,7 +229,7 @@ class FilesTarget(Target):
 
     def restore(self, method: Method) -> str:
         snapshot = self._restic_snapshot(self.restic_path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_private_directory(self.path)
         staging = self.path / STAGING_NAME
         if staging.exists():
             shutil.rmtree(staging)
@@ -231,7 +243,7 @@ class FilesTarget(Target):
         return self._snapshot_words(snapshot)
 
     def start_empty(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_private_directory(self.path)
 
 
 class DatasetTarget(FilesTarget):
