@@ -68,8 +68,10 @@ def _display(location: str) -> str:
 
 
 class Restic:
-    def __init__(self, settings: ResticSettings) -> None:
+    def __init__(self, settings: ResticSettings, default_cache: Path | None = None) -> None:
         self.settings = settings
+        # Under systemd HOME may be unset, which would leave restic without a cache.
+        self.cache_directory = settings.cache_directory or default_cache
 
     @property
     def where(self) -> str:
@@ -96,8 +98,8 @@ class Restic:
             env["RESTIC_REPOSITORY_FILE"] = str(self.settings.repository_file)
         assert self.settings.password is not None
         env["RESTIC_PASSWORD"] = self.settings.password.reveal()
-        if self.settings.cache_directory:
-            env["RESTIC_CACHE_DIR"] = str(self.settings.cache_directory)
+        if self.cache_directory:
+            env["RESTIC_CACHE_DIR"] = str(self.cache_directory)
         return env
 
     def _run(self, *args: str, what: str) -> str:

@@ -51,7 +51,7 @@ class ResticSettings(Section):
     )
     binary: str = Field("restic", description="The restic program (name on PATH or a path).")
     cache_directory: Path | None = Field(
-        None, description="restic's cache; default: restic's own (~/.cache/restic)."
+        None, description="restic's cache; default: <state_directory>/restic-cache."
     )
     timeout_seconds: float = Field(
         3600.0, gt=0, description="Longest a single restic command may run."

@@ -117,7 +117,9 @@ class Target:
         self.name = name
         self.settings = settings
         self.config: TargetSettings = settings.targets[name]
-        self.restic = Restic(settings.restic)
+        self.restic = Restic(
+            settings.restic, default_cache=settings.state_directory / "restic-cache"
+        )
 
     @property
     def tag(self) -> str:
