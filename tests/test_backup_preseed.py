@@ -8,13 +8,18 @@ the ``gridmate`` command line as the NixOS units will.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import signal
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from backup_rig import (
     PG_HOST,
@@ -641,3 +646,66 @@ def test_restored_objects_belong_to_teslamates_role(tmp_path, database):
     finally:
         drop_database(database)
         psql("postgres", f'DROP ROLE IF EXISTS "{role}"')
+
+
+async def test_a_preseed_killed_mid_restore_is_detected_and_redone(tmp_path, database):
+    seed_teslamate(database)
+    rows = teslamate_rows(database)
+    dumps = tmp_path / "dumps"
+    config = write_config(
+        tmp_path, {"teslamate": database_target(database, dumps, methods=["local"])}
+    )
+    dump_teslamate(config)
+    # The database is there with TeslaMate's tables but no rows: preseed will restore.
+    psql(
+        database,
+        "TRUNCATE cars, car_settings, geofences, positions, drives, "
+        "charging_processes, private.tokens CASCADE",
+    )
+
+    dsn = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{database}"
+    holder = await asyncpg.connect(dsn)
+    watcher = await asyncpg.connect(dsn)
+    process = None
+    try:
+        # A reader holding a lock makes preseed's DROP SCHEMA wait: a known point mid-restore.
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("LOCK TABLE cars IN ACCESS SHARE MODE")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gridmate.cli",
+            "preseed",
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = asyncio.get_running_loop().time() + 60
+        while not await watcher.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'gridmate-backup' "
+            "AND wait_event_type = 'Lock'"
+        ):
+            assert process.returncode is None, "preseed ended before reaching the lock"
+            assert asyncio.get_running_loop().time() < deadline, "preseed never waited"
+            await asyncio.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)  # power cut
+        await asyncio.wait_for(process.wait(), 30)
+        await transaction.rollback()
+    finally:
+        if process is not None and process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await asyncio.wait_for(process.wait(), 30)
+        await holder.close()
+        await watcher.close()
+
+    assert database_comment(database).startswith("gridmate-preseed restoring")
+    assert psql(database, "SELECT count(*) FROM cars") == "0"
+
+    result = preseed(config)
+    assert result.returncode == 0, result.stderr
+    assert "did not finish" in result.stderr
+    assert teslamate_rows(database) == rows
+    assert database_comment(database).startswith("gridmate-preseed complete")
