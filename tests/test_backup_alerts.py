@@ -14,6 +14,9 @@ import pytest
 
 from gridmate.backup.metrics import PRESEED_RESULTS
 
+# promtool comes from Debian's prometheus package (./dev setup), not the Nix build sandbox.
+pytestmark = pytest.mark.services
+
 RULES = Path(__file__).resolve().parent.parent / "docs" / "examples" / "backup-alerts.yml"
 
 UNIT_TESTS = """
