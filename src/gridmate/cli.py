@@ -86,6 +86,17 @@ def _add_component(subparsers: Any, component: Component) -> None:
         sub.set_defaults(handler=_run_command, component=component, command=command)
 
 
+def _add_shortcut(subparsers: Any, component: Component, command: Command) -> None:
+    sub = subparsers.add_parser(
+        command.name,
+        help=f"{command.help} (same as '{component.name} {command.name}')",
+        description=command.description or command.help,
+    )
+    _config_argument(sub)
+    command.add_arguments(sub)
+    sub.set_defaults(handler=_run_command, component=component, command=command)
+
+
 def build_parser(components: Sequence[Component] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridmate",
@@ -115,8 +126,13 @@ def build_parser(components: Sequence[Component] | None = None) -> argparse.Argu
     )
     demo.add_argument("--debug", action="store_true", help="also show the components' logs")
     demo.set_defaults(handler=_run_demo)
-    for component in components if components is not None else all_components():
+    chosen = list(components) if components is not None else all_components()
+    for component in chosen:
         _add_component(subparsers, component)
+    for component in chosen:
+        for command in component.commands:
+            if command.shortcut:
+                _add_shortcut(subparsers, component, command)
     return parser
 
 

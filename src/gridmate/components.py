@@ -8,6 +8,7 @@ from gridmate.runtime.component import Component
 
 # Each module exports ``component``.
 COMPONENT_MODULES: tuple[str, ...] = (
+    "gridmate.backup.component",
     "gridmate.energy.component",
     "gridmate.report.component",
     "gridmate.vehicles.component",

@@ -54,6 +54,8 @@ class EventKind(StrEnum):
     component_start_failed = "component_start_failed"
     daily_report = "daily_report"
     battery_not_recovered = "battery_not_recovered"
+    restore_failed = "restore_failed"
+    backup_failed = "backup_failed"
 
     @property
     def default_level(self) -> Level:
@@ -90,6 +92,8 @@ _CATALOGUE: dict[EventKind, tuple[Level, str, bool]] = {
     EventKind.component_start_failed: (_C, "Component failed to start", True),
     EventKind.daily_report: (_I, "Daily report", False),
     EventKind.battery_not_recovered: (_W, "Battery did not recover by end of day", False),
+    EventKind.restore_failed: (_C, "Restore before first start failed", False),
+    EventKind.backup_failed: (_W, "Backup failed", False),
 }
 
 

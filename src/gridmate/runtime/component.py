@@ -24,6 +24,8 @@ class Command:
     execute: Callable[[Any, argparse.Namespace], int | Awaitable[int]]
     add_arguments: Callable[[argparse.ArgumentParser], None] = _no_arguments
     description: str | None = None
+    shortcut: bool = False
+    """Also offered as ``gridmate <name>``, for commands people and units call by name."""
 
 
 @dataclass(frozen=True)

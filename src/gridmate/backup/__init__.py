@@ -1,0 +1,1 @@
+"""Backups and first-boot restore: preseed, the pg_dump hook, backup freshness."""
