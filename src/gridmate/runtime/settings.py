@@ -69,7 +69,9 @@ def check_time_zone(value: str) -> str:
     """Validator: an IANA time zone name."""
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    # OSError: a name too long for a file name (ENAMETOOLONG), which the tzdata
+    # package's loader passes through where the system zoneinfo says "not found".
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(
             f"unknown time zone {value!r}; use an IANA name such as 'America/Phoenix'"
         ) from None
