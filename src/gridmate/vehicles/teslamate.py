@@ -77,7 +77,9 @@ def parse_topic(topic: str) -> TopicInfo | None:
     if len(parts) < 4 or parts[0] != ROOT or parts[-3] != "cars":
         return None
     car, key = parts[-2], parts[-1]
-    if not car.isdigit() or not key:
+    # ASCII digits only: str.isdigit() also accepts "²" and "١", which int() rejects
+    # or reads as another number.
+    if not (car.isascii() and car.isdigit()) or not key:
         return None
     middle = parts[1:-3]
     if len(middle) > 1 or (middle and not middle[0]):
