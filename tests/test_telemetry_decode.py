@@ -198,7 +198,9 @@ def test_upstream_record_test_json_shape() -> None:
         b'{"data":[{"key":"VehicleName","value":{"stringValue":"cybertruck"}}],'
         b'"isResend":false,"createdAt":null,"vin":"42"}'
     )
-    record = decode(body)
+    # The server's headers name the same VIN as the message it rewrote.
+    hdrs = [(name, b"42" if name == "vin" else raw) for name, raw in headers("V")]
+    record = decode_record(f"{NS}_V", hdrs, body, NS)
     assert record == TelemetryRecord(
         vin="42",
         created_at=RECEIVED,

@@ -33,8 +33,12 @@ from gridmate.vehicles.simulator import (
 
 pytestmark = pytest.mark.services
 
-# Recent: the hub marks a car offline ten minutes after its last data.
-T0 = datetime.now(UTC).replace(microsecond=0)
+
+@pytest.fixture
+def t0() -> datetime:
+    """Now, when the test starts: the hub marks a car offline ten minutes after its last
+    data, so records must be recent whenever the test runs."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 class Rig:
@@ -132,6 +136,17 @@ async def rig(kafka_bootstrap, mqtt_broker, unique_name) -> AsyncIterator[Rig]:
         await rig.close()
 
 
+def counted(counter, **labels: str) -> float:
+    """A counter's total over the samples with ``labels``."""
+    return sum(
+        sample.value
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+        and all(sample.labels.get(key) == value for key, value in labels.items())
+    )
+
+
 def shown(device: str, **expected):
     """A condition: the device's entities display ``expected`` (entity name -> state)."""
     names = {key.replace("_", " ").capitalize(): value for key, value in expected.items()}
@@ -146,11 +161,11 @@ def shown(device: str, **expected):
     return check
 
 
-async def test_a_drive_and_a_charge_reach_home_assistant(rig):
+async def test_a_drive_and_a_charge_reach_home_assistant(rig, t0):
     car = SimulatedCar(sample_vin(1), name="Blue")
     ns = rig.namespace
     async with rig.hub(), rig.view() as ha:
-        at = T0
+        at = t0
         await rig.send(
             connectivity_record(ns, car.vin, at, "conn-1", True),
             telemetry_record(ns, car.vin, at, car.signals(everything=True)),
@@ -166,7 +181,7 @@ async def test_a_drive_and_a_charge_reach_home_assistant(rig):
         assert entities[("Blue", "Data source")].state == "fleet_telemetry"
         # Driving, half of the records as protojson from a car without prefer_typed.
         for minute in range(1, 6):
-            at = T0 + timedelta(minutes=minute)
+            at = t0 + timedelta(minutes=minute)
             car.drive(60, 40.0, turn_deg=10)
             await rig.send(
                 telemetry_record(
@@ -215,21 +230,21 @@ async def test_a_drive_and_a_charge_reach_home_assistant(rig):
         assert units["Inside temperature"] == "°C" and units["Charger power"] == "kW"
 
 
-async def test_resends_replays_and_duplicates_are_harmless(rig):
+async def test_resends_replays_and_duplicates_are_harmless(rig, t0):
     vin = sample_vin(2)
     ns = rig.namespace
     async with rig.hub(vehicles={vin: "Grey"}), rig.view() as ha:
         await rig.send(
             telemetry_record(
-                ns, vin, T0 + timedelta(minutes=5), {"BatteryLevel": 70.0, "Odometer": 200.0}
+                ns, vin, t0 + timedelta(minutes=5), {"BatteryLevel": 70.0, "Odometer": 200.0}
             ),
             telemetry_record(
-                ns, vin, T0, {"BatteryLevel": 50.0, "Odometer": 150.0}, is_resend=True
+                ns, vin, t0, {"BatteryLevel": 50.0, "Odometer": 150.0}, is_resend=True
             ),
             telemetry_record(
-                ns, vin, T0 + timedelta(minutes=5), {"BatteryLevel": 70.0, "Odometer": 200.0}
+                ns, vin, t0 + timedelta(minutes=5), {"BatteryLevel": 70.0, "Odometer": 200.0}
             ),
-            telemetry_record(ns, vin, T0 + timedelta(minutes=6), {"InsideTemp": 19.5}),
+            telemetry_record(ns, vin, t0 + timedelta(minutes=6), {"InsideTemp": 19.5}),
         )
         await ha.wait_for(shown("Grey", inside_temperature=19.5))
         assert ha.value("Grey", "Battery level") == 70.0
@@ -240,8 +255,8 @@ async def test_resends_replays_and_duplicates_are_harmless(rig):
     # producer (at least once) changes nothing, and the state is restored from the broker.
     async with rig.hub(vehicles={vin: "Grey"}), rig.view() as ha:
         await rig.send(
-            telemetry_record(ns, vin, T0 + timedelta(minutes=1), {"BatteryLevel": 55.0}),
-            telemetry_record(ns, vin, T0 + timedelta(minutes=7), {"VehicleSpeed": 0.0}),
+            telemetry_record(ns, vin, t0 + timedelta(minutes=1), {"BatteryLevel": 55.0}),
+            telemetry_record(ns, vin, t0 + timedelta(minutes=7), {"VehicleSpeed": 0.0}),
         )
         await ha.wait_for(shown("Grey", speed=0.0))
         # The parked car's other values were restored, not blanked.
@@ -250,7 +265,7 @@ async def test_resends_replays_and_duplicates_are_harmless(rig):
         assert ha.value("Grey", "Odometer") == 200.0
 
 
-async def test_malformed_records_are_counted_skipped_and_committed(rig):
+async def test_malformed_records_are_counted_skipped_and_committed(rig, t0):
     vin = sample_vin(3)
     ns = rig.namespace
     limit = {"max_record_bytes": 64 * 1024}
@@ -259,9 +274,9 @@ async def test_malformed_records_are_counted_skipped_and_committed(rig):
         await rig.send_raw(f"{ns}_V", b'{"data": [', [("txtype", b"V")])
         await rig.send_raw(f"{ns}_alerts", b"\x0a\x00", [("txtype", b"metrics")])
         await rig.send_raw(f"{ns}_V", b"\x0a" * (100 * 1024), [("txtype", b"V")])
-        await rig.send(telemetry_record(ns, vin, T0, {"BatteryLevel": 33.0}))
+        await rig.send(telemetry_record(ns, vin, t0, {"BatteryLevel": 33.0}))
         await ha.wait_for(shown("Odd", battery_level=33.0))
-        malformed = hub.metrics.malformed
+        malformed = hub.ingest.metrics.malformed
         reasons = {
             s.labels["reason"]: s.value
             for metric in malformed.collect()
@@ -278,10 +293,39 @@ async def test_malformed_records_are_counted_skipped_and_committed(rig):
     assert sum((await rig.committed()).values()) == 5
 
 
-async def test_home_assistant_birth_brings_discovery_then_states_again(rig):
+async def test_a_car_clock_in_year_2999_does_not_freeze_its_fields(rig, t0):
+    vin = sample_vin(6)
+    ns = rig.namespace
+    async with rig.hub(vehicles={vin: "Skewed"}) as hub, rig.view() as ha:
+        await rig.send(
+            telemetry_record(
+                ns, vin, datetime(2999, 1, 1, tzinfo=UTC), {"BatteryLevel": 99.0}, received_at=t0
+            )
+        )
+        await ha.wait_for(shown("Skewed", battery_level=99.0))
+        for minute, level in ((1, 61.0), (2, 60.0)):
+            await rig.send(
+                telemetry_record(ns, vin, t0 + timedelta(minutes=minute), {"BatteryLevel": level})
+            )
+            await ha.wait_for(shown("Skewed", battery_level=level))
+        assert counted(hub.ingest.metrics.future) == 1
+
+
+async def test_connectivity_names_the_car_of_the_certificate(rig, t0):
+    vin, claimed = sample_vin(7), sample_vin(8)
+    ns = rig.namespace
+    names = {vin: "Certified", claimed: "Claimed"}
+    async with rig.hub(vehicles=names) as hub, rig.view() as ha:
+        await rig.send(connectivity_record(ns, vin, t0, "conn-1", True, message_vin=claimed))
+        entities = await ha.wait_for(shown("Certified", online="on"))
+        assert not any(device == "Claimed" for device, _name in entities)
+        assert counted(hub.ingest.metrics.vin_mismatches, type="connectivity") == 1
+
+
+async def test_home_assistant_birth_brings_discovery_then_states_again(rig, t0):
     vin = sample_vin(4)
     async with rig.hub(vehicles={vin: "Again"}), rig.view() as ha:
-        await rig.send(telemetry_record(rig.namespace, vin, T0, {"BatteryLevel": 44.0}))
+        await rig.send(telemetry_record(rig.namespace, vin, t0, {"BatteryLevel": 44.0}))
         await ha.wait_for(shown("Again", battery_level=44.0))
         before = ha.config_messages
         await ha.announce_online()
@@ -289,7 +333,7 @@ async def test_home_assistant_birth_brings_discovery_then_states_again(rig):
         assert ha.value("Again", "Battery level") == 44.0
 
 
-async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstrap, unique_name):
+async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstrap, unique_name, t0):
     await create_kafka_topics(kafka_bootstrap, dict.fromkeys(topic_names(unique_name), 1))
     async with mosquitto_broker() as (host, port):
         pass  # a free port to restart the broker on
@@ -301,7 +345,7 @@ async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstra
             hub = await hub_context.__aenter__()
             try:
                 async with rig.view() as ha:
-                    await rig.send(telemetry_record(rig.namespace, vin, T0, {"BatteryLevel": 10.0}))
+                    await rig.send(telemetry_record(rig.namespace, vin, t0, {"BatteryLevel": 10.0}))
                     await ha.wait_for(shown("Patient", battery_level=10.0))
                 await asyncio.sleep(0.5)
                 delivered = sum((await rig.committed()).values())
@@ -314,7 +358,7 @@ async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstra
                 telemetry_record(
                     rig.namespace,
                     vin,
-                    T0 + timedelta(minutes=minute),
+                    t0 + timedelta(minutes=minute),
                     {"BatteryLevel": 10.0 + minute},
                 )
             )
@@ -337,7 +381,7 @@ async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstra
         await rig.close()
 
 
-async def test_two_instances_split_vehicles_and_hand_over(rig):
+async def test_two_instances_split_vehicles_and_hand_over(rig, t0):
     cars = [SimulatedCar(sample_vin(10 + n), name=f"Car {n}") for n in range(6)]
     names = {car.vin: car.name for car in cars}
     ns = rig.namespace
@@ -347,7 +391,7 @@ async def test_two_instances_split_vehicles_and_hand_over(rig):
         try:
             await asyncio.sleep(3)  # let the group settle with two members
             for car in cars:
-                await rig.send(telemetry_record(ns, car.vin, T0, car.signals(everything=True)))
+                await rig.send(telemetry_record(ns, car.vin, t0, car.signals(everything=True)))
             await ha.wait_for(
                 lambda e: all(shown(car.name, battery_level=62.0)(e) for car in cars), within=30
             )
@@ -358,7 +402,7 @@ async def test_two_instances_split_vehicles_and_hand_over(rig):
         # together with the values the other instance had published.
         for car in cars:
             await rig.send(
-                telemetry_record(ns, car.vin, T0 + timedelta(minutes=1), {"VehicleSpeed": 12.0})
+                telemetry_record(ns, car.vin, t0 + timedelta(minutes=1), {"VehicleSpeed": 12.0})
             )
         await ha.wait_for(
             lambda e: all(shown(car.name, speed=12.0, battery_level=62.0)(e) for car in cars),

@@ -223,6 +223,18 @@ def _extra_value(value: Any) -> Any:
     return json.dumps(value, separators=(",", ":"), default=str)[:MAX_STATE_LENGTH]
 
 
+def bound_to_receipt(record: Record, received_at: datetime, max_skew: float) -> Record:
+    """The record, or a copy timed ``received_at`` if it claims to be from further ahead.
+
+    A car whose clock jumped (to 2999, say) would otherwise date its values after
+    everything real that follows, and they would never be replaced. The server's
+    receive time is the best time such a record has.
+    """
+    if (record.created_at - received_at).total_seconds() <= max_skew:
+        return record
+    return dataclasses.replace(record, created_at=received_at)
+
+
 def _seconds(when: datetime) -> float:
     # Millisecond precision: what the state document carries, so a restored state
     # compares equal to the one it was published from.

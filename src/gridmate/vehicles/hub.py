@@ -33,14 +33,13 @@ from gridmate.vehicles.arbitration import FLEET_TELEMETRY, GRIDMATE, RankedArbit
 from gridmate.vehicles.catalogue import invalid_policies
 from gridmate.vehicles.fleet_telemetry import Applied, FleetTelemetrySource
 from gridmate.vehicles.homeassistant import SnapshotError, Topics, restore_fields
+from gridmate.vehicles.ingest import RateLimitedLog, RecordIngest
 from gridmate.vehicles.kafka import make_consumer, topic_names
 from gridmate.vehicles.mqtt import MqttLink, MqttUnavailable
 from gridmate.vehicles.publisher import Publisher
 from gridmate.vehicles.settings import KafkaSettings, VehiclesSettings
 from gridmate.vehicles.sources import DATA_SOURCE_FIELD, build_source_manager
-from gridmate.vehicles.state import Outcome, StateStore
-from gridmate.vehicles.telemetry.decode import MalformedRecord, decode_record
-from gridmate.vehicles.telemetry.records import RecordType
+from gridmate.vehicles.state import FieldValue, Outcome, StateStore
 
 log = get_logger("vehicles.hub")
 
@@ -50,48 +49,27 @@ DELIVERY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
 _MAX_RECORDS = 5000
 _EXPIRE_EVERY = 5.0
 _LOG_EVERY = 10.0
+# Restored state may come from an instance whose clock runs somewhat ahead; only a
+# time no clock gets wrong by is clearly a pinned field.
+_RESTORED_FUTURE_LIMIT = 86400.0
 
 
-class _RateLimitedLog:
-    """At most one line per key per interval; the rest are counted and reported."""
+def unpin_future(fields: dict[str, FieldValue], now: float, max_skew: float) -> int:
+    """Retime restored fields dated more than ``max_skew`` after ``now`` to ``now``.
 
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, key: str, event: str, **fields: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -self.interval) < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            fields["similar_since_last"] = suppressed
-        log.warning(event, **fields)
+    A state published before gridmate bounded record times may hold a field dated
+    centuries ahead; kept as is, it would hide every later value.
+    """
+    unpinned = 0
+    for value in fields.values():
+        if value.observed_at - now > max_skew:
+            value.observed_at = now
+            unpinned += 1
+    return unpinned
 
 
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.records = Counter(
-            "gridmate_vehicles_records",
-            "Fleet Telemetry records consumed, by record type.",
-            ["type"],
-            registry=registry,
-        )
-        self.by_type = {t: self.records.labels(t.value) for t in RecordType}
-        self.malformed = Counter(
-            "gridmate_vehicles_malformed_records",
-            "Records skipped because they could not be decoded, by reason.",
-            ["reason"],
-            registry=registry,
-        )
-        self.stale = Counter(
-            "gridmate_vehicles_stale_values",
-            "Values older than the state already held (resends, replays), ignored.",
-            registry=registry,
-        )
         self.publishes = Counter(
             "gridmate_vehicles_mqtt_publishes",
             "MQTT messages published and acknowledged.",
@@ -186,7 +164,16 @@ class Hub:
         self._last_fetch = time.monotonic()
         self._fetched_since: float | None = None  # oldest fetch not yet delivered
         self._background: set[asyncio.Task[None]] = set()
-        self._log = _RateLimitedLog(_LOG_EVERY)
+        self._log = RateLimitedLog(_LOG_EVERY)
+        self.ingest = RecordIngest(
+            self.source,
+            namespace=settings.kafka.namespace if settings.kafka else "",
+            max_record_bytes=settings.kafka.max_record_bytes if settings.kafka else 0,
+            max_clock_skew=settings.max_clock_skew,
+            now=clock.now,
+            registry=registry,
+            warnings=self._log,
+        )
         self._topic_names = topic_names(settings.kafka.namespace) if settings.kafka else []
         self._changed = asyncio.Event()
         # TeslaMate, Tesla API polling, and which source speaks for each vehicle.
@@ -366,33 +353,15 @@ class Hub:
                 await self._commit(consumer)
 
     def _process(self, partition: TopicPartition, records: list[Any]) -> None:
-        namespace = self._kafka.namespace
-        max_size = self._kafka.max_record_bytes
-        metrics = self.metrics
-        by_type = metrics.by_type
-        apply, mark = self.source.apply, self.publisher.mark
-        stale = 0
+        ingest, mark = self.ingest, self.publisher.mark
+        name_source = self.sources is None
         for message in records:
-            try:
-                record = decode_record(
-                    message.topic, message.headers, message.value, namespace, max_size=max_size
-                )
-            except MalformedRecord as error:
-                self._skip(message, error.reason, error.detail)
+            applied = ingest(message)
+            if applied is None:
                 continue
-            by_type[record.record_type].inc()
-            try:
-                applied = apply(record)
-            except Exception as error:  # one unexpected record must not stop the consumer
-                self._skip(message, "unprocessable", f"{type(error).__name__}: {error}")
-                log.debug("record could not be applied", exc_info=error)
-                continue
-            stale += applied.stale
-            if self.sources is None and applied.vin not in self._fleet_only_named:
+            if name_source and applied.vin not in self._fleet_only_named:
                 self._name_fleet_telemetry_source(applied)
             mark(applied)
-        if stale:
-            metrics.stale.inc(stale)
         self._processed[partition] = records[-1].offset + 1
 
     def _name_fleet_telemetry_source(self, applied: Applied) -> None:
@@ -401,18 +370,6 @@ class Hub:
         outcome = self.store.update(applied.vin, DATA_SOURCE_FIELD, FLEET_TELEMETRY, now, GRIDMATE)
         if outcome is Outcome.CHANGED:
             applied.changed.append(DATA_SOURCE_FIELD)
-
-    def _skip(self, message: Any, reason: str, detail: str) -> None:
-        self.metrics.malformed.labels(reason).inc()
-        self._log.warning(
-            reason,
-            "record skipped",
-            reason=reason,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            detail=detail[:200],
-        )
 
     def _expire(self) -> None:
         now = self.clock.now().timestamp()
@@ -509,6 +466,7 @@ class Hub:
         self.publisher.forget()
         self.source.forget()
         restored = 0
+        now = self.clock.now().timestamp()
         for topic, payload in retained.items():
             vin = self.topics.vin_of_state(topic)
             if vin is None or not payload:
@@ -520,6 +478,7 @@ class Hub:
                     "snapshot", "retained state ignored", topic=topic, error=str(error)
                 )
                 continue
+            unpin_future(fields, now, _RESTORED_FUTURE_LIMIT)
             self.store.seed(vin, fields)
             restored += 1
         self._needs_seed = False

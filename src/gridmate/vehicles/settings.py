@@ -147,6 +147,13 @@ class VehiclesSettings(ComponentSettings):
         gt=0,
         description="An open connection with no data for this long is considered closed.",
     )
+    max_clock_skew: float = Field(
+        300.0,
+        gt=0,
+        description="A Fleet Telemetry record timed more than this many seconds after the "
+        "server received it (a car clock gone wrong) is taken as of its receive time, so it "
+        "cannot hide later values.",
+    )
 
     teslamate: TeslaMateSourceSettings = TeslaMateSourceSettings()
     tesla: TeslaCloudSettings = TeslaCloudSettings()
