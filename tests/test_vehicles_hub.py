@@ -17,7 +17,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from gridmate.runtime.clock import SystemClock
-from gridmate.sim.brokers import create_kafka_topics, mosquitto_broker
+from gridmate.sim.brokers import (
+    TANSU_FAST_GROUP_CONSUMER_CONFIG,
+    create_kafka_topics,
+    mosquitto_broker,
+)
 from gridmate.vehicles.ha_view import HomeAssistantView
 from gridmate.vehicles.hub import Hub
 from gridmate.vehicles.kafka import topic_names
@@ -60,6 +64,13 @@ class Rig:
                 "namespace": self.namespace,
                 "group_id": self.group,
                 "commit_interval": 0.2,
+                # tansu does not keep static members' partitions over a restart (see
+                # test_vehicles_recovery), and rebalances faster with short sessions.
+                "static_membership": False,
+                "session_timeout": TANSU_FAST_GROUP_CONSUMER_CONFIG["session_timeout_ms"] / 1000,
+                "heartbeat_interval": (
+                    TANSU_FAST_GROUP_CONSUMER_CONFIG["heartbeat_interval_ms"] / 1000
+                ),
                 **(kafka or {}),
             },
             mqtt={"host": self.mqtt_host, "port": self.mqtt_port},

@@ -26,7 +26,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gridmate.runtime.backoff import Backoff, reconnecting
+from gridmate.runtime.backoff import Backoff, reconnecting, tcp_answers
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
 from gridmate.vehicles.arbitration import FLEET_TELEMETRY, GRIDMATE, RankedArbiter
@@ -34,7 +34,7 @@ from gridmate.vehicles.catalogue import invalid_policies
 from gridmate.vehicles.fleet_telemetry import Applied, FleetTelemetrySource
 from gridmate.vehicles.homeassistant import SnapshotError, Topics, restore_fields
 from gridmate.vehicles.ingest import RateLimitedLog, RecordIngest
-from gridmate.vehicles.kafka import make_consumer, topic_names
+from gridmate.vehicles.kafka import bootstrap_addresses, make_consumer, topic_names
 from gridmate.vehicles.mqtt import MqttLink, MqttUnavailable
 from gridmate.vehicles.publisher import Publisher
 from gridmate.vehicles.settings import KafkaSettings, VehiclesSettings
@@ -147,6 +147,10 @@ class Hub:
         self.metrics = _Metrics(registry)
         self.metrics.vehicles.set_function(lambda: len(self.store))
         self._kafka_up = asyncio.Event()
+        self._assigned = asyncio.Event()
+        """Partitions were assigned in the current Kafka session (possibly none)."""
+        self.assignment: frozenset[TopicPartition] = frozenset()
+        """The Kafka partitions this instance consumes now."""
         self.ready = asyncio.Event()
         self.last_kafka_error: str | None = None
         self._consumer: Any = None
@@ -215,6 +219,7 @@ class Hub:
                     stop=self.stop,
                     retry_on=(KafkaError, OSError, TimeoutError),
                     on_failure=self._kafka_failed,
+                    probe=self._kafka_answers,
                 )
         finally:
             if sources is not None:
@@ -233,10 +238,18 @@ class Hub:
             await mqtt
 
     async def _await_ready(self) -> None:
+        # READY means serving: Kafka partitions assigned (possibly none, when the group
+        # has more instances than partitions) and Home Assistant's broker connected.
         if self.settings.kafka is not None:
-            await self._kafka_up.wait()
+            await self._assigned.wait()
         await self.mqtt.connected.wait()
         self.ready.set()
+
+    async def _kafka_answers(self) -> bool:
+        for host, port in bootstrap_addresses(self._kafka):
+            if await tcp_answers(host, port):
+                return True
+        return False
 
     def _kafka_failed(self, error: BaseException) -> None:
         self.last_kafka_error = f"{type(error).__name__}: {error}"
@@ -246,6 +259,8 @@ class Hub:
             return None
         if not self._kafka_up.is_set():
             return f"not connected to Kafka ({self.last_kafka_error or 'connecting'})"
+        if not self._assigned.is_set() and not self.ready.is_set():
+            return f"waiting for Kafka partitions (consumer group {self._kafka.group_id})"
         silent = time.monotonic() - self._last_fetch
         if silent > 60:
             return f"no answer from Kafka for {silent:.0f}s"
@@ -299,7 +314,13 @@ class Hub:
 
     async def _kafka_session(self, backoff: Backoff) -> None:
         consumer = make_consumer(self._kafka)
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            # A consumer that failed to start still holds a client and its connections.
+            with contextlib.suppress(KafkaError, OSError):
+                await consumer.stop()
+            raise
         self._consumer = consumer
         try:
             consumer.subscribe(self._topic_names, listener=_Rebalance(self))
@@ -309,10 +330,14 @@ class Hub:
                 "consuming",
                 topics=",".join(self._topic_names),
                 group=self._kafka.group_id,
+                instance=self._kafka.instance_id or "dynamic",
             )
+            self._status(f"Waiting for Kafka partitions (consumer group {self._kafka.group_id})")
             await self._consume(consumer, backoff)
         finally:
             self._kafka_up.clear()
+            self._assigned.clear()
+            self.assignment = frozenset()
             with contextlib.suppress(KafkaError, MqttUnavailable, OSError):
                 await self._deliver()
                 await self._commit(consumer)
@@ -505,16 +530,20 @@ class Hub:
                 self._delivered.pop(partition, None)
                 self._committed.pop(partition, None)
             self._needs_seed = True
+            self.assignment = self.assignment - revoked
         log.info("partitions revoked", partitions=len(revoked))
 
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._needs_seed = True
+        self.assignment = frozenset(assigned)
+        self._assigned.set()
         if self.sources is not None:
             # TeslaMate and polling write meanwhile: restore now rather than at the first
             # Fleet Telemetry record, which may be hours away.
             async with self._work:
                 await self._seed()
         log.info("partitions assigned", partitions=len(assigned))
+        self._status(self._serving_status())
         # Other instances may have left with their last will: say again that we serve.
         await self.mqtt.announce_online()
 
