@@ -276,6 +276,30 @@ class TeslaCloudSimulator:
         )
         return access, refresh
 
+    def issue_owner_api_tokens(self) -> tuple[str, str]:
+        """What TeslaMate gets by default (client ``ownerapi`` at auth.tesla.com).
+
+        Owner-API tokens, with that audience and issuer; the Fleet API does not accept
+        them (this simulator answers 401 invalid_token, as for any token it did not issue).
+        """
+        now = self.clock.now()
+        access = _jwt(
+            {
+                "iss": "https://auth.tesla.com/oauth2/v3",
+                "aud": [
+                    "https://owner-api.teslamotors.com/",
+                    "https://auth.tesla.com/oauth2/v3/userinfo",
+                ],
+                "azp": "ownerapi",
+                "sub": f"sim-owner-{secrets.token_hex(4)}",
+                "scp": ["openid", "email", "offline_access"],
+                "amr": ["pwd"],
+                "iat": int(now.timestamp()),
+                "exp": int((now + timedelta(hours=8)).timestamp()),
+            }
+        )
+        return access, secrets.token_hex(32)
+
     def expire_access_tokens(self) -> None:
         """Make every issued access token expired now."""
         past = self.clock.now() - timedelta(seconds=1)
