@@ -305,6 +305,47 @@ async def test_a_sleeping_car_is_not_polled(mqtt_broker):
         assert ha.value(NAME, "Data source") == "teslamate"
 
 
+@pytest.mark.parametrize(
+    ("state", "online", "cloud_state"),
+    [
+        # The car dropped off the network (TeslaMate also says so for a car driving
+        # out of coverage): not online, nothing to expect from TeslaMate.
+        ("offline", "off", "offline"),
+        # TeslaMate stopped polling so that the car can fall asleep: still online,
+        # but silent by design.
+        ("suspended", "on", "online"),
+    ],
+)
+async def test_offline_and_suspended_cars_are_quiet_not_stale(
+    mqtt_broker, state, online, cloud_state
+):
+    teslamate_car = charging_car(
+        state="driving",
+        charging_state="Disconnected",
+        charger_power=None,
+        speed_mph=30.0,
+        shift_state="D",
+    )
+    cloud_car = SimulatedVehicle(vin=VIN, display_name=NAME, state=cloud_state)
+    async with (
+        rig_with(mqtt_broker, None, teslamate_car, cloud_car, speed=300) as rig,
+        rig.hub() as hub,
+        rig.view() as ha,
+    ):
+        await ha.wait_for(shows(**{"Data source": "teslamate", "Online": "on", "Driving": "on"}))
+        await rig.teslamate.set_state(1, state, shift_state="P", speed_mph=None)
+        entities = await ha.wait_for(shows(**{"Online": online, "Driving": "off"}))
+        assert entities[(NAME, "Speed")].state is None
+        # Ten minutes of silence, ten times TeslaMate's stale_after: normal in this state.
+        await rig.clock.sleep(600)
+        assert hub.sources is not None
+        verdict = hub.sources.book.verdict(VIN, "teslamate")
+        assert verdict is not None and verdict.health == "quiet"
+        assert ha.value(NAME, "Data source") == "teslamate"
+        assert rig.cloud.calls_to("vehicle_data") == []
+        assert rig.cloud.calls_to("wake_up") == []
+
+
 async def test_fleet_telemetry_appears_and_takes_over(mqtt_broker, kafka_bootstrap, unique_name):
     from aiokafka import AIOKafkaProducer
 
