@@ -66,6 +66,7 @@ class Rig:
         }
         if self.dsn is None:
             teslamate["cars"] = {1: VIN}
+        teslamate.update(extra.pop("teslamate", {}))
         tesla: dict[str, Any] = {}
         if self.dsn is not None:
             tesla = {"teslamate": {"dsn": self.dsn}}
@@ -344,6 +345,42 @@ async def test_offline_and_suspended_cars_are_quiet_not_stale(
         assert ha.value(NAME, "Data source") == "teslamate"
         assert rig.cloud.calls_to("vehicle_data") == []
         assert rig.cloud.calls_to("wake_up") == []
+
+
+async def test_teslamate_dies_while_the_car_sleeps_and_then_the_car_drives(mqtt_broker, caplog):
+    caplog.set_level(logging.INFO)
+    teslamate_car = charging_car(state="asleep", charging_state="Disconnected", charger_power=None)
+    cloud_car = SimulatedVehicle(vin=VIN, display_name=NAME, state="asleep", battery_level=57)
+    async with rig_with(mqtt_broker, None, teslamate_car, cloud_car, speed=60) as rig:
+        watch = {"web_url": rig.teslamate.web_url, "web_check_interval": 30}
+        async with rig.hub(teslamate=watch) as hub, rig.view() as ha:
+            await ha.wait_for(shows(**{"Data source": "teslamate", "Online": "off"}))
+            # TeslaMate dies while the car sleeps: MQTT stays silent either way, but
+            # its web interface stops answering.
+            await rig.teslamate.die()
+            await ha.wait_for(shows(**{"Data source": "tesla_api"}), 30)
+            assert hub.sources is not None
+            assert hub.sources.health_teslamate() == (
+                f"TeslaMate does not answer at {rig.teslamate.web_url} (ConnectError)"
+            )
+            # The vehicle list still says asleep: nothing is read, nothing woken.
+            assert rig.cloud.calls_to("vehicle_data") == []
+            # The car wakes up and drives.
+            cloud_car.state = "online"
+            cloud_car.shift_state, cloud_car.speed_mph = "D", 40
+            entities = await ha.wait_for(
+                shows(**{"Online": "on", "Driving": "on", "Speed": 40.0}), 60
+            )
+            assert entities[(NAME, "Data source")].state == "tesla_api"
+            assert entities[(NAME, "Battery level")].state == 57.0
+        assert rig.cloud.calls_to("wake_up") == []
+        assert cloud_car.wakes == 0
+    said = words(caplog)
+    assert any(
+        w.startswith("data from TeslaMate for Red is stale; switching to Tesla API polling")
+        and "TeslaMate does not answer at" in w
+        for w in said
+    ), said
 
 
 async def test_fleet_telemetry_appears_and_takes_over(mqtt_broker, kafka_bootstrap, unique_name):

@@ -134,6 +134,9 @@ class SimulatedVehicle:
     latitude: float = 37.4925
     longitude: float = -121.9447
     odometer_miles: float = 12345.6
+    shift_state: str | None = None
+    """``P``, ``D``, ``R``, ``N``; None (as Tesla sends it) while parked and asleep."""
+    speed_mph: int | None = None
     commands: list[tuple[datetime, str, bool, str]] = field(default_factory=list)
     """(time, command, result, reason) of every command that reached the car."""
     wakes: int = 0
@@ -769,8 +772,8 @@ def _drive_state(car: SimulatedVehicle) -> dict[str, Any]:
         "latitude": car.latitude,
         "longitude": car.longitude,
         "heading": 0,
-        "shift_state": None,
-        "speed": None,
+        "shift_state": car.shift_state,
+        "speed": car.speed_mph,
         "power": -car.charger_power_kw,
     }
 
