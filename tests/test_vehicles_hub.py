@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import socket
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from gridmate.runtime.clock import SystemClock
 from gridmate.sim.brokers import (
@@ -392,31 +399,233 @@ async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstra
         await rig.close()
 
 
-async def test_two_instances_split_vehicles_and_hand_over(rig, t0):
-    cars = [SimulatedCar(sample_vin(10 + n), name=f"Car {n}") for n in range(6)]
-    names = {car.vin: car.name for car in cars}
-    ns = rig.namespace
-    async with rig.view() as ha, rig.hub(vehicles=names) as first:
-        second_context = rig.hub(vehicles=names)
-        second = await second_context.__aenter__()
-        try:
-            await asyncio.sleep(3)  # let the group settle with two members
-            for car in cars:
-                await rig.send(telemetry_record(ns, car.vin, t0, car.signals(everything=True)))
-            await ha.wait_for(
-                lambda e: all(shown(car.name, battery_level=62.0)(e) for car in cars), within=30
-            )
-            published = {first.publisher.vehicles_published, second.publisher.vehicles_published}
-        finally:
-            await second_context.__aexit__(None, None, None)
-        # The first instance takes everything over; new data for any car is shown
-        # together with the values the other instance had published.
-        for car in cars:
-            await rig.send(
-                telemetry_record(ns, car.vin, t0 + timedelta(minutes=1), {"VehicleSpeed": 12.0})
-            )
-        await ha.wait_for(
-            lambda e: all(shown(car.name, speed=12.0, battery_level=62.0)(e) for car in cars),
-            within=60,
+class HubProcess:
+    """``gridmate vehicles run`` as its own process, observed through its metrics."""
+
+    def __init__(self, rig: Rig, workdir: Path, name: str, vehicles: dict[str, str]) -> None:
+        self.name = name
+        self.metrics_port = _free_port()
+        directory = workdir / name
+        directory.mkdir()
+        self.config = directory / "vehicles.toml"
+        self.log_path = directory / "hub.log"
+        names = "".join(f'{vin} = "{car}"\n' for vin, car in vehicles.items())
+        fast = TANSU_FAST_GROUP_CONSUMER_CONFIG
+        self.config.write_text(
+            f'state_directory = "{directory}"\nruntime_directory = "{directory}"\n'
+            f"[metrics]\nport = {self.metrics_port}\n"
+            f'[kafka]\nbootstrap_servers = "{rig.bootstrap}"\nnamespace = "{rig.namespace}"\n'
+            f'group_id = "{rig.group}"\ncommit_interval = 0.2\nstatic_membership = false\n'
+            f"session_timeout = {fast['session_timeout_ms'] / 1000}\n"
+            f"heartbeat_interval = {fast['heartbeat_interval_ms'] / 1000}\n"
+            f'[mqtt]\nhost = "{rig.mqtt_host}"\nport = {rig.mqtt_port}\n'
+            f'[homeassistant]\nbase_topic = "{rig.base}"\ndiscovery_prefix = "{rig.discovery}"\n'
+            f"birth_delay = 0\n[vehicles]\n{names}"
         )
-    assert sum(published) == len(cars)
+        self.process: asyncio.subprocess.Process | None = None
+        self._log: Any = None
+
+    async def start(self) -> None:
+        self._log = self.log_path.open("w")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from gridmate.cli import main; main()",
+            "vehicles",
+            "run",
+            "--config",
+            str(self.config),
+            stdout=self._log,
+            stderr=self._log,
+        )
+
+    async def samples(self) -> list[Any]:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                text = (await client.get(url)).text
+        except httpx.HTTPError:
+            return []
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    async def assignment(self) -> set[tuple[str, int]]:
+        return {
+            (s.labels["topic"], int(s.labels["partition"]))
+            for s in await self.samples()
+            if s.name == "gridmate_vehicles_assigned_partitions" and s.value == 1
+        }
+
+    async def records(self, record_type: str) -> float:
+        return sum(
+            s.value
+            for s in await self.samples()
+            if s.name == "gridmate_vehicles_records_total" and s.labels["type"] == record_type
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.terminate()
+        code = await asyncio.wait_for(self.process.wait(), 30)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def until(condition, within: float = 60.0, what: str = "") -> None:
+    """Wait until the async ``condition()`` holds (checked every 100 ms)."""
+    try:
+        async with asyncio.timeout(within):
+            while not await condition():
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"not within {within:.0f}s: {what}") from None
+
+
+PARTITIONS = 4
+
+
+async def test_two_instances_split_vehicles_and_hand_over(rig, tmp_path, t0):
+    """Numbered records flow while a second instance joins and while it is SIGKILLed;
+    every record's effect reaches MQTT, each instance serves its own share, and the
+    committed offsets end where production ended."""
+    await create_kafka_topics(
+        rig.bootstrap, dict.fromkeys(topic_names(f"{rig.namespace}x"), PARTITIONS)
+    )
+    rig.namespace = f"{rig.namespace}x"  # topics with more partitions than the fixture's
+    ns = rig.namespace
+    cars = [sample_vin(20 + n) for n in range(2 * PARTITIONS)]
+    names = {vin: f"Car {n}" for n, vin in enumerate(cars)}
+    partition_of = {vin: n % PARTITIONS for n, vin in enumerate(cars)}
+    produced: dict[TopicPartition, int] = {}
+    steps: dict[str, int] = dict.fromkeys(cars, 0)
+    producer = AIOKafkaProducer(bootstrap_servers=rig.bootstrap, linger_ms=0)
+    await producer.start()
+
+    async def step(vin: str) -> None:
+        """Record n of a car: one more active alert (they add up) and its odometer."""
+        steps[vin] += 1
+        n = steps[vin]
+        at = t0 + timedelta(seconds=n)
+        for record in (
+            alerts_record(ns, vin, at, [(f"Seq{n}", at, None)]),
+            telemetry_record(ns, vin, at, {"Odometer": float(n)}),
+        ):
+            partition = partition_of[vin]
+            await producer.send_and_wait(
+                record.topic, record.value, key=record.key, partition=partition,
+                headers=record.headers,
+            )  # fmt: skip
+            tp = TopicPartition(record.topic, partition)
+            produced[tp] = produced.get(tp, 0) + 1
+
+    flowing = asyncio.Event()
+
+    async def flow() -> None:
+        while True:
+            await flowing.wait()
+            for vin in cars:
+                await step(vin)
+            await asyncio.sleep(0.05)
+
+    def everything_shown(entities) -> bool:
+        for vin in cars:
+            alerts = entities.get((names[vin], "Active alerts"))
+            odometer = entities.get((names[vin], "Odometer"))
+            if alerts is None or odometer is None or odometer.state != steps[vin]:
+                return False
+            shown_names = {a["name"] for a in alerts.attributes.get("alerts", ())}
+            if shown_names != {f"Seq{n}" for n in range(1, steps[vin] + 1)}:
+                return False
+        return True
+
+    first = HubProcess(rig, tmp_path, "first", names)
+    second = HubProcess(rig, tmp_path, "second", names)
+    all_partitions = {(f"{ns}_{t}", p) for t in ("V", "alerts", "errors", "connectivity")
+                      for p in range(PARTITIONS)}  # fmt: skip
+    producing = asyncio.create_task(flow())
+    try:
+        async with rig.view() as ha:
+            await first.start()
+            await until(lambda: _equals(first.assignment(), all_partitions), what="first assigned")
+            flowing.set()
+            await until(lambda: _records_at_least(first, 4 * len(cars)), what="first consuming")
+
+            # A second instance joins while records flow: the group rebalances.
+            await second.start()
+
+            async def split() -> bool:
+                mine, theirs = await first.assignment(), await second.assignment()
+                return (
+                    bool(mine)
+                    and bool(theirs)
+                    and not mine & theirs
+                    and (mine | theirs == all_partitions)
+                )
+
+            await until(split, what="the two instances split the partitions")
+            flowing.clear()
+            await ha.wait_for(everything_shown, within=60)
+
+            # Each instance serves exactly its own partitions' records.
+            mine = {p for t, p in await first.assignment() if t == f"{ns}_V"}
+            theirs = {p for t, p in await second.assignment() if t == f"{ns}_V"}
+            assert mine and theirs, (mine, theirs)
+            before = (await first.records("V"), await second.records("V"))
+            rounds = 5
+            for _ in range(rounds):
+                for vin in cars:
+                    await step(vin)
+            await ha.wait_for(everything_shown, within=60)
+            after = (await first.records("V"), await second.records("V"))
+            per_partition = rounds * len(cars) // PARTITIONS
+            assert after[0] - before[0] == per_partition * len(mine)
+            assert after[1] - before[1] == per_partition * len(theirs)
+
+            # Records flow again, and the second instance is killed mid-stream.
+            flowing.set()
+            await until(lambda: _records_at_least(second, after[1] + 8), what="second busy")
+            second.kill()
+            await until(
+                lambda: _equals(first.assignment(), all_partitions),
+                what="first took every partition over",
+            )
+            await until(lambda: _records_at_least(first, after[0] + 40), what="first busy")
+            flowing.clear()
+            await ha.wait_for(everything_shown, within=60)
+
+            async def all_committed() -> bool:
+                return await rig.committed() == produced
+
+            await until(all_committed, what="offsets committed up to what was produced")
+            assert sum(steps.values()) > (rounds + 10) * len(cars)
+            assert await first.stop() == 0
+    finally:
+        producing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producing
+        await producer.stop()
+        for hub in (first, second):
+            if hub.process is not None and hub.process.returncode is None:
+                hub.kill()
+                await hub.process.wait()
+
+
+async def _equals(value, expected) -> bool:
+    return await value == expected
+
+
+async def _records_at_least(hub: HubProcess, count: float) -> bool:
+    return await hub.records("V") >= count

@@ -88,6 +88,13 @@ class _Metrics:
         self.vehicles = Gauge(
             "gridmate_vehicles_known", "Vehicles in the state.", registry=registry
         )
+        self.assigned = Gauge(
+            "gridmate_vehicles_assigned_partitions",
+            "1 for each Kafka partition this instance consumes now (instances of a consumer "
+            "group split them).",
+            ["topic", "partition"],
+            registry=registry,
+        )
         self.delivery = Histogram(
             "gridmate_vehicles_delivery_seconds",
             "From fetching records from Kafka to the broker acknowledging the MQTT messages "
@@ -337,7 +344,7 @@ class Hub:
         finally:
             self._kafka_up.clear()
             self._assigned.clear()
-            self.assignment = frozenset()
+            self._show_assignment(frozenset())
             with contextlib.suppress(KafkaError, MqttUnavailable, OSError):
                 await self._deliver()
                 await self._commit(consumer)
@@ -530,12 +537,18 @@ class Hub:
                 self._delivered.pop(partition, None)
                 self._committed.pop(partition, None)
             self._needs_seed = True
-            self.assignment = self.assignment - revoked
+            self._show_assignment(self.assignment - revoked)
         log.info("partitions revoked", partitions=len(revoked))
+
+    def _show_assignment(self, assignment: frozenset[TopicPartition]) -> None:
+        self.assignment = assignment
+        self.metrics.assigned.clear()
+        for partition in assignment:
+            self.metrics.assigned.labels(partition.topic, str(partition.partition)).set(1)
 
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._needs_seed = True
-        self.assignment = frozenset(assigned)
+        self._show_assignment(frozenset(assigned))
         self._assigned.set()
         if self.sources is not None:
             # TeslaMate and polling write meanwhile: restore now rather than at the first
