@@ -42,7 +42,7 @@ import aiomqtt
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from gridmate.runtime.backoff import Backoff, reconnecting, sleep_unless_stopped
+from gridmate.runtime.backoff import Backoff, reconnecting, sleep_unless_stopped, tcp_answers
 from gridmate.runtime.clock import Clock, sleep_or_wake
 from gridmate.runtime.logs import get_logger
 from gridmate.tesla.teslamate_db import TeslaMateDatabaseError
@@ -459,6 +459,7 @@ class TeslaMateSource:
                 stop=stop,
                 retry_on=(aiomqtt.MqttError, OSError, TimeoutError),
                 on_failure=self._failed,
+                probe=lambda: tcp_answers(self.settings.mqtt.host, self.settings.mqtt.port),
             )
         finally:
             for task in tasks:
