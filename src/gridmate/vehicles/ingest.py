@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -110,6 +110,7 @@ class RecordIngest:
         self.namespace = namespace
         self.max_record_bytes = max_record_bytes
         self.max_clock_skew = max_clock_skew
+        self._max_skew = timedelta(seconds=max_clock_skew)
         self._now = now
         self.metrics = IngestMetrics(registry)
         self._log = warnings
@@ -130,7 +131,7 @@ class RecordIngest:
             return None
         self.metrics.by_type[record.record_type].inc()
         received_at = record.received_at or kafka_time(message) or self._now()
-        bounded = bound_to_receipt(record, received_at, self.max_clock_skew)
+        bounded = bound_to_receipt(record, received_at, self._max_skew)
         if bounded is not record:
             self._future(message, record, received_at)
             record = bounded

@@ -1097,6 +1097,7 @@ def decode_record(
 _MAX_VIN_CHARS: Final = 64
 
 
+@lru_cache(maxsize=65536)
 def _key_vin(key: bytes | None) -> str:
     """The VIN a record key holds (raw bytes), or "" if the key cannot be one."""
     if not key or len(key) > _MAX_VIN_CHARS:
