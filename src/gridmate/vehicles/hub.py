@@ -556,7 +556,8 @@ class Hub:
             async with self._work:
                 await self._seed()
         log.info("partitions assigned", partitions=len(assigned))
-        self._status(self._serving_status())
+        if not self._paused:
+            self._status(self._serving_status())
         # Other instances may have left with their last will: say again that we serve.
         await self.mqtt.announce_online()
 
