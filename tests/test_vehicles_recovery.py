@@ -21,6 +21,7 @@ from gridmate.runtime.settings import MqttSettings
 from gridmate.sim.brokers import (
     TANSU_FAST_GROUP_CONSUMER_CONFIG,
     create_kafka_topics,
+    kafka_broker,
     mosquitto_broker,
 )
 from gridmate.vehicles.ha_view import HomeAssistantView
@@ -254,3 +255,38 @@ async def test_a_static_member_restarts_and_misses_nothing(
                 assert len(hub.assignment) == 8
     finally:
         await producer.stop()
+
+
+@pytest.mark.services
+async def test_a_dead_kafka_broker_floods_nothing_and_the_hub_still_stops_cleanly(
+    mqtt_broker, unique_name, log_stream
+):
+    raw: list[logging.LogRecord] = []
+
+    class Everything(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.name.startswith("aiokafka") and record.levelno >= logging.WARNING:
+                raw.append(record)
+
+    logging.getLogger().addHandler(Everything())
+    async with kafka_broker() as bootstrap:
+        await create_kafka_topics(bootstrap, dict.fromkeys(topic_names(unique_name), 2))
+        settings = _settings(
+            bootstrap, mqtt_broker.host, mqtt_broker.port, unique_name, static_membership=False
+        )
+        stop = asyncio.Event()
+        hub = Hub(settings, clock=SystemClock(), registry=CollectorRegistry(), stop=stop)
+        task = asyncio.create_task(hub.run())
+        await asyncio.wait_for(hub.ready.wait(), 60)
+    # The broker is gone: aiokafka retries (and logs) every 100 ms or so.
+    try:
+        async with asyncio.timeout(60):
+            while len(raw) < 200:
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        # Stopping while aiokafka waits to retry a fetch must not end in CancelledError.
+        await asyncio.wait_for(task, 30)
+    written = [line for line in log_stream.getvalue().splitlines() if " aiokafka" in line]
+    assert written, "the first line of each message is written"
+    assert len(written) <= len(raw) / 10, (len(written), len(raw))

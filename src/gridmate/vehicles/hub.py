@@ -54,6 +54,18 @@ _LOG_EVERY = 10.0
 _RESTORED_FUTURE_LIMIT = 86400.0
 
 
+async def _close(consumer: Any) -> None:
+    """Stop a consumer. With the broker away, aiokafka's stop() cancels a fetch that
+    waits to retry and re-raises that task's CancelledError; only a cancellation of
+    the caller itself is passed on."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
 def unpin_future(fields: dict[str, FieldValue], now: float, max_skew: float) -> int:
     """Retime restored fields dated more than ``max_skew`` after ``now`` to ``now``.
 
@@ -326,7 +338,7 @@ class Hub:
         except BaseException:
             # A consumer that failed to start still holds a client and its connections.
             with contextlib.suppress(KafkaError, OSError):
-                await consumer.stop()
+                await _close(consumer)
             raise
         self._consumer = consumer
         try:
@@ -354,7 +366,7 @@ class Hub:
             self._committed.clear()
             self._needs_seed = True
             with contextlib.suppress(KafkaError, OSError):
-                await consumer.stop()
+                await _close(consumer)
 
     async def _consume(self, consumer: Any, backoff: Backoff) -> None:
         while not self.stop.is_set():
