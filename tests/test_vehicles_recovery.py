@@ -7,6 +7,7 @@ import contextlib
 import gc
 import io
 import logging
+import re
 import socket
 from datetime import UTC, datetime, timedelta
 
@@ -132,7 +133,8 @@ async def running(settings: VehiclesSettings, statuses: list[str] | None = None)
 def test_static_membership_is_on_by_default_with_an_id_per_host():
     settings = KafkaSettings(namespace="tesla_telemetry")
     options = consumer_options(settings)
-    assert options["group_instance_id"] == f"gridmate-vehicles-{socket.gethostname()}"
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())
+    assert options["group_instance_id"] == f"gridmate-vehicles-{host}"
     assert options["session_timeout_ms"] == 10_000
     assert options["heartbeat_interval_ms"] == 3_000
     explicit = KafkaSettings(namespace="t", group_instance_id="garage-pi")
