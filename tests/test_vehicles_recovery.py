@@ -28,7 +28,7 @@ from gridmate.sim.brokers import (
 from gridmate.vehicles.ha_view import HomeAssistantView
 from gridmate.vehicles.homeassistant import Topics
 from gridmate.vehicles.hub import Hub
-from gridmate.vehicles.kafka import consumer_options, topic_names
+from gridmate.vehicles.kafka import bootstrap_addresses, consumer_options, topic_names
 from gridmate.vehicles.mqtt import MqttLink
 from gridmate.vehicles.settings import KafkaSettings, VehiclesSettings
 from gridmate.vehicles.simulator import sample_vin, telemetry_record
@@ -292,3 +292,8 @@ async def test_a_dead_kafka_broker_floods_nothing_and_the_hub_still_stops_cleanl
     written = [line for line in log_stream.getvalue().splitlines() if " aiokafka" in line]
     assert written, "the first line of each message is written"
     assert len(written) <= len(raw) / 10, (len(written), len(raw))
+
+
+def test_bootstrap_servers_are_probed_as_host_and_port():
+    settings = KafkaSettings(namespace="t", bootstrap_servers="kafka1:9093, kafka2 ,[::1]:9094,")
+    assert bootstrap_addresses(settings) == [("kafka1", 9093), ("kafka2", 9092), ("::1", 9094)]
