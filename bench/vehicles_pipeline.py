@@ -222,6 +222,8 @@ async def main() -> None:
                     f'state_directory = "{workdir}"\nruntime_directory = "{workdir}"\n'
                     f"[metrics]\nport = {metrics_port}\n"
                     f'[kafka]\nbootstrap_servers = "{bootstrap}"\nnamespace = "{NAMESPACE}"\n'
+                    # tansu has no static membership (see docs/vehicles.md).
+                    "static_membership = false\n"
                     f'[mqtt]\nhost = "{mqtt[0]}"\nport = {mqtt[1]}\n'
                     f'[homeassistant]\nbase_topic = "{BASE}"\n'
                 )

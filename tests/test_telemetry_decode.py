@@ -8,7 +8,6 @@ by hand in the shape upstream's own tests and issues show.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -19,11 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
+from gridmate.vehicles.fleet_telemetry import FleetTelemetrySource
+from gridmate.vehicles.ingest import RateLimitedLog, RecordIngest
+from gridmate.vehicles.state import StateStore
 from gridmate.vehicles.telemetry import (
     FIELD_KINDS,
     FIELD_NAMES,
@@ -46,6 +50,7 @@ from gridmate.vehicles.telemetry import (
     field_kind,
     record_type,
 )
+from gridmate.vehicles.telemetry.decode import DEFAULT_MAX_SIZE
 from gridmate.vehicles.telemetry.proto import (
     vehicle_alert_pb2,
     vehicle_connectivity_pb2,
@@ -198,7 +203,9 @@ def test_upstream_record_test_json_shape() -> None:
         b'{"data":[{"key":"VehicleName","value":{"stringValue":"cybertruck"}}],'
         b'"isResend":false,"createdAt":null,"vin":"42"}'
     )
-    record = decode(body)
+    # The server's headers name the same VIN as the message it rewrote.
+    hdrs = [(name, b"42" if name == "vin" else raw) for name, raw in headers("V")]
+    record = decode_record(f"{NS}_V", hdrs, body, NS)
     assert record == TelemetryRecord(
         vin="42",
         created_at=RECEIVED,
@@ -759,7 +766,12 @@ def test_missing_vin_and_created_at() -> None:
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.datetimes(timezones=st.just(UTC)).map(lambda when: when.isoformat()),
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(
@@ -812,9 +824,79 @@ JSON_VALUES = st.recursive(
 TXTYPES = st.sampled_from(["V", "alerts", "errors", "connectivity"])
 
 
+MALFORMED_REASONS = frozenset(
+    {
+        "oversize",
+        "empty",
+        "unknown_type",
+        "bad_protobuf",
+        "bad_json",
+        "bad_shape",
+        "missing_vin",
+        "missing_created_at",
+    }
+)
+VALID_LEVEL = 42.5
+
+
+def _message(value: bytes, txtype: str, offset: int) -> ConsumerRecord:
+    return ConsumerRecord(
+        topic=f"{NS}_{txtype}",
+        partition=0,
+        offset=offset,
+        timestamp=RECEIVED_MS,
+        timestamp_type=0,
+        key=VIN.encode(),
+        value=value,
+        checksum=None,
+        serialized_key_size=len(VIN),
+        serialized_value_size=len(value),
+        headers=headers(txtype),
+    )
+
+
 def _decode_or_malformed(value: bytes, txtype: str) -> None:
-    with contextlib.suppress(MalformedRecord):
-        decode_record(f"{NS}_{txtype}", headers(txtype), value, NS)
+    """The fuzzed record is decoded or refused for a documented reason, and counted
+    as exactly one of the two; a valid record after it still applies."""
+    try:
+        decode_record(f"{NS}_{txtype}", headers(txtype), value, NS, key=VIN.encode())
+    except MalformedRecord as error:
+        assert error.reason in MALFORMED_REASONS, error.reason
+        refused: str | None = error.reason
+    else:
+        refused = None
+    registry = CollectorRegistry()
+    store = StateStore()
+    ingest = RecordIngest(
+        FleetTelemetrySource(store),
+        namespace=NS,
+        max_record_bytes=DEFAULT_MAX_SIZE,
+        max_clock_skew=300.0,
+        now=lambda: RECEIVED,
+        registry=registry,
+        warnings=RateLimitedLog(10.0),
+    )
+
+    def count(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    applied = ingest(_message(value, txtype, 1))
+    decoded = count("gridmate_vehicles_records_total", type=txtype)
+    if refused is not None:
+        assert applied is None and decoded == 0
+        assert count("gridmate_vehicles_malformed_records_total", reason=refused) == 1
+    else:
+        assert decoded == 1
+        assert applied is not None
+        assert count("gridmate_vehicles_malformed_records_total", reason="unprocessable") == 0
+    # Whatever the fuzzed record said (a time in year 9999 included), the car's next
+    # real value is shown.
+    valid = payload(datum(F.BatteryLevel, double_value=VALID_LEVEL))
+    valid.created_at.FromDatetime(RECEIVED + timedelta(seconds=1))
+    after = ingest(_message(valid.SerializeToString(), "V", 2))
+    assert after is not None and "battery_level" in after.changed
+    assert store.vehicle(VIN).value("battery_level") == VALID_LEVEL
+    assert count("gridmate_vehicles_records_total", type="V") == decoded * (txtype == "V") + 1
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -833,6 +915,14 @@ def test_random_bytes_only_raise_malformed_record(value: bytes, txtype: str) -> 
         max_size=5,
     ),
     txtype=TXTYPES,
+)
+@example(
+    obj={
+        "vin": VIN,
+        "createdAt": "2999-01-01T00:00:00Z",
+        "data": [{"key": "BatteryLevel", "value": {"doubleValue": 99.0}}],
+    },
+    txtype="V",
 )
 def test_random_json_only_raises_malformed_record(obj: dict[str, Any], txtype: str) -> None:
     _decode_or_malformed(json.dumps(obj).encode(), txtype)

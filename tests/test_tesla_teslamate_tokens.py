@@ -27,7 +27,12 @@ from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.secrets import Secret
 from gridmate.sim.tesla_cloud import tesla_cloud_simulator
 from gridmate.tesla.fleet_api import FleetApi, Unauthorized
-from gridmate.tesla.tokens import TeslaMateTokenProvider, TokenEvent, TokenUnavailable
+from gridmate.tesla.tokens import (
+    TeslaMateTokenProvider,
+    TokenEvent,
+    TokenUnavailable,
+    token_kind,
+)
 
 pytestmark = pytest.mark.services
 
@@ -486,3 +491,52 @@ async def test_background_sync_runs_until_stopped(
     assert registry.get_sample_value(
         "gridmate_tesla_token_last_success_timestamp_seconds", {"source": "teslamate"}
     )
+
+
+async def test_teslamates_default_owner_api_token_is_named_with_the_fix(
+    private_layout: str, clock: SimulatedClock
+) -> None:
+    async with tesla_cloud_simulator(clock=clock) as cloud:
+        owner_access, _refresh = cloud.issue_owner_api_tokens()
+        await save_tokens(private_layout, "private.tokens", owner_access)
+        registry = CollectorRegistry()
+        tokens = provider(private_layout, clock, registry=registry)
+        api = FleetApi(tokens, base_url=cloud.base_url, clock=clock)
+        try:
+            with pytest.raises(TokenUnavailable) as caught:
+                await api.vehicles()
+            assert caught.value.code == "owner_api_token"
+            assert "TESLA_AUTH_CLIENT_ID" in caught.value.reason
+            assert 'token_source = "oauth"' in caught.value.reason
+            health = tokens.health()
+            assert health is not None and "owner-API token" in health
+            assert errors(registry, "owner_api_token") == 1
+            # Not sent to Tesla: it cannot work there.
+            assert cloud.calls_to("vehicles") == []
+
+            # TeslaMate signed in again with a Fleet API application.
+            fleet_access, _ = cloud.issue_tokens()
+            await save_tokens(private_layout, "private.tokens", fleet_access)
+            clock.jump_to(clock.now() + timedelta(minutes=10))
+            assert await api.vehicles() == []
+            assert tokens.health() is None
+        finally:
+            await api.aclose()
+            await tokens.aclose()
+
+
+def test_token_kinds_are_told_apart_by_audience_and_issuer() -> None:
+    def token(**claims: object) -> str:
+        body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        return f"eyJhbGciOiJSUzI1NiJ9.{body}.c2ln"
+
+    fleet_aud = ["https://fleet-api.prd.eu.vn.cloud.tesla.com", "https://auth.tesla.com/x"]
+    assert token_kind(token(aud=fleet_aud)) == "fleet_api"
+    assert token_kind(token(aud="https://fleet-api.prd.na.vn.cloud.tesla.com")) == "fleet_api"
+    assert token_kind(token(iss="https://fleet-auth.tesla.com/oauth2/v3/nts")) == "fleet_api"
+    assert token_kind(token(aud=["https://owner-api.teslamotors.com/"])) == "owner_api"
+    assert token_kind(token(azp="ownerapi", iss="https://auth.tesla.com/oauth2/v3")) == "owner_api"
+    assert token_kind(token(sub="x")) == "unknown"
+    assert token_kind(token(aud=7)) == "unknown"
+    assert token_kind("not-a-jwt") == "unknown"
+    assert token_kind("a.!!!.c") == "unknown"

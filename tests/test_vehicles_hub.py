@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import socket
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from gridmate.runtime.clock import SystemClock
-from gridmate.sim.brokers import create_kafka_topics, mosquitto_broker
+from gridmate.sim.brokers import (
+    TANSU_FAST_GROUP_CONSUMER_CONFIG,
+    create_kafka_topics,
+    mosquitto_broker,
+)
 from gridmate.vehicles.ha_view import HomeAssistantView
 from gridmate.vehicles.hub import Hub
 from gridmate.vehicles.kafka import topic_names
@@ -33,8 +44,12 @@ from gridmate.vehicles.simulator import (
 
 pytestmark = pytest.mark.services
 
-# Recent: the hub marks a car offline ten minutes after its last data.
-T0 = datetime.now(UTC).replace(microsecond=0)
+
+@pytest.fixture
+def t0() -> datetime:
+    """Now, when the test starts: the hub marks a car offline ten minutes after its last
+    data, so records must be recent whenever the test runs."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 class Rig:
@@ -56,6 +71,13 @@ class Rig:
                 "namespace": self.namespace,
                 "group_id": self.group,
                 "commit_interval": 0.2,
+                # tansu does not keep static members' partitions over a restart (see
+                # test_vehicles_recovery), and rebalances faster with short sessions.
+                "static_membership": False,
+                "session_timeout": TANSU_FAST_GROUP_CONSUMER_CONFIG["session_timeout_ms"] / 1000,
+                "heartbeat_interval": (
+                    TANSU_FAST_GROUP_CONSUMER_CONFIG["heartbeat_interval_ms"] / 1000
+                ),
                 **(kafka or {}),
             },
             mqtt={"host": self.mqtt_host, "port": self.mqtt_port},
@@ -132,6 +154,17 @@ async def rig(kafka_bootstrap, mqtt_broker, unique_name) -> AsyncIterator[Rig]:
         await rig.close()
 
 
+def counted(counter, **labels: str) -> float:
+    """A counter's total over the samples with ``labels``."""
+    return sum(
+        sample.value
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+        and all(sample.labels.get(key) == value for key, value in labels.items())
+    )
+
+
 def shown(device: str, **expected):
     """A condition: the device's entities display ``expected`` (entity name -> state)."""
     names = {key.replace("_", " ").capitalize(): value for key, value in expected.items()}
@@ -146,11 +179,11 @@ def shown(device: str, **expected):
     return check
 
 
-async def test_a_drive_and_a_charge_reach_home_assistant(rig):
+async def test_a_drive_and_a_charge_reach_home_assistant(rig, t0):
     car = SimulatedCar(sample_vin(1), name="Blue")
     ns = rig.namespace
     async with rig.hub(), rig.view() as ha:
-        at = T0
+        at = t0
         await rig.send(
             connectivity_record(ns, car.vin, at, "conn-1", True),
             telemetry_record(ns, car.vin, at, car.signals(everything=True)),
@@ -166,7 +199,7 @@ async def test_a_drive_and_a_charge_reach_home_assistant(rig):
         assert entities[("Blue", "Data source")].state == "fleet_telemetry"
         # Driving, half of the records as protojson from a car without prefer_typed.
         for minute in range(1, 6):
-            at = T0 + timedelta(minutes=minute)
+            at = t0 + timedelta(minutes=minute)
             car.drive(60, 40.0, turn_deg=10)
             await rig.send(
                 telemetry_record(
@@ -215,21 +248,21 @@ async def test_a_drive_and_a_charge_reach_home_assistant(rig):
         assert units["Inside temperature"] == "°C" and units["Charger power"] == "kW"
 
 
-async def test_resends_replays_and_duplicates_are_harmless(rig):
+async def test_resends_replays_and_duplicates_are_harmless(rig, t0):
     vin = sample_vin(2)
     ns = rig.namespace
     async with rig.hub(vehicles={vin: "Grey"}), rig.view() as ha:
         await rig.send(
             telemetry_record(
-                ns, vin, T0 + timedelta(minutes=5), {"BatteryLevel": 70.0, "Odometer": 200.0}
+                ns, vin, t0 + timedelta(minutes=5), {"BatteryLevel": 70.0, "Odometer": 200.0}
             ),
             telemetry_record(
-                ns, vin, T0, {"BatteryLevel": 50.0, "Odometer": 150.0}, is_resend=True
+                ns, vin, t0, {"BatteryLevel": 50.0, "Odometer": 150.0}, is_resend=True
             ),
             telemetry_record(
-                ns, vin, T0 + timedelta(minutes=5), {"BatteryLevel": 70.0, "Odometer": 200.0}
+                ns, vin, t0 + timedelta(minutes=5), {"BatteryLevel": 70.0, "Odometer": 200.0}
             ),
-            telemetry_record(ns, vin, T0 + timedelta(minutes=6), {"InsideTemp": 19.5}),
+            telemetry_record(ns, vin, t0 + timedelta(minutes=6), {"InsideTemp": 19.5}),
         )
         await ha.wait_for(shown("Grey", inside_temperature=19.5))
         assert ha.value("Grey", "Battery level") == 70.0
@@ -240,8 +273,8 @@ async def test_resends_replays_and_duplicates_are_harmless(rig):
     # producer (at least once) changes nothing, and the state is restored from the broker.
     async with rig.hub(vehicles={vin: "Grey"}), rig.view() as ha:
         await rig.send(
-            telemetry_record(ns, vin, T0 + timedelta(minutes=1), {"BatteryLevel": 55.0}),
-            telemetry_record(ns, vin, T0 + timedelta(minutes=7), {"VehicleSpeed": 0.0}),
+            telemetry_record(ns, vin, t0 + timedelta(minutes=1), {"BatteryLevel": 55.0}),
+            telemetry_record(ns, vin, t0 + timedelta(minutes=7), {"VehicleSpeed": 0.0}),
         )
         await ha.wait_for(shown("Grey", speed=0.0))
         # The parked car's other values were restored, not blanked.
@@ -250,7 +283,7 @@ async def test_resends_replays_and_duplicates_are_harmless(rig):
         assert ha.value("Grey", "Odometer") == 200.0
 
 
-async def test_malformed_records_are_counted_skipped_and_committed(rig):
+async def test_malformed_records_are_counted_skipped_and_committed(rig, t0):
     vin = sample_vin(3)
     ns = rig.namespace
     limit = {"max_record_bytes": 64 * 1024}
@@ -259,9 +292,9 @@ async def test_malformed_records_are_counted_skipped_and_committed(rig):
         await rig.send_raw(f"{ns}_V", b'{"data": [', [("txtype", b"V")])
         await rig.send_raw(f"{ns}_alerts", b"\x0a\x00", [("txtype", b"metrics")])
         await rig.send_raw(f"{ns}_V", b"\x0a" * (100 * 1024), [("txtype", b"V")])
-        await rig.send(telemetry_record(ns, vin, T0, {"BatteryLevel": 33.0}))
+        await rig.send(telemetry_record(ns, vin, t0, {"BatteryLevel": 33.0}))
         await ha.wait_for(shown("Odd", battery_level=33.0))
-        malformed = hub.metrics.malformed
+        malformed = hub.ingest.metrics.malformed
         reasons = {
             s.labels["reason"]: s.value
             for metric in malformed.collect()
@@ -278,10 +311,39 @@ async def test_malformed_records_are_counted_skipped_and_committed(rig):
     assert sum((await rig.committed()).values()) == 5
 
 
-async def test_home_assistant_birth_brings_discovery_then_states_again(rig):
+async def test_a_car_clock_in_year_2999_does_not_freeze_its_fields(rig, t0):
+    vin = sample_vin(6)
+    ns = rig.namespace
+    async with rig.hub(vehicles={vin: "Skewed"}) as hub, rig.view() as ha:
+        await rig.send(
+            telemetry_record(
+                ns, vin, datetime(2999, 1, 1, tzinfo=UTC), {"BatteryLevel": 99.0}, received_at=t0
+            )
+        )
+        await ha.wait_for(shown("Skewed", battery_level=99.0))
+        for minute, level in ((1, 61.0), (2, 60.0)):
+            await rig.send(
+                telemetry_record(ns, vin, t0 + timedelta(minutes=minute), {"BatteryLevel": level})
+            )
+            await ha.wait_for(shown("Skewed", battery_level=level))
+        assert counted(hub.ingest.metrics.future) == 1
+
+
+async def test_connectivity_names_the_car_of_the_certificate(rig, t0):
+    vin, claimed = sample_vin(7), sample_vin(8)
+    ns = rig.namespace
+    names = {vin: "Certified", claimed: "Claimed"}
+    async with rig.hub(vehicles=names) as hub, rig.view() as ha:
+        await rig.send(connectivity_record(ns, vin, t0, "conn-1", True, message_vin=claimed))
+        entities = await ha.wait_for(shown("Certified", online="on"))
+        assert not any(device == "Claimed" for device, _name in entities)
+        assert counted(hub.ingest.metrics.vin_mismatches, type="connectivity") == 1
+
+
+async def test_home_assistant_birth_brings_discovery_then_states_again(rig, t0):
     vin = sample_vin(4)
     async with rig.hub(vehicles={vin: "Again"}), rig.view() as ha:
-        await rig.send(telemetry_record(rig.namespace, vin, T0, {"BatteryLevel": 44.0}))
+        await rig.send(telemetry_record(rig.namespace, vin, t0, {"BatteryLevel": 44.0}))
         await ha.wait_for(shown("Again", battery_level=44.0))
         before = ha.config_messages
         await ha.announce_online()
@@ -289,7 +351,7 @@ async def test_home_assistant_birth_brings_discovery_then_states_again(rig):
         assert ha.value("Again", "Battery level") == 44.0
 
 
-async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstrap, unique_name):
+async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstrap, unique_name, t0):
     await create_kafka_topics(kafka_bootstrap, dict.fromkeys(topic_names(unique_name), 1))
     async with mosquitto_broker() as (host, port):
         pass  # a free port to restart the broker on
@@ -301,7 +363,7 @@ async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstra
             hub = await hub_context.__aenter__()
             try:
                 async with rig.view() as ha:
-                    await rig.send(telemetry_record(rig.namespace, vin, T0, {"BatteryLevel": 10.0}))
+                    await rig.send(telemetry_record(rig.namespace, vin, t0, {"BatteryLevel": 10.0}))
                     await ha.wait_for(shown("Patient", battery_level=10.0))
                 await asyncio.sleep(0.5)
                 delivered = sum((await rig.committed()).values())
@@ -314,7 +376,7 @@ async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstra
                 telemetry_record(
                     rig.namespace,
                     vin,
-                    T0 + timedelta(minutes=minute),
+                    t0 + timedelta(minutes=minute),
                     {"BatteryLevel": 10.0 + minute},
                 )
             )
@@ -337,31 +399,233 @@ async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstra
         await rig.close()
 
 
-async def test_two_instances_split_vehicles_and_hand_over(rig):
-    cars = [SimulatedCar(sample_vin(10 + n), name=f"Car {n}") for n in range(6)]
-    names = {car.vin: car.name for car in cars}
-    ns = rig.namespace
-    async with rig.view() as ha, rig.hub(vehicles=names) as first:
-        second_context = rig.hub(vehicles=names)
-        second = await second_context.__aenter__()
-        try:
-            await asyncio.sleep(3)  # let the group settle with two members
-            for car in cars:
-                await rig.send(telemetry_record(ns, car.vin, T0, car.signals(everything=True)))
-            await ha.wait_for(
-                lambda e: all(shown(car.name, battery_level=62.0)(e) for car in cars), within=30
-            )
-            published = {first.publisher.vehicles_published, second.publisher.vehicles_published}
-        finally:
-            await second_context.__aexit__(None, None, None)
-        # The first instance takes everything over; new data for any car is shown
-        # together with the values the other instance had published.
-        for car in cars:
-            await rig.send(
-                telemetry_record(ns, car.vin, T0 + timedelta(minutes=1), {"VehicleSpeed": 12.0})
-            )
-        await ha.wait_for(
-            lambda e: all(shown(car.name, speed=12.0, battery_level=62.0)(e) for car in cars),
-            within=60,
+class HubProcess:
+    """``gridmate vehicles run`` as its own process, observed through its metrics."""
+
+    def __init__(self, rig: Rig, workdir: Path, name: str, vehicles: dict[str, str]) -> None:
+        self.name = name
+        self.metrics_port = _free_port()
+        directory = workdir / name
+        directory.mkdir()
+        self.config = directory / "vehicles.toml"
+        self.log_path = directory / "hub.log"
+        names = "".join(f'{vin} = "{car}"\n' for vin, car in vehicles.items())
+        fast = TANSU_FAST_GROUP_CONSUMER_CONFIG
+        self.config.write_text(
+            f'state_directory = "{directory}"\nruntime_directory = "{directory}"\n'
+            f"[metrics]\nport = {self.metrics_port}\n"
+            f'[kafka]\nbootstrap_servers = "{rig.bootstrap}"\nnamespace = "{rig.namespace}"\n'
+            f'group_id = "{rig.group}"\ncommit_interval = 0.2\nstatic_membership = false\n'
+            f"session_timeout = {fast['session_timeout_ms'] / 1000}\n"
+            f"heartbeat_interval = {fast['heartbeat_interval_ms'] / 1000}\n"
+            f'[mqtt]\nhost = "{rig.mqtt_host}"\nport = {rig.mqtt_port}\n'
+            f'[homeassistant]\nbase_topic = "{rig.base}"\ndiscovery_prefix = "{rig.discovery}"\n'
+            f"birth_delay = 0\n[vehicles]\n{names}"
         )
-    assert sum(published) == len(cars)
+        self.process: asyncio.subprocess.Process | None = None
+        self._log: Any = None
+
+    async def start(self) -> None:
+        self._log = self.log_path.open("w")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from gridmate.cli import main; main()",
+            "vehicles",
+            "run",
+            "--config",
+            str(self.config),
+            stdout=self._log,
+            stderr=self._log,
+        )
+
+    async def samples(self) -> list[Any]:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                text = (await client.get(url)).text
+        except httpx.HTTPError:
+            return []
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    async def assignment(self) -> set[tuple[str, int]]:
+        return {
+            (s.labels["topic"], int(s.labels["partition"]))
+            for s in await self.samples()
+            if s.name == "gridmate_vehicles_assigned_partitions" and s.value == 1
+        }
+
+    async def records(self, record_type: str) -> float:
+        return sum(
+            s.value
+            for s in await self.samples()
+            if s.name == "gridmate_vehicles_records_total" and s.labels["type"] == record_type
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.terminate()
+        code = await asyncio.wait_for(self.process.wait(), 30)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def until(condition, within: float = 60.0, what: str = "") -> None:
+    """Wait until the async ``condition()`` holds (checked every 100 ms)."""
+    try:
+        async with asyncio.timeout(within):
+            while not await condition():
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"not within {within:.0f}s: {what}") from None
+
+
+PARTITIONS = 4
+
+
+async def test_two_instances_split_vehicles_and_hand_over(rig, tmp_path, t0):
+    """Numbered records flow while a second instance joins and while it is SIGKILLed;
+    every record's effect reaches MQTT, each instance serves its own share, and the
+    committed offsets end where production ended."""
+    await create_kafka_topics(
+        rig.bootstrap, dict.fromkeys(topic_names(f"{rig.namespace}x"), PARTITIONS)
+    )
+    rig.namespace = f"{rig.namespace}x"  # topics with more partitions than the fixture's
+    ns = rig.namespace
+    cars = [sample_vin(20 + n) for n in range(2 * PARTITIONS)]
+    names = {vin: f"Car {n}" for n, vin in enumerate(cars)}
+    partition_of = {vin: n % PARTITIONS for n, vin in enumerate(cars)}
+    produced: dict[TopicPartition, int] = {}
+    steps: dict[str, int] = dict.fromkeys(cars, 0)
+    producer = AIOKafkaProducer(bootstrap_servers=rig.bootstrap, linger_ms=0)
+    await producer.start()
+
+    async def step(vin: str) -> None:
+        """Record n of a car: one more active alert (they add up) and its odometer."""
+        steps[vin] += 1
+        n = steps[vin]
+        at = t0 + timedelta(seconds=n)
+        for record in (
+            alerts_record(ns, vin, at, [(f"Seq{n}", at, None)]),
+            telemetry_record(ns, vin, at, {"Odometer": float(n)}),
+        ):
+            partition = partition_of[vin]
+            await producer.send_and_wait(
+                record.topic, record.value, key=record.key, partition=partition,
+                headers=record.headers,
+            )  # fmt: skip
+            tp = TopicPartition(record.topic, partition)
+            produced[tp] = produced.get(tp, 0) + 1
+
+    flowing = asyncio.Event()
+
+    async def flow() -> None:
+        while True:
+            await flowing.wait()
+            for vin in cars:
+                await step(vin)
+            await asyncio.sleep(0.05)
+
+    def everything_shown(entities) -> bool:
+        for vin in cars:
+            alerts = entities.get((names[vin], "Active alerts"))
+            odometer = entities.get((names[vin], "Odometer"))
+            if alerts is None or odometer is None or odometer.state != steps[vin]:
+                return False
+            shown_names = {a["name"] for a in alerts.attributes.get("alerts", ())}
+            if shown_names != {f"Seq{n}" for n in range(1, steps[vin] + 1)}:
+                return False
+        return True
+
+    first = HubProcess(rig, tmp_path, "first", names)
+    second = HubProcess(rig, tmp_path, "second", names)
+    all_partitions = {(f"{ns}_{t}", p) for t in ("V", "alerts", "errors", "connectivity")
+                      for p in range(PARTITIONS)}  # fmt: skip
+    producing = asyncio.create_task(flow())
+    try:
+        async with rig.view() as ha:
+            await first.start()
+            await until(lambda: _equals(first.assignment(), all_partitions), what="first assigned")
+            flowing.set()
+            await until(lambda: _records_at_least(first, 4 * len(cars)), what="first consuming")
+
+            # A second instance joins while records flow: the group rebalances.
+            await second.start()
+
+            async def split() -> bool:
+                mine, theirs = await first.assignment(), await second.assignment()
+                return (
+                    bool(mine)
+                    and bool(theirs)
+                    and not mine & theirs
+                    and (mine | theirs == all_partitions)
+                )
+
+            await until(split, what="the two instances split the partitions")
+            flowing.clear()
+            await ha.wait_for(everything_shown, within=60)
+
+            # Each instance serves exactly its own partitions' records.
+            mine = {p for t, p in await first.assignment() if t == f"{ns}_V"}
+            theirs = {p for t, p in await second.assignment() if t == f"{ns}_V"}
+            assert mine and theirs, (mine, theirs)
+            before = (await first.records("V"), await second.records("V"))
+            rounds = 5
+            for _ in range(rounds):
+                for vin in cars:
+                    await step(vin)
+            await ha.wait_for(everything_shown, within=60)
+            after = (await first.records("V"), await second.records("V"))
+            per_partition = rounds * len(cars) // PARTITIONS
+            assert after[0] - before[0] == per_partition * len(mine)
+            assert after[1] - before[1] == per_partition * len(theirs)
+
+            # Records flow again, and the second instance is killed mid-stream.
+            flowing.set()
+            await until(lambda: _records_at_least(second, after[1] + 8), what="second busy")
+            second.kill()
+            await until(
+                lambda: _equals(first.assignment(), all_partitions),
+                what="first took every partition over",
+            )
+            await until(lambda: _records_at_least(first, after[0] + 40), what="first busy")
+            flowing.clear()
+            await ha.wait_for(everything_shown, within=60)
+
+            async def all_committed() -> bool:
+                return await rig.committed() == produced
+
+            await until(all_committed, what="offsets committed up to what was produced")
+            assert sum(steps.values()) > (rounds + 10) * len(cars)
+            assert await first.stop() == 0
+    finally:
+        producing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producing
+        await producer.stop()
+        for hub in (first, second):
+            if hub.process is not None and hub.process.returncode is None:
+                hub.kill()
+                await hub.process.wait()
+
+
+async def _equals(value, expected) -> bool:
+    return await value == expected
+
+
+async def _records_at_least(hub: HubProcess, count: float) -> bool:
+    return await hub.records("V") >= count

@@ -50,6 +50,11 @@ def test_topics_are_parsed_from_the_right_with_and_without_namespace():
         "teslamate/a/b/cars/1/state",
         "teslamate//cars/1/state",
         "homeassistant/device/teslamate_1/config",
+        # Digits of other scripts are not car ids (int() would accept some, not all).
+        "teslamate/cars/\u00b2/state",
+        "teslamate/cars/\u0661/state",
+        "teslamate/cars/\uff11/state",
+        "teslamate/cars/1\u00b2/state",
     ):
         assert parse_topic(other) is None, other
     assert subscription(None) == "teslamate/cars/+/+"

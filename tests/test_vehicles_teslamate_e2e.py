@@ -66,6 +66,7 @@ class Rig:
         }
         if self.dsn is None:
             teslamate["cars"] = {1: VIN}
+        teslamate.update(extra.pop("teslamate", {}))
         tesla: dict[str, Any] = {}
         if self.dsn is not None:
             tesla = {"teslamate": {"dsn": self.dsn}}
@@ -164,6 +165,13 @@ def shows(**expected: Any):
     return check
 
 
+async def until(condition: Any, within: float = 30.0) -> None:
+    """Wait until ``condition()`` holds (checked every 20 ms)."""
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
 def charging_car(**extra: Any) -> TeslaMateCarModel:
     values = {
         "name": NAME,
@@ -190,7 +198,7 @@ async def test_teslamate_healthy_unhealthy_healthy(mqtt_broker, postgres_dsn, ca
     )
     async with (
         rig_with(mqtt_broker, postgres_dsn, charging_car(), cloud_car) as rig,
-        rig.hub(),
+        rig.hub() as hub,
         rig.view() as ha,
     ):
         entities = await ha.wait_for(
@@ -206,6 +214,8 @@ async def test_teslamate_healthy_unhealthy_healthy(mqtt_broker, postgres_dsn, ca
         )
         assert entities[(NAME, "Rated range")].state == pytest.approx(186.4, abs=0.01)
         assert entities[(NAME, "Data source")].config["entity_category"] == "diagnostic"
+        # Polling has started (after its start_delay) and could take the car.
+        await until(lambda: "tesla_api" in hub.sources.book.trusted(VIN))
         # TeslaMate loses its Tesla API access: polling takes over.
         rig.teslamate.cars[1].healthy = False
         await rig.teslamate.summary(1)
@@ -217,11 +227,11 @@ async def test_teslamate_healthy_unhealthy_healthy(mqtt_broker, postgres_dsn, ca
         await ha.wait_for(shows(**{"Data source": "teslamate", "Battery level": 62.0}), 30)
     said = words(caplog)
     assert "telemetry for Red is now provided by TeslaMate" in said
-    assert any(
-        w.startswith("data from TeslaMate for Red is stale; switching to Tesla API polling")
-        or w.startswith("data from TeslaMate for Red")
-        for w in said
-    )
+    # The switch names why: TeslaMate's own healthy flag, not silence.
+    assert (
+        "data from TeslaMate for Red is stale; switching to Tesla API polling "
+        "(TeslaMate reports that its access to the Tesla API is failing)"
+    ) in said
     assert rig.cloud.calls_to("wake_up") == []
 
 
@@ -294,6 +304,83 @@ async def test_a_sleeping_car_is_not_polled(mqtt_broker):
         assert rig.cloud.calls_to("wake_up") == []
         assert cloud_car.wakes == 0
         assert ha.value(NAME, "Data source") == "teslamate"
+
+
+@pytest.mark.parametrize(
+    ("state", "online", "cloud_state"),
+    [
+        # The car dropped off the network (TeslaMate also says so for a car driving
+        # out of coverage): not online, nothing to expect from TeslaMate.
+        ("offline", "off", "offline"),
+        # TeslaMate stopped polling so that the car can fall asleep: still online,
+        # but silent by design.
+        ("suspended", "on", "online"),
+    ],
+)
+async def test_offline_and_suspended_cars_are_quiet_not_stale(
+    mqtt_broker, state, online, cloud_state
+):
+    teslamate_car = charging_car(
+        state="driving",
+        charging_state="Disconnected",
+        charger_power=None,
+        speed_mph=30.0,
+        shift_state="D",
+    )
+    cloud_car = SimulatedVehicle(vin=VIN, display_name=NAME, state=cloud_state)
+    async with (
+        rig_with(mqtt_broker, None, teslamate_car, cloud_car, speed=300) as rig,
+        rig.hub() as hub,
+        rig.view() as ha,
+    ):
+        await ha.wait_for(shows(**{"Data source": "teslamate", "Online": "on", "Driving": "on"}))
+        await rig.teslamate.set_state(1, state, shift_state="P", speed_mph=None)
+        entities = await ha.wait_for(shows(**{"Online": online, "Driving": "off"}))
+        assert entities[(NAME, "Speed")].state is None
+        # Ten minutes of silence, ten times TeslaMate's stale_after: normal in this state.
+        await rig.clock.sleep(600)
+        assert hub.sources is not None
+        verdict = hub.sources.book.verdict(VIN, "teslamate")
+        assert verdict is not None and verdict.health == "quiet"
+        assert ha.value(NAME, "Data source") == "teslamate"
+        assert rig.cloud.calls_to("vehicle_data") == []
+        assert rig.cloud.calls_to("wake_up") == []
+
+
+async def test_teslamate_dies_while_the_car_sleeps_and_then_the_car_drives(mqtt_broker, caplog):
+    caplog.set_level(logging.INFO)
+    teslamate_car = charging_car(state="asleep", charging_state="Disconnected", charger_power=None)
+    cloud_car = SimulatedVehicle(vin=VIN, display_name=NAME, state="asleep", battery_level=57)
+    async with rig_with(mqtt_broker, None, teslamate_car, cloud_car, speed=60) as rig:
+        watch = {"web_url": rig.teslamate.web_url, "web_check_interval": 30}
+        async with rig.hub(teslamate=watch) as hub, rig.view() as ha:
+            await ha.wait_for(shows(**{"Data source": "teslamate", "Online": "off"}))
+            # TeslaMate dies while the car sleeps: MQTT stays silent either way, but
+            # its web interface stops answering.
+            await rig.teslamate.die()
+            await ha.wait_for(shows(**{"Data source": "tesla_api"}), 30)
+            assert hub.sources is not None
+            assert hub.sources.health_teslamate() == (
+                f"TeslaMate does not answer at {rig.teslamate.web_url} (ConnectError)"
+            )
+            # The vehicle list still says asleep: nothing is read, nothing woken.
+            assert rig.cloud.calls_to("vehicle_data") == []
+            # The car wakes up and drives.
+            cloud_car.state = "online"
+            cloud_car.shift_state, cloud_car.speed_mph = "D", 40
+            entities = await ha.wait_for(
+                shows(**{"Online": "on", "Driving": "on", "Speed": 40.0}), 60
+            )
+            assert entities[(NAME, "Data source")].state == "tesla_api"
+            assert entities[(NAME, "Battery level")].state == 57.0
+        assert rig.cloud.calls_to("wake_up") == []
+        assert cloud_car.wakes == 0
+    said = words(caplog)
+    assert any(
+        w.startswith("data from TeslaMate for Red is stale; switching to Tesla API polling")
+        and "TeslaMate does not answer at" in w
+        for w in said
+    ), said
 
 
 async def test_fleet_telemetry_appears_and_takes_over(mqtt_broker, kafka_bootstrap, unique_name):

@@ -20,7 +20,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -147,6 +148,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         formatter = TextFormatter(with_time=not journal, priority_prefix=journal)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    # A broker restart makes aiokafka log the same error dozens of times a second.
+    handler.addFilter(LibraryFloodFilter(("aiokafka",)))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -176,3 +179,44 @@ def _log_uncaught_in_thread(arguments: threading.ExceptHookArgs) -> None:
         "uncaught exception in a thread",
         exc_info=(arguments.exc_type, arguments.exc_value, arguments.exc_traceback),
     )
+
+
+class LibraryFloodFilter(logging.Filter):
+    """Libraries' warnings and errors: one line per message per ``interval`` seconds.
+
+    Records are told apart by logger, level and message template (before its
+    arguments), so a reconnect loop logging "Unable connect to node %s" passes once
+    per interval; the next line that passes carries ``similar_since_last``, how many
+    were dropped meanwhile. Debug and info records pass untouched.
+    """
+
+    def __init__(
+        self,
+        prefixes: tuple[str, ...],
+        interval: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.interval = interval
+        self._monotonic = monotonic
+        self._last: dict[tuple[str, int, str], float] = {}
+        self._suppressed: dict[tuple[str, int, str], int] = {}
+
+    def _applies(self, name: str) -> bool:
+        return any(name == prefix or name.startswith(prefix + ".") for prefix in self.prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not self._applies(record.name):
+            return True
+        key = (record.name, record.levelno, str(record.msg)[:200])
+        now = self._monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            record.fields = {**_fields(record), "similar_since_last": suppressed}
+        return True

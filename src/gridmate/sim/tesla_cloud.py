@@ -152,6 +152,9 @@ class SimulatedVehicle:
     latitude: float = 37.4925
     longitude: float = -121.9447
     odometer_miles: float = 12345.6
+    shift_state: str | None = None
+    """``P``, ``D``, ``R``, ``N``; None (as Tesla sends it) while parked and asleep."""
+    speed_mph: int | None = None
     commands: list[tuple[datetime, str, bool, str]] = field(default_factory=list)
     """(time, command, result, reason) of every command that reached the car."""
     wakes: int = 0
@@ -333,6 +336,30 @@ class TeslaCloudSimulator:
             )
         )
         return access, refresh
+
+    def issue_owner_api_tokens(self) -> tuple[str, str]:
+        """What TeslaMate gets by default (client ``ownerapi`` at auth.tesla.com).
+
+        Owner-API tokens, with that audience and issuer; the Fleet API does not accept
+        them (this simulator answers 401 invalid_token, as for any token it did not issue).
+        """
+        now = self.clock.now()
+        access = _jwt(
+            {
+                "iss": "https://auth.tesla.com/oauth2/v3",
+                "aud": [
+                    "https://owner-api.teslamotors.com/",
+                    "https://auth.tesla.com/oauth2/v3/userinfo",
+                ],
+                "azp": "ownerapi",
+                "sub": f"sim-owner-{secrets.token_hex(4)}",
+                "scp": ["openid", "email", "offline_access"],
+                "amr": ["pwd"],
+                "iat": int(now.timestamp()),
+                "exp": int((now + timedelta(hours=8)).timestamp()),
+            }
+        )
+        return access, secrets.token_hex(32)
 
     def expire_access_tokens(self) -> None:
         """Make every issued access token expired now."""
@@ -911,8 +938,8 @@ def _drive_state(car: SimulatedVehicle) -> dict[str, Any]:
         "latitude": car.latitude,
         "longitude": car.longitude,
         "heading": 0,
-        "shift_state": None,
-        "speed": None,
+        "shift_state": car.shift_state,
+        "speed": car.speed_mph,
         "power": -car.charger_power_kw,
     }
 

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
+from aiohttp import web
 
 from gridmate.runtime.clock import Clock, SystemClock
 
@@ -270,6 +271,12 @@ class SimulatedTeslaMate:
         self._db_state: dict[int, str] = {}
         self._poller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._web: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._web_port = 0
+        self.web_url: str | None = None
+        """TeslaMate's web interface (its dashboard at ``/``); refuses connections
+        while TeslaMate is dead, like a stopped container."""
 
     def topic(self, car_id: int, key: str) -> str:
         middle = f"{self.namespace}/" if self.namespace else ""
@@ -297,6 +304,7 @@ class SimulatedTeslaMate:
                     car.trim_badging,
                 )
         await self._connect()
+        await self._start_web()
         self._last = {}
         for car in self.cars.values():
             await self._publish(car.car_id, "healthy", b"", retain=True)
@@ -324,8 +332,30 @@ class SimulatedTeslaMate:
                     due[car.car_id] = now + POLL_INTERVALS.get(car.state, 30.0)
             await self.clock.sleep(1.0)
 
+    async def _start_web(self) -> None:
+        if self._web is None:
+            app = web.Application()
+            app.router.add_get("/", self._dashboard)
+            self._web = web.AppRunner(app, access_log=None)
+            await self._web.setup()
+        # The same port after a restart, as TeslaMate's PORT setting gives it.
+        self._site = web.TCPSite(self._web, "127.0.0.1", self._web_port)
+        await self._site.start()
+        self._web_port = self._web.addresses[0][1]
+        self.web_url = f"http://127.0.0.1:{self._web_port}"
+
+    async def _dashboard(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            text="<!DOCTYPE html><html><head><title>TeslaMate</title></head></html>",
+            content_type="text/html",
+        )
+
     async def die(self) -> None:
         """TeslaMate stops (crash, container killed): no last will, no more messages."""
+        # The process is gone: its listener and every open connection with it.
+        runner, self._web, self._site = self._web, None, None
+        if runner is not None:
+            await runner.cleanup()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -56,6 +56,7 @@ __all__ = [
     "TokenProvider",
     "TokenUnavailable",
     "jwt_expiry",
+    "token_kind",
 ]
 
 log = get_logger("tesla.tokens")
@@ -104,18 +105,66 @@ class TokenEvent:
 EventHook = Callable[[TokenEvent], Any]
 
 
-def jwt_expiry(token: str) -> datetime | None:
-    """The ``exp`` claim of a JWT-shaped token (not verified: we only schedule by it)."""
+def _jwt_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT-shaped token, not verified; None if it is not one."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
-        exp = claims["exp"]
-        return datetime.fromtimestamp(float(exp), UTC)
-    except (binascii.Error, ValueError, KeyError, TypeError, OverflowError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         return None
+    return claims if isinstance(claims, dict) else None
+
+
+def jwt_expiry(token: str) -> datetime | None:
+    """The ``exp`` claim of a JWT-shaped token (not verified: we only schedule by it)."""
+    claims = _jwt_claims(token)
+    if claims is None:
+        return None
+    try:
+        return datetime.fromtimestamp(float(claims["exp"]), UTC)
+    except (ValueError, KeyError, TypeError, OverflowError):
+        return None
+
+
+TokenKind = Literal["fleet_api", "owner_api", "unknown"]
+
+
+def token_kind(token: str) -> TokenKind:
+    """Which API a Tesla access token was issued for, from its (unverified) claims.
+
+    Fleet API tokens name the Fleet API hosts (``https://fleet-api.prd.<region>.vn.
+    cloud.tesla.com``) in ``aud`` and come from the ``.../oauth2/v3/nts`` issuer.
+    Owner-API tokens, TeslaMate's default (``TESLA_AUTH_CLIENT_ID=ownerapi``), name
+    ``https://owner-api.teslamotors.com/`` and are issued to the ``ownerapi`` client.
+    A token that says neither is "unknown" and is given the benefit of the doubt.
+    """
+    claims = _jwt_claims(token)
+    if claims is None:
+        return "unknown"
+    audience = claims.get("aud")
+    audiences = [audience] if isinstance(audience, str) else audience
+    if not isinstance(audiences, list):
+        audiences = []
+    texts = [a for a in audiences if isinstance(a, str)]
+    issuer = claims.get("iss") if isinstance(claims.get("iss"), str) else ""
+    if any("fleet-api." in a for a in texts):
+        return "fleet_api"
+    if any("owner-api." in a for a in texts) or claims.get("azp") == "ownerapi":
+        return "owner_api"
+    if str(issuer).rstrip("/").endswith("/oauth2/v3/nts"):
+        return "fleet_api"
+    return "unknown"
+
+
+OWNER_API_TOKEN_DETAIL = (
+    "TeslaMate holds an owner-API token (its default, TESLA_AUTH_CLIENT_ID=ownerapi); the "
+    "Fleet API refuses those, and the owner API itself answers 403 since June 2026. Sign "
+    "TeslaMate in with your own Fleet API application (TESLA_API_HOST, TESLA_AUTH_HOST, "
+    'TESLA_AUTH_CLIENT_ID), or use tesla.token_source = "oauth"; see docs/tesla.md'
+)
 
 
 async def _emit(hook: EventHook | None, event: TokenEvent) -> None:
@@ -450,6 +499,8 @@ class TeslaMateTokenProvider:
         if newest["row_count"] > 1:
             log.warning("teslamate tokens table has several rows; using the newest", table=table)
         token = self._decrypt(row["access"])
+        if token_kind(token.reveal()) == "owner_api":
+            raise _SyncFailure("owner_api_token", OWNER_API_TOKEN_DETAIL)
         expires = jwt_expiry(token.reveal())
         if expires is not None and expires <= now:
             raise _SyncFailure(

@@ -60,7 +60,12 @@ async def _run(ctx: DemoContext) -> list[str]:
         time_to_full_charge=2.5,
     )
     settings = VehiclesSettings(
-        kafka={"bootstrap_servers": bootstrap, "namespace": NAMESPACE, "group_id": "demo-src"},
+        kafka={
+            "bootstrap_servers": bootstrap,
+            "namespace": NAMESPACE,
+            "group_id": "demo-src",
+            "static_membership": False,  # tansu has none
+        },
         mqtt={"host": host, "port": port},
         homeassistant={"base_topic": "demo_src", "discovery_prefix": "ha_src", "birth_delay": 0},
         teslamate={

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gridmate.vehicles.catalogue import MAX_STATE_LENGTH, valid_extra_key
@@ -221,6 +221,18 @@ def _extra_value(value: Any) -> Any:
     elif isinstance(value, TimeOfDay):
         return str(value)
     return json.dumps(value, separators=(",", ":"), default=str)[:MAX_STATE_LENGTH]
+
+
+def bound_to_receipt(record: Record, received_at: datetime, max_skew: timedelta) -> Record:
+    """The record, or a copy timed ``received_at`` if it claims to be from further ahead.
+
+    A car whose clock jumped (to 2999, say) would otherwise date its values after
+    everything real that follows, and they would never be replaced. The server's
+    receive time is the best time such a record has.
+    """
+    if record.created_at - received_at <= max_skew:
+        return record
+    return dataclasses.replace(record, created_at=received_at)
 
 
 def _seconds(when: datetime) -> float:

@@ -26,21 +26,20 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from gridmate.runtime.backoff import Backoff, reconnecting
+from gridmate.runtime.backoff import Backoff, reconnecting, tcp_answers
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
 from gridmate.vehicles.arbitration import FLEET_TELEMETRY, GRIDMATE, RankedArbiter
 from gridmate.vehicles.catalogue import invalid_policies
 from gridmate.vehicles.fleet_telemetry import Applied, FleetTelemetrySource
 from gridmate.vehicles.homeassistant import SnapshotError, Topics, restore_fields
-from gridmate.vehicles.kafka import make_consumer, topic_names
+from gridmate.vehicles.ingest import RateLimitedLog, RecordIngest
+from gridmate.vehicles.kafka import bootstrap_addresses, make_consumer, topic_names
 from gridmate.vehicles.mqtt import MqttLink, MqttUnavailable
 from gridmate.vehicles.publisher import Publisher
 from gridmate.vehicles.settings import KafkaSettings, VehiclesSettings
 from gridmate.vehicles.sources import DATA_SOURCE_FIELD, build_source_manager
-from gridmate.vehicles.state import Outcome, StateStore
-from gridmate.vehicles.telemetry.decode import MalformedRecord, decode_record
-from gridmate.vehicles.telemetry.records import RecordType
+from gridmate.vehicles.state import FieldValue, Outcome, StateStore
 
 log = get_logger("vehicles.hub")
 
@@ -50,48 +49,39 @@ DELIVERY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
 _MAX_RECORDS = 5000
 _EXPIRE_EVERY = 5.0
 _LOG_EVERY = 10.0
+# Restored state may come from an instance whose clock runs somewhat ahead; only a
+# time no clock gets wrong by is clearly a pinned field.
+_RESTORED_FUTURE_LIMIT = 86400.0
 
 
-class _RateLimitedLog:
-    """At most one line per key per interval; the rest are counted and reported."""
+async def _close(consumer: Any) -> None:
+    """Stop a consumer. With the broker away, aiokafka's stop() cancels a fetch that
+    waits to retry and re-raises that task's CancelledError; only a cancellation of
+    the caller itself is passed on."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
 
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, event: str, **fields: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -self.interval) < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            fields["similar_since_last"] = suppressed
-        log.warning(event, **fields)
+def unpin_future(fields: dict[str, FieldValue], now: float, max_skew: float) -> int:
+    """Retime restored fields dated more than ``max_skew`` after ``now`` to ``now``.
+
+    A state published before gridmate bounded record times may hold a field dated
+    centuries ahead; kept as is, it would hide every later value.
+    """
+    unpinned = 0
+    for value in fields.values():
+        if value.observed_at - now > max_skew:
+            value.observed_at = now
+            unpinned += 1
+    return unpinned
 
 
 class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.records = Counter(
-            "gridmate_vehicles_records",
-            "Fleet Telemetry records consumed, by record type.",
-            ["type"],
-            registry=registry,
-        )
-        self.by_type = {t: self.records.labels(t.value) for t in RecordType}
-        self.malformed = Counter(
-            "gridmate_vehicles_malformed_records",
-            "Records skipped because they could not be decoded, by reason.",
-            ["reason"],
-            registry=registry,
-        )
-        self.stale = Counter(
-            "gridmate_vehicles_stale_values",
-            "Values older than the state already held (resends, replays), ignored.",
-            registry=registry,
-        )
         self.publishes = Counter(
             "gridmate_vehicles_mqtt_publishes",
             "MQTT messages published and acknowledged.",
@@ -109,6 +99,13 @@ class _Metrics:
         )
         self.vehicles = Gauge(
             "gridmate_vehicles_known", "Vehicles in the state.", registry=registry
+        )
+        self.assigned = Gauge(
+            "gridmate_vehicles_assigned_partitions",
+            "1 for each Kafka partition this instance consumes now (instances of a consumer "
+            "group split them).",
+            ["topic", "partition"],
+            registry=registry,
         )
         self.delivery = Histogram(
             "gridmate_vehicles_delivery_seconds",
@@ -169,6 +166,10 @@ class Hub:
         self.metrics = _Metrics(registry)
         self.metrics.vehicles.set_function(lambda: len(self.store))
         self._kafka_up = asyncio.Event()
+        self._assigned = asyncio.Event()
+        """Partitions were assigned in the current Kafka session (possibly none)."""
+        self.assignment: frozenset[TopicPartition] = frozenset()
+        """The Kafka partitions this instance consumes now."""
         self.ready = asyncio.Event()
         self.last_kafka_error: str | None = None
         self._consumer: Any = None
@@ -186,7 +187,16 @@ class Hub:
         self._last_fetch = time.monotonic()
         self._fetched_since: float | None = None  # oldest fetch not yet delivered
         self._background: set[asyncio.Task[None]] = set()
-        self._log = _RateLimitedLog(_LOG_EVERY)
+        self._log = RateLimitedLog(_LOG_EVERY)
+        self.ingest = RecordIngest(
+            self.source,
+            namespace=settings.kafka.namespace if settings.kafka else "",
+            max_record_bytes=settings.kafka.max_record_bytes if settings.kafka else 0,
+            max_clock_skew=settings.max_clock_skew,
+            now=clock.now,
+            registry=registry,
+            warnings=self._log,
+        )
         self._topic_names = topic_names(settings.kafka.namespace) if settings.kafka else []
         self._changed = asyncio.Event()
         # TeslaMate, Tesla API polling, and which source speaks for each vehicle.
@@ -228,6 +238,7 @@ class Hub:
                     stop=self.stop,
                     retry_on=(KafkaError, OSError, TimeoutError),
                     on_failure=self._kafka_failed,
+                    probe=self._kafka_answers,
                 )
         finally:
             if sources is not None:
@@ -246,10 +257,18 @@ class Hub:
             await mqtt
 
     async def _await_ready(self) -> None:
+        # READY means serving: Kafka partitions assigned (possibly none, when the group
+        # has more instances than partitions) and Home Assistant's broker connected.
         if self.settings.kafka is not None:
-            await self._kafka_up.wait()
+            await self._assigned.wait()
         await self.mqtt.connected.wait()
         self.ready.set()
+
+    async def _kafka_answers(self) -> bool:
+        for host, port in bootstrap_addresses(self._kafka):
+            if await tcp_answers(host, port):
+                return True
+        return False
 
     def _kafka_failed(self, error: BaseException) -> None:
         self.last_kafka_error = f"{type(error).__name__}: {error}"
@@ -259,6 +278,8 @@ class Hub:
             return None
         if not self._kafka_up.is_set():
             return f"not connected to Kafka ({self.last_kafka_error or 'connecting'})"
+        if not self._assigned.is_set() and not self.ready.is_set():
+            return f"waiting for Kafka partitions (consumer group {self._kafka.group_id})"
         silent = time.monotonic() - self._last_fetch
         if silent > 60:
             return f"no answer from Kafka for {silent:.0f}s"
@@ -312,7 +333,13 @@ class Hub:
 
     async def _kafka_session(self, backoff: Backoff) -> None:
         consumer = make_consumer(self._kafka)
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            # A consumer that failed to start still holds a client and its connections.
+            with contextlib.suppress(KafkaError, OSError):
+                await _close(consumer)
+            raise
         self._consumer = consumer
         try:
             consumer.subscribe(self._topic_names, listener=_Rebalance(self))
@@ -322,10 +349,14 @@ class Hub:
                 "consuming",
                 topics=",".join(self._topic_names),
                 group=self._kafka.group_id,
+                instance=self._kafka.instance_id or "dynamic",
             )
+            self._status(f"Waiting for Kafka partitions (consumer group {self._kafka.group_id})")
             await self._consume(consumer, backoff)
         finally:
             self._kafka_up.clear()
+            self._assigned.clear()
+            self._show_assignment(frozenset())
             with contextlib.suppress(KafkaError, MqttUnavailable, OSError):
                 await self._deliver()
                 await self._commit(consumer)
@@ -335,7 +366,7 @@ class Hub:
             self._committed.clear()
             self._needs_seed = True
             with contextlib.suppress(KafkaError, OSError):
-                await consumer.stop()
+                await _close(consumer)
 
     async def _consume(self, consumer: Any, backoff: Backoff) -> None:
         while not self.stop.is_set():
@@ -366,33 +397,15 @@ class Hub:
                 await self._commit(consumer)
 
     def _process(self, partition: TopicPartition, records: list[Any]) -> None:
-        namespace = self._kafka.namespace
-        max_size = self._kafka.max_record_bytes
-        metrics = self.metrics
-        by_type = metrics.by_type
-        apply, mark = self.source.apply, self.publisher.mark
-        stale = 0
+        ingest, mark = self.ingest, self.publisher.mark
+        name_source = self.sources is None
         for message in records:
-            try:
-                record = decode_record(
-                    message.topic, message.headers, message.value, namespace, max_size=max_size
-                )
-            except MalformedRecord as error:
-                self._skip(message, error.reason, error.detail)
+            applied = ingest(message)
+            if applied is None:
                 continue
-            by_type[record.record_type].inc()
-            try:
-                applied = apply(record)
-            except Exception as error:  # one unexpected record must not stop the consumer
-                self._skip(message, "unprocessable", f"{type(error).__name__}: {error}")
-                log.debug("record could not be applied", exc_info=error)
-                continue
-            stale += applied.stale
-            if self.sources is None and applied.vin not in self._fleet_only_named:
+            if name_source and applied.vin not in self._fleet_only_named:
                 self._name_fleet_telemetry_source(applied)
             mark(applied)
-        if stale:
-            metrics.stale.inc(stale)
         self._processed[partition] = records[-1].offset + 1
 
     def _name_fleet_telemetry_source(self, applied: Applied) -> None:
@@ -401,18 +414,6 @@ class Hub:
         outcome = self.store.update(applied.vin, DATA_SOURCE_FIELD, FLEET_TELEMETRY, now, GRIDMATE)
         if outcome is Outcome.CHANGED:
             applied.changed.append(DATA_SOURCE_FIELD)
-
-    def _skip(self, message: Any, reason: str, detail: str) -> None:
-        self.metrics.malformed.labels(reason).inc()
-        self._log.warning(
-            reason,
-            "record skipped",
-            reason=reason,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            detail=detail[:200],
-        )
 
     def _expire(self) -> None:
         now = self.clock.now().timestamp()
@@ -509,6 +510,7 @@ class Hub:
         self.publisher.forget()
         self.source.forget()
         restored = 0
+        now = self.clock.now().timestamp()
         for topic, payload in retained.items():
             vin = self.topics.vin_of_state(topic)
             if vin is None or not payload:
@@ -520,6 +522,7 @@ class Hub:
                     "snapshot", "retained state ignored", topic=topic, error=str(error)
                 )
                 continue
+            unpin_future(fields, now, _RESTORED_FUTURE_LIMIT)
             self.store.seed(vin, fields)
             restored += 1
         self._needs_seed = False
@@ -546,16 +549,27 @@ class Hub:
                 self._delivered.pop(partition, None)
                 self._committed.pop(partition, None)
             self._needs_seed = True
+            self._show_assignment(self.assignment - revoked)
         log.info("partitions revoked", partitions=len(revoked))
+
+    def _show_assignment(self, assignment: frozenset[TopicPartition]) -> None:
+        self.assignment = assignment
+        self.metrics.assigned.clear()
+        for partition in assignment:
+            self.metrics.assigned.labels(partition.topic, str(partition.partition)).set(1)
 
     async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._needs_seed = True
+        self._show_assignment(frozenset(assigned))
+        self._assigned.set()
         if self.sources is not None:
             # TeslaMate and polling write meanwhile: restore now rather than at the first
             # Fleet Telemetry record, which may be hours away.
             async with self._work:
                 await self._seed()
         log.info("partitions assigned", partitions=len(assigned))
+        if not self._paused:
+            self._status(self._serving_status())
         # Other instances may have left with their last will: say again that we serve.
         await self.mqtt.announce_online()
 

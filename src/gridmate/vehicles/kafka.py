@@ -35,6 +35,9 @@ def consumer_options(settings: KafkaSettings) -> dict[str, Any]:
         "max_partition_fetch_bytes": 1024 * 1024,
         "fetch_max_bytes": 4 * 1024 * 1024,
         "metadata_max_age_ms": 60_000,
+        "group_instance_id": settings.instance_id,
+        "session_timeout_ms": int(settings.session_timeout * 1000),
+        "heartbeat_interval_ms": int(settings.heartbeat_interval * 1000),
     }
     if settings.security_protocol.endswith("SSL"):
         options["ssl_context"] = create_ssl_context(
@@ -49,3 +52,17 @@ def consumer_options(settings: KafkaSettings) -> dict[str, Any]:
 
 def make_consumer(settings: KafkaSettings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**consumer_options(settings))
+
+
+def bootstrap_addresses(settings: KafkaSettings) -> list[tuple[str, int]]:
+    """The bootstrap servers as (host, port); 9092 where no port is given."""
+    addresses = []
+    for server in settings.bootstrap_servers.split(","):
+        server = server.strip()
+        if not server:
+            continue
+        host, colon, port = server.rpartition(":")
+        if not colon or not port.isascii() or not port.isdigit():
+            host, port = server, "9092"
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses

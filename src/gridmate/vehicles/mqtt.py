@@ -21,7 +21,7 @@ from typing import Any
 
 import aiomqtt
 
-from gridmate.runtime.backoff import Backoff, reconnecting
+from gridmate.runtime.backoff import Backoff, reconnecting, tcp_answers
 from gridmate.runtime.logs import get_logger
 from gridmate.runtime.mqtt import mqtt_client
 from gridmate.runtime.settings import MqttSettings
@@ -53,6 +53,7 @@ class MqttLink:
         on_homeassistant_online: Callable[[], None] | None = None,
         on_reconnected: Callable[[], None] | None = None,
         publish_timeout: float = 30.0,
+        backoff: Backoff | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -61,6 +62,7 @@ class MqttLink:
         self.on_reconnected = on_reconnected
         self._sessions = 0
         self.publish_timeout = publish_timeout
+        self.backoff = backoff or Backoff()
         self.connected = asyncio.Event()
         self.last_error: str | None = None
         self._client: aiomqtt.Client | None = None
@@ -83,8 +85,12 @@ class MqttLink:
             self._session,
             peer=f"MQTT broker {self.settings.host}:{self.settings.port}",
             stop=self.stop,
+            backoff=self.backoff,
             retry_on=(aiomqtt.MqttError, OSError, TimeoutError),
             on_failure=self._failed,
+            # After a long outage the backoff may be at a minute: reconnect as soon as
+            # the broker answers again instead.
+            probe=lambda: tcp_answers(self.settings.host, self.settings.port),
         )
 
     def _failed(self, error: BaseException) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,13 +55,46 @@ class KafkaSettings(Section):
     commit_interval: float = Field(
         1.0, gt=0, le=60, description="Seconds between offset commits of delivered records."
     )
+    static_membership: bool = Field(
+        True,
+        description="Join the group as a static member (KIP-345, Kafka 2.3 or later) under "
+        "group_instance_id, so a restart gets its partitions back without a rebalance. "
+        "Brokers without it (tansu) handle a restart as a slower rebalance; turn it off there.",
+    )
+    group_instance_id: str | None = Field(
+        None,
+        description="This instance's static member id, stable across restarts and distinct "
+        "per instance; default '<client_id>-<hostname>' (set it when several instances run "
+        "on one host).",
+    )
+    session_timeout: float = Field(
+        10.0,
+        ge=1,
+        le=1800,
+        description="Seconds without a heartbeat after which the broker gives an instance's "
+        "partitions to the others (a static member's restart must fit in it). Kafka accepts "
+        "6 to 1800 s by default.",
+    )
+    heartbeat_interval: float = Field(
+        3.0, gt=0, le=600, description="Seconds between heartbeats; under session_timeout."
+    )
 
-    @field_validator("namespace", "group_id", "client_id")
+    @field_validator("namespace", "group_id", "client_id", "group_instance_id")
     @classmethod
-    def _kafka_name(cls, value: str) -> str:
-        if not _KAFKA_NAME.match(value):
+    def _kafka_name(cls, value: str | None) -> str | None:
+        if value is not None and not _KAFKA_NAME.match(value):
             raise ValueError("use letters, digits, '.', '_' and '-' only")
         return value
+
+    @property
+    def instance_id(self) -> str | None:
+        """The static member id in use, or None for dynamic membership."""
+        if not self.static_membership:
+            return None
+        if self.group_instance_id:
+            return self.group_instance_id
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "localhost"
+        return f"{self.client_id}-{host}"
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:
@@ -85,6 +119,8 @@ class KafkaSettings(Section):
             )
         if self.ca_file is not None and not self.security_protocol.endswith("SSL"):
             raise ValueError("ca_file needs security_protocol SSL or SASL_SSL")
+        if self.heartbeat_interval >= self.session_timeout:
+            raise ValueError("heartbeat_interval must be shorter than session_timeout")
         return self
 
 
@@ -146,6 +182,13 @@ class VehiclesSettings(ComponentSettings):
         6 * 3600.0,
         gt=0,
         description="An open connection with no data for this long is considered closed.",
+    )
+    max_clock_skew: float = Field(
+        300.0,
+        gt=0,
+        description="A Fleet Telemetry record timed more than this many seconds after the "
+        "server received it (a car clock gone wrong) is taken as of its receive time, so it "
+        "cannot hide later values.",
     )
 
     teslamate: TeslaMateSourceSettings = TeslaMateSourceSettings()

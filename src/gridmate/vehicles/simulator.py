@@ -112,8 +112,13 @@ def telemetry_record(
     is_resend: bool = False,
     typed: bool = True,
     as_json: bool = False,
+    received_at: datetime | None = None,
 ) -> KafkaRecord:
-    """A V record with ``signals`` (upstream Field name -> value)."""
+    """A V record with ``signals`` (upstream Field name -> value).
+
+    ``created_at`` is the car's clock; the server received it at ``received_at``
+    (by default the same instant).
+    """
     payload = vehicle_data_pb2.Payload(vin=vin, is_resend=is_resend)
     payload.created_at.FromDatetime(created_at)
     for signal, value in signals.items():
@@ -121,7 +126,10 @@ def telemetry_record(
         datum.key = vehicle_data_pb2.Field.Value(signal)
         _set_value(datum.value, signal, value, typed)
     return KafkaRecord(
-        f"{namespace}_V", vin.encode(), _encode(payload, as_json), _headers(vin, "V", created_at)
+        f"{namespace}_V",
+        vin.encode(),
+        _encode(payload, as_json),
+        _headers(vin, "V", received_at or created_at),
     )
 
 
@@ -133,9 +141,15 @@ def connectivity_record(
     connected: bool,
     *,
     as_json: bool = False,
+    message_vin: str | None = None,
 ) -> KafkaRecord:
+    """The server opened or closed the connection of the car whose certificate is ``vin``.
+
+    fleet-telemetry before 0.9.1 does not stamp the certificate's VIN into connectivity
+    messages: ``message_vin`` is what such a message says instead.
+    """
     message = vehicle_connectivity_pb2.VehicleConnectivity(
-        vin=vin,
+        vin=vin if message_vin is None else message_vin,
         connection_id=connection_id,
         status=vehicle_connectivity_pb2.ConnectivityEvent.Value(
             "CONNECTED" if connected else "DISCONNECTED"

@@ -64,6 +64,25 @@ class TeslaMateSourceSettings(Section):
     cars_refresh_interval: float = Field(
         600.0, ge=30, description="Seconds between re-reads of TeslaMate's cars table."
     )
+    web_url: str | None = Field(
+        None,
+        description="TeslaMate's web interface (e.g. http://127.0.0.1:4000). When set, "
+        "gridmate asks it every web_check_interval seconds whether TeslaMate runs: its MQTT "
+        "topics are silent while a car sleeps, so this is how TeslaMate dying then is "
+        "noticed before the car drives.",
+    )
+    web_check_interval: float = Field(
+        60.0, ge=5, le=3600, description="Seconds between checks of web_url."
+    )
+
+    @field_validator("web_url")
+    @classmethod
+    def _web_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("namespace")
     @classmethod

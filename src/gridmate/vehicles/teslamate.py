@@ -39,10 +39,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
+import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from gridmate.runtime.backoff import Backoff, reconnecting, sleep_unless_stopped
-from gridmate.runtime.clock import Clock
+from gridmate.runtime.backoff import Backoff, reconnecting, sleep_unless_stopped, tcp_answers
+from gridmate.runtime.clock import Clock, sleep_or_wake
 from gridmate.runtime.logs import get_logger
 from gridmate.tesla.teslamate_db import TeslaMateDatabaseError
 from gridmate.vehicles.arbitration import TESLAMATE, Activity, SourceFacts
@@ -51,6 +52,10 @@ from gridmate.vehicles.source_settings import TeslaMateSourceSettings
 from gridmate.vehicles.teslamate_cars import CarMap, TeslaMateDatabase, build_car_map
 
 log = get_logger("vehicles.teslamate")
+
+_WEB_TIMEOUT = 10.0
+_WEB_FAILURES = 2
+"""Failed checks in a row before TeslaMate is taken for dead (one may be a restart)."""
 
 SOURCE = TESLAMATE
 ROOT = "teslamate"
@@ -77,7 +82,9 @@ def parse_topic(topic: str) -> TopicInfo | None:
     if len(parts) < 4 or parts[0] != ROOT or parts[-3] != "cars":
         return None
     car, key = parts[-2], parts[-1]
-    if not car.isdigit() or not key:
+    # ASCII digits only: str.isdigit() also accepts "²" and "١", which int() rejects
+    # or reads as another number.
+    if not (car.isascii() and car.isdigit()) or not key:
         return None
     middle = parts[1:-3]
     if len(middle) > 1 or (middle and not middle[0]):
@@ -425,6 +432,8 @@ class TeslaMateSource:
         self.database_error: str | None = None
         self._session_started: float | None = None
         self._broker_problem: str | None = "not connected to TeslaMate's MQTT broker yet"
+        self._web_problem: str | None = None
+        self._web_failures = 0
         self._map_wanted = asyncio.Event()
         self._stop = asyncio.Event()
         self._warned_unmapped: set[int] = set()
@@ -441,6 +450,8 @@ class TeslaMateSource:
         if self.database is not None:
             await self.refresh_car_map()
             tasks.append(asyncio.create_task(self._database_loop(stop), name="teslamate.db"))
+        if self.settings.web_url is not None:
+            tasks.append(asyncio.create_task(self._web_loop(stop), name="teslamate.web"))
         try:
             await reconnecting(
                 self._session,
@@ -448,6 +459,7 @@ class TeslaMateSource:
                 stop=stop,
                 retry_on=(aiomqtt.MqttError, OSError, TimeoutError),
                 on_failure=self._failed,
+                probe=lambda: tcp_answers(self.settings.mqtt.host, self.settings.mqtt.port),
             )
         finally:
             for task in tasks:
@@ -464,6 +476,9 @@ class TeslaMateSource:
 
     def _set_broker_problem(self, problem: str | None) -> None:
         self._broker_problem = problem
+        self._refresh_all_facts()
+
+    def _refresh_all_facts(self) -> None:
         vins = []
         for car_id, view in self.cars.items():
             vin = self.car_map.vin(car_id)
@@ -612,7 +627,7 @@ class TeslaMateSource:
         facts.activity = view.activity
         facts.activity_at = heard
         facts.healthy = view.healthy
-        facts.link_problem = self._broker_problem or view.database_problem
+        facts.link_problem = self._broker_problem or self._web_problem or view.database_problem
 
     def name_of(self, vin: str) -> str | None:
         """The car's name in TeslaMate's cars table, if known."""
@@ -730,9 +745,48 @@ class TeslaMateSource:
         if changed:
             self._on_facts_changed(changed)
 
+    # ------------------------------------------------------------ liveness
+
+    async def _web_loop(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=_WEB_TIMEOUT, follow_redirects=False) as client:
+            while not stop.is_set():
+                await self.check_web(client)
+                if await sleep_or_wake(self.clock, self.settings.web_check_interval, stop):
+                    return
+
+    async def check_web(self, client: httpx.AsyncClient) -> None:
+        """Ask TeslaMate's web interface whether TeslaMate runs.
+
+        TeslaMate has no last will and publishes nothing while its cars sleep; without
+        this, its death goes unnoticed until a car drives and nobody reports it. Any
+        answer below 500 is a running TeslaMate; two failed checks in a row are a dead
+        one, and its cars go to the other sources until it answers again.
+        """
+        url = self.settings.web_url
+        assert url is not None
+        try:
+            response = await client.get(url)
+            error = f"HTTP {response.status_code}" if response.status_code >= 500 else None
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__
+        if error is None:
+            self._web_failures = 0
+            if self._web_problem is not None:
+                log.info("TeslaMate answers again", url=url)
+                self._web_problem = None
+                self._refresh_all_facts()
+            return
+        self._web_failures += 1
+        if self._web_failures >= _WEB_FAILURES and self._web_problem is None:
+            self._web_problem = f"TeslaMate does not answer at {url} ({error})"
+            log.warning("TeslaMate does not answer; its data is not trusted", url=url, error=error)
+            self._refresh_all_facts()
+
     def health(self) -> str | None:
         if not self.connected.is_set():
             return f"not connected to {self.peer} ({self.last_error or 'connecting'})"
+        if self._web_problem:
+            return self._web_problem
         if self.database_error:
             return self.database_error
         return None

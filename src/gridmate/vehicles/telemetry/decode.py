@@ -661,23 +661,28 @@ def _topic_type(topic: str, namespace: str) -> RecordType:
 
 
 class _Context:
-    __slots__ = ("header_vin", "received_at")
+    __slots__ = ("claimed_vin", "received_at", "server_vin")
 
-    def __init__(self, header_vin: str, received_at: datetime | None) -> None:
-        self.header_vin = header_vin
+    def __init__(self, server_vin: str, received_at: datetime | None) -> None:
+        self.server_vin = server_vin
         self.received_at = received_at
+        self.claimed_vin: str | None = None
 
     def vin(self, vin: Any) -> str:
         if vin is None:
             vin = ""
         if not isinstance(vin, str):
             raise MalformedRecord("bad_shape", f"vin {vin!r}")
-        # The server overwrites the message's VIN with the certificate's, so the two
-        # agree; the header covers messages that arrive without one.
-        vin = vin or self.header_vin
-        if not vin:
-            raise MalformedRecord("missing_vin")
-        return vin
+        if not self.server_vin:
+            if not vin:
+                raise MalformedRecord("missing_vin")
+            return vin
+        # The key and the vin header are the VIN of the car's certificate. The server
+        # writes it into the message too, but into connectivity messages only from
+        # fleet-telemetry 0.9.1: before that, the message says whatever it said.
+        if vin and vin != self.server_vin:
+            self.claimed_vin = vin
+        return self.server_vin
 
     def created_at(self, created_at: datetime | None) -> datetime:
         created_at = created_at or self.received_at
@@ -1043,13 +1048,17 @@ def decode_record(
     value: bytes | None,
     namespace: str,
     *,
+    key: bytes | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
 ) -> Record:
     """Decode one Kafka record written by fleet-telemetry.
 
     The type comes from the ``txtype`` header, else from the topic
-    (``<namespace>_V`` and so on); the encoding is sniffed per record. Raises
-    ``MalformedRecord`` and nothing else for records that cannot be decoded.
+    (``<namespace>_V`` and so on); the encoding is sniffed per record. The VIN is the
+    record's key (the server sets it from the car's certificate), else its ``vin``
+    header, else the message's; a message claiming another VIN keeps it in
+    ``claimed_vin``. Raises ``MalformedRecord`` and nothing else for records that
+    cannot be decoded.
     """
     if value is None or not value:
         raise MalformedRecord("empty")
@@ -1059,12 +1068,12 @@ def decode_record(
     have_txtype = False
     header_vin = ""
     received: bytes | None = None
-    for key, raw in headers:
-        if key == "txtype":
+    for name, raw in headers:
+        if name == "txtype":
             txtype, have_txtype = raw, True
-        elif key == "vin":
+        elif name == "vin":
             header_vin = (raw or b"").decode("utf-8", "replace")
-        elif key == "receivedat":
+        elif name == "receivedat":
             received = raw
     kind = _txtype(txtype) if have_txtype else _topic_type(topic, namespace)
     first = value[0]
@@ -1072,10 +1081,29 @@ def decode_record(
         stripped = value.lstrip()
         first = stripped[0] if stripped else 0
     decoder = _DECODERS[kind][1 if first == _JSON_START else 0]
+    context = _Context(_key_vin(key) or header_vin, _millis(received))
     try:
-        return decoder(value, _Context(header_vin, _millis(received)))
+        record = decoder(value, context)
     except MalformedRecord:
         raise
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         # Shapes the checks above did not foresee; one record must not stop a consumer.
         raise MalformedRecord("bad_shape", f"{type(exc).__name__}: {exc}") from None
+    if context.claimed_vin is not None:
+        record = dataclasses.replace(record, claimed_vin=context.claimed_vin[:_MAX_VIN_CHARS])
+    return record
+
+
+_MAX_VIN_CHARS: Final = 64
+
+
+@lru_cache(maxsize=65536)
+def _key_vin(key: bytes | None) -> str:
+    """The VIN a record key holds (raw bytes), or "" if the key cannot be one."""
+    if not key or len(key) > _MAX_VIN_CHARS:
+        return ""
+    try:
+        text = key.decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+    return text if text.isprintable() and not text.isspace() else ""

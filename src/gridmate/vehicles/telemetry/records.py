@@ -101,6 +101,8 @@ class TelemetryRecord:
     as the field's type; those datums are marked invalid.
     ``received_at`` is the server's receive time from the Kafka headers, if present;
     ``created_at`` falls back to it for a message that carries no time of its own.
+    ``claimed_vin`` is the VIN inside the message when it differs from ``vin`` (the
+    certificate's, from the record key or headers); every record type has both.
     """
 
     vin: str
@@ -111,6 +113,7 @@ class TelemetryRecord:
     unknown_keys: tuple[int, ...] = ()
     uncoercible: tuple[str, ...] = ()
     received_at: datetime | None = None
+    claimed_vin: str | None = None
 
     @property
     def record_type(self) -> RecordType:
@@ -138,6 +141,7 @@ class AlertsRecord:
     alerts: tuple[Alert, ...]
     unknown_fields: int = 0
     received_at: datetime | None = None
+    claimed_vin: str | None = None
 
     @property
     def record_type(self) -> RecordType:
@@ -167,6 +171,7 @@ class ErrorsRecord:
     errors: tuple[VehicleError, ...]
     unknown_fields: int = 0
     received_at: datetime | None = None
+    claimed_vin: str | None = None
 
     @property
     def record_type(self) -> RecordType:
@@ -194,6 +199,7 @@ class ConnectivityRecord:
     created_at: datetime
     unknown_fields: int = 0
     received_at: datetime | None = None
+    claimed_vin: str | None = None
 
     @property
     def record_type(self) -> RecordType:
