@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import json
 import socket
@@ -20,10 +19,6 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gridmate.energy.adapters.vehicles import MqttVehicles
 from gridmate.energy.journal import read_day
@@ -55,6 +50,7 @@ from gridmate.sim.tesla_cloud import (
     TeslaCloudSimulator,
     tesla_cloud_simulator,
 )
+from gridmate.sim.tls import self_signed_certificate
 from gridmate.sim.weather import WeatherSimulator, weather_simulator
 from gridmate.tesla.fleet_api import BudgetUse, FleetApi
 from gridmate.tesla.settings import OAuthSettings, TeslaCloudSettings, build_fleet_api
@@ -457,30 +453,12 @@ async def test_a_retry_after_beyond_the_cap_is_waited_out_for_an_hour_and_report
 @asynccontextmanager
 async def expired_certificate_server(directory):
     """A TLS listener on loopback whose certificate expired in May 2026, like the old host."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.honeywell.com")])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime(2025, 5, 18, tzinfo=UTC))
-        .not_valid_after(datetime(2026, 5, 18, tzinfo=UTC))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert, private = directory / "expired.pem", directory / "expired.key"
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    cert, private = self_signed_certificate(
+        directory,
+        stem="expired",
+        common_name="api.honeywell.com",
+        valid_from=datetime(2025, 5, 18, tzinfo=UTC),
+        valid_until=datetime(2026, 5, 18, tzinfo=UTC),
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, private)

@@ -40,8 +40,6 @@ HTTP round trip.)
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import ipaddress
 import json
 import ssl
 import tempfile
@@ -52,12 +50,11 @@ from pathlib import Path
 
 import httpx
 from aiohttp import web
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gridmate.sim.tesla_cloud import TeslaCloudSimulator
+from gridmate.sim.tls import self_signed_certificate
 
 __all__ = ["CommandProxySimulator", "command_proxy_simulator"]
 
@@ -267,37 +264,6 @@ class CommandProxySimulator:
         return app
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP384R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "tls-cert.pem", directory / "tls-key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 @asynccontextmanager
 async def command_proxy_simulator(
     cloud: TeslaCloudSimulator, *, enroll: bool = True
@@ -313,7 +279,7 @@ async def command_proxy_simulator(
             if car.command_signing_required:
                 proxy.enroll(vin)
     with tempfile.TemporaryDirectory(prefix="gridmate-proxy-") as directory:
-        cert_file, key_file = _self_signed(Path(directory))
+        cert_file, key_file = self_signed_certificate(Path(directory))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert_file, key_file)
         runner = web.AppRunner(proxy.application(), access_log=None)
