@@ -70,8 +70,11 @@ _ORIGINAL = Preset(
     ),
 )
 
-# APS: no prices. APS's rate schedule for this plan (TOU-E) was not readable here, and
-# its plan page gives no per-kWh figures with an effective date.
+# APS: no prices. The figures belong to APS's Rate Schedule TOU-E (the ACC-approved
+# tariff behind "Time-of-Use 4pm-7pm Weekdays"); neither it nor an ACC filing that
+# reproduces it could be read here (searched December 2026), and APS's plan page gives
+# no per-kWh figures with an effective date. Set [tariff.prices.summer] (peak,
+# off_peak) and [tariff.prices.winter] (peak, off_peak, super_off_peak) from your bill.
 _APS = Preset(
     name="aps-tou-4pm-7pm",
     title="APS Time-of-Use 4pm-7pm Weekdays",
@@ -174,9 +177,14 @@ def _srp_e26_seasons(prices: dict[str, dict[str, float]] | None = None) -> list[
 # Billing Cycle", published November 1, 2024 (SRP ratebook, srpnet.com, price plan
 # E-26): the "Total" per-kWh charge of each season, in dollars. SRP's seasons are
 # billing cycles (summer: May, Jun, Sep, Oct; summer peak: Jul, Aug; winter: Nov-Apr);
-# gridmate applies them by calendar date. Later SRP sheets (from the November 2025
-# billing cycle, and a temporary fuel adjustment for May-October 2026) were not
-# readable here: set [tariff.prices] from your bill to follow them.
+# gridmate applies them by calendar date.
+# Not carried, because SRP's own sheets could not be read here (searched December
+# 2026): the E-26 prices SRP set with its public pricing process for the November 2025
+# billing cycle (SRP FY26 ratebook, E-26), and the temporary decrease of the fuel and
+# purchased power adjustment for the May-October 2026 billing cycles. Third-party
+# transcriptions of both exist in public repositories but were not used as a source.
+# Until those sheets are added, dates from November 2025 still get the November 2024
+# figures above: set [tariff.prices] from your bill to follow SRP's current prices.
 _SRP_E26_PRICES_NOV_2024 = {
     "summer": {"peak": 0.2295, "off_peak": 0.0928},
     "summer peak": {"peak": 0.2610, "off_peak": 0.0931},
@@ -191,7 +199,8 @@ _SRP = Preset(
     "5-9 AM and 5-9 PM weekdays; six observed holidays off-peak. SRP closed E-26 to new "
     "customers from the November 2025 billing cycle (customers already on it keep it; "
     "SRP plans to end it in 2029); new customers get E-28, preset srp-e28. Prices from "
-    "SRP's E-26 sheet effective with the November 2024 billing cycle.",
+    "SRP's E-26 sheet effective with the November 2024 billing cycle; SRP's later E-26 "
+    "prices are not built in: set [tariff.prices].",
     versions=(
         _version(name="SRP Time-of-Use", utility="SRP", seasons=_srp_e26_seasons(),
                  holidays=_SRP_HOLIDAYS),
@@ -213,8 +222,12 @@ def _srp_e28_windows() -> list[dict[str, Any]]:
 # November 2025 billing cycle: on-peak 6-9 PM weekdays, super off-peak 8 AM-3 PM every
 # day; on the six observed holidays there is no on-peak but super off-peak still applies
 # (a holiday is treated as a weekend day). No prices: SRP's E-28 price sheet (FY26
-# ratebook, "2025 Ratebook E-28") could not be read here and no other SRP publication of
-# its per-kWh prices was found; set [tariff.prices.winter], [tariff.prices.summer] and
+# ratebook, "2025 Ratebook E-28", effective with the November 2025 billing cycle) and
+# SRP's ratebook with the temporary May-October 2026 fuel adjustment could not be read
+# here, and no other SRP publication of E-28's per-kWh prices was found (searched
+# December 2026; SRP's pricing-process pages give the hours, not the prices). Public
+# third-party transcriptions of the sheet disagree with one another in some figures
+# and were not used. Set [tariff.prices.winter], [tariff.prices.summer] and
 # [tariff.prices."summer peak"] (peak, off_peak, super_off_peak) from your bill.
 _SRP_E28 = Preset(
     name="srp-e28",
@@ -240,9 +253,13 @@ _SRP_E28 = Preset(
     ),
 )  # fmt: skip
 
-# PG&E: no prices. The E-TOU-C tariff sheet was not readable here; its prices also
-# depend on the baseline credit and the customer's generation provider (CCA), so one
-# per-kWh figure per period would be wrong for many homes.
+# PG&E: no prices. The bundled "Total Energy Rates" of PG&E's Electric Schedule E-TOU-C
+# (the tariff book sheet, or the CPUC advice letter that sets it) could not be read here
+# (searched December 2026). Even from the sheet, one figure per period is the price
+# before the baseline credit (usage within the baseline allowance costs less) and only
+# for bundled customers: a CCA customer pays PG&E's delivery charges plus the CCA's own
+# generation rate. Set [tariff.prices.summer] and [tariff.prices.winter] (peak,
+# off_peak) from your bill.
 _PGE = Preset(
     name="pge-e-tou-c",
     title="PG&E E-TOU-C (peak 4-9 PM every day)",
@@ -271,8 +288,12 @@ _PGE = Preset(
     ),
 )
 
-# SCE: no prices, for the same reasons as PG&E (tariff sheet not readable here; the
-# baseline credit and the generation provider change the per-kWh price).
+# SCE: no prices, for the same reasons as PG&E: SCE's Schedule TOU-D (Option 4-9 PM)
+# tariff sheets and the advice letters that set them could not be read here (searched
+# December 2026; SCE's TOU plan page states bundled prices "effective as of 10/01/24",
+# but its figures could not be read here), and the baseline credit and the generation
+# provider (CCA) change the per-kWh price. Set [tariff.prices.summer] (peak, partial_peak,
+# off_peak) and [tariff.prices.winter] (partial_peak, off_peak, super_off_peak).
 _SCE = Preset(
     name="sce-tou-d-4-9pm",
     title="SCE TOU-D-4-9PM",
