@@ -78,6 +78,10 @@ let
     ++ lib.optional (config.services.teslamate.enable or false) "teslamate.service";
 
   resticOn = cfg.restic.enable;
+  nodeExporterOn = config.services.prometheus.exporters.node.enable or false;
+  resticPasswordFile = toString cfg.resticPasswordFile;
+  resticEnvironmentFile =
+    if cfg.resticEnvironmentFile == null then null else toString cfg.resticEnvironmentFile;
   # syncoid.nix comes in two forms: nixos-25.11's, with a static `user` and
   # the key read by that user from `sshKey`'s path, and a newer one with
   # DynamicUser= that passes `sshKey` with LoadCredential= itself.
@@ -155,10 +159,12 @@ let
     textfile_directory = cfg.textfileDirectory;
     restic = lib.optionalAttrs resticOn {
       repository = cfg.restic.repository;
-      repository_file = if cfg.restic.repositoryFile == null then null else toString cfg.restic.repositoryFile;
+      repository_file =
+        if cfg.restic.repositoryFile == null then null else toString cfg.restic.repositoryFile;
     };
     zfs = {
-      ssh_key = if cfg.replication.sshKeyFile == null then null else toString cfg.replication.sshKeyFile;
+      ssh_key =
+        if cfg.replication.sshKeyFile == null then null else toString cfg.replication.sshKeyFile;
       recv_options = cfg.replication.recvOptions;
       send_options = lib.optionalString cfg.replication.raw "w";
     };
@@ -214,9 +220,8 @@ let
       inherit paths;
       inherit (cfg.restic) repository initialize package;
       repositoryFile = cfg.restic.repositoryFile;
-      passwordFile = toString cfg.resticPasswordFile;
-      environmentFile =
-        if cfg.resticEnvironmentFile == null then null else toString cfg.resticEnvironmentFile;
+      passwordFile = resticPasswordFile;
+      environmentFile = resticEnvironmentFile;
       extraBackupArgs = map (tag: "--tag ${tag}") tags;
       timerConfig = cfg.restic.timerConfig;
       # Forget, prune and check run in the maintenance job, alone.
@@ -265,7 +270,9 @@ let
 
   # Alert rules for the freshness and preseed metrics (docs/backup.md), for
   # the jobs this host runs. JSON is YAML, which Prometheus reads.
-  backupMetricJobs = lib.optional teslamate.enable "teslamate" ++ lib.optional (cfg.restic.stateDirectories != [ ]) "gridmate";
+  backupMetricJobs =
+    lib.optional teslamate.enable "teslamate"
+    ++ lib.optional (cfg.restic.stateDirectories != [ ]) "gridmate";
   alertRules =
     let
       hours = toString cfg.prometheus.backupMaxAgeHours;
@@ -362,7 +369,8 @@ let
         };
         replica = mkOption {
           type = types.nullOr types.str;
-          default = if config.kind == "dataset" && config.dataset != null then replicaOf config.dataset else null;
+          default =
+            if config.kind == "dataset" && config.dataset != null then replicaOf config.dataset else null;
           defaultText = lib.literalMD "the dataset's copy on the NAS, from {option}`${prefix}.replication` when it is enabled";
           description = "Where the `syncoid` method pulls from (`user@host:pool/dataset`).";
         };
@@ -973,7 +981,7 @@ in
         ]
         ++ lib.optional teslamate.enable "d ${teslamate.dumpDirectory} 0700 root root -";
 
-        services.prometheus.exporters.node = lib.mkIf (config.services.prometheus.exporters.node.enable or false) {
+        services.prometheus.exporters.node = lib.mkIf nodeExporterOn {
           enabledCollectors = [ "textfile" ];
           extraFlags = [ "--collector.textfile.directory=${cfg.textfileDirectory}" ];
         };
@@ -994,9 +1002,8 @@ in
               pruneOpts
               checkOpts
               ;
-            passwordFile = toString cfg.resticPasswordFile;
-            environmentFile =
-              if cfg.resticEnvironmentFile == null then null else toString cfg.resticEnvironmentFile;
+            passwordFile = resticPasswordFile;
+            environmentFile = resticEnvironmentFile;
             runCheck = true;
             timerConfig = cfg.restic.maintenanceTimerConfig;
           };
@@ -1012,7 +1019,9 @@ in
               serviceConfig.LoadCredential = gridmateLib.loadCredentials notifyCredentials;
               # Two jobs started together run one after the other, so a first
               # run does not initialise the repository twice.
-              after = lib.optional (name == "gridmate-state" && teslamate.enable) "restic-backups-gridmate-teslamate.service";
+              after = lib.optional (
+                name == "gridmate-state" && teslamate.enable
+              ) "restic-backups-gridmate-teslamate.service";
             }
           ) backupJobs
           // {

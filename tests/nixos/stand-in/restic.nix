@@ -121,9 +121,11 @@ in
           lib.concatMapStrings (arg: " -o ${arg}") backup.extraOptions
         }";
         filesFrom = "/run/restic-backups-${name}/includes";
-        fileBackup = backup.dynamicFilesFrom != null || (backup.paths != null && backup.paths != [ ]);
+        fileBackup =
+          backup.dynamicFilesFrom != null || (backup.paths != null && backup.paths != [ ]);
         commandBackup = backup.command != [ ];
         doBackup = fileBackup || commandBackup;
+        prepares = backup.initialize || doBackup || backup.backupPrepareCommand != null;
       in
       lib.nameValuePair "restic-backups-${name}" (
         {
@@ -165,7 +167,7 @@ in
             EnvironmentFile = backup.environmentFile;
           };
         }
-        // lib.optionalAttrs (backup.initialize || doBackup || backup.backupPrepareCommand != null) {
+        // lib.optionalAttrs prepares {
           preStart = ''
             ${lib.optionalString (backup.backupPrepareCommand != null) ''
               ${pkgs.writeScript "backupPrepareCommand" backup.backupPrepareCommand}
