@@ -1678,6 +1678,18 @@ REFUSED = {
     ),
     "VRRP instance without interface": "services.keepalived.vrrpInstances.x.virtualRouterId = 5;",
     "null in TOML settings": "services.gridmate.vehicles.settings.mqtt.extra = null;",
+    "Sanoid dataset with an unknown template": (
+        'services.sanoid = { enable = true; datasets."pool/a".useTemplate = [ "nope" ]; };'
+    ),
+    "Sanoid snapshot count below zero": (
+        'services.sanoid = { enable = true; datasets."pool/a".hourly = -1; };'
+    ),
+    "syncoid command without target": (
+        'services.syncoid = { enable = true; commands."pool/a" = { }; };'
+    ),
+    "restic job with a list as repository": (
+        'services.restic.backups.x = { repository = [ "/srv" ]; passwordFile = "/pw"; };'
+    ),
 }
 
 
@@ -1719,6 +1731,18 @@ def test_stand_ins_accept_what_upstream_accepts(upstream_eval: Any) -> None:
         environment.TZ = "UTC";
       };
       services.keepalived.vrrpInstances.x = { interface = "eth0"; virtualRouterId = 51; };
+      services.sanoid = {
+        enable = true;
+        templates.t = { hourly = 2; autosnap = true; };
+        datasets."pool/a".useTemplate = [ "t" ];
+      };
+      services.syncoid = {
+        enable = true;
+        commands."pool/a" = { target = "u@nas:tank/a"; sshKey = "/run/k"; };
+      };
+      services.restic.backups.x = {
+        repository = "/srv/r"; passwordFile = "/pw"; paths = [ "/a" ];
+      };
     """.replace("pkgs.", '(h.mkPkgs { system = "x86_64-linux"; tag = "p"; }).')
     upstream = upstream_eval(_render_probe(config, False))
     stand_in = upstream_eval(_render_probe(config, True))
@@ -1731,6 +1755,10 @@ def test_stand_ins_accept_what_upstream_accepts(upstream_eval: Any) -> None:
         == stand_in["keepalived"]
         == {"x": {"interface": "eth0", "virtualRouterId": 51}}
     )
+    for units in (upstream["units"], stand_in["units"]):
+        assert {"sanoid.service", "syncoid-pool-a.service", "restic-backups-x.service"} <= set(
+            units
+        )
 
 
 def test_toml_settings_stand_in_matches_upstream_formats(upstream_eval: Any) -> None:
@@ -2242,6 +2270,7 @@ def test_backup_renders_settings_gridmate_loads(nix_eval: Any, tmp_path: Path) -
     finally:
         del os.environ["CREDENTIALS_DIRECTORY"]
     assert loaded.restic.configured
+    assert loaded.on_failure_for(loaded.targets["postgresql"]) == "refuse"
     assert loaded.methods_for(loaded.targets["teslamate"]) == ("local", "restic")
     assert loaded.methods_for(loaded.targets["postgresql"]) == ("syncoid", "local")
     assert loaded.restic_tag_for("gridmate-vehicles") == "gridmate"
@@ -2845,3 +2874,38 @@ def test_backup_units_from_the_upstream_modules(upstream_eval: Any) -> None:
         [record] = [s for s in stops if " backup record --kind replication " in s]
         assert record.startswith("+/nix/store/") and len(stops) > 1  # besides zfs unallow
         assert "--recvoptions u --no-privilege-elevation" in syncoid
+
+
+def test_backup_preseed_policy_and_order_options(nix_eval: Any) -> None:
+    """The all-methods-failed policy and the automatic order, for all targets and per
+    target; restic stays out of the automatic order unless put there."""
+    got = _backup(
+        nix_eval,
+        """{
+          services.gridmate.backup.preseed.onFailure = "start-empty";
+          services.gridmate.backup.preseed.methods = [ "local" "syncoid" ];
+          services.gridmate.backup.preseed.targets.postgresql.onFailure = "refuse";
+          services.gridmate.backup.preseed.targets.scratch = {
+            kind = "dataset"; dataset = "rpool/scratch"; units = [ "scratch.service" ];
+            methods = [ "syncoid" "local" "restic" ];
+          };
+        }""",
+        body="""{
+          inherit failed;
+          settings = c.services.gridmate.backup.finalSettings;
+          default = c.services.gridmate.backup.preseed.targets.postgresql.methods;
+          defaultOrder = (h.eval { modules = [ h.modules ]; }).config
+            .services.gridmate.backup.preseed.methods;
+        }""",
+    )
+    assert got["failed"] == []
+    assert got["defaultOrder"] == ["syncoid", "local"]
+    assert got["settings"]["preseed"] == {
+        "methods": ["local", "syncoid"],
+        "on_failure": "start-empty",
+    }
+    targets = got["settings"]["targets"]
+    assert targets["postgresql"]["on_failure"] == "refuse"
+    assert "methods" not in targets["postgresql"] and got["default"] is None
+    assert targets["scratch"]["methods"] == ["syncoid", "local", "restic"]
+    assert "on_failure" not in targets["scratch"]
