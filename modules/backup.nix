@@ -187,20 +187,23 @@ let
     inherit (credentials) smtp_password notify_mqtt_password;
   };
 
-  # The programs the commands call: zfs, syncoid, restic, psql/pg_dump/pg_restore, ssh.
+  # The programs preseed calls: zfs, syncoid, ssh; psql, pg_dump, pg_restore; restic.
   zfsPackage = config.boot.zfs.package or pkgs.zfs;
   postgresqlPackage =
     if config.services.postgresql.enable or false then
       config.services.postgresql.package
     else
       pkgs.postgresql;
-  toolPath = [
-    zfsPackage
-    config.services.syncoid.package
-    cfg.restic.package
-    postgresqlPackage
-    pkgs.openssh
-  ];
+  # Only what a target's kind needs: a host without ZFS gets no zfs tools.
+  toolPath =
+    t:
+    lib.optionals (t.kind == "dataset") [
+      zfsPackage
+      config.services.syncoid.package
+      pkgs.openssh
+    ]
+    ++ lib.optional (t.kind == "database") postgresqlPackage
+    ++ lib.optional resticOn cfg.restic.package;
 
   teslamate = cfg.teslamate;
   teslamateDatabaseLocal =
@@ -1155,7 +1158,7 @@ in
             ];
             wants = [ "network-online.target" ] ++ lib.optional localDatabase "postgresql.target";
             requires = lib.optional localDatabase "postgresql.service";
-            path = toolPath;
+            path = toolPath t;
             # Runs once per boot; a configuration change must not restart it,
             # which would restart every service that requires it.
             restartIfChanged = false;

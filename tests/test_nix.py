@@ -2175,6 +2175,7 @@ def test_backup_preseed_units_come_before_and_are_required_by_their_services(
               StateDirectory LoadCredential;
             user = u.serviceConfig.User or null;
             dynamic = u.serviceConfig.DynamicUser or false;
+            path = map (p: p.name) u.path;
           }) (lib.filterAttrs (n: _: lib.hasPrefix "gridmate-preseed-" n) c.systemd.services);
           pkg = c.services.gridmate.package.outPath;
         }""",
@@ -2210,6 +2211,18 @@ def test_backup_preseed_units_come_before_and_are_required_by_their_services(
         ]
         for needed in ("zfs-import.target", "zfs-mount.service", "network-online.target"):
             assert needed in unit["after"], (target, needed)
+    # The tools each kind needs, and no others (no ZFS on a host without datasets).
+    assert units["gridmate-preseed-postgresql"]["path"][:4] == [
+        "zfs",
+        "sanoid",
+        "openssh",
+        "restic",
+    ]
+    assert units["gridmate-preseed-teslamate"]["path"][:2] == ["postgresql", "restic"]
+    assert units["gridmate-preseed-gridmate-energy"]["path"][:1] == ["restic"]
+    for unit in units.values():
+        assert "coreutils" in unit["path"]  # NixOS's default path follows
+    assert "zfs" not in units["gridmate-preseed-teslamate"]["path"]
     # The database is restored into a running PostgreSQL, once NixOS created its roles.
     database = units["gridmate-preseed-teslamate"]
     assert {"postgresql.service", "postgresql.target"} <= set(database["after"])

@@ -238,7 +238,8 @@ in
         host.succeed("test -s ${dumps}/teslamate.dump")
         host.succeed("systemctl start restic-backups-gridmate-state.service")
         host.succeed("systemctl start --wait sanoid.service")
-        host.succeed("systemctl start syncoid-pool-dumps.service")
+        # syncoid runs as a plain (Type=simple) service: wait for it to finish
+        host.succeed("systemctl start --wait syncoid-pool-dumps.service")
         nas.succeed("zfs list tank/replicas/dumps")
         host.succeed("systemctl start restic-backups-gridmate-maintenance.service")
         # restic-<job>: the restic module's wrapper with the job's environment
