@@ -2922,3 +2922,24 @@ def test_backup_preseed_policy_and_order_options(nix_eval: Any) -> None:
     assert "methods" not in targets["postgresql"] and got["default"] is None
     assert targets["scratch"]["methods"] == ["syncoid", "local", "restic"]
     assert "on_failure" not in targets["scratch"]
+
+
+def test_backup_without_preseed_keeps_the_dump_target(nix_eval: Any) -> None:
+    """The dump hook reads the teslamate target's connection: it stays in the settings
+    when preseed is off, while no preseed unit and no state-directory target exist."""
+    got = _backup(
+        nix_eval,
+        "{ services.gridmate.backup.preseed.enable = lib.mkForce false; }",
+        body="""{
+          inherit failed;
+          targets = builtins.attrNames c.services.gridmate.backup.finalSettings.targets;
+          units = builtins.filter (lib.hasPrefix "gridmate-preseed-")
+            (builtins.attrNames c.systemd.services);
+          rules = map (r: r.alert) (builtins.head (builtins.fromJSON
+            c.services.gridmate.backup.prometheus.rulesFile.text).groups).rules;
+        }""",
+    )
+    assert got["failed"] == []
+    assert got["targets"] == ["postgresql", "teslamate"]
+    assert got["units"] == []
+    assert "GridmatePreseedFailed" not in got["rules"]
