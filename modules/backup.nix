@@ -1016,9 +1016,9 @@ in
           lib.mapAttrs' (
             name: _:
             lib.nameValuePair "restic-backups-${name}" {
-              # The hooks: pg_dump and psql for the dump, and the notifier's
-              # credentials for a failed run's warning.
-              path = [ postgresqlPackage ];
+              # The hooks: the server's own pg_dump for the dump, and the
+              # notifier's credentials for a failed run's warning.
+              path = lib.optional (name == "gridmate-teslamate") postgresqlPackage;
               serviceConfig.LoadCredential = gridmateLib.loadCredentials notifyCredentials;
               # Two jobs started together run one after the other, so a first
               # run does not initialise the repository twice.

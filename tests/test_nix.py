@@ -2365,7 +2365,8 @@ def test_backup_restic_jobs(nix_eval: Any) -> None:
     for name in ("gridmate-teslamate", "gridmate-state"):
         unit = services[f"restic-backups-{name}"]
         assert unit["LoadCredential"] == ["smtp_password:/run/secrets/gridmate/smtp-password"]
-        assert "postgresql" in unit["path"]
+    assert "postgresql" in services["restic-backups-gridmate-teslamate"]["path"]
+    assert "postgresql" not in services["restic-backups-gridmate-state"]["path"]
 
 
 def test_backup_hooks_land_in_restics_start_and_stop_commands(nix_eval: Any) -> None:
@@ -2943,3 +2944,22 @@ def test_backup_without_preseed_keeps_the_dump_target(nix_eval: Any) -> None:
     assert got["targets"] == ["postgresql", "teslamate"]
     assert got["units"] == []
     assert "GridmatePreseedFailed" not in got["rules"]
+
+
+def test_backup_lets_root_dump_as_postgres_over_the_socket(nix_eval: Any) -> None:
+    """NixOS's peer authentication refuses root as `postgres`; the module maps it
+    when PostgreSQL runs here, and leaves pg_hba alone when told to or when the
+    database is reached over TCP."""
+    body = "{ inherit (c.services.postgresql) identMap authentication; }"
+    got = _backup(nix_eval, body=body)
+    assert got["identMap"].splitlines() == [
+        "gridmate-backup root postgres",
+        "gridmate-backup postgres postgres",
+    ]
+    assert got["authentication"] == "local all postgres peer map=gridmate-backup\n"
+    for config in (
+        "{ services.gridmate.backup.teslamate.peerMap = false; }",
+        '{ services.gridmate.backup.teslamate.database.host = "db.lan"; }',
+        "{ services.postgresql.enable = lib.mkForce false; }",
+    ):
+        assert _backup(nix_eval, config, body=body) == {"identMap": "", "authentication": ""}
