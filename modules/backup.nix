@@ -79,7 +79,10 @@ let
 
   resticOn = cfg.restic.enable;
   nodeExporterOn = config.services.prometheus.exporters.node.enable or false;
+  # Secret paths as strings: a path literal must not be copied into the store.
   resticPasswordFile = toString cfg.resticPasswordFile;
+  resticRepositoryFile =
+    if cfg.restic.repositoryFile == null then null else toString cfg.restic.repositoryFile;
   resticEnvironmentFile =
     if cfg.resticEnvironmentFile == null then null else toString cfg.resticEnvironmentFile;
   # syncoid.nix comes in two forms: nixos-25.11's, with a static `user` and
@@ -159,8 +162,7 @@ let
     textfile_directory = cfg.textfileDirectory;
     restic = lib.optionalAttrs resticOn {
       repository = cfg.restic.repository;
-      repository_file =
-        if cfg.restic.repositoryFile == null then null else toString cfg.restic.repositoryFile;
+      repository_file = resticRepositoryFile;
     };
     zfs = {
       ssh_key =
@@ -222,7 +224,7 @@ let
     {
       inherit paths;
       inherit (cfg.restic) repository initialize package;
-      repositoryFile = cfg.restic.repositoryFile;
+      repositoryFile = resticRepositoryFile;
       passwordFile = resticPasswordFile;
       environmentFile = resticEnvironmentFile;
       extraBackupArgs = map (tag: "--tag ${tag}") tags;
@@ -1000,11 +1002,11 @@ in
             paths = [ ];
             inherit (cfg.restic)
               repository
-              repositoryFile
               package
               pruneOpts
               checkOpts
               ;
+            repositoryFile = resticRepositoryFile;
             passwordFile = resticPasswordFile;
             environmentFile = resticEnvironmentFile;
             runCheck = true;

@@ -2963,3 +2963,33 @@ def test_backup_lets_root_dump_as_postgres_over_the_socket(nix_eval: Any) -> Non
         "{ services.postgresql.enable = lib.mkForce false; }",
     ):
         assert _backup(nix_eval, config, body=body) == {"identMap": "", "authentication": ""}
+
+
+def test_backup_secret_paths_stay_out_of_the_store(nix_eval: Any) -> None:
+    """Path literals for the repository file, the password and the ssh key are passed by
+    name: nothing of them is copied into the world-readable store."""
+    got = _backup(
+        nix_eval,
+        """{
+          services.gridmate.backup.restic.repository = lib.mkForce null;
+          services.gridmate.backup.restic.repositoryFile = /run/secrets/gridmate/restic-repo;
+          services.gridmate.backup.resticPasswordFile = lib.mkForce /run/secrets/gridmate/pw;
+          services.gridmate.backup.replication.sshKeyFile = lib.mkForce /run/secrets/gridmate/key;
+        }""",
+        body="""{
+          inherit failed;
+          jobs = lib.mapAttrs (_: j: { inherit (j) repositoryFile passwordFile; })
+            c.services.restic.backups;
+          settings = { inherit (c.services.gridmate.backup.finalSettings) restic zfs; };
+          env = c.systemd.services.restic-backups-gridmate-state.environment.RESTIC_REPOSITORY_FILE;
+        }""",
+    )
+    assert got["failed"] == []
+    for job in got["jobs"].values():
+        assert job == {
+            "repositoryFile": "/run/secrets/gridmate/restic-repo",
+            "passwordFile": "/run/secrets/gridmate/pw",
+        }
+    assert got["settings"]["restic"] == {"repository_file": "/run/secrets/gridmate/restic-repo"}
+    assert got["settings"]["zfs"]["ssh_key"] == "/run/secrets/gridmate/key"
+    assert got["env"] == "/run/secrets/gridmate/restic-repo"
