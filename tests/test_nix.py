@@ -2993,3 +2993,27 @@ def test_backup_secret_paths_stay_out_of_the_store(nix_eval: Any) -> None:
     assert got["settings"]["restic"] == {"repository_file": "/run/secrets/gridmate/restic-repo"}
     assert got["settings"]["zfs"]["ssh_key"] == "/run/secrets/gridmate/key"
     assert got["env"] == "/run/secrets/gridmate/restic-repo"
+
+
+@pytest.mark.parametrize("module", ["restic", "sanoid"])
+def test_backup_stand_ins_render_units_as_upstream_does(upstream_eval: Any, module: str) -> None:
+    """The documented backup host's restic and Sanoid units, rendered from the stand-in
+    and from the real module, are the same text. (syncoid's stand-in keeps only the
+    unit keys gridmate relies on; test_backup_units_from_the_upstream_modules checks
+    the real one.)"""
+    _upstream_backup_module(upstream_eval, module)
+    prefix = "restic-backups-" if module == "restic" else "sanoid."
+    got = upstream_eval(
+        f"""
+        let
+          modules = [ h.flake.nixosModules.default ({HOST}) ({BACKUP}) ];
+          texts = units: lib.mapAttrs (_: u: u.text)
+            (lib.filterAttrs (n: _: lib.hasPrefix "{prefix}" n) units);
+        in {{
+          upstream = texts (h.units (h.eval {{ inherit modules; }}));
+          standIn = texts (h.standInUnits (h.evalStandIn modules));
+        }}
+        """
+    )
+    assert got["upstream"], "no unit rendered"
+    assert got["standIn"] == got["upstream"]

@@ -5,8 +5,8 @@
 # unlock/forget --prune and check commands in ExecStart=, the prepare hook
 # in preStart (ExecStartPre=) and the cleanup hook in postStop
 # (ExecStopPost=, which systemd also runs after a failed backup).
-# tests/test_nix.py compares the options with the real file when a nixpkgs
-# tree holds it.
+# tests/test_nix.py compares the options and the rendered units with the real
+# file when a nixpkgs tree holds it.
 {
   config,
   lib,
@@ -135,6 +135,7 @@ in
             RESTIC_REPOSITORY = backup.repository;
             RESTIC_REPOSITORY_FILE = backup.repositoryFile;
           };
+          path = [ config.programs.ssh.package ];
           restartIfChanged = false;
           wants = [ "network-online.target" ];
           after = [ "network-online.target" ];
@@ -178,6 +179,9 @@ in
             ${lib.optionalString (backup.paths != null && backup.paths != [ ]) ''
               cat ${pkgs.writeText "staticPaths" (lib.concatLines backup.paths)} >> ${filesFrom}
             ''}
+            ${lib.optionalString (backup.dynamicFilesFrom != null) ''
+              ${pkgs.writeScript "dynamicFilesFromScript" backup.dynamicFilesFrom} >> ${filesFrom}
+            ''}
           '';
         }
         // lib.optionalAttrs (doBackup || backup.backupCleanupCommand != null) {
@@ -198,6 +202,7 @@ in
       lib.nameValuePair "restic-backups-${name}" {
         wantedBy = [ "timers.target" ];
         inherit (backup) timerConfig;
+        unitConfig.X-OnlyManualStart = true;
       }
     ) (lib.filterAttrs (_: backup: backup.timerConfig != null) config.services.restic.backups);
   };
