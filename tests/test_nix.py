@@ -3017,3 +3017,101 @@ def test_backup_stand_ins_render_units_as_upstream_does(upstream_eval: Any, modu
     )
     assert got["upstream"], "no unit rendered"
     assert got["standIn"] == got["upstream"]
+
+
+@pytest.mark.services
+def test_backup_preseed_unit_restores_the_database_with_the_rendered_settings(
+    nix_eval: Any, tmp_path: Path, postgres_dsn: str
+) -> None:
+    """gridmate-preseed-teslamate's ExecStart, run with the module's settings (the
+    store's gridmate replaced by this checkout's) against real PostgreSQL: the dump
+    the prepare hook wrote is loaded into the empty database, and the next start finds
+    the database complete and leaves it alone."""
+    import sys
+    import urllib.parse
+    import uuid
+
+    dsn = urllib.parse.urlparse(postgres_dsn)
+    host, port = dsn.hostname or "127.0.0.1", dsn.port or 5432
+    user, source = dsn.username or "postgres", dsn.path.lstrip("/")
+    target = f"gm_bknix_{uuid.uuid4().hex[:8]}"
+    psql = ["psql", "-h", host, "-p", str(port), "-U", user, "-v", "ON_ERROR_STOP=1", "-tA"]
+
+    def sql(database: str, statement: str) -> str:
+        done = subprocess.run(
+            [*psql, "-d", database, "-c", statement], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    sql(source, "CREATE TABLE IF NOT EXISTS cars (id int PRIMARY KEY, name text)")
+    sql(source, "INSERT INTO cars VALUES (7, 'Model Y') ON CONFLICT DO NOTHING")
+    sql("postgres", f"CREATE DATABASE {target}")
+    try:
+
+        def rendered(database: str) -> Any:
+            return _backup(
+                nix_eval,
+                f"""{{
+                  services.gridmate.backup.teslamate.dumpDirectory = "{tmp_path}/dumps";
+                  services.gridmate.backup.teslamate.database = {{
+                    host = "{host}"; port = {port}; user = "{user}";
+                    name = "{database}"; owner = "{user}";
+                  }};
+                  services.gridmate.backup.settings = {{
+                    state_directory = "{tmp_path}/state";
+                    textfile_directory = "{tmp_path}/textfile";
+                    notify = lib.mkForce {{ }};
+                  }};
+                }}""",
+                body="""{
+                  settings = c.services.gridmate.backup.finalSettings;
+                  prepare = c.services.restic.backups.gridmate-teslamate.backupPrepareCommand;
+                  preseed = c.systemd.services.gridmate-preseed-teslamate.serviceConfig.ExecStart;
+                }""",
+            )
+
+        def run(command: str, config: Path) -> subprocess.CompletedProcess[str]:
+            argv = command.split(" ")
+            assert argv[0].endswith("/bin/gridmate") and argv[-2] == "--config"
+            return subprocess.run(
+                [sys.executable, "-m", "gridmate", *argv[1:-1], str(config)],
+                env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)},
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+
+        # The backup of the old host: its database dumped by the prepare hook.
+        old = rendered(source)
+        old_config = tmp_path / "old.toml"
+        old_config.write_text(_toml(old["settings"]))
+        (tmp_path / "dumps").mkdir()
+        dumped = run(old["prepare"], old_config)
+        assert dumped.returncode == 0, dumped.stderr
+        (tmp_path / "dumps" / f"{source}.dump").rename(tmp_path / "dumps" / f"{target}.dump")
+
+        # The rebuilt host: an empty database, the preseed unit's command.
+        new = rendered(target)
+        assert new["preseed"].split(" ")[1:4] == ["preseed", "--target", "teslamate"]
+        new_config = tmp_path / "new.toml"
+        new_config.write_text(_toml(new["settings"]))
+        restored = run(new["preseed"], new_config)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert sql(target, "SELECT name FROM cars WHERE id = 7") == "Model Y"
+        metrics = (tmp_path / "textfile" / "gridmate_preseed_teslamate.prom").read_text()
+        assert 'gridmate_preseed_result{result="restored",target="teslamate"} 1.0' in metrics
+        assert 'gridmate_preseed_method_success{method="local",target="teslamate"} 1.0' in metrics
+
+        again = run(new["preseed"], new_config)
+        assert again.returncode == 0, again.stderr
+        metrics = (tmp_path / "textfile" / "gridmate_preseed_teslamate.prom").read_text()
+        assert 'gridmate_preseed_result{result="already-complete",target="teslamate"} 1.0' in (
+            metrics
+        )
+    finally:
+        subprocess.run(
+            [*psql, "-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {target} WITH (FORCE)"],
+            capture_output=True,
+            check=False,
+        )

@@ -269,7 +269,7 @@ in
         host.wait_for_unit("state-reader.service")
         for target in ("dumps", "teslamate", "vm-state"):
             text = metric(f"gridmate_preseed_{target}.prom")
-            assert f'gridmate_preseed_result{{target="{target}",result="left-untouched"}} 1.0' in text, text
+            assert f'gridmate_preseed_result{{result="left-untouched",target="{target}"}} 1.0' in text, text
 
     with subtest("lose the data: dataset, database, state directory"):
         host.succeed(
@@ -296,12 +296,12 @@ in
         methods = {"dumps": "syncoid", "teslamate": "local", "vm-state": "restic"}
         for target, method in methods.items():
             text = metric(f"gridmate_preseed_{target}.prom")
-            assert f'gridmate_preseed_result{{target="{target}",result="restored"}} 1.0' in text, text
-            assert f'gridmate_preseed_method_success{{target="{target}",method="{method}"}} 1.0' in text, text
+            assert f'gridmate_preseed_result{{result="restored",target="{target}"}} 1.0' in text, text
+            assert f'gridmate_preseed_method_success{{method="{method}",target="{target}"}} 1.0' in text, text
 
     with subtest("a running host never restores twice"):
         host.succeed("systemctl restart gridmate-preseed-teslamate.service")
         text = metric("gridmate_preseed_teslamate.prom")
-        assert 'gridmate_preseed_result{target="teslamate",result="already-complete"} 1.0' in text, text
+        assert 'gridmate_preseed_result{result="already-complete",target="teslamate"} 1.0' in text, text
   '';
 }
