@@ -109,7 +109,8 @@ in
         mode = "0400";
       };
       environment.etc."gridmate/syncoid-key" = {
-        text = keys.snakeOilPrivateKey;
+        # a file (pkgs.writeText) in nixpkgs' ssh-keys.nix; the mode makes a copy
+        source = keys.snakeOilPrivateKey;
         mode = "0400";
       };
 
