@@ -63,6 +63,7 @@
         vehicles = withPackageDefault ./modules/vehicles.nix;
         energy = withPackageDefault ./modules/energy.nix;
         report = withPackageDefault ./modules/report.nix;
+        backup = withPackageDefault ./modules/backup.nix;
       };
 
       checks = forAllSystems (

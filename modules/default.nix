@@ -8,5 +8,6 @@
     ./vehicles.nix
     ./energy.nix
     ./report.nix
+    ./backup.nix
   ];
 }

@@ -262,6 +262,8 @@ def test_the_expected_nix_files_exist() -> None:
         "modules/vehicles.nix",
         "modules/energy.nix",
         "modules/report.nix",
+        "modules/backup.nix",
+        "nix/tests/backup.nix",
     }
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
@@ -270,6 +272,9 @@ def test_the_expected_nix_files_exist() -> None:
 
 
 COMPONENTS = ("vehicles", "energy", "report")
+# Every module under services.gridmate with its own enable and package: the
+# components with a unit of their own, and the backup module (hooks and oneshots).
+MODULES = (*COMPONENTS, "backup")
 
 
 def test_modules_evaluate_with_nothing_enabled(nix_eval: Any) -> None:
@@ -284,7 +289,7 @@ def test_modules_evaluate_with_nothing_enabled(nix_eval: Any) -> None:
         }
         """
     )
-    assert got == {"services": [], "warnings": [], "enabled": dict.fromkeys(COMPONENTS, False)}
+    assert got == {"services": [], "warnings": [], "enabled": dict.fromkeys(MODULES, False)}
 
 
 def test_package_defaults_to_the_flake_package_without_an_overlay(nix_eval: Any) -> None:
@@ -315,6 +320,7 @@ def test_package_defaults_to_the_flake_package_without_an_overlay(nix_eval: Any)
             h.flake.nixosModules.vehicles
             h.flake.nixosModules.energy
             h.flake.nixosModules.report
+            h.flake.nixosModules.backup
           ] "x86_64-linux";
           single = builtins.attrNames
             (h.eval { modules = [ h.flake.nixosModules.report ]; }).config.services.gridmate;
@@ -322,13 +328,18 @@ def test_package_defaults_to_the_flake_package_without_an_overlay(nix_eval: Any)
         """
     )
     flake = "gridmate-flake-x86_64-linux"
-    assert got["flake"] == dict.fromkeys(COMPONENTS, flake)
-    assert got["flakeArm"] == dict.fromkeys(COMPONENTS, "gridmate-flake-aarch64-linux")
-    assert got["flakeOther"] == dict.fromkeys(COMPONENTS, "gridmate-callpackage")
-    assert got["plain"] == dict.fromkeys(COMPONENTS, "gridmate-callpackage")
-    assert got["user"] == dict.fromkeys(COMPONENTS, "gridmate-custom")
-    assert got["one"] == {"vehicles": "gridmate-custom", "energy": flake, "report": flake}
-    assert got["together"] == dict.fromkeys(COMPONENTS, flake)
+    assert got["flake"] == dict.fromkeys(MODULES, flake)
+    assert got["flakeArm"] == dict.fromkeys(MODULES, "gridmate-flake-aarch64-linux")
+    assert got["flakeOther"] == dict.fromkeys(MODULES, "gridmate-callpackage")
+    assert got["plain"] == dict.fromkeys(MODULES, "gridmate-callpackage")
+    assert got["user"] == dict.fromkeys(MODULES, "gridmate-custom")
+    assert got["one"] == {
+        "vehicles": "gridmate-custom",
+        "energy": flake,
+        "report": flake,
+        "backup": flake,
+    }
+    assert got["together"] == dict.fromkeys(MODULES, flake)
     assert got["single"] == ["package", "prometheus", "report"]
 
 
@@ -923,7 +934,7 @@ def test_secret_options_cover_every_credential_of_the_settings_models(nix_eval: 
         let
           opts = (h.eval { modules = [ h.modules ]; }).options.services.gridmate;
           files = c: lib.filterAttrs (n: _: lib.hasSuffix "File" n) opts.${c};
-        in lib.genAttrs [ "vehicles" "energy" "report" ] (c:
+        in lib.genAttrs [ "vehicles" "energy" "report" "backup" ] (c:
           lib.mapAttrs (_: o: o.description) (files c))
         """
     )
@@ -966,7 +977,14 @@ _RENDERED = """lib.genAttrs (builtins.filter (n: c.services.gridmate.${n}.enable
   [ "vehicles" "energy" "report" ]) (n: {
     settings = h.gridmateLib.dropNulls c.services.gridmate.${n}.settings;
     credentials = c.systemd.services."gridmate-${n}".serviceConfig.LoadCredential;
-  })"""
+  }) // lib.optionalAttrs c.services.gridmate.backup.enable {
+    backup = {
+      settings = c.services.gridmate.backup.finalSettings;
+      credentials = lib.unique (lib.concatMap (u: u.serviceConfig.LoadCredential or [ ])
+        (lib.attrValues (lib.filterAttrs (n: _: lib.hasPrefix "gridmate-preseed-" n)
+          c.systemd.services)));
+    };
+  }"""
 
 
 def test_module_settings_load_in_gridmate(nix_eval: Any, tmp_path: Path) -> None:
@@ -988,6 +1006,12 @@ EXAMPLES = {
     "vehicles-only": {"gridmate-vehicles.service"},
     "failover-pantry": {"gridmate-energy.service", "gridmate-energy-failover@.service"},
     "report-only": {"gridmate-report.service", "gridmate-report.timer"},
+    "backup-zfs": {
+        "gridmate-vehicles.service",
+        "gridmate-preseed-gridmate-vehicles.service",
+        "gridmate-preseed-postgresql.service",
+        "gridmate-preseed-teslamate.service",
+    },
 }
 
 
@@ -1293,10 +1317,11 @@ def test_flake_outputs(nix_eval: Any) -> None:
     assert got["packages"] == ["default", "gridmate"]
     assert got["defaultPackage"] == "gridmate-flake-x86_64-linux"
     examples = {f"example-{name}" for name in EXAMPLES}
-    assert {"package", "formatting", "vm-vehicles", "vm-energy"} | examples == set(got["checksX86"])
+    vm_tests = {"vm-vehicles", "vm-energy", "vm-backup"}
+    assert {"package", "formatting"} | vm_tests | examples == set(got["checksX86"])
     # no VM tests on aarch64
     assert set(got["checksArm"]) == {"formatting", "package"} | examples
-    assert got["modules"] == ["default", "energy", "report", "vehicles"]
+    assert got["modules"] == ["backup", "default", "energy", "report", "vehicles"]
     assert got["app"] == "app"
 
 
@@ -1653,6 +1678,18 @@ REFUSED = {
     ),
     "VRRP instance without interface": "services.keepalived.vrrpInstances.x.virtualRouterId = 5;",
     "null in TOML settings": "services.gridmate.vehicles.settings.mqtt.extra = null;",
+    "Sanoid dataset with an unknown template": (
+        'services.sanoid = { enable = true; datasets."pool/a".useTemplate = [ "nope" ]; };'
+    ),
+    "Sanoid snapshot count below zero": (
+        'services.sanoid = { enable = true; datasets."pool/a".hourly = -1; };'
+    ),
+    "syncoid command without target": (
+        'services.syncoid = { enable = true; commands."pool/a" = { }; };'
+    ),
+    "restic job with a list as repository": (
+        'services.restic.backups.x = { repository = [ "/srv" ]; passwordFile = "/pw"; };'
+    ),
 }
 
 
@@ -1694,6 +1731,18 @@ def test_stand_ins_accept_what_upstream_accepts(upstream_eval: Any) -> None:
         environment.TZ = "UTC";
       };
       services.keepalived.vrrpInstances.x = { interface = "eth0"; virtualRouterId = 51; };
+      services.sanoid = {
+        enable = true;
+        templates.t = { hourly = 2; autosnap = true; };
+        datasets."pool/a".useTemplate = [ "t" ];
+      };
+      services.syncoid = {
+        enable = true;
+        commands."pool/a" = { target = "u@nas:tank/a"; sshKey = "/run/k"; };
+      };
+      services.restic.backups.x = {
+        repository = "/srv/r"; passwordFile = "/pw"; paths = [ "/a" ];
+      };
     """.replace("pkgs.", '(h.mkPkgs { system = "x86_64-linux"; tag = "p"; }).')
     upstream = upstream_eval(_render_probe(config, False))
     stand_in = upstream_eval(_render_probe(config, True))
@@ -1706,6 +1755,10 @@ def test_stand_ins_accept_what_upstream_accepts(upstream_eval: Any) -> None:
         == stand_in["keepalived"]
         == {"x": {"interface": "eth0", "virtualRouterId": 51}}
     )
+    for units in (upstream["units"], stand_in["units"]):
+        assert {"sanoid.service", "syncoid-pool-a.service", "restic-backups-x.service"} <= set(
+            units
+        )
 
 
 def test_toml_settings_stand_in_matches_upstream_formats(upstream_eval: Any) -> None:
@@ -1946,18 +1999,1119 @@ def test_the_nixos_firewall_lets_exactly_one_host_be_active(
     assert "MASTER" in states["a"] and "MASTER" in states["b"], states
 
 
-@pytest.mark.parametrize("test", VM_TESTS)
+@pytest.mark.parametrize("test", (*VM_TESTS, "backup"))
 def test_vm_test_header_lists_every_driver_method_it_uses(test: str) -> None:
-    """Each VM test's header lists the test-driver methods its script calls, with
-    the signatures read from upstream's driver; a new call must be checked there."""
+    """Each VM test's header lists the test-driver methods its script calls on each
+    node, with the signatures read from upstream's driver; a new call must be
+    checked there."""
     path = ROOT / "nix" / "tests" / f"{test}.nix"
     if not path.exists():
         pytest.skip(f"nix/tests/{test}.nix is not part of this source tree")
     text = path.read_text()
     header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
     body = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
-    used = set(re.findall(r"\bmachine\.([a-z_]+)\(", body))
-    used |= {name for name in ("subtest", "start_all") if re.search(rf"\b{name}\(", body)}
-    listed = set(re.findall(r"#   (?:machine\.)?([a-z_]+)\(", header))
+    nodes = set(re.findall(r"\bnodes\.([a-z_]+) =", body))
+    assert nodes, "the test declares no node?"
+    used = {
+        (node, method)
+        for node, method in re.findall(r"\b([a-z_]+)\.([a-z_]+)\(", body)
+        if node in nodes
+    }
+    used |= {("", name) for name in ("subtest", "start_all") if re.search(rf"\b{name}\(", body)}
+    listed = {
+        (node or "", method)
+        for node, method in re.findall(r"#   (?:([a-z_]+)\.)?([a-z_]+)\(", header)
+    }
+    # the single-node tests list machine's methods, named with or without `machine.`
+    listed |= {("machine", method) for node, method in listed if node == ""}
     assert used, "the test script calls no driver method?"
     assert used <= listed, f"not listed in the header: {sorted(used - listed)}"
+
+
+def test_backup_vm_test_nodes_evaluate(nix_eval: Any) -> None:
+    """The backup VM test's nodes with gridmate's modules, every non-gridmate option
+    accepted as is: misspelt or mistyped services.gridmate options and failing
+    assertions show here, without a VM (the test itself has never run)."""
+    got = nix_eval(
+        """
+        let
+          # (pkgs.path, for nixpkgs' snake-oil ssh keys, is never read here)
+          pkgs = h.mkPkgs { system = "x86_64-linux"; tag = "vm"; };
+          t = import (h.modules + "/../nix/tests/backup.nix") { inherit pkgs lib; };
+          node = n: (h.eval { modules = [
+            { freeformType = lib.types.attrsOf lib.types.anything; }
+            h.flake.nixosModules.default
+            t.nodes.${n}
+          ]; }).config;
+          c = node "host";
+        in {
+          inherit (t) name;
+          nodes = builtins.attrNames t.nodes;
+          script = builtins.isString t.testScript;
+          failed = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
+          inherit (c) warnings;
+          preseed = lib.mapAttrs (_: u: { inherit (u) before requiredBy; })
+            (lib.filterAttrs (n: _: lib.hasPrefix "gridmate-preseed-" n) c.systemd.services);
+          jobs = builtins.attrNames c.services.restic.backups;
+          syncoid = lib.mapAttrs (_: d: d.target) c.services.syncoid.commands;
+          settings = c.services.gridmate.backup.finalSettings;
+        }
+        """
+    )
+    assert got["name"] == "gridmate-backup" and got["script"]
+    assert got["nodes"] == ["host", "nas"]
+    assert got["failed"] == [] and got["warnings"] == []
+    assert got["preseed"] == {
+        "gridmate-preseed-dumps": {
+            "before": ["gridmate-preseed-teslamate.service"],
+            "requiredBy": ["gridmate-preseed-teslamate.service"],
+        },
+        "gridmate-preseed-teslamate": {
+            "before": ["teslamate.service"],
+            "requiredBy": ["teslamate.service"],
+        },
+        "gridmate-preseed-vm-state": {
+            "before": ["state-reader.service"],
+            "requiredBy": ["state-reader.service"],
+        },
+    }
+    assert got["jobs"] == ["gridmate-maintenance", "gridmate-state", "gridmate-teslamate"]
+    assert got["syncoid"] == {"pool/dumps": "root@nas:tank/replicas/dumps"}
+    targets = got["settings"]["targets"]
+    assert targets["dumps"]["replica"] == "root@nas:tank/replicas/dumps"
+    assert targets["dumps"]["path"] == "/var/backup/gridmate-teslamate"
+    assert targets["teslamate"]["dump_directory"] == "/var/backup/gridmate-teslamate"
+
+
+# ------------------------------------------------------------------ backups
+#
+# services.gridmate.backup (modules/backup.nix) on the documented host: restic
+# jobs with their hooks, Sanoid and syncoid, the preseed units before the
+# services they protect, metrics and alert rules for Prometheus.
+
+BACKUP = """{
+  services.postgresql.enable = true;
+  services.prometheus.enable = true;
+  services.prometheus.exporters.node.enable = true;
+  services.gridmate.backup = {
+    enable = true;
+    restic = {
+      enable = true;
+      repository = "sftp:restic@nas.lan:/srv/restic/gridmate";
+    };
+    resticPasswordFile = "/run/secrets/gridmate/restic-password";
+    resticEnvironmentFile = "/run/secrets/gridmate/restic-environment";
+    smtpPasswordFile = "/run/secrets/gridmate/smtp-password";
+    settings.notify = {
+      smtp_host = "smtp.example.com";
+      username = "gridmate@example.com";
+      sender = "gridmate@example.com";
+      recipients.critical = [ "you@example.com" ];
+    };
+    teslamate = {
+      enable = true;
+      units = [ "podman-teslamate.service" ];
+    };
+    replication = {
+      enable = true;
+      host = "syncoid@nas.lan";
+      targetParent = "tank/replicas/gridmate";
+      sshKeyFile = "/run/secrets/gridmate/syncoid-key";
+      raw = true;
+    };
+    preseed.enable = true;
+    preseed.targets.postgresql = {
+      kind = "dataset";
+      dataset = "rpool/services/postgresql";
+      units = [ "postgresql.service" ];
+    };
+  };
+}"""
+
+SETTINGS_FILE = r"/nix/store/[a-z0-9]{32}-gridmate-backup\.toml"
+
+
+def _backup(nix_eval: Any, *configs: str, body: str = "c") -> Any:
+    return _host(nix_eval, BACKUP, *configs, body=body)
+
+
+def test_backup_host_evaluates_cleanly(nix_eval: Any) -> None:
+    got = _backup(
+        nix_eval,
+        body="""{
+          inherit failed; inherit (c) warnings;
+          units = builtins.attrNames (lib.filterAttrs (n: _:
+            lib.hasPrefix "gridmate-preseed-" n || lib.hasPrefix "restic-" n
+            || lib.hasPrefix "syncoid-" n || n == "sanoid.service") (h.units r));
+        }""",
+    )
+    assert got["failed"] == [] and got["warnings"] == []
+    assert got["units"] == [
+        "gridmate-preseed-gridmate-energy.service",
+        "gridmate-preseed-gridmate-report.service",
+        "gridmate-preseed-gridmate-vehicles.service",
+        "gridmate-preseed-postgresql.service",
+        "gridmate-preseed-teslamate.service",
+        "restic-backups-gridmate-maintenance.service",
+        "restic-backups-gridmate-maintenance.timer",
+        "restic-backups-gridmate-state.service",
+        "restic-backups-gridmate-state.timer",
+        "restic-backups-gridmate-teslamate.service",
+        "restic-backups-gridmate-teslamate.timer",
+        "sanoid.service",
+        "syncoid-rpool-services-postgresql.service",
+    ]
+
+
+def test_backup_preseed_units_come_before_and_are_required_by_their_services(
+    nix_eval: Any,
+) -> None:
+    got = _backup(
+        nix_eval,
+        body="""{
+          units = lib.mapAttrs (_: u: {
+            inherit (u) before requiredBy after wants requires restartIfChanged;
+            inherit (u.serviceConfig) Type RemainAfterExit TimeoutStartSec ExecStart
+              StateDirectory LoadCredential;
+            user = u.serviceConfig.User or null;
+            dynamic = u.serviceConfig.DynamicUser or false;
+            path = map (p: p.name) u.path;
+          }) (lib.filterAttrs (n: _: lib.hasPrefix "gridmate-preseed-" n) c.systemd.services);
+          pkg = c.services.gridmate.package.outPath;
+        }""",
+    )
+    units = got["units"]
+    protects = {
+        "teslamate": ["podman-teslamate.service"],
+        "postgresql": ["postgresql.service"],
+        "gridmate-vehicles": ["gridmate-vehicles.service"],
+        "gridmate-energy": ["gridmate-energy.service"],
+        "gridmate-report": ["gridmate-report.service"],
+    }
+    assert sorted(units) == sorted(f"gridmate-preseed-{t}" for t in protects)
+    for target, services in protects.items():
+        unit = units[f"gridmate-preseed-{target}"]
+        assert unit["before"] == unit["requiredBy"] == services, target
+        assert (unit["Type"], unit["RemainAfterExit"], unit["TimeoutStartSec"]) == (
+            "oneshot",
+            True,
+            1800,
+        )
+        # Root (ZFS rename and rollback, file owners), never restarted by a switch.
+        assert unit["user"] is None and unit["dynamic"] is False
+        assert unit["restartIfChanged"] is False
+        argv = unit["ExecStart"].split(" ")
+        assert argv[:5] == [f"{got['pkg']}/bin/gridmate", "preseed", "--target", target, "--config"]
+        assert re.fullmatch(SETTINGS_FILE, argv[5]) and len(argv) == 6
+        assert unit["StateDirectory"] == "gridmate-backup"
+        assert [c.split(":")[0] for c in unit["LoadCredential"]] == [
+            "restic_environment",
+            "restic_password",
+            "smtp_password",
+        ]
+        for needed in ("zfs-import.target", "zfs-mount.service", "network-online.target"):
+            assert needed in unit["after"], (target, needed)
+    # The tools each kind needs, and no others (no ZFS on a host without datasets).
+    assert units["gridmate-preseed-postgresql"]["path"][:4] == [
+        "zfs",
+        "sanoid",
+        "openssh",
+        "restic",
+    ]
+    assert units["gridmate-preseed-teslamate"]["path"][:2] == ["postgresql", "restic"]
+    assert units["gridmate-preseed-gridmate-energy"]["path"][:1] == ["restic"]
+    for unit in units.values():
+        assert "coreutils" in unit["path"]  # NixOS's default path follows
+    assert "zfs" not in units["gridmate-preseed-teslamate"]["path"]
+    # The database is restored into a running PostgreSQL, once NixOS created its roles.
+    database = units["gridmate-preseed-teslamate"]
+    assert {"postgresql.service", "postgresql.target"} <= set(database["after"])
+    assert database["requires"] == ["postgresql.service"]
+    # The data directory's dataset is restored before PostgreSQL starts.
+    data = units["gridmate-preseed-postgresql"]
+    assert "postgresql.service" not in data["after"] and data["requires"] == []
+
+
+def test_backup_renders_settings_gridmate_loads(nix_eval: Any, tmp_path: Path) -> None:
+    from gridmate.backup.settings import BackupSettings
+
+    got = _backup(
+        nix_eval,
+        body="""{
+          settings = c.services.gridmate.backup.finalSettings;
+          credentials = c.systemd.services.gridmate-preseed-teslamate.serviceConfig.LoadCredential;
+        }""",
+    )
+    settings = got["settings"]
+    assert settings["state_directory"] == "/var/lib/gridmate-backup"
+    assert settings["textfile_directory"] == "/var/lib/prometheus-node-exporter-text"
+    assert settings["restic"] == {"repository": "sftp:restic@nas.lan:/srv/restic/gridmate"}
+    assert settings["zfs"] == {
+        "ssh_key": "/run/secrets/gridmate/syncoid-key",
+        "recv_options": "u",
+        "send_options": "w",
+    }
+    assert settings["preseed"] == {"methods": ["syncoid", "local"], "on_failure": "refuse"}
+    targets = settings["targets"]
+    assert targets["postgresql"] == {
+        "kind": "dataset",
+        "dataset": "rpool/services/postgresql",
+        "replica": "syncoid@nas.lan:tank/replicas/gridmate/postgresql",
+    }
+    assert targets["gridmate-energy"] == {
+        "kind": "directory",
+        "path": "/var/lib/private/gridmate-energy",
+        "restic_tag": "gridmate",
+        "methods": ["restic"],
+    }
+    assert targets["teslamate"]["kind"] == "database"
+    assert targets["teslamate"]["dump_directory"] == "/var/backup/gridmate-teslamate"
+    assert targets["teslamate"]["database"] == {
+        "host": "/run/postgresql",
+        "port": 5432,
+        "user": "postgres",
+        "name": "teslamate",
+        "owner": "teslamate",
+    }
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for entry in got["credentials"]:
+        (credentials / entry.partition(":")[0]).write_text("secret-value")
+    os.environ["CREDENTIALS_DIRECTORY"] = str(credentials)
+    try:
+        loaded = BackupSettings(**settings)
+    finally:
+        del os.environ["CREDENTIALS_DIRECTORY"]
+    assert loaded.restic.configured
+    assert loaded.on_failure_for(loaded.targets["postgresql"]) == "refuse"
+    assert loaded.methods_for(loaded.targets["teslamate"]) == ("local", "restic")
+    assert loaded.methods_for(loaded.targets["postgresql"]) == ("syncoid", "local")
+    assert loaded.restic_tag_for("gridmate-vehicles") == "gridmate"
+
+
+def test_backup_restic_jobs(nix_eval: Any) -> None:
+    got = _backup(
+        nix_eval,
+        body="""{
+          jobs = lib.mapAttrs (_: j: {
+            inherit (j) paths extraBackupArgs pruneOpts checkOpts runCheck repository
+              passwordFile environmentFile backupPrepareCommand backupCleanupCommand
+              timerConfig;
+          }) c.services.restic.backups;
+          services = lib.mapAttrs (_: u: {
+            inherit (u) after;
+            LoadCredential = u.serviceConfig.LoadCredential or [ ];
+            path = map (p: p.name) u.path;
+          }) (lib.filterAttrs (n: _: lib.hasPrefix "restic-backups-" n) c.systemd.services);
+          pkg = c.services.gridmate.package.outPath;
+        }""",
+    )
+    jobs, pkg = got["jobs"], got["pkg"]
+    assert sorted(jobs) == ["gridmate-maintenance", "gridmate-state", "gridmate-teslamate"]
+    for job in jobs.values():
+        assert job["repository"] == "sftp:restic@nas.lan:/srv/restic/gridmate"
+        assert job["passwordFile"] == "/run/secrets/gridmate/restic-password"
+        assert job["environmentFile"] == "/run/secrets/gridmate/restic-environment"
+
+    teslamate = jobs["gridmate-teslamate"]
+    assert teslamate["paths"] == ["/var/backup/gridmate-teslamate"]
+    assert teslamate["extraBackupArgs"] == ["--tag teslamate", "--tag telemetry"]
+    prepare = teslamate["backupPrepareCommand"].split(" ")
+    assert prepare[:5] == [f"{pkg}/bin/gridmate", "backup", "dump", "--target", "teslamate"]
+    cleanup = teslamate["backupCleanupCommand"].split(" ")
+    assert cleanup[:5] == [f"{pkg}/bin/gridmate", "backup", "record", "--job", "teslamate"]
+    assert cleanup[5] == "--config" and re.fullmatch(SETTINGS_FILE, cleanup[6])
+
+    state = jobs["gridmate-state"]
+    assert state["paths"] == [
+        "/var/lib/private/gridmate-vehicles",
+        "/var/lib/private/gridmate-energy",
+        "/var/lib/private/gridmate-report",
+    ]
+    assert state["extraBackupArgs"] == ["--tag gridmate"]
+    assert state["backupPrepareCommand"] is None
+    assert state["backupCleanupCommand"].split(" ")[1:5] == [
+        "backup",
+        "record",
+        "--job",
+        "gridmate",
+    ]
+    for name in ("gridmate-teslamate", "gridmate-state"):
+        assert jobs[name]["pruneOpts"] == [] and jobs[name]["runCheck"] is False
+        assert jobs[name]["timerConfig"] == {
+            "OnCalendar": "*-*-* 03:00:00",
+            "Persistent": True,
+            "RandomizedDelaySec": "30min",
+        }
+
+    maintenance = jobs["gridmate-maintenance"]
+    assert maintenance["paths"] == [] and maintenance["runCheck"] is True
+    assert maintenance["pruneOpts"] == ["--keep-daily 7", "--keep-weekly 5", "--keep-monthly 12"]
+    assert maintenance["checkOpts"] == ["--read-data-subset=5%"]
+    assert maintenance["timerConfig"] == {"OnCalendar": "Sun *-*-* 05:00:00", "Persistent": True}
+    assert maintenance["backupCleanupCommand"] is None
+
+    services = got["services"]
+    # One after the other when started together; the maintenance job last.
+    assert (
+        "restic-backups-gridmate-teslamate.service"
+        in services["restic-backups-gridmate-state"]["after"]
+    )
+    assert {
+        "restic-backups-gridmate-teslamate.service",
+        "restic-backups-gridmate-state.service",
+    } <= set(services["restic-backups-gridmate-maintenance"]["after"])
+    # The hooks can mail a failed run, and dump with the server's own pg_dump.
+    for name in ("gridmate-teslamate", "gridmate-state"):
+        unit = services[f"restic-backups-{name}"]
+        assert unit["LoadCredential"] == ["smtp_password:/run/secrets/gridmate/smtp-password"]
+    assert "postgresql" in services["restic-backups-gridmate-teslamate"]["path"]
+    assert "postgresql" not in services["restic-backups-gridmate-state"]["path"]
+
+
+def test_backup_hooks_land_in_restics_start_and_stop_commands(nix_eval: Any) -> None:
+    """The prepare hook runs before the backup (ExecStartPre=), the cleanup hook in
+    ExecStopPost=, which systemd runs after a failed backup too."""
+    got = _backup(
+        nix_eval,
+        body="""{
+          texts = lib.mapAttrs (_: u: u.text) (lib.filterAttrs
+            (n: _: lib.hasPrefix "restic-backups-gridmate-" n) (h.units r));
+          unit = {
+            inherit (c.systemd.services.restic-backups-gridmate-teslamate) preStart postStop;
+          };
+        }""",
+    )
+    teslamate = got["texts"]["restic-backups-gridmate-teslamate.service"]
+    assert re.search(r"\nExecStartPre=/nix/store/\S+-pre-start", teslamate)
+    assert re.search(r"\nExecStopPost=/nix/store/\S+-post-stop", teslamate)
+    assert "--tag teslamate --tag telemetry" in teslamate
+    assert "backupPrepareCommand" in got["unit"]["preStart"]
+    assert "backupCleanupCommand" in got["unit"]["postStop"]
+    assert (
+        "\nOnCalendar=Sun *-*-* 05:00:00\n"
+        in (got["texts"]["restic-backups-gridmate-maintenance.timer"])
+    )
+    maintenance = got["texts"]["restic-backups-gridmate-maintenance.service"]
+    assert re.search(r"\nExecStart=\S+/bin/restic forget --prune --keep-daily 7 ", maintenance)
+    assert re.search(r"\nExecStart=\S+/bin/restic check --read-data-subset=5%\n", maintenance)
+
+
+def _toml(value: dict[str, Any], table: str = "") -> str:
+    """A TOML document of nested tables of strings, numbers, booleans and lists."""
+    lines, tables = [], []
+    for key, item in value.items():
+        if isinstance(item, dict):
+            tables.append((key, item))
+        else:
+            lines.append(f"{json.dumps(key)} = {json.dumps(item)}")
+    text = (f"[{table}]\n" if table and lines else "") + "".join(f"{line}\n" for line in lines)
+    for key, item in tables:
+        name = f"{table}.{json.dumps(key)}" if table else json.dumps(key)
+        text += _toml(item, name)
+    return text
+
+
+@pytest.mark.services
+def test_backup_hooks_run_with_the_rendered_settings(
+    nix_eval: Any, tmp_path: Path, postgres_dsn: str
+) -> None:
+    """The module's prepare and cleanup hooks, run as restic's unit runs them (the
+    store's gridmate replaced by this checkout's, the settings file by the same
+    settings as TOML): the dump lands in the dump directory, a failed run
+    ($SERVICE_RESULT=exit-code) records no success, a successful one does."""
+    import sys
+    import urllib.parse
+
+    dsn = urllib.parse.urlparse(postgres_dsn)
+    host, port = dsn.hostname or "127.0.0.1", dsn.port or 5432
+    user, database = dsn.username or "postgres", dsn.path.lstrip("/")
+    seeded = subprocess.run(
+        ["psql", "-h", host, "-p", str(port), "-U", user, "-d", database,
+         "-v", "ON_ERROR_STOP=1", "-c",
+         "CREATE TABLE IF NOT EXISTS cars (id int PRIMARY KEY, name text); "
+         "INSERT INTO cars VALUES (1, 'M3') ON CONFLICT DO NOTHING"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert seeded.returncode == 0, seeded.stderr
+    got = _backup(
+        nix_eval,
+        f"""{{
+          services.gridmate.backup.teslamate.dumpDirectory = "{tmp_path}/dumps";
+          services.gridmate.backup.teslamate.database = {{
+            host = "{host}"; port = {port}; user = "{user}"; name = "{database}"; owner = "{user}";
+          }};
+          services.gridmate.backup.settings = {{
+            state_directory = "{tmp_path}/state";
+            textfile_directory = "{tmp_path}/textfile";
+            notify = lib.mkForce {{ }};
+          }};
+        }}""",
+        body="""{
+          settings = c.services.gridmate.backup.finalSettings;
+          job = c.services.restic.backups.gridmate-teslamate;
+        }""",
+    )
+    config = tmp_path / "backup.toml"
+    config.write_text(_toml(got["settings"]))
+    environment = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "HOME": str(tmp_path),
+    }
+
+    def run_hook(command: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        argv = command.split(" ")
+        assert argv[0].endswith("/bin/gridmate") and argv[-2] == "--config"
+        argv = [sys.executable, "-m", "gridmate", *argv[1:-1], str(config)]
+        return subprocess.run(
+            argv, env={**environment, **extra}, capture_output=True, text=True, timeout=120
+        )
+
+    (tmp_path / "dumps").mkdir()
+    dumped = run_hook(got["job"]["backupPrepareCommand"])
+    assert dumped.returncode == 0, dumped.stderr
+    dump = tmp_path / "dumps" / f"{database}.dump"
+    assert dump.read_bytes().startswith(b"PGDMP")  # pg_dump's custom format
+
+    metrics = tmp_path / "textfile" / "gridmate_backup_freshness.prom"
+    failed = run_hook(got["job"]["backupCleanupCommand"], SERVICE_RESULT="exit-code")
+    assert failed.returncode == 0, failed.stderr
+    text = metrics.read_text()
+    assert 'gridmate_backup_last_run_success{job="teslamate"} 0.0' in text
+    assert 'gridmate_backup_last_success_timestamp_seconds{job="teslamate"}' not in text
+
+    succeeded = run_hook(got["job"]["backupCleanupCommand"], SERVICE_RESULT="success")
+    assert succeeded.returncode == 0, succeeded.stderr
+    text = metrics.read_text()
+    assert 'gridmate_backup_last_run_success{job="teslamate"} 1.0' in text
+    assert 'gridmate_backup_last_success_timestamp_seconds{job="teslamate"}' in text
+
+
+def test_backup_sanoid_and_syncoid(nix_eval: Any) -> None:
+    got = _backup(
+        nix_eval,
+        body="""{
+          sanoid = {
+            inherit (c.services.sanoid) enable;
+            template = c.services.sanoid.templates.gridmate;
+            datasets = lib.mapAttrs (_: d: d.use_template) c.services.sanoid.datasets;
+          };
+          syncoid = {
+            inherit (c.services.syncoid) enable interval;
+            commands = lib.mapAttrs (_: d: {
+              inherit (d) source target sendOptions recvOptions sshKey;
+              serviceConfig = d.service.serviceConfig;
+            }) c.services.syncoid.commands;
+          };
+          text = (h.units r)."syncoid-rpool-services-postgresql.service".text;
+          pkg = c.services.gridmate.package.outPath;
+          staticUser = r.options.services.syncoid ? user;
+        }""",
+    )
+    sanoid, syncoid = got["sanoid"], got["syncoid"]
+    assert sanoid["enable"] is True
+    assert sanoid["datasets"] == {"rpool/services/postgresql": ["gridmate"]}
+    assert {k: sanoid["template"][k] for k in ("hourly", "daily", "monthly", "autosnap")} == {
+        "hourly": 48,
+        "daily": 30,
+        "monthly": 6,
+        "autosnap": True,
+    }
+    assert syncoid["enable"] is True and syncoid["interval"] == "hourly"
+    command = syncoid["commands"]["rpool/services/postgresql"]
+    assert command["source"] == "rpool/services/postgresql"
+    assert command["target"] == "syncoid@nas.lan:tank/replicas/gridmate/postgresql"
+    # raw sends for encrypted datasets; no mount on receive (not delegable on Linux)
+    assert (command["sendOptions"], command["recvOptions"]) == ("w", "u")
+    text = got["text"]
+    # The key as a credential, which systemd mounts inside syncoid's RootDirectory=:
+    # the module's own with nixos-25.11's static-user syncoid.nix, syncoid.nix's
+    # in its DynamicUser form.
+    if got["staticUser"]:
+        assert command["sshKey"] == "%d/ssh_key"
+        assert command["serviceConfig"]["LoadCredential"] == [
+            "smtp_password:/run/secrets/gridmate/smtp-password",
+            "ssh_key:/run/secrets/gridmate/syncoid-key",
+        ]
+        assert " --sshkey %d/ssh_key --sendoptions w --recvoptions u " in text
+        assert "\nLoadCredential=ssh_key:/run/secrets/gridmate/syncoid-key\n" in text
+    else:
+        assert command["sshKey"] == "/run/secrets/gridmate/syncoid-key"
+        assert command["serviceConfig"]["LoadCredential"] == [
+            "smtp_password:/run/secrets/gridmate/smtp-password"
+        ]
+        assert (
+            " --sshkey '${CREDENTIALS_DIRECTORY}/sshKey' --sendoptions w --recvoptions u " in text
+        )
+        assert "\nLoadCredential=sshKey:/run/secrets/gridmate/syncoid-key\n" in text
+    assert "\nLoadCredential=smtp_password:/run/secrets/gridmate/smtp-password\n" in text
+    assert " --no-privilege-elevation rpool/services/postgresql syncoid@nas.lan:" in text
+    [record] = command["serviceConfig"]["ExecStopPost"]
+    argv = record.split(" ")
+    assert argv[0] == f"+{got['pkg']}/bin/gridmate"
+    assert argv[1:7] == [
+        "backup",
+        "record",
+        "--kind",
+        "replication",
+        "--job",
+        "rpool/services/postgresql",
+    ]
+    assert "\nRootDirectory=/run/syncoid/rpool-services-postgresql\n" in text
+    # after upstream's own (zfs unallow) commands
+    assert text.rstrip().endswith(f"ExecStopPost={record}") or f"\nExecStopPost={record}\n" in text
+
+
+def test_backup_metrics_reach_prometheus(nix_eval: Any) -> None:
+    body = """{
+      inherit (c.systemd.tmpfiles) rules;
+      node = { inherit (c.services.prometheus.exporters.node) enabledCollectors extraFlags; };
+      ruleFiles = map toString c.services.prometheus.ruleFiles;
+      rulesFile = toString c.services.gridmate.backup.prometheus.rulesFile;
+    }"""
+    got = _backup(nix_eval, body=body)
+    assert got["rules"] == [
+        "d /var/lib/gridmate-backup 0700 root root -",
+        "d /var/lib/prometheus-node-exporter-text 0755 root root -",
+        "d /var/backup/gridmate-teslamate 0700 root root -",
+    ]
+    assert got["node"] == {
+        "enabledCollectors": ["textfile"],
+        "extraFlags": ["--collector.textfile.directory=/var/lib/prometheus-node-exporter-text"],
+    }
+    assert got["ruleFiles"] == [got["rulesFile"]]
+    assert re.fullmatch(r"/nix/store/[a-z0-9]{32}-gridmate-backup-alerts\.yml", got["rulesFile"])
+    elsewhere = _backup(
+        nix_eval,
+        """{
+          services.prometheus.enable = lib.mkForce false;
+          services.prometheus.exporters.node.enable = lib.mkForce false;
+          services.gridmate.backup.textfileDirectory = "/srv/metrics";
+        }""",
+        body=body,
+    )
+    assert elsewhere["node"] == {"enabledCollectors": [], "extraFlags": []}
+    assert elsewhere["ruleFiles"] == []
+    assert "d /srv/metrics 0755 root root -" in elsewhere["rules"]
+
+
+PROMTOOL = shutil.which("promtool")
+
+BACKUP_RULE_TESTS = """
+rule_files:
+  - {rules}
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'gridmate_backup_last_success_timestamp_seconds{{job="teslamate"}}'
+        values: '0x1900'
+      - series: 'gridmate_backup_last_success_timestamp_seconds{{job="gridmate"}}'
+        values: '0+60x1900'
+      - series: >-
+          gridmate_replication_last_success_timestamp_seconds{{job="rpool/services/postgresql"}}
+        values: '0+60x1900'
+    alert_rule_test:
+      - eval_time: 20h
+        alertname: GridmateBackupStale
+        exp_alerts: []
+      - eval_time: 27h
+        alertname: GridmateBackupStale
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: teslamate}}
+            exp_annotations:
+              summary: "No successful backup of teslamate for over 26 hours"
+      - eval_time: 30h
+        alertname: GridmateBackupNeverSucceeded
+        exp_alerts: []
+      - eval_time: 30h
+        alertname: GridmateReplicationNeverSucceeded
+        exp_alerts: []
+  - interval: 1m
+    input_series:
+      - series: 'up{{job="node"}}'
+        values: '1x1900'
+    alert_rule_test:
+      - eval_time: 27h
+        alertname: GridmateBackupNeverSucceeded
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: teslamate}}
+            exp_annotations:
+              summary: "No successful teslamate backup recorded (or its metrics file is gone)"
+          - exp_labels: {{severity: warning, job: gridmate}}
+            exp_annotations:
+              summary: "No successful gridmate backup recorded (or its metrics file is gone)"
+      - eval_time: 4h
+        alertname: GridmateReplicationNeverSucceeded
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: rpool/services/postgresql}}
+            exp_annotations:
+              summary: >-
+                No successful replication of rpool/services/postgresql to the NAS recorded
+                (or its metrics file is gone)
+  - interval: 1m
+    input_series:
+      - series: 'gridmate_preseed_result{{target="teslamate",result="refused"}}'
+        values: '1x5'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: GridmatePreseedFailed
+        exp_alerts:
+          - exp_labels: {{severity: critical, target: teslamate, result: refused}}
+            exp_annotations:
+              summary: "teslamate could not be restored; its service is held back"
+"""
+
+
+@pytest.mark.services
+def test_backup_alert_rules_pass_promtool(nix_eval: Any, tmp_path: Path) -> None:
+    """The generated rule file: valid for promtool, each freshness rule paired with an
+    absent() rule per job this host runs, and the same rules and texts as
+    docs/examples/backup-alerts.yml."""
+    if PROMTOOL is None:
+        pytest.skip("promtool is not installed (Debian package prometheus; ./dev setup)")
+    rules = _backup(
+        nix_eval, body="builtins.fromJSON c.services.gridmate.backup.prometheus.rulesFile.text"
+    )
+    path = tmp_path / "gridmate-backup-alerts.yml"
+    path.write_text(json.dumps(rules))
+    checked = subprocess.run(
+        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tests = tmp_path / "tests.yml"
+    tests.write_text(BACKUP_RULE_TESTS.format(rules=path))
+    tested = subprocess.run(
+        [PROMTOOL, "test", "rules", str(tests)], capture_output=True, text=True, check=False
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    names = [r["alert"] for r in rules["groups"][0]["rules"]]
+    assert names == [
+        "GridmateBackupStale",
+        "GridmateBackupNeverSucceeded",
+        "GridmateBackupNeverSucceeded",
+        "GridmateBackupFailing",
+        "GridmateReplicationStale",
+        "GridmateReplicationNeverSucceeded",
+        "GridmatePreseedFailed",
+    ]
+    example = (ROOT / "docs" / "examples" / "backup-alerts.yml").read_text()
+    for rule in rules["groups"][0]["rules"]:
+        if "absent(" not in rule["expr"]:
+            assert f"expr: {rule['expr']}" in example, rule["alert"]
+
+
+def test_backup_assertions_say_what_to_set(nix_eval: Any) -> None:
+    def failed(config: str) -> list[str]:
+        return [m.replace("\n", " ") for m in _failed(nix_eval, BACKUP, config)]
+
+    [message] = failed("{ services.gridmate.backup.restic.repository = lib.mkForce null; }")
+    assert "restic.enable is set but no repository is given" in message
+    assert "services.gridmate.backup.restic.repository" in message and "repositoryFile" in message
+    [message] = failed('{ services.gridmate.backup.restic.repositoryFile = "/run/secrets/r"; }')
+    assert "both repository options are set" in message
+    [message] = failed("{ services.gridmate.backup.resticPasswordFile = lib.mkForce null; }")
+    assert "services.gridmate.backup.resticPasswordFile is not. Set it to" in message
+    [message] = failed("{ services.gridmate.backup.restic.enable = lib.mkForce false; }")
+    assert "teslamate.enable backs TeslaMate's database up with restic" in message
+    assert "Enable it and set its repository and passwordFile" in message
+
+    # syncoid without a target, or without a key
+    [message] = failed("{ services.gridmate.backup.replication.host = lib.mkForce null; }")
+    assert "replication.enable is set but syncoid has no target" in message
+    assert "replication.host" in message and "replication.targetParent" in message
+    [message] = failed("{ services.gridmate.backup.replication.sshKeyFile = lib.mkForce null; }")
+    assert "replication.sshKeyFile is not" in message
+
+    # preseed of a target with no method that can work
+    [message] = failed(
+        """{ services.gridmate.backup.preseed.targets.media = {
+          kind = "directory"; path = "/srv/media"; units = [ "jellyfin.service" ];
+        }; }"""
+    )
+    assert "preseed.targets.media (kind directory) has no restore method that can work here" in (
+        message
+    )
+    assert "syncoid: syncoid restores datasets only" in message
+    assert "local: local restores datasets and databases only" in message
+    assert "a directory only has restic" in message
+    [message] = failed(
+        """{
+          services.gridmate.backup.replication.enable = lib.mkForce false;
+          services.gridmate.backup.preseed.targets.postgresql.methods = [ "syncoid" ];
+        }"""
+    )
+    assert "preseed.targets.postgresql (kind dataset) has no restore method" in message
+    assert "syncoid: it has no replica" in message
+    [message] = failed("{ services.gridmate.backup.preseed.targets.postgresql.methods = [ ]; }")
+    assert "preseed.targets.postgresql has no restore method: its methods list is empty" in message
+    [message] = failed(
+        """{ services.gridmate.backup.preseed.targets.media = {
+          kind = "directory"; path = "/srv/media"; methods = [ "restic" ]; units = [ ];
+        }; }"""
+    )
+    assert "preseed.targets.media protects no service" in message
+    [message] = failed(
+        """{ services.gridmate.backup.preseed.targets.media = {
+          kind = "directory"; methods = [ "restic" ]; units = [ "x.service" ];
+        }; }"""
+    )
+    assert "preseed.targets.media is of kind directory but its path is not set" in message
+    # a secret written inline in the settings
+    [message] = failed('{ services.gridmate.backup.settings.restic.password = "hunter2"; }')
+    assert "settings.restic.password holds a secret inline" in message
+    assert "services.gridmate.backup.resticPasswordFile" in message
+
+
+def test_backup_teslamate_units_follow_the_container(nix_eval: Any) -> None:
+    """The database's preseed guards TeslaMate's container unit
+    (virtualisation.oci-containers, podman by default) or TeslaMate's native unit,
+    when this host has them."""
+
+    def default_units(config: str) -> Any:
+        return nix_eval(
+            f"""
+            let r = h.eval {{ modules = [
+              {{ freeformType = lib.types.attrsOf lib.types.anything; }}
+              h.flake.nixosModules.default ({HOST}) ({BACKUP}) ({config})
+            ]; }};
+            in r.options.services.gridmate.backup.teslamate.units.default
+            """
+        )
+
+    container = (
+        'virtualisation.oci-containers.containers.teslamate.image = "teslamate/teslamate:2.2.0";'
+    )
+    assert default_units("{ }") == []
+    assert default_units("{ " + container + " }") == ["podman-teslamate.service"]
+    assert default_units(
+        "{ " + container + ' virtualisation.oci-containers.backend = "docker"; }'
+    ) == ["docker-teslamate.service"]
+    assert default_units(
+        "{ "
+        + container
+        + ' virtualisation.oci-containers.containers.teslamate.serviceName = "tm"; }'
+    ) == ["tm.service"]
+    assert default_units("{ services.teslamate.enable = true; }") == ["teslamate.service"]
+
+
+BACKUP_UPSTREAM = ("restic", "sanoid", "syncoid")
+
+
+def _upstream_backup_module(upstream_eval: Any, module: str) -> None:
+    if not upstream_eval(f"h.hasUpstream.{module}"):
+        path = f"nixos/modules/services/backup/{module}.nix"
+        pytest.skip(f"the nixpkgs tree has no {path} yet; its stand-in stands in for it")
+
+
+@pytest.mark.parametrize("module", BACKUP_UPSTREAM)
+def test_backup_stand_ins_declare_options_as_upstream_does(upstream_eval: Any, module: str) -> None:
+    """tests/nixos/stand-in/<module>.nix declares what the real file declares.
+
+    syncoid.nix exists in two forms: with a static `user`/`group` (what
+    ops-modules.md reports for nixos-25.11, and what the stand-in mirrors) and with
+    DynamicUser= (NixOS/nixpkgs 07468529, which the partial tree may hold). Against
+    the DynamicUser form exactly its known differences are allowed: no `user` and
+    `group`, `interval` a string only, `destroy` among the target permissions.
+    modules/backup.nix works with both (test_backup_sanoid_and_syncoid)."""
+    _upstream_backup_module(upstream_eval, module)
+    # restic's runCheck default reads the job by its name, also in the option
+    # tree's placeholder submodule: give it a job of that name.
+    probe = '{ services.restic.backups."‹name›".repository = "/srv/r"; }'
+    got = upstream_eval(
+        f"""{{
+          upstream = h.describeOptions
+            (h.eval {{ modules = [ {probe} ]; }}).options.services.{module};
+          standIn = h.describeOptions (h.evalStandIn [ ]).options.services.{module};
+        }}"""
+    )
+    upstream = dict(_walk(got["upstream"]))
+    stand_in = dict(_walk(got["standIn"]))
+    assert len(stand_in) > 5
+    problems, missing = [], set()
+    for path, option in stand_in.items():
+        real = upstream.get(path)
+        if real is None:
+            missing.add(path)
+            continue
+        for key in ("type", "hasDefault", "default"):
+            if option.get(key) != real.get(key):
+                problems.append(f"{path}: {key} {option.get(key)!r}, upstream {real.get(key)!r}")
+    if module == "syncoid" and "user" not in upstream:
+        assert missing == {"user", "group"}, missing
+        missing = set()
+        assert problems == [
+            "interval: type 'string or list of string', upstream 'string'",
+            "localTargetAllow: default ['change-key', 'compression', 'create', 'mount', "
+            "'mountpoint', 'receive', 'rollback'], upstream ['change-key', 'compression', "
+            "'create', 'destroy', 'mount', 'mountpoint', 'receive', 'rollback']",
+        ], problems
+        problems = []
+    assert not missing, f"not declared upstream: {sorted(missing)}"
+    assert not problems, "\n".join(problems)
+
+
+def test_backup_units_from_the_upstream_modules(upstream_eval: Any) -> None:
+    """The documented backup host's restic, Sanoid and syncoid units as the real
+    modules render them (where the tree has them): the hooks in ExecStartPre= and
+    ExecStopPost=, the replication record after syncoid's own stop commands."""
+    present = upstream_eval("h.hasUpstream")
+    if not any(present.values()):
+        pytest.skip("the nixpkgs tree has none of restic.nix, sanoid.nix, syncoid.nix yet")
+    got = upstream_eval(
+        f"""
+        let r = h.eval {{ modules = [ h.flake.nixosModules.default ({HOST}) ({BACKUP}) ]; }};
+        in {{
+          texts = lib.mapAttrs (_: u: u.text) (lib.filterAttrs (n: _:
+            lib.hasPrefix "restic-backups-gridmate-" n || lib.hasPrefix "syncoid-" n
+            || n == "sanoid.service") (h.units r));
+          failed = map (a: a.message) (builtins.filter (a: !a.assertion) r.config.assertions);
+        }}
+        """
+    )
+    assert got["failed"] == []
+    texts = got["texts"]
+    if present["restic"]:
+        teslamate = texts["restic-backups-gridmate-teslamate.service"]
+        assert re.search(r"\nExecStartPre=/nix/store/\S+-pre-start", teslamate)
+        assert re.search(r"\nExecStopPost=/nix/store/\S+-post-stop", teslamate)
+        assert "backup --tag teslamate --tag telemetry " in teslamate
+        assert "\nLoadCredential=smtp_password:/run/secrets/gridmate/smtp-password\n" in teslamate
+        maintenance = texts["restic-backups-gridmate-maintenance.service"]
+        assert re.search(r"\nExecStart=\S+/bin/restic check --read-data-subset=5%", maintenance)
+    if present["sanoid"]:
+        assert "--configdir" in texts["sanoid.service"]
+    if present["syncoid"]:
+        syncoid = texts["syncoid-rpool-services-postgresql.service"]
+        stops = re.findall(r"\nExecStopPost=(.*)", syncoid)
+        [record] = [s for s in stops if " backup record --kind replication " in s]
+        assert record.startswith("+/nix/store/") and len(stops) > 1  # besides zfs unallow
+        assert "--recvoptions u --no-privilege-elevation" in syncoid
+
+
+def test_backup_preseed_policy_and_order_options(nix_eval: Any) -> None:
+    """The all-methods-failed policy and the automatic order, for all targets and per
+    target; restic stays out of the automatic order unless put there."""
+    got = _backup(
+        nix_eval,
+        """{
+          services.gridmate.backup.preseed.onFailure = "start-empty";
+          services.gridmate.backup.preseed.methods = [ "local" "syncoid" ];
+          services.gridmate.backup.preseed.targets.postgresql.onFailure = "refuse";
+          services.gridmate.backup.preseed.targets.scratch = {
+            kind = "dataset"; dataset = "rpool/scratch"; units = [ "scratch.service" ];
+            methods = [ "syncoid" "local" "restic" ];
+          };
+        }""",
+        body="""{
+          inherit failed;
+          settings = c.services.gridmate.backup.finalSettings;
+          default = c.services.gridmate.backup.preseed.targets.postgresql.methods;
+          defaultOrder = (h.eval { modules = [ h.modules ]; }).config
+            .services.gridmate.backup.preseed.methods;
+        }""",
+    )
+    assert got["failed"] == []
+    assert got["defaultOrder"] == ["syncoid", "local"]
+    assert got["settings"]["preseed"] == {
+        "methods": ["local", "syncoid"],
+        "on_failure": "start-empty",
+    }
+    targets = got["settings"]["targets"]
+    assert targets["postgresql"]["on_failure"] == "refuse"
+    assert "methods" not in targets["postgresql"] and got["default"] is None
+    assert targets["scratch"]["methods"] == ["syncoid", "local", "restic"]
+    assert "on_failure" not in targets["scratch"]
+
+
+def test_backup_without_preseed_keeps_the_dump_target(nix_eval: Any) -> None:
+    """The dump hook reads the teslamate target's connection: it stays in the settings
+    when preseed is off, while no preseed unit and no state-directory target exist."""
+    got = _backup(
+        nix_eval,
+        "{ services.gridmate.backup.preseed.enable = lib.mkForce false; }",
+        body="""{
+          inherit failed;
+          targets = builtins.attrNames c.services.gridmate.backup.finalSettings.targets;
+          units = builtins.filter (lib.hasPrefix "gridmate-preseed-")
+            (builtins.attrNames c.systemd.services);
+          rules = map (r: r.alert) (builtins.head (builtins.fromJSON
+            c.services.gridmate.backup.prometheus.rulesFile.text).groups).rules;
+        }""",
+    )
+    assert got["failed"] == []
+    assert got["targets"] == ["postgresql", "teslamate"]
+    assert got["units"] == []
+    assert "GridmatePreseedFailed" not in got["rules"]
+
+
+def test_backup_lets_root_dump_as_postgres_over_the_socket(nix_eval: Any) -> None:
+    """NixOS's peer authentication refuses root as `postgres`; the module maps it
+    when PostgreSQL runs here, and leaves pg_hba alone when told to or when the
+    database is reached over TCP."""
+    body = "{ inherit (c.services.postgresql) identMap authentication; }"
+    got = _backup(nix_eval, body=body)
+    assert got["identMap"].splitlines() == [
+        "gridmate-backup root postgres",
+        "gridmate-backup postgres postgres",
+    ]
+    assert got["authentication"] == "local all postgres peer map=gridmate-backup\n"
+    for config in (
+        "{ services.gridmate.backup.teslamate.peerMap = false; }",
+        '{ services.gridmate.backup.teslamate.database.host = "db.lan"; }',
+        "{ services.postgresql.enable = lib.mkForce false; }",
+    ):
+        assert _backup(nix_eval, config, body=body) == {"identMap": "", "authentication": ""}
+
+
+def test_backup_secret_paths_stay_out_of_the_store(nix_eval: Any) -> None:
+    """Path literals for the repository file, the password and the ssh key are passed by
+    name: nothing of them is copied into the world-readable store."""
+    got = _backup(
+        nix_eval,
+        """{
+          services.gridmate.backup.restic.repository = lib.mkForce null;
+          services.gridmate.backup.restic.repositoryFile = /run/secrets/gridmate/restic-repo;
+          services.gridmate.backup.resticPasswordFile = lib.mkForce /run/secrets/gridmate/pw;
+          services.gridmate.backup.replication.sshKeyFile = lib.mkForce /run/secrets/gridmate/key;
+        }""",
+        body="""{
+          inherit failed;
+          jobs = lib.mapAttrs (_: j: { inherit (j) repositoryFile passwordFile; })
+            c.services.restic.backups;
+          settings = { inherit (c.services.gridmate.backup.finalSettings) restic zfs; };
+          env = c.systemd.services.restic-backups-gridmate-state.environment.RESTIC_REPOSITORY_FILE;
+        }""",
+    )
+    assert got["failed"] == []
+    for job in got["jobs"].values():
+        assert job == {
+            "repositoryFile": "/run/secrets/gridmate/restic-repo",
+            "passwordFile": "/run/secrets/gridmate/pw",
+        }
+    assert got["settings"]["restic"] == {"repository_file": "/run/secrets/gridmate/restic-repo"}
+    assert got["settings"]["zfs"]["ssh_key"] == "/run/secrets/gridmate/key"
+    assert got["env"] == "/run/secrets/gridmate/restic-repo"
+
+
+@pytest.mark.parametrize("module", ["restic", "sanoid"])
+def test_backup_stand_ins_render_units_as_upstream_does(upstream_eval: Any, module: str) -> None:
+    """The documented backup host's restic and Sanoid units, rendered from the stand-in
+    and from the real module, are the same text. (syncoid's stand-in keeps only the
+    unit keys gridmate relies on; test_backup_units_from_the_upstream_modules checks
+    the real one.)"""
+    _upstream_backup_module(upstream_eval, module)
+    prefix = "restic-backups-" if module == "restic" else "sanoid."
+    got = upstream_eval(
+        f"""
+        let
+          modules = [ h.flake.nixosModules.default ({HOST}) ({BACKUP}) ];
+          texts = units: lib.mapAttrs (_: u: u.text)
+            (lib.filterAttrs (n: _: lib.hasPrefix "{prefix}" n) units);
+        in {{
+          upstream = texts (h.units (h.eval {{ inherit modules; }}));
+          standIn = texts (h.standInUnits (h.evalStandIn modules));
+        }}
+        """
+    )
+    assert got["upstream"], "no unit rendered"
+    assert got["standIn"] == got["upstream"]
+
+
+@pytest.mark.services
+def test_backup_preseed_unit_restores_the_database_with_the_rendered_settings(
+    nix_eval: Any, tmp_path: Path, postgres_dsn: str
+) -> None:
+    """gridmate-preseed-teslamate's ExecStart, run with the module's settings (the
+    store's gridmate replaced by this checkout's) against real PostgreSQL: the dump
+    the prepare hook wrote is loaded into the empty database, and the next start finds
+    the database complete and leaves it alone."""
+    import sys
+    import urllib.parse
+    import uuid
+
+    dsn = urllib.parse.urlparse(postgres_dsn)
+    host, port = dsn.hostname or "127.0.0.1", dsn.port or 5432
+    user, source = dsn.username or "postgres", dsn.path.lstrip("/")
+    target = f"gm_bknix_{uuid.uuid4().hex[:8]}"
+    psql = ["psql", "-h", host, "-p", str(port), "-U", user, "-v", "ON_ERROR_STOP=1", "-tA"]
+
+    def sql(database: str, statement: str) -> str:
+        done = subprocess.run(
+            [*psql, "-d", database, "-c", statement], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    sql(source, "CREATE TABLE IF NOT EXISTS cars (id int PRIMARY KEY, name text)")
+    sql(source, "INSERT INTO cars VALUES (7, 'Model Y') ON CONFLICT DO NOTHING")
+    sql("postgres", f"CREATE DATABASE {target}")
+    try:
+
+        def rendered(database: str) -> Any:
+            return _backup(
+                nix_eval,
+                f"""{{
+                  services.gridmate.backup.teslamate.dumpDirectory = "{tmp_path}/dumps";
+                  services.gridmate.backup.teslamate.database = {{
+                    host = "{host}"; port = {port}; user = "{user}";
+                    name = "{database}"; owner = "{user}";
+                  }};
+                  services.gridmate.backup.settings = {{
+                    state_directory = "{tmp_path}/state";
+                    textfile_directory = "{tmp_path}/textfile";
+                    notify = lib.mkForce {{ }};
+                  }};
+                }}""",
+                body="""{
+                  settings = c.services.gridmate.backup.finalSettings;
+                  prepare = c.services.restic.backups.gridmate-teslamate.backupPrepareCommand;
+                  preseed = c.systemd.services.gridmate-preseed-teslamate.serviceConfig.ExecStart;
+                }""",
+            )
+
+        def run(command: str, config: Path) -> subprocess.CompletedProcess[str]:
+            argv = command.split(" ")
+            assert argv[0].endswith("/bin/gridmate") and argv[-2] == "--config"
+            return subprocess.run(
+                [sys.executable, "-m", "gridmate", *argv[1:-1], str(config)],
+                env={"PATH": os.environ["PATH"], "PYTHONPATH": os.pathsep.join(sys.path)},
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+
+        # The backup of the old host: its database dumped by the prepare hook.
+        old = rendered(source)
+        old_config = tmp_path / "old.toml"
+        old_config.write_text(_toml(old["settings"]))
+        (tmp_path / "dumps").mkdir()
+        dumped = run(old["prepare"], old_config)
+        assert dumped.returncode == 0, dumped.stderr
+        (tmp_path / "dumps" / f"{source}.dump").rename(tmp_path / "dumps" / f"{target}.dump")
+
+        # The rebuilt host: an empty database, the preseed unit's command.
+        new = rendered(target)
+        assert new["preseed"].split(" ")[1:4] == ["preseed", "--target", "teslamate"]
+        new_config = tmp_path / "new.toml"
+        new_config.write_text(_toml(new["settings"]))
+        restored = run(new["preseed"], new_config)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert sql(target, "SELECT name FROM cars WHERE id = 7") == "Model Y"
+        metrics = (tmp_path / "textfile" / "gridmate_preseed_teslamate.prom").read_text()
+        assert 'gridmate_preseed_result{result="restored",target="teslamate"} 1.0' in metrics
+        assert 'gridmate_preseed_method_success{method="local",target="teslamate"} 1.0' in metrics
+
+        again = run(new["preseed"], new_config)
+        assert again.returncode == 0, again.stderr
+        metrics = (tmp_path / "textfile" / "gridmate_preseed_teslamate.prom").read_text()
+        assert 'gridmate_preseed_result{result="already-complete",target="teslamate"} 1.0' in (
+            metrics
+        )
+    finally:
+        subprocess.run(
+            [*psql, "-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {target} WITH (FORCE)"],
+            capture_output=True,
+            check=False,
+        )

@@ -11,4 +11,6 @@
   failover-pantry = ./failover-pantry.nix;
   # the daily report on a host without the energy component
   report-only = ./report-only.nix;
+  # TeslaMate on ZFS with restic backups, Sanoid/syncoid and restore before first start
+  backup-zfs = ./backup-zfs.nix;
 }

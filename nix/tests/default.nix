@@ -25,4 +25,10 @@ in
   # gridmate's simulators as a unit, the energy manager through a peak in
   # real time, then the daily report reading the energy journal.
   vm-energy = vmTest ./energy.nix;
+
+  # Two nodes on ZFS (host, NAS): restic, Sanoid and syncoid back up a
+  # TeslaMate-shaped database and a service's state; the data is destroyed,
+  # the host reboots, and each service starts after its preseed restored it.
+  # Written without a KVM machine: it has never run.
+  vm-backup = vmTest ./backup.nix;
 }

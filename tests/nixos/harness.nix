@@ -25,8 +25,27 @@ let
     firewall = "nixos/modules/services/networking/firewall.nix";
     firewallIptables = "nixos/modules/services/networking/firewall-iptables.nix";
     firewallNftables = "nixos/modules/services/networking/firewall-nftables.nix";
+    # Loaded when the tree holds them (a partial tree may not yet); their
+    # stand-ins take their place otherwise.
+    restic = "nixos/modules/services/backup/restic.nix";
+    sanoid = "nixos/modules/services/backup/sanoid.nix";
+    syncoid = "nixos/modules/services/backup/syncoid.nix";
   };
   real = name: nixpkgs + "/${upstreamFiles.${name}}";
+
+  # The backup modules of the upstream tier: the real file when present,
+  # else the stand-in mirroring it.
+  optionalUpstream = [
+    "restic"
+    "sanoid"
+    "syncoid"
+  ];
+  hasUpstream = lib.genAttrs optionalUpstream (
+    name: upstream && builtins.pathExists (real name)
+  );
+  backupModules = map (
+    name: if hasUpstream.${name} then real name else ./stand-in + "/${name}.nix"
+  ) optionalUpstream;
 
   standInPkgs = import ./stand-in/pkgs.nix;
 
@@ -101,8 +120,10 @@ let
           }
         )
         ./stand-in/services.nix
+        ./stand-in/backup-support.nix
         ./upstream-inputs.nix
       ]
+      ++ backupModules
       ++ map real [
         "firewall"
         "firewallIptables"
@@ -343,6 +364,7 @@ in
     describeOptions
     evalStandIn
     upstreamFiles
+    hasUpstream
     ;
   # a package of that name (an unbuilt derivation)
   package = name: stubPkgs.stdenv.mkDerivation { inherit name; };

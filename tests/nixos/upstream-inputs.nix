@@ -7,6 +7,10 @@
 #                                  nixos/modules/system/boot/modprobe.nix
 #   networking.enableIPv6          nixos/modules/tasks/network-interfaces.nix
 #   networking.nftables.*          nixos/modules/services/networking/nftables.nix
+#                                  (ruleset: set by syncoid.nix in its
+#                                  DynamicUser form)
+#   system.nssModules.path         nixos/modules/config/nsswitch.nix (read by
+#                                  syncoid.nix in its DynamicUser form)
 #   services.firewalld.enable      nixos/modules/services/networking/firewalld/
 #   environment.systemPackages     nixos/modules/config/system-path.nix
 #   meta                           nixos/modules/misc/meta.nix
@@ -46,6 +50,10 @@ in
         type = types.nullOr types.path;
         default = null;
       };
+      ruleset = mkOption {
+        type = types.lines;
+        default = "";
+      };
       tables = mkOption {
         default = { };
         type = types.attrsOf (
@@ -80,6 +88,10 @@ in
           )
         );
       };
+    };
+    system.nssModules.path = mkOption {
+      type = types.str;
+      default = "";
     };
     services.firewalld.enable = mkOption {
       type = types.bool;

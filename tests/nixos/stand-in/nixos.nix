@@ -9,5 +9,9 @@
     ./keepalived.nix
     ./firewall.nix
     ./services.nix
+    ./restic.nix
+    ./sanoid.nix
+    ./syncoid.nix
+    ./backup-support.nix
   ];
 }

@@ -8,7 +8,7 @@
 #   stdenv.mkDerivation   pkgs/stdenv/generic/make-derivation.nix: the
 #                         arguments become derivation attributes; meta and
 #                         passthru stay outside the derivation; overrideAttrs
-#   runCommand, writeText, writeTextFile, writeScript, writeScriptBin,
+#   runCommand, writeText, writeTextFile, writeTextDir, writeScript, writeScriptBin,
 #   writeShellScript, writeShellScriptBin, writeShellApplication
 #                         pkgs/build-support/trivial-builders/default.nix
 #   formats.toml          pkgs/pkgs-lib/formats.nix (`toml`): a value type
@@ -104,6 +104,13 @@ let
     stdenvNoCC = pkgs.stdenv;
     buildPackages = pkgs;
     writeText = name: text: writeTextFile { inherit name text; };
+    writeTextDir =
+      path: text:
+      writeTextFile {
+        inherit text;
+        name = builtins.baseNameOf path;
+        destination = "/${path}";
+      };
     writeScript =
       name: text:
       writeTextFile {
@@ -211,9 +218,18 @@ let
     "procps"
     "remarshal"
     "nixos-firewall-tool"
+    "sanoid"
+    "zfs"
+    "postgresql"
+    "openssh"
+    "util-linux"
   ] package
   // {
     xorg.lndir = package "lndir";
+    restic = mkDerivation {
+      name = "restic";
+      meta.mainProgram = "restic";
+    };
   };
 in
 pkgs
