@@ -63,6 +63,8 @@
         vehicles = withPackageDefault ./modules/vehicles.nix;
         energy = withPackageDefault ./modules/energy.nix;
         report = withPackageDefault ./modules/report.nix;
+        teslamate = withPackageDefault ./modules/teslamate.nix;
+        monitoring = withPackageDefault ./modules/monitoring.nix;
       };
 
       checks = forAllSystems (

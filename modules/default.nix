@@ -8,5 +8,7 @@
     ./vehicles.nix
     ./energy.nix
     ./report.nix
+    ./teslamate.nix
+    ./monitoring.nix
   ];
 }

@@ -280,11 +280,21 @@ def test_modules_evaluate_with_nothing_enabled(nix_eval: Any) -> None:
             (builtins.attrNames c.systemd.services);
           inherit (c) warnings;
           enabled = lib.mapAttrs (_: v: v.enable)
-            (removeAttrs c.services.gridmate [ "package" "prometheus" ]);
+            (removeAttrs c.services.gridmate [ "package" "prometheus" "monitoring" ]);
+          containers = c.virtualisation.oci-containers.containers;
+          listeners = c.services.mosquitto.listeners;
+          ruleFiles = c.services.prometheus.ruleFiles;
         }
         """
     )
-    assert got == {"services": [], "warnings": [], "enabled": dict.fromkeys(COMPONENTS, False)}
+    assert got == {
+        "services": [],
+        "warnings": [],
+        "enabled": dict.fromkeys((*COMPONENTS, "teslamate"), False),
+        "containers": {},
+        "listeners": [],
+        "ruleFiles": [],
+    }
 
 
 def test_package_defaults_to_the_flake_package_without_an_overlay(nix_eval: Any) -> None:
@@ -292,8 +302,8 @@ def test_package_defaults_to_the_flake_package_without_an_overlay(nix_eval: Any)
         """
         let
           pkgName = modules: system: lib.mapAttrs (_: v: v.package.name)
-            (removeAttrs (h.eval { inherit modules system; }).config.services.gridmate
-              [ "package" "prometheus" ]);
+            (lib.filterAttrs (n: _: builtins.elem n [ "vehicles" "energy" "report" ])
+              (h.eval { inherit modules system; }).config.services.gridmate);
           custom = h.package "gridmate-custom";
         in {
           flake = pkgName [ h.flake.nixosModules.default ] "x86_64-linux";
@@ -1055,7 +1065,7 @@ def test_vm_test_machine_evaluates(nix_eval: Any, test: str) -> None:
           inherit (c) warnings;
           units = lib.mapAttrs (_: u: {{
             inherit (u) after wantedBy;
-            inherit (u.serviceConfig) ExecStart;
+            ExecStart = u.serviceConfig.ExecStart or null;
             LoadCredential = u.serviceConfig.LoadCredential or [ ];
           }}) c.systemd.services;
         }}
@@ -1296,7 +1306,7 @@ def test_flake_outputs(nix_eval: Any) -> None:
     assert {"package", "formatting", "vm-vehicles", "vm-energy"} | examples == set(got["checksX86"])
     # no VM tests on aarch64
     assert set(got["checksArm"]) == {"formatting", "package"} | examples
-    assert got["modules"] == ["default", "energy", "report", "vehicles"]
+    assert got["modules"] == ["default", "energy", "monitoring", "report", "teslamate", "vehicles"]
     assert got["app"] == "app"
 
 

@@ -9,5 +9,11 @@
     ./keepalived.nix
     ./firewall.nix
     ./services.nix
+    ./oci-containers.nix
+    ./postgresql.nix
+    ./mosquitto.nix
+    ./grafana.nix
+    ./prometheus.nix
+    ./caddy.nix
   ];
 }

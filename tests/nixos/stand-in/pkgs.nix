@@ -89,6 +89,14 @@ let
 
   package = name: mkDerivation { inherit name; };
 
+  postgres =
+    version:
+    mkDerivation {
+      pname = "postgresql";
+      inherit version;
+      name = "postgresql-${version}";
+    };
+
   pkgs = {
     inherit
       lib
@@ -211,9 +219,19 @@ let
     "procps"
     "remarshal"
     "nixos-firewall-tool"
+    "podman"
+    "grafana"
+    "prometheus"
+    "caddy"
   ] package
   // {
     xorg.lndir = package "lndir";
+    # versioned like nixpkgs' postgresql_<major> (pkgs/servers/sql/postgresql):
+    # modules read `.version`
+    postgresql_15 = postgres "15.14";
+    postgresql_16 = postgres "16.10";
+    postgresql_17 = postgres "17.6";
+    postgresql = pkgs.postgresql_17;
   };
 in
 pkgs
