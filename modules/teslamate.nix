@@ -654,7 +654,7 @@ in
         services.gridmate.vehicles = {
           settings.teslamate = {
             enable = lib.mkDefault true;
-            namespace = lib.mkDefault cfg.mqtt.namespace;
+            namespace = lib.mkIf (cfg.mqtt.namespace != null) (lib.mkDefault cfg.mqtt.namespace);
             mqtt = {
               host = lib.mkDefault "127.0.0.1";
               port = lib.mkDefault cfg.mqtt.port;

@@ -974,7 +974,8 @@ def _load_in_gridmate(units: dict[str, Any], directory: Path) -> None:
 
 _RENDERED = """lib.genAttrs (builtins.filter (n: c.services.gridmate.${n}.enable)
   [ "vehicles" "energy" "report" ]) (n: {
-    settings = h.gridmateLib.dropNulls c.services.gridmate.${n}.settings;
+    settings = c.services.gridmate.${n}.renderedSettings
+      or (h.gridmateLib.dropNulls c.services.gridmate.${n}.settings);
     credentials = c.systemd.services."gridmate-${n}".serviceConfig.LoadCredential;
   })"""
 
@@ -998,6 +999,7 @@ EXAMPLES = {
     "vehicles-only": {"gridmate-vehicles.service"},
     "failover-pantry": {"gridmate-energy.service", "gridmate-energy-failover@.service"},
     "report-only": {"gridmate-report.service", "gridmate-report.timer"},
+    "teslamate": {"gridmate-vehicles.service"},
 }
 
 

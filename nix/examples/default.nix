@@ -11,4 +11,6 @@
   failover-pantry = ./failover-pantry.nix;
   # the daily report on a host without the energy component
   report-only = ./report-only.nix;
+  # TeslaMate in Podman with gridmate's vehicles hub wired to it, and monitoring
+  teslamate = ./teslamate.nix;
 }
