@@ -218,11 +218,12 @@ let
     "apacheKafka"
     "procps"
     "remarshal"
+    "remarshal_0_17"
     "nixos-firewall-tool"
     "podman"
     "grafana"
-    "prometheus"
     "caddy"
+    "logger"
   ] package
   // {
     xorg.lndir = package "lndir";
@@ -232,6 +233,10 @@ let
     postgresql_16 = postgres "16.10";
     postgresql_17 = postgres "17.6";
     postgresql = pkgs.postgresql_17;
+    # nixpkgs' prometheus has promtool as its `cli` output (checkConfig)
+    prometheus = package "prometheus" // {
+      cli = package "prometheus-cli";
+    };
   };
 in
 pkgs
