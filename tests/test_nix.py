@@ -2014,3 +2014,340 @@ def test_vm_test_header_lists_every_driver_method_it_uses(test: str) -> None:
     listed = set(re.findall(r"#   (?:machine\.)?([a-z_]+)\(", header))
     assert used, "the test script calls no driver method?"
     assert used <= listed, f"not listed in the header: {sorted(used - listed)}"
+
+
+# ------------------------------------------------------------ TeslaMate stack
+
+TESLAMATE = """{
+  services.gridmate.teslamate = {
+    enable = true;
+    encryptionKeyFile = "/run/secrets/tm/key";
+    database.passwordFile = "/run/secrets/tm/db";
+    mqtt.users.teslamate.passwordFile = "/run/secrets/tm/mqtt";
+    mqtt.users.gridmate.passwordFile = "/run/secrets/tm/mqtt-gridmate";
+    mqtt.users.homeassistant.passwordFile = "/run/secrets/tm/mqtt-ha";
+    grafana.databasePasswordFile = "/run/secrets/tm/grafana-db";
+    virtualHost = "tm.example.com";
+    caddy.enable = true;
+    caddy.forwardAuth.upstream = "127.0.0.1:9091";
+  };
+  services.postgresql.enable = true;
+  services.mosquitto.enable = true;
+  services.grafana.enable = true;
+  services.caddy.enable = true;
+}"""
+
+# The vehicles hub on the same host, with only what TeslaMate does not give it.
+TESLAMATE_VEHICLES = """{
+  services.gridmate.vehicles = {
+    enable = true;
+    settings.mqtt.username = "gridmate";
+    mqttPasswordFile = "/run/secrets/tm/mqtt-gridmate";
+  };
+}"""
+
+
+def _teslamate(nix_eval: Any, *configs: str, body: str = "c") -> Any:
+    modules = " ".join(f"({m})" for m in (TESLAMATE, *configs))
+    return nix_eval(
+        f"""
+        let
+          r = h.eval {{ modules = [ h.flake.nixosModules.default {modules} ]; }};
+          c = r.config;
+          failed = map (a: a.message) (builtins.filter (a: !a.assertion) c.assertions);
+        in {body}
+        """
+    )
+
+
+def test_teslamate_container_is_pinned_and_gets_its_secrets_from_a_runtime_file(
+    nix_eval: Any,
+) -> None:
+    got = _teslamate(
+        nix_eval,
+        body="""{
+          inherit failed; inherit (c) warnings;
+          container = { inherit (c.virtualisation.oci-containers.containers.teslamate)
+            image imageFile pull environment environmentFiles extraOptions; };
+          unit = { inherit (c.systemd.services.podman-teslamate) after requires wants; };
+          sc = c.systemd.services.podman-teslamate.serviceConfig;
+          text = (h.units r)."podman-teslamate.service".text;
+          script = c.systemd.services.podman-teslamate.script;
+        }""",
+    )
+    assert got["failed"] == [] and got["warnings"] == []
+    container = got["container"]
+    assert re.fullmatch(r"teslamate/teslamate:4\.3\.0@sha256:[0-9a-f]{64}", container["image"])
+    assert container["pull"] == "missing" and container["imageFile"] is None
+    env = container["environment"]
+    assert {k: env[k] for k in ("DATABASE_HOST", "DATABASE_USER", "MQTT_USERNAME", "PORT")} == {
+        "DATABASE_HOST": "127.0.0.1",
+        "DATABASE_USER": "teslamate",
+        "MQTT_USERNAME": "teslamate",
+        "PORT": "4000",
+    }
+    assert env["HTTP_BINDING_ADDRESS"] == "127.0.0.1" and env["VIRTUAL_HOST"] == "tm.example.com"
+    # no secret in the (world-readable) environment or unit
+    assert not {"ENCRYPTION_KEY", "DATABASE_PASS", "MQTT_PASSWORD"} & set(env)
+    assert container["environmentFiles"] == ["/run/teslamate/teslamate.env"]
+    assert "--network=host" in container["extraOptions"]
+    assert "--cap-drop=ALL" in container["extraOptions"]
+    sc = got["sc"]
+    assert sc["LoadCredential"] == [
+        "teslamate_db_password:/run/secrets/tm/db",
+        "teslamate_encryption_key:/run/secrets/tm/key",
+        "teslamate_mqtt_password:/run/secrets/tm/mqtt",
+    ]
+    assert sc["RuntimeDirectory"] == "teslamate" and sc["RuntimeDirectoryMode"] == "0700"
+    [write_env] = [e for e in sc["ExecStartPre"] if "write-env" in e]
+    assert write_env.endswith(
+        " /run/teslamate/teslamate.env ENCRYPTION_KEY=teslamate_encryption_key "
+        "DATABASE_PASS=teslamate_db_password MQTT_PASSWORD=teslamate_mqtt_password"
+    )
+    stop_post = sc["ExecStopPost"] if isinstance(sc["ExecStopPost"], list) else [sc["ExecStopPost"]]
+    assert any("remove-env" in e for e in stop_post)
+    assert "postgresql.target" in got["unit"]["after"] and got["unit"]["requires"] == [
+        "postgresql.target"
+    ]
+    assert "mosquitto.service" in got["unit"]["after"]
+    script = got["script"]
+    assert "--env-file /run/teslamate/teslamate.env" in script
+    assert "--pull missing" in script and container["image"] in script
+    text = got["text"]
+    assert re.search(r"\nExecStopPost=/nix/store/\S+-gridmate-teslamate-remove-env\n", text)
+
+
+def test_teslamate_from_a_host_built_image(nix_eval: Any) -> None:
+    got = _teslamate(
+        nix_eval,
+        """{
+          services.gridmate.teslamate.image = lib.mkForce "teslamate-sim:latest";
+          services.gridmate.teslamate.imageFile = h.package "teslamate-sim-image";
+        }""",
+        body="""{
+          inherit failed;
+          inherit (c.virtualisation.oci-containers.containers.teslamate) pull image;
+          wants = c.systemd.services.podman-teslamate.wants;
+        }""",
+    )
+    assert got["failed"] == []
+    assert got["pull"] == "never" and got["image"] == "teslamate-sim:latest"
+    assert "network-online.target" not in got["wants"]
+
+
+def test_teslamate_database_roles_and_passwords(nix_eval: Any) -> None:
+    got = _teslamate(
+        nix_eval,
+        body="""{
+          inherit (c.services.postgresql) ensureDatabases;
+          users = map (u: u.name) c.services.postgresql.ensureUsers;
+          setup = { inherit (c.systemd.services.postgresql-setup) script serviceConfig; };
+        }""",
+    )
+    assert got["ensureDatabases"] == ["teslamate"]
+    assert got["users"] == ["teslamate", "teslamate_grafana"]
+    setup = got["setup"]
+    assert setup["serviceConfig"]["LoadCredential"] == [
+        "teslamate_db_password:/run/secrets/tm/db",
+        "teslamate_grafana_db_password:/run/secrets/tm/grafana-db",
+    ]
+    script = setup["script"]
+    assert "CREATE EXTENSION IF NOT EXISTS cube" in script
+    assert "CREATE EXTENSION IF NOT EXISTS earthdistance" in script
+    assert 'ALTER DATABASE "teslamate" OWNER TO "teslamate"' in script
+    assert 'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "teslamate_grafana"' in script
+    assert "private" not in script  # the tokens' schema stays closed to Grafana
+    # passwords come from the credentials, through psql's \getenv, never from argv
+    assert script.count("-set-role-password.sql") == 2
+    assert '"$CREDENTIALS_DIRECTORY/teslamate_db_password"' in script
+    assert "/run/secrets" not in script
+    assert "pg_is_in_recovery()" in script
+
+
+def test_teslamate_grafana_datasource_reads_its_password_from_a_file(nix_eval: Any) -> None:
+    got = _teslamate(
+        nix_eval,
+        '{ services.gridmate.teslamate.grafana.dashboards = "/srv/teslamate/grafana/dashboards"; }',
+        body="""{
+          provision = c.services.grafana.provision;
+          credentials = c.systemd.services.grafana.serviceConfig.LoadCredential;
+        }""",
+    )
+    provision = _without_nulls(got["provision"])
+    assert provision["enable"] is True
+    [teslamate] = [
+        d for d in provision["datasources"]["settings"]["datasources"] if d["name"] == "TeslaMate"
+    ]
+    assert teslamate["type"] == "postgres" and teslamate["user"] == "teslamate_grafana"
+    assert teslamate["secureJsonData"]["password"] == (
+        "$__file{/run/credentials/grafana.service/teslamate_grafana_db_password}"
+    )
+    assert got["credentials"] == ["teslamate_grafana_db_password:/run/secrets/tm/grafana-db"]
+    providers = {p["name"]: p for p in provision["dashboards"]["settings"]["providers"]}
+    assert providers["TeslaMate"]["options"]["path"] == "/srv/teslamate/grafana/dashboards"
+    assert providers["TeslaMate"]["options"]["foldersFromFilesStructure"] is True
+    assert providers["gridmate"]["options"]["path"].endswith("-dashboards")
+
+
+def test_teslamate_caddy_virtual_host_with_forward_auth(nix_eval: Any) -> None:
+    config = _teslamate(nix_eval, body='c.services.caddy.virtualHosts."tm.example.com".extraConfig')
+    assert "forward_auth 127.0.0.1:9091 {" in config
+    assert "uri /api/authz/forward-auth" in config
+    assert "copy_headers Remote-User Remote-Groups Remote-Email Remote-Name" in config
+    assert config.index("forward_auth") < config.index("reverse_proxy 127.0.0.1:4000")
+
+
+def test_teslamate_mosquitto_users_and_acls(nix_eval: Any) -> None:
+    [listener] = _teslamate(nix_eval, body="c.services.mosquitto.listeners")
+    assert (listener["address"], listener["port"]) == ("127.0.0.1", 1883)
+    users = {name: (u["passwordFile"], u["acl"]) for name, u in listener["users"].items()}
+    assert users == {
+        "teslamate": ("/run/secrets/tm/mqtt", ["readwrite teslamate/#"]),
+        "gridmate": (
+            "/run/secrets/tm/mqtt-gridmate",
+            ["read teslamate/#", "readwrite gridmate/#", "readwrite homeassistant/#"],
+        ),
+        "homeassistant": (
+            "/run/secrets/tm/mqtt-ha",
+            ["read teslamate/#", "read gridmate/#", "readwrite homeassistant/#"],
+        ),
+    }
+    # a user without a password file is left out; the listener can be the user's own
+    [listener] = _teslamate(
+        nix_eval,
+        "{ services.gridmate.teslamate.mqtt.users.homeassistant.passwordFile = lib.mkForce null; }",
+        body="c.services.mosquitto.listeners",
+    )
+    assert sorted(listener["users"]) == ["gridmate", "teslamate"]
+    assert (
+        _teslamate(
+            nix_eval,
+            "{ services.gridmate.teslamate.mqtt.manageListener = false; }",
+            body="c.services.mosquitto.listeners",
+        )
+        == []
+    )
+
+
+def test_teslamate_wires_the_vehicles_hub_unless_overridden(nix_eval: Any) -> None:
+    got = _teslamate(
+        nix_eval,
+        TESLAMATE_VEHICLES,
+        '{ services.gridmate.teslamate.mqtt.namespace = "home"; }',
+        body="""{
+          inherit failed;
+          settings = c.services.gridmate.vehicles.renderedSettings;
+          credentials = c.systemd.services.gridmate-vehicles.serviceConfig.LoadCredential;
+        }""",
+    )
+    assert got["failed"] == []
+    settings = got["settings"]
+    assert settings["teslamate"]["enable"] is True
+    assert settings["teslamate"]["namespace"] == "home"
+    assert settings["teslamate"]["mqtt"] == {"host": "127.0.0.1", "port": 1883, "username": "gridmate"}
+    assert settings["tesla"]["teslamate"]["dsn"] == "postgresql://teslamate@127.0.0.1:5432/teslamate"
+    assert "kafka" not in settings
+    assert got["credentials"] == [
+        "mqtt_password:/run/secrets/tm/mqtt-gridmate",
+        "teslamate_db_password:/run/secrets/tm/db",
+        "teslamate_encryption_key:/run/secrets/tm/key",
+        "teslamate_mqtt_password:/run/secrets/tm/mqtt-gridmate",
+    ]
+    overridden = _teslamate(
+        nix_eval,
+        TESLAMATE_VEHICLES,
+        """{
+          services.gridmate.vehicles.settings.teslamate.mqtt.host = "broker.lan";
+          services.gridmate.vehicles.teslamateEncryptionKeyFile = "/run/secrets/other-key";
+        }""",
+        body="""{
+          host = c.services.gridmate.vehicles.renderedSettings.teslamate.mqtt.host;
+          credentials = c.systemd.services.gridmate-vehicles.serviceConfig.LoadCredential;
+        }""",
+    )
+    assert overridden["host"] == "broker.lan"
+    assert "teslamate_encryption_key:/run/secrets/other-key" in overridden["credentials"]
+    unwired = _teslamate(
+        nix_eval,
+        TESLAMATE_VEHICLES,
+        """{
+          services.gridmate.teslamate.wireVehicles = false;
+          services.gridmate.vehicles.settings.kafka.namespace = "tesla";
+          services.gridmate.vehicles.settings.kafka.bootstrap_servers = "kafka.lan:9092";
+        }""",
+        body='c.services.gridmate.vehicles.renderedSettings.teslamate or "none"',
+    )
+    assert unwired == "none"
+
+
+# Deliberate mistakes, each refused with a message that says what to set.
+TESLAMATE_MISTAKES = {
+    "unpinned image": (
+        '{ services.gridmate.teslamate.image = lib.mkForce "teslamate/teslamate:latest"; }',
+        ["is not pinned", "@sha256:<multi-arch index digest>", "imageFile"],
+    ),
+    "no PostgreSQL": (
+        "{ services.postgresql.enable = lib.mkForce false; }",
+        ["services.postgresql.enable is false"],
+    ),
+    "PostgreSQL 16 before 16.7": (
+        '{ services.postgresql.package = h.package "postgresql-16.4" // { version = "16.4"; }; }',
+        ["refuses PostgreSQL 16.4", "pkgs.postgresql_17"],
+    ),
+    "PostgreSQL 17 before 17.3": (
+        '{ services.postgresql.package = h.package "postgresql-17.2" // { version = "17.2"; }; }',
+        ["refuses PostgreSQL 17.2"],
+    ),
+    "no Mosquitto": (
+        "{ services.mosquitto.enable = lib.mkForce false; }",
+        ["services.mosquitto.enable is false"],
+    ),
+    "no MQTT password for TeslaMate": (
+        "{ services.gridmate.teslamate.mqtt.users.teslamate.passwordFile = lib.mkForce null; }",
+        ["mqtt.users.teslamate.passwordFile is not set"],
+    ),
+    "Grafana without the read-only role's password": (
+        "{ services.gridmate.teslamate.grafana.databasePasswordFile = lib.mkForce null; }",
+        ["grafana.databasePasswordFile is not", "teslamate_grafana"],
+    ),
+    "Caddy without a host name": (
+        "{ services.gridmate.teslamate.virtualHost = lib.mkForce null; }",
+        ["caddy.enable is set but services.gridmate.teslamate.virtualHost is not"],
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(TESLAMATE_MISTAKES))
+def test_teslamate_mistakes_are_refused_with_what_to_set(nix_eval: Any, mistake: str) -> None:
+    config, phrases = TESLAMATE_MISTAKES[mistake]
+    failed = _teslamate(nix_eval, config, body="failed")
+    assert len(failed) == 1, failed
+    message = " ".join(failed[0].split())
+    for phrase in phrases:
+        assert phrase in message, (phrase, message)
+
+
+def test_teslamate_accepts_the_postgresql_releases_it_supports(nix_eval: Any) -> None:
+    for version in ("16.7", "16.10", "17.3", "17.6", "18.1"):
+        package = f'h.package "postgresql-{version}" // {{ version = "{version}"; }}'
+        config = f"{{ services.postgresql.package = {package}; }}"
+        assert _teslamate(nix_eval, config, body="failed") == [], version
+
+
+def test_teslamate_warns_about_secrets_in_the_store_and_an_open_virtual_host(
+    nix_eval: Any, tmp_path: Path
+) -> None:
+    key = tmp_path / "key"
+    key.write_text("in-the-store\n")
+    warnings = _teslamate(
+        nix_eval,
+        f"""{{
+          services.gridmate.teslamate.encryptionKeyFile = lib.mkForce "${{{tmp_path}/key}}";
+          services.gridmate.teslamate.caddy.forwardAuth = lib.mkForce null;
+        }}""",
+        body="c.warnings",
+    )
+    assert len(warnings) == 2, warnings
+    text = " ".join(" ".join(warnings).split())
+    assert "encryptionKeyFile (/nix/store/" in text and "is in the Nix store" in text
+    assert "without services.gridmate.teslamate.caddy.forwardAuth" in text
