@@ -912,16 +912,18 @@ def test_prometheus_scrape_configs(nix_eval: Any) -> None:
             ],
         },
     ]
-    moved = _without_nulls(_host(
-        nix_eval,
-        """{
+    moved = _without_nulls(
+        _host(
+            nix_eval,
+            """{
           services.prometheus.enable = true;
           services.gridmate.vehicles.settings.metrics.listen_address = "0.0.0.0";
           services.gridmate.vehicles.settings.metrics.port = 9300;
           services.gridmate.energy.settings.metrics.enable = false;
         }""",
-        body=body,
-    ))
+            body=body,
+        )
+    )
     assert [(j["job_name"], j["static_configs"][0]["targets"]) for j in moved] == [
         ("gridmate-vehicles", ["127.0.0.1:9300"])
     ]
@@ -2244,8 +2246,14 @@ def test_teslamate_wires_the_vehicles_hub_unless_overridden(nix_eval: Any) -> No
     settings = got["settings"]
     assert settings["teslamate"]["enable"] is True
     assert settings["teslamate"]["namespace"] == "home"
-    assert settings["teslamate"]["mqtt"] == {"host": "127.0.0.1", "port": 1883, "username": "gridmate"}
-    assert settings["tesla"]["teslamate"]["dsn"] == "postgresql://teslamate@127.0.0.1:5432/teslamate"
+    assert settings["teslamate"]["mqtt"] == {
+        "host": "127.0.0.1",
+        "port": 1883,
+        "username": "gridmate",
+    }
+    assert (
+        settings["tesla"]["teslamate"]["dsn"] == "postgresql://teslamate@127.0.0.1:5432/teslamate"
+    )
     assert "kafka" not in settings
     assert got["credentials"] == [
         "mqtt_password:/run/secrets/tm/mqtt-gridmate",
@@ -2351,3 +2359,51 @@ def test_teslamate_warns_about_secrets_in_the_store_and_an_open_virtual_host(
     text = " ".join(" ".join(warnings).split())
     assert "encryptionKeyFile (/nix/store/" in text and "is in the Nix store" in text
     assert "without services.gridmate.teslamate.caddy.forwardAuth" in text
+
+
+SERVICE_OPTIONS = {
+    "oci-containers": "virtualisation.oci-containers",
+    "mosquitto": "services.mosquitto",
+    "postgresql": "services.postgresql",
+    "grafana": "services.grafana",
+    "prometheus": "services.prometheus",
+    "caddy": "services.caddy",
+}
+
+
+@pytest.mark.parametrize("service", sorted(SERVICE_OPTIONS))
+def test_service_stand_ins_declare_options_as_upstream_does(
+    upstream_eval: Any, service: str
+) -> None:
+    """Each option a service stand-in declares has the type and default of the real module."""
+    tree = _upstream_tree()
+    assert tree is not None
+    why = _real_services(tree)[service]
+    if why is not None:
+        pytest.skip(f"the stand-in for {service} is not compared: {why}")
+    path = SERVICE_OPTIONS[service]
+    got = upstream_eval(
+        f"""
+        let
+          at = o: lib.attrByPath (lib.splitString "." "{path}") {{ }} o;
+        in {{
+          upstream = h.describeOptions (at (h.eval {{ modules = [ ]; }}).options);
+          standIn = h.describeOptions (at (h.evalStandIn [ ]).options);
+        }}
+        """
+    )
+    upstream = dict(_walk(got["upstream"]))
+    stand_in = dict(_walk(got["standIn"]))
+    assert stand_in, "the walk found no options in the stand-in"
+    problems = []
+    for option_path, option in stand_in.items():
+        real = upstream.get(option_path)
+        if real is None:
+            problems.append(f"{option_path}: not declared upstream")
+            continue
+        for key in ("type", "hasDefault", "default"):
+            if option.get(key) != real.get(key):
+                problems.append(
+                    f"{option_path}: {key} {option.get(key)!r}, upstream {real.get(key)!r}"
+                )
+    assert not problems, "\n".join(problems)

@@ -14,6 +14,10 @@
 #   environment.pathsToLink          nixos/modules/config/system-path.nix
 #   environment.etc                  nixos/modules/system/etc/etc.nix (free-form)
 #   system.checks                    nixos/modules/system/activation/top-level.nix
+#   boot.kernel.sysctl              nixos/modules/config/sysctl.nix (free-form)
+#   systemd.packages                 nixos/modules/system/boot/systemd.nix
+#   security.acme.certs              nixos/modules/security/acme/default.nix
+#                                    (free-form; caddy asks for none here)
 { lib, pkgs, ... }:
 let
   inherit (lib) types mkOption;
@@ -75,6 +79,18 @@ in
     environment.pathsToLink = mkOption {
       type = types.listOf types.str;
       default = [ ];
+    };
+    boot.kernel.sysctl = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+    };
+    systemd.packages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+    };
+    security.acme.certs = mkOption {
+      type = freeformSet;
+      default = { };
     };
     system.checks = mkOption {
       type = types.listOf types.package;

@@ -10,6 +10,11 @@
 let
   inherit (lib) types mkOption;
 
+  # mosquitto.nix shadows `str`: its configuration format has no escaping.
+  str = types.strMatching "[^\r\n]*" // {
+    description = "single-line string";
+  };
+
   secret =
     type:
     mkOption {
@@ -19,12 +24,12 @@ let
 
   user = types.submodule {
     options = {
-      password = secret types.str;
+      password = secret str;
       passwordFile = secret types.path;
-      hashedPassword = secret types.str;
+      hashedPassword = secret str;
       hashedPasswordFile = secret types.path;
       acl = mkOption {
-        type = types.listOf types.str;
+        type = types.listOf str;
         default = [ ];
       };
     };
@@ -37,7 +42,7 @@ let
         default = 1883;
       };
       address = mkOption {
-        type = types.nullOr types.str;
+        type = types.nullOr str;
         default = null;
       };
       users = mkOption {
@@ -49,7 +54,7 @@ let
         default = false;
       };
       acl = mkOption {
-        type = types.listOf types.str;
+        type = types.listOf str;
         default = [ ];
       };
     };

@@ -8,13 +8,14 @@
 #   stdenv.mkDerivation   pkgs/stdenv/generic/make-derivation.nix: the
 #                         arguments become derivation attributes; meta and
 #                         passthru stay outside the derivation; overrideAttrs
-#   runCommand, writeText, writeTextFile, writeScript, writeScriptBin,
+#   runCommand, writeText, writeTextFile, writeTextDir, writeScript, writeScriptBin,
 #   writeShellScript, writeShellScriptBin, writeShellApplication
 #                         pkgs/build-support/trivial-builders/default.nix
 #   formats.toml          pkgs/pkgs-lib/formats.nix (`toml`): a value type
 #                         without null, and `generate` returning a
 #                         derivation whose `value` attribute holds the JSON
 #                         that json2toml turns into the file
+#   formats.yaml          the same file (`yaml_1_1`): the value type, nullable
 #   callPackage           lib.callPackageWith over this set
 # tests/test_nix.py compares these with the real files when a nixpkgs tree
 # is given (the "upstream" tier).
@@ -107,11 +108,19 @@ let
     stdenv = {
       inherit mkDerivation;
       hostPlatform.system = system;
+      buildPlatform.system = system;
       shellDryRun = "${package "bash"}/bin/bash -n -O extglob";
     };
     stdenvNoCC = pkgs.stdenv;
     buildPackages = pkgs;
     writeText = name: text: writeTextFile { inherit name text; };
+    writeTextDir =
+      path: text:
+      writeTextFile {
+        inherit text;
+        name = builtins.baseNameOf path;
+        destination = "/${path}";
+      };
     writeScript =
       name: text:
       writeTextFile {
@@ -197,6 +206,39 @@ let
           } ''
             json2toml "$valuePath" "$out"
           '';
+      };
+
+    # formats.yaml (`yaml_1_1`): a nullable JSON-like value type
+    formats.yaml =
+      { }:
+      {
+        type =
+          let
+            valueType =
+              types.nullOr (
+                types.oneOf [
+                  types.bool
+                  types.int
+                  types.float
+                  types.str
+                  types.path
+                  (types.attrsOf valueType)
+                  (types.listOf valueType)
+                ]
+              )
+              // {
+                description = "YAML 1.1 value";
+              };
+          in
+          valueType;
+        generate =
+          name: value:
+          runCommand name {
+            nativeBuildInputs = [ (package "remarshal") ];
+            value = builtins.toJSON value;
+            passAsFile = [ "value" ];
+            preferLocalBuild = true;
+          } ''json2yaml "$valuePath" "$out"'';
       };
 
     python3 = package "python3" // {
