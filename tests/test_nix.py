@@ -2407,3 +2407,32 @@ def test_service_stand_ins_declare_options_as_upstream_does(
                     f"{option_path}: {key} {option.get(key)!r}, upstream {real.get(key)!r}"
                 )
     assert not problems, "\n".join(problems)
+
+
+def test_teslamate_unit_renders_as_with_upstream_oci_containers(upstream_eval: Any) -> None:
+    """podman-teslamate.service from the oci-containers stand-in is upstream's, byte for byte."""
+    tree = _upstream_tree()
+    assert tree is not None
+    why = _real_services(tree)["oci-containers"]
+    if why is not None:
+        pytest.skip(f"no upstream oci-containers module: {why}")
+    got = upstream_eval(
+        f"""
+        let
+          modules = [ h.flake.nixosModules.default ({TESLAMATE}) ];
+          pick = units: units."podman-teslamate.service".text;
+          scripts = r: {{
+            inherit (r.config.systemd.services.podman-teslamate) script preStop postStop;
+          }};
+          up = h.eval {{ inherit modules; }};
+          standIn = h.evalStandIn modules;
+        in {{
+          upstream = pick (h.units up) ;
+          standIn = pick (h.standInUnits standIn);
+          upstreamScripts = scripts up;
+          standInScripts = scripts standIn;
+        }}
+        """
+    )
+    assert got["standInScripts"] == got["upstreamScripts"]
+    assert got["standIn"] == got["upstream"]

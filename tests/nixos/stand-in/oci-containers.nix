@@ -88,11 +88,17 @@ let
         name = "pre-start";
         runtimeInputs = [ ];
         text = ''
-          podman rm -f ${name} || true
+          ${cfg.backend} rm -f ${name} || true
+          ${lib.optionalString false "" /* the registry login, unused by gridmate */}
           ${lib.optionalString (c.imageFile != null) ''
-            podman load -i ${c.imageFile}
+            ${cfg.backend} load -i ${c.imageFile}
           ''}
-          rm -f /run/${escapedName}/ctr-id
+          ${lib.optionalString (c.imageStream != null) ''
+            ${c.imageStream} | ${cfg.backend} load
+          ''}
+          ${lib.optionalString (cfg.backend == "podman") ''
+            rm -f /run/${escapedName}/ctr-id
+          ''}
         '';
       };
     in
