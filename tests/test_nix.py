@@ -2436,3 +2436,62 @@ def test_teslamate_unit_renders_as_with_upstream_oci_containers(upstream_eval: A
     )
     assert got["standInScripts"] == got["upstreamScripts"]
     assert got["standIn"] == got["upstream"]
+
+
+def _acl_file(listener: dict[str, Any]) -> str:
+    """The ACL file nixpkgs' mosquitto.nix writes for a listener (its makeACLFile)."""
+    lines = list(listener["acl"])
+    for name, user in listener["users"].items():
+        lines += [f"user {name}", *(f"topic {entry}" for entry in user["acl"])]
+    return "\n".join(lines)
+
+
+@pytest.mark.services
+async def test_teslamate_acls_hold_in_a_real_mosquitto(stand_in_eval: Any, tmp_path: Path) -> None:
+    """Each user may write only what the module allows; gridmate's topics are its own."""
+    import aiomqtt
+
+    from gridmate.sim.brokers import mosquitto_broker, write_mosquitto_password_file
+
+    [listener] = _teslamate(stand_in_eval, body="c.services.mosquitto.listeners")
+    acl = tmp_path / "acl.conf"
+    acl.write_text(_acl_file(listener))
+    users = ("teslamate", "gridmate", "homeassistant")
+    passwords = write_mosquitto_password_file(tmp_path / "passwd", {u: f"pw-{u}" for u in users})
+
+    async with mosquitto_broker(password_file=passwords, extra_config=[f"acl_file {acl}"]) as (
+        host,
+        port,
+    ):
+
+        def client(user: str) -> aiomqtt.Client:
+            return aiomqtt.Client(host, port, username=user, password=f"pw-{user}")
+
+        async def delivered(writer: str, topic: str) -> bool:
+            """Whether `writer`'s message on `topic` reaches a reader allowed to see it.
+
+            The reader is gridmate, which may read all of it. The writer then
+            publishes on a topic it may write; Mosquitto keeps one client's messages
+            in order, so when that marker arrives first, the message before it was
+            dropped."""
+            marker = {"teslamate": "teslamate/m", "gridmate": "gridmate/m"}.get(
+                writer, "homeassistant/m"
+            )
+            async with client("gridmate") as watcher, client(writer) as publisher:
+                await watcher.subscribe(topic, qos=1)
+                await watcher.subscribe(marker, qos=1)
+                await publisher.publish(topic, b"probe", qos=1)
+                await publisher.publish(marker, b"marker", qos=1)
+                async for message in watcher.messages:
+                    return str(message.topic) == topic
+
+            raise AssertionError("no message arrived")
+
+        assert await delivered("teslamate", "teslamate/cars/1/state")
+        assert not await delivered("gridmate", "teslamate/cars/1/state")
+        assert not await delivered("homeassistant", "teslamate/cars/1/state")
+        assert await delivered("gridmate", "gridmate/vehicles/5YJ3/state")
+        assert not await delivered("homeassistant", "gridmate/vehicles/5YJ3/set")
+        assert not await delivered("teslamate", "gridmate/vehicles/5YJ3/set")
+        assert await delivered("homeassistant", "homeassistant/status")
+        assert await delivered("gridmate", "homeassistant/sensor/x/config")
