@@ -19,9 +19,7 @@ import subprocess
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import aiomqtt
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +61,9 @@ def test_env_file_holds_each_secret_in_a_private_directory(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     env_file = tmp_path / "run" / "teslamate.env"
     assert env_file.read_text() == (
-        "ENCRYPTION_KEY=k3y=with spaces and $dollar\nDATABASE_PASS=db-password\nMQTT_PASSWORD=m\\q\n"
+        "ENCRYPTION_KEY=k3y=with spaces and $dollar\n"
+        "DATABASE_PASS=db-password\n"
+        "MQTT_PASSWORD=m\\q\n"
     )
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(env_file.parent.stat().st_mode) == 0o700
@@ -173,7 +173,7 @@ def test_role_password_is_set_from_the_environment_only() -> None:
     role = f"gm_tm_{uuid.uuid4().hex[:8]}"
     _admin(f'CREATE ROLE "{role}" NOLOGIN')
     try:
-        password = "it's a \"quoted\" pass\\word; DROP ROLE postgres; --"
+        password = 'it\'s a "quoted" pass\\word; DROP ROLE postgres; --'
         result = _set_password(role, password)
         assert result.returncode == 0, result.stderr
         assert password not in result.stdout + result.stderr
@@ -226,7 +226,8 @@ def test_teslamate_extensions_are_available() -> None:
                 dsn,
                 "--no-psqlrc",
                 "-tAc",
-                "SELECT round(earth_distance(ll_to_earth(52.52, 13.40), ll_to_earth(48.14, 11.58)))",
+                "SELECT round(earth_distance("
+                "ll_to_earth(52.52, 13.40), ll_to_earth(48.14, 11.58)))",
             ],
             check=True,
             capture_output=True,
