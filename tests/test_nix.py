@@ -294,6 +294,8 @@ def test_the_expected_nix_files_exist() -> None:
         "modules/vehicles.nix",
         "modules/energy.nix",
         "modules/report.nix",
+        "modules/teslamate.nix",
+        "modules/monitoring.nix",
     }
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
@@ -2495,3 +2497,45 @@ async def test_teslamate_acls_hold_in_a_real_mosquitto(stand_in_eval: Any, tmp_p
         assert not await delivered("teslamate", "gridmate/vehicles/5YJ3/set")
         assert await delivered("homeassistant", "homeassistant/status")
         assert await delivered("gridmate", "homeassistant/sensor/x/config")
+
+
+# ------------------------------------------------------------ monitoring
+
+
+def test_alert_rules_are_added_by_one_option_when_prometheus_runs(nix_eval: Any) -> None:
+    body = "map toString c.services.prometheus.ruleFiles"
+    assert _host(nix_eval, "{ services.prometheus.enable = true; }", body=body) == []
+    [rules] = _host(
+        nix_eval,
+        "{ services.prometheus.enable = true; services.gridmate.monitoring.alertRules = true; }",
+        body=body,
+    )
+    assert rules == str(ROOT / "nix" / "monitoring" / "alerts.yml")
+    # no Prometheus on this host: nothing to add it to
+    assert _host(nix_eval, "{ services.gridmate.monitoring.alertRules = true; }", body=body) == []
+
+
+def test_grafana_gets_gridmates_dashboard_and_a_datasource(nix_eval: Any) -> None:
+    got = _host(
+        nix_eval,
+        "{ services.grafana.enable = true; services.prometheus.enable = true; }",
+        body="{ inherit failed; provision = c.services.grafana.provision; }",
+    )
+    assert got["failed"] == []
+    provision = _without_nulls(got["provision"])
+    [provider] = provision["dashboards"]["settings"]["providers"]
+    assert provider["name"] == provider["folder"] == "gridmate"
+    assert re.fullmatch(r"/nix/store/[a-z0-9]{32}-dashboards", provider["options"]["path"])
+    [datasource] = provision["datasources"]["settings"]["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://127.0.0.1:9090"
+    off = _host(
+        nix_eval,
+        """{
+          services.grafana.enable = true;
+          services.gridmate.monitoring.grafanaDashboard = false;
+        }""",
+        body="c.services.grafana.provision.dashboards.settings",
+    )
+    assert off is None
+    failed = _failed(nix_eval, "{ services.gridmate.monitoring.grafanaDashboard = true; }")
+    assert len(failed) == 1 and "services.grafana.enable is not" in failed[0]
