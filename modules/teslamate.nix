@@ -34,6 +34,9 @@ let
   runtimeDirectory = "/run/${containerName}";
   envFile = "${runtimeDirectory}/teslamate.env";
 
+  pgPort = config.services.postgresql.settings.port or 5432;
+  databaseUrl = "postgresql://${cfg.database.user}@127.0.0.1:${toString pgPort}/${cfg.database.name}";
+
   pinned = builtins.match ".+:[^/@]+@sha256:[0-9a-f]{64}" cfg.image != null;
 
   # PostgreSQL versions TeslaMate refuses to start on (its release notes:
@@ -89,7 +92,14 @@ let
   # superuser), the Grafana role's read-only grants, and the passwords.
   databaseSetup =
     let
-      psql = "${config.services.postgresql.package}/bin/psql --no-psqlrc --quiet -v ON_ERROR_STOP=1";
+      # The port names the server's Unix socket too.
+      psql = lib.concatStringsSep " " [
+        "${config.services.postgresql.package}/bin/psql"
+        "--port=${toString pgPort}"
+        "--no-psqlrc"
+        "--quiet"
+        "-v ON_ERROR_STOP=1"
+      ];
       sql = database: statements: ''
         ${psql} -d ${lib.escapeShellArg database} ${
           lib.concatMapStringsSep " " (s: "-c ${lib.escapeShellArg s}") statements
@@ -354,7 +364,7 @@ in
         '';
       };
       users = {
-        teslamate = mqttUserOption "teslamate" "TeslaMate itself, publishing `teslamate/#` (required)";
+        teslamate = mqttUserOption "teslamate" "TeslaMate itself, writing `teslamate/#` (required)";
         gridmate = mqttUserOption "gridmate" "gridmate's vehicles hub";
         homeassistant = mqttUserOption "homeassistant" "Home Assistant";
       };
@@ -403,7 +413,7 @@ in
     };
 
     caddy = {
-      enable = lib.mkEnableOption "a Caddy virtual host ({option}`${prefix}.virtualHost`) in front of TeslaMate";
+      enable = lib.mkEnableOption "a Caddy virtual host {option}`${prefix}.virtualHost` for TeslaMate";
       forwardAuth = lib.mkOption {
         default = null;
         description = ''
@@ -519,14 +529,11 @@ in
             user of this machine can read, so the secret is not secret. Keep it outside the
             store, for example with sops-nix (config.sops.secrets.<name>.path), and rotate it.
           '') (builtins.filter (s: inStore s.value) secretFiles)
-          ++
-            lib.optional
-              (cfg.caddy.enable && cfg.caddy.forwardAuth == null && cfg.listenAddress == "127.0.0.1")
-              ''
-                ${prefix}.caddy.enable puts TeslaMate, which has no login of its own, on
-                ${toString cfg.virtualHost} without ${prefix}.caddy.forwardAuth. Set it to
-                your Authelia or PocketID forward-auth endpoint.
-              '';
+          ++ lib.optional (cfg.caddy.enable && cfg.caddy.forwardAuth == null) ''
+            ${prefix}.caddy.enable puts TeslaMate, which has no login of its own, on
+            ${toString cfg.virtualHost} without ${prefix}.caddy.forwardAuth. Set it to
+            your Authelia or PocketID forward-auth endpoint.
+          '';
 
         virtualisation.oci-containers.containers.${containerName} = {
           inherit (cfg) image imageFile;
@@ -535,7 +542,7 @@ in
             DATABASE_USER = cfg.database.user;
             DATABASE_NAME = cfg.database.name;
             DATABASE_HOST = "127.0.0.1";
-            DATABASE_PORT = toString (config.services.postgresql.settings.port or 5432);
+            DATABASE_PORT = toString pgPort;
             MQTT_HOST = "127.0.0.1";
             MQTT_PORT = toString cfg.mqtt.port;
             MQTT_USERNAME = "teslamate";
@@ -596,7 +603,8 @@ in
         systemd.services.postgresql-setup = {
           serviceConfig.LoadCredential = gridmateLib.loadCredentials {
             teslamate_db_password = cfg.database.passwordFile;
-            teslamate_grafana_db_password = if cfg.grafana.enable then cfg.grafana.databasePasswordFile else null;
+            teslamate_grafana_db_password =
+              if cfg.grafana.enable then cfg.grafana.databasePasswordFile else null;
           };
           script = lib.mkAfter databaseSetup;
         };
@@ -624,7 +632,7 @@ in
               name = "TeslaMate";
               uid = "TeslaMate";
               type = "postgres";
-              url = "127.0.0.1:${toString (config.services.postgresql.settings.port or 5432)}";
+              url = "127.0.0.1:${toString pgPort}";
               user = cfg.grafana.databaseUser;
               access = "proxy";
               jsonData = {
@@ -661,9 +669,7 @@ in
               username = lib.mkDefault "gridmate";
             };
           };
-          settings.tesla.teslamate.dsn = lib.mkDefault "postgresql://${cfg.database.user}@127.0.0.1:${
-            toString (config.services.postgresql.settings.port or 5432)
-          }/${cfg.database.name}";
+          settings.tesla.teslamate.dsn = lib.mkDefault databaseUrl;
           teslamateMqttPasswordFile = lib.mkDefault cfg.mqtt.users.gridmate.passwordFile;
           teslamateDbPasswordFile = lib.mkDefault cfg.database.passwordFile;
           teslamateEncryptionKeyFile = lib.mkDefault cfg.encryptionKeyFile;

@@ -71,7 +71,11 @@ let
     in
     {
       _file = file;
-      imports = [ (lib.setFunctionArgs (args: removeAttrs (module args) [ "imports" ]) (lib.functionArgs module)) ];
+      imports = [
+        (lib.setFunctionArgs (args: removeAttrs (module args) [ "imports" ]) (
+          lib.functionArgs module
+        ))
+      ];
     };
   serviceModules = lib.mapAttrsToList (
     name: service:

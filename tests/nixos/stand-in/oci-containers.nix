@@ -119,7 +119,9 @@ let
           "-d"
           "--replace"
         ]
-        ++ lib.mapAttrsToList (k: v: "-e ${lib.escapeShellArg k}=${lib.escapeShellArg v}") c.environment
+        ++ lib.mapAttrsToList (
+          k: v: "-e ${lib.escapeShellArg k}=${lib.escapeShellArg v}"
+        ) c.environment
         ++ map (f: "--env-file ${lib.escapeShellArg f}") c.environmentFiles
         ++ map (p: "-p ${lib.escapeShellArg p}") c.ports
         ++ map (v: "-v ${lib.escapeShellArg v}") c.volumes
@@ -151,7 +153,8 @@ in
         "podman"
         "docker"
       ];
-      default = if lib.versionAtLeast config.system.stateVersion "22.05" then "podman" else "docker";
+      default =
+        if lib.versionAtLeast config.system.stateVersion "22.05" then "podman" else "docker";
     };
     containers = mkOption {
       type = types.attrsOf (types.submodule container);
@@ -160,6 +163,8 @@ in
   };
 
   config = lib.mkIf (cfg.containers != { }) {
-    systemd.services = lib.mapAttrs' (n: c: lib.nameValuePair c.serviceName (mkService n c)) cfg.containers;
+    systemd.services = lib.mapAttrs' (
+      n: c: lib.nameValuePair c.serviceName (mkService n c)
+    ) cfg.containers;
   };
 }

@@ -25,7 +25,11 @@ in
     };
     package = mkOption {
       type = types.package;
-      default = if lib.versionAtLeast config.system.stateVersion "25.11" then pkgs.postgresql_17 else pkgs.postgresql_16;
+      default =
+        if lib.versionAtLeast config.system.stateVersion "25.11" then
+          pkgs.postgresql_17
+        else
+          pkgs.postgresql_16;
     };
     settings = mkOption {
       type = types.submodule {
