@@ -516,6 +516,18 @@ in
             '';
           }
           {
+            assertion =
+              !(cfg.wireVehicles && vehicles.enable)
+              || vehicles.teslamateMqttPasswordFile != null
+              || (vehicles.settings.teslamate.mqtt.password_file or null) != null;
+            message = ''
+              ${prefix}.wireVehicles points gridmate's vehicles hub at this TeslaMate as the
+              MQTT user "gridmate", but that user has no password file. Set
+              ${prefix}.mqtt.users.gridmate.passwordFile (for example
+              config.sops.secrets."teslamate/mqtt-gridmate".path).
+            '';
+          }
+          {
             assertion = !cfg.caddy.enable || cfg.virtualHost != null;
             message = ''
               ${prefix}.caddy.enable is set but ${prefix}.virtualHost is not. Set it to the

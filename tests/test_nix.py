@@ -2320,6 +2320,11 @@ TESLAMATE_MISTAKES = {
         "{ services.gridmate.teslamate.grafana.databasePasswordFile = lib.mkForce null; }",
         ["grafana.databasePasswordFile is not", "teslamate_grafana"],
     ),
+    "the vehicles hub wired without a password for its MQTT user": (
+        TESLAMATE_VEHICLES[:-1]
+        + " services.gridmate.teslamate.mqtt.users.gridmate.passwordFile = lib.mkForce null; }",
+        ['the MQTT user "gridmate"', "mqtt.users.gridmate.passwordFile"],
+    ),
     "Caddy without a host name": (
         "{ services.gridmate.teslamate.virtualHost = lib.mkForce null; }",
         ["caddy.enable is set but services.gridmate.teslamate.virtualHost is not"],
