@@ -116,3 +116,29 @@ async def test_teslamate_health_metrics_follow_mqtt_and_the_database(
     await clear_retained(
         mqtt_broker.host, mqtt_broker.port, {t for t, _p, retain in teslamate.published if retain}
     )
+
+
+@pytest.mark.services
+async def test_simulated_teslamate_logs_in_to_a_broker_that_wants_it(tmp_path: Any) -> None:
+    """As TeslaMate with MQTT_USERNAME/MQTT_PASSWORD (the NixOS module's broker has no
+    anonymous access): refused without them, publishing with them."""
+    import aiomqtt
+
+    from gridmate.sim.brokers import mosquitto_broker, write_mosquitto_password_file
+
+    passwords = write_mosquitto_password_file(
+        tmp_path / "passwd", {"teslamate": "tm-secret", "reader": "r-secret"}
+    )
+    car = TeslaMateCarModel(1, VIN, name="Red", state="online")
+    async with mosquitto_broker(password_file=passwords) as (host, port):
+        with pytest.raises(aiomqtt.MqttError):
+            async with simulated_teslamate(host, port, [car]):
+                pass
+        async with aiomqtt.Client(host, port, username="reader", password="r-secret") as reader:
+            await reader.subscribe("teslamate/cars/1/state", qos=1)
+            async with simulated_teslamate(
+                host, port, [car], username="teslamate", password="tm-secret"
+            ):
+                async for message in reader.messages:
+                    assert message.payload == b"online"
+                    break
