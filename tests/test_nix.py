@@ -1084,7 +1084,7 @@ def test_example_host_evaluates_cleanly(nix_eval: Any, example: str, tmp_path: P
 
 # -- the VM tests' machines, evaluated with the modules
 
-VM_TESTS = ("vehicles", "energy")
+VM_TESTS = ("vehicles", "energy", "teslamate")
 
 
 @pytest.mark.parametrize("test", VM_TESTS)
@@ -1120,8 +1120,22 @@ def test_vm_test_machine_evaluates(nix_eval: Any, test: str) -> None:
     )
     assert got["name"] == f"gridmate-{test}" and got["script"]
     assert got["failed"] == [] and got["warnings"] == []
-    unit = got["units"][f"gridmate-{test}"]
-    if test == "vehicles":
+    unit = got["units"]["gridmate-vehicles" if test == "teslamate" else f"gridmate-{test}"]
+    if test == "teslamate":
+        assert "mosquitto.service" in unit["after"] and "postgresql.target" in unit["after"]
+        assert [c.split(":")[0] for c in unit["LoadCredential"]] == [
+            "mqtt_password",
+            "teslamate_db_password",
+            "teslamate_encryption_key",
+            "teslamate_mqtt_password",
+        ]
+        podman = got["units"]["podman-teslamate"]
+        assert [c.split(":")[0] for c in podman["LoadCredential"]] == [
+            "teslamate_db_password",
+            "teslamate_encryption_key",
+            "teslamate_mqtt_password",
+        ]
+    elif test == "vehicles":
         assert "apache-kafka.service" in unit["after"] and "mosquitto.service" in unit["after"]
         assert "postgresql.service" in unit["after"]
         assert [c.split(":")[0] for c in unit["LoadCredential"]] == ["mqtt_password"]
@@ -1350,7 +1364,8 @@ def test_flake_outputs(nix_eval: Any) -> None:
     assert got["packages"] == ["default", "gridmate"]
     assert got["defaultPackage"] == "gridmate-flake-x86_64-linux"
     examples = {f"example-{name}" for name in EXAMPLES}
-    assert {"package", "formatting", "vm-vehicles", "vm-energy"} | examples == set(got["checksX86"])
+    vm = {"vm-vehicles", "vm-energy", "vm-teslamate"}
+    assert {"package", "formatting"} | vm | examples == set(got["checksX86"])
     # no VM tests on aarch64
     assert set(got["checksArm"]) == {"formatting", "package"} | examples
     assert got["modules"] == ["default", "energy", "monitoring", "report", "teslamate", "vehicles"]

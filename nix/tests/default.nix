@@ -25,4 +25,8 @@ in
   # gridmate's simulators as a unit, the energy manager through a peak in
   # real time, then the daily report reading the energy journal.
   vm-energy = vmTest ./energy.nix;
+
+  # services.gridmate.teslamate with gridmate's TeslaMate simulator as the image:
+  # secrets, database, ACL'd broker, the hub showing the car. Never run yet.
+  vm-teslamate = vmTest ./teslamate.nix;
 }

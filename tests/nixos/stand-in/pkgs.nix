@@ -16,6 +16,8 @@
 #                         derivation whose `value` attribute holds the JSON
 #                         that json2toml turns into the file
 #   formats.yaml          the same file (`yaml_1_1`): the value type, nullable
+#   dockerTools.buildLayeredImage
+#                         pkgs/build-support/docker/default.nix: a derivation
 #   callPackage           lib.callPackageWith over this set
 # tests/test_nix.py compares these with the real files when a nixpkgs tree
 # is given (the "upstream" tier).
@@ -240,6 +242,15 @@ let
             preferLocalBuild = true;
           } ''json2yaml "$valuePath" "$out"'';
       };
+
+    # pkgs/build-support/docker: an image archive (a derivation)
+    dockerTools.buildLayeredImage =
+      {
+        name,
+        tag ? "latest",
+        ...
+      }:
+      package "docker-image-${name}-${tag}.tar.gz";
 
     python3 = package "python3" // {
       withPackages = _: package "python3-env";
