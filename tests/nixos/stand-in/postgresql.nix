@@ -4,8 +4,9 @@
 #     settings (freeform, port 5432), ensureDatabases, ensureUsers.*.{name,
 #     ensureDBOwnership, ensureClauses}
 #   and the postgresql-setup.service it creates (nixos-25.11: the ensure
-#   steps run there, then postgresql.target is reached), whose `script`
-#   gridmate appends to.
+#   steps run there, then postgresql.target is reached): User=postgres,
+#   oneshot, PGPORT, and the `script` gridmate appends to (its shape as in
+#   a nixos-25.11 postgresql.nix; the upstream tier has no such copy yet).
 # The upstream tier loads the real file instead when the nixpkgs tree has it.
 {
   config,
@@ -62,7 +63,23 @@ in
               default = false;
             };
             ensureClauses = mkOption {
-              type = types.submodule { freeformType = types.attrsOf types.anything; };
+              type = types.submodule {
+                options = lib.genAttrs [
+                  "superuser"
+                  "createrole"
+                  "createdb"
+                  "inherit"
+                  "login"
+                  "replication"
+                  "bypassrls"
+                ] (
+                  _:
+                  mkOption {
+                    type = types.nullOr types.bool;
+                    default = null;
+                  }
+                );
+              };
               default = { };
             };
           };
@@ -74,22 +91,30 @@ in
 
   config = lib.mkIf cfg.enable {
     systemd.services.postgresql-setup = {
-      requiredBy = [ "postgresql.target" ];
+      description = "PostgreSQL Setup Scripts";
+      requires = [ "postgresql.service" ];
       after = [ "postgresql.service" ];
       serviceConfig = {
-        Type = "oneshot";
-        RemainAfterExit = true;
         User = "postgres";
         Group = "postgres";
+        Type = "oneshot";
+        RemainAfterExit = true;
       };
       path = [ cfg.package ];
-      script =
-        lib.concatMapStrings (db: ''
-          psql -tAc "SELECT 1 FROM pg_database WHERE datname = '${db}'" | grep -q 1 || psql -tAc 'CREATE DATABASE "${db}"'
-        '') cfg.ensureDatabases
-        + lib.concatMapStrings (user: ''
-          psql -tAc "SELECT 1 FROM pg_roles WHERE rolname='${user.name}'" | grep -q 1 || psql -tAc 'CREATE USER "${user.name}"'
-        '') cfg.ensureUsers;
+      environment.PGPORT = toString cfg.settings.port;
+      # upstream first waits for the server, then runs the ensure steps
+      script = ''
+        while ! psql -d postgres -c "" 2> /dev/null; do
+            if ! systemctl is-active --quiet postgresql.service; then exit 1; fi
+            sleep 0.1
+        done
+      ''
+      + lib.concatMapStrings (db: ''
+        psql -tAc "SELECT 1 FROM pg_database WHERE datname = '${db}'" | grep -q 1 || psql -tAc 'CREATE DATABASE "${db}"'
+      '') cfg.ensureDatabases
+      + lib.concatMapStrings (user: ''
+        psql -tAc "SELECT 1 FROM pg_roles WHERE rolname='${user.name}'" | grep -q 1 || psql -tAc 'CREATE USER "${user.name}"'
+      '') cfg.ensureUsers;
     };
   };
 }
