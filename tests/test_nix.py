@@ -1725,6 +1725,23 @@ REFUSED = {
     ),
     "VRRP instance without interface": "services.keepalived.vrrpInstances.x.virtualRouterId = 5;",
     "null in TOML settings": "services.gridmate.vehicles.settings.mqtt.extra = null;",
+    "unknown image pull policy": (
+        'virtualisation.oci-containers.containers.x = { image = "a:1"; pull = "sometimes"; };'
+    ),
+    "container without an image": "virtualisation.oci-containers.containers.x.autoStart = true;",
+    "MQTT ACL line with a line break": (
+        'services.mosquitto.listeners = [ { users.u.acl = [ "read a\\nb" ]; } ];'
+    ),
+    "MQTT listener port out of range": "services.mosquitto.listeners = [ { port = 70000; } ];",
+    "Grafana datasource without a type": (
+        'services.grafana.provision.datasources.settings.datasources = [ { name = "x"; } ];'
+    ),
+    "Grafana datasource access mode unknown": (
+        "services.grafana.provision.datasources.settings.datasources = "
+        '[ { name = "x"; type = "postgres"; access = "sideways"; } ];'
+    ),
+    "PostgreSQL user without a name": "services.postgresql.ensureUsers = [ { } ];",
+    "Caddy virtual host config as a set": 'services.caddy.virtualHosts."a".extraConfig = { };',
 }
 
 
@@ -1740,6 +1757,12 @@ def _render_probe(config: str, standIn: bool) -> str:
           keepalived = lib.mapAttrs (_: i: {{ inherit (i) interface virtualRouterId; }})
             r.config.services.keepalived.vrrpInstances;
           settings = (r.config.services.gridmate.vehicles.settings.mqtt or {{ }});
+          containers = lib.mapAttrs (_: c: {{ inherit (c) image pull; }})
+            r.config.virtualisation.oci-containers.containers;
+          mosquitto = r.config.services.mosquitto.listeners;
+          datasources = r.config.services.grafana.provision.datasources.settings;
+          pgUsers = map (u: u.name) r.config.services.postgresql.ensureUsers;
+          caddy = lib.mapAttrs (_: v: v.extraConfig) r.config.services.caddy.virtualHosts;
         }}
         """
 
