@@ -78,7 +78,7 @@ let
     ];
   };
 
-  setRolePassword = ./../nix/teslamate/set-role-password.sql;
+  setRolePassword = ../nix/teslamate/set-role-password.sql;
   writeEnv = pkgs.writeShellScript "gridmate-teslamate-write-env" ''
     export PATH=${lib.makeBinPath [ pkgs.coreutils ]}
     ${builtins.readFile ../nix/teslamate/write-env.sh}
@@ -448,6 +448,14 @@ in
           }
         );
       };
+    };
+
+    databaseSetup = lib.mkOption {
+      type = lib.types.lines;
+      internal = true;
+      readOnly = true;
+      default = databaseSetup;
+      description = "What postgresql-setup.service runs for TeslaMate (tests run it).";
     };
 
     wireVehicles = lib.mkOption {

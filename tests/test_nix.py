@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -2582,3 +2583,116 @@ def test_grafana_gets_gridmates_dashboard_and_a_datasource(nix_eval: Any) -> Non
     assert off is None
     failed = _failed(nix_eval, "{ services.gridmate.monitoring.grafanaDashboard = true; }")
     assert len(failed) == 1 and "services.grafana.enable is not" in failed[0]
+
+
+def _scram_matches(verifier: str, password: str) -> bool:
+    """Whether a PostgreSQL SCRAM-SHA-256 verifier is one of ``password`` (RFC 5802)."""
+    import base64
+    import hashlib
+    import hmac
+
+    iterations_salt, keys = verifier.removeprefix("SCRAM-SHA-256$").split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored_key = base64.b64decode(keys.split(":")[0])
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+    )
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    return hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key)
+
+
+@pytest.mark.services
+def test_teslamate_database_setup_runs_against_postgresql(
+    stand_in_eval: Any, tmp_path: Path
+) -> None:
+    """What the module appends to postgresql-setup, run as the superuser against the real
+    PostgreSQL: owner, extensions, passwords, and a Grafana role that reads `public`
+    (tables TeslaMate creates later included) but not `private`, where the tokens are."""
+    import uuid
+
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.fail("psql is not installed (Debian package postgresql-client; ./dev setup)")
+    admin_dsn = os.environ.get(
+        "GRIDMATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    name = f"gm_tm_{uuid.uuid4().hex[:8]}"
+    reader = f"{name}_grafana"
+    script = _teslamate(
+        stand_in_eval,
+        f"""{{
+          services.gridmate.teslamate.database = {{ name = "{name}"; user = "{name}"; }};
+          services.gridmate.teslamate.grafana.databaseUser = "{reader}";
+        }}""",
+        body="c.services.gridmate.teslamate.databaseSetup",
+    )
+    # the host's psql as the superuser, in place of the store path the unit would use
+    admin = urllib.parse.urlsplit(admin_dsn)
+    local_psql = f"{psql} -h {admin.hostname} -U {admin.username or 'postgres'}"
+    script = re.sub(r"/nix/store/\S+/bin/psql", local_psql, script)
+    sql_file = ROOT / "nix" / "teslamate" / "set-role-password.sql"
+    script = re.sub(r"/nix/store/[a-z0-9]{32}-set-role-password\.sql", str(sql_file), script)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "teslamate_db_password").write_text("owner's pass'word\n")
+    (credentials / "teslamate_grafana_db_password").write_text("reader-password\n")
+
+    def sql(statement: str, database: str = "postgres") -> str:
+        dsn = admin_dsn.rsplit("/", 1)[0] + f"/{database}"
+        return subprocess.run(
+            [psql, dsn, "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1", "-tAc", statement],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    # what postgresql-setup's ensure steps do first
+    sql(f'CREATE DATABASE "{name}"')
+    sql(f'CREATE USER "{name}"')
+    sql(f'CREATE USER "{reader}"')
+    try:
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "pass'word" not in result.stdout + result.stderr
+        assert sql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{name}'") == (
+            name
+        )
+        assert sql("SELECT string_agg(extname, ',' ORDER BY extname) FROM pg_extension", name) == (
+            "cube,earthdistance,plpgsql"
+        )
+        verifier = sql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{name}'")
+        assert _scram_matches(verifier, "owner's pass'word")
+        verifier = sql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{reader}'")
+        assert _scram_matches(verifier, "reader-password")
+        # TeslaMate's migrations run later, as its own role
+        sql(
+            f'SET ROLE "{name}"; CREATE TABLE public.positions (id int); '
+            "INSERT INTO public.positions VALUES (1); CREATE SCHEMA private; "
+            "CREATE TABLE private.tokens (access bytea)",
+            name,
+        )
+        assert sql(f'SET ROLE "{reader}"; SELECT count(*) FROM public.positions', name) == "1"
+        with pytest.raises(subprocess.CalledProcessError) as denied:
+            sql(f'SET ROLE "{reader}"; SELECT count(*) FROM private.tokens', name)
+        assert "permission denied" in denied.value.stderr
+        with pytest.raises(subprocess.CalledProcessError):
+            sql(f'SET ROLE "{reader}"; INSERT INTO public.positions VALUES (2)', name)
+        # every start of postgresql-setup runs it again
+        again = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr
+    finally:
+        sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        sql(f'DROP ROLE IF EXISTS "{name}"')
+        sql(f'DROP ROLE IF EXISTS "{reader}"')
