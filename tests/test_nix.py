@@ -2696,3 +2696,37 @@ def test_teslamate_database_setup_runs_against_postgresql(
         sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         sql(f'DROP ROLE IF EXISTS "{name}"')
         sql(f'DROP ROLE IF EXISTS "{reader}"')
+
+
+@pytest.mark.services
+def test_teslamate_caddy_configuration_is_accepted_by_caddy(
+    stand_in_eval: Any, tmp_path: Path
+) -> None:
+    """The virtual host, as caddy/default.nix wraps it (`<host> { ... }`), adapted by the
+    real Caddy: every request goes through forward_auth before reaching TeslaMate."""
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        pytest.fail("caddy is not installed (Debian package caddy; ./dev setup)")
+    host = _teslamate(
+        stand_in_eval,
+        body='{ inherit (c.services.caddy.virtualHosts."tm.example.com") hostName extraConfig; }',
+    )
+    caddyfile = tmp_path / "Caddyfile"
+    caddyfile.write_text(f"{host['hostName']} {{\n{host['extraConfig']}\n}}\n")
+    result = subprocess.run(
+        [caddy, "adapt", "--config", str(caddyfile), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    [server] = config["apps"]["http"]["servers"].values()
+    [route] = server["routes"]
+    assert route["match"] == [{"host": ["tm.example.com"]}]
+    handlers = json.dumps(route["handle"])
+    # forward_auth becomes a reverse_proxy to the authenticator that copies the
+    # headers on a 2xx answer; it comes before the proxy to TeslaMate
+    assert '"dial": "127.0.0.1:9091"' in handlers and "/api/authz/forward-auth" in handlers
+    assert "Remote-User" in handlers
+    assert handlers.index("127.0.0.1:9091") < handlers.index('"dial": "127.0.0.1:4000"')
