@@ -64,6 +64,8 @@
         energy = withPackageDefault ./modules/energy.nix;
         report = withPackageDefault ./modules/report.nix;
         backup = withPackageDefault ./modules/backup.nix;
+        teslamate = withPackageDefault ./modules/teslamate.nix;
+        monitoring = withPackageDefault ./modules/monitoring.nix;
       };
 
       checks = forAllSystems (

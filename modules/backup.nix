@@ -273,77 +273,6 @@ let
       };
     };
 
-  # Alert rules for the freshness and preseed metrics (docs/backup.md), for
-  # the jobs this host runs. JSON is YAML, which Prometheus reads.
-  backupMetricJobs =
-    lib.optional teslamate.enable "teslamate"
-    ++ lib.optional (cfg.restic.stateDirectories != [ ]) "gridmate";
-  alertRules =
-    let
-      hours = toString cfg.prometheus.backupMaxAgeHours;
-      replicationHours = toString cfg.prometheus.replicationMaxAgeHours;
-    in
-    {
-      groups = [
-        {
-          name = "gridmate-backup";
-          rules =
-            lib.optionals resticOn (
-              [
-                {
-                  alert = "GridmateBackupStale";
-                  expr = "time() - gridmate_backup_last_success_timestamp_seconds > ${hours} * 3600";
-                  for = "15m";
-                  labels.severity = "warning";
-                  annotations.summary = "No successful backup of {{ $labels.job }} for over ${hours} hours";
-                }
-              ]
-              ++ map (job: {
-                alert = "GridmateBackupNeverSucceeded";
-                expr = "absent(gridmate_backup_last_success_timestamp_seconds{job=\"${job}\"})";
-                for = "${hours}h";
-                labels.severity = "warning";
-                annotations.summary = "No successful ${job} backup recorded (or its metrics file is gone)";
-              }) backupMetricJobs
-              ++ [
-                {
-                  alert = "GridmateBackupFailing";
-                  expr = "gridmate_backup_last_run_success == 0";
-                  for = "5m";
-                  labels.severity = "warning";
-                  annotations.summary = "The last backup of {{ $labels.job }} failed";
-                }
-              ]
-            )
-            ++ lib.optionals replicationOn (
-              [
-                {
-                  alert = "GridmateReplicationStale";
-                  expr = "time() - gridmate_replication_last_success_timestamp_seconds > ${replicationHours} * 3600";
-                  for = "15m";
-                  labels.severity = "warning";
-                  annotations.summary = "No successful replication of {{ $labels.job }} to the NAS for over ${replicationHours} hours";
-                }
-              ]
-              ++ map (dataset: {
-                alert = "GridmateReplicationNeverSucceeded";
-                expr = "absent(gridmate_replication_last_success_timestamp_seconds{job=\"${dataset}\"})";
-                for = "${replicationHours}h";
-                labels.severity = "warning";
-                annotations.summary = "No successful replication of ${dataset} to the NAS recorded (or its metrics file is gone)";
-              }) replicatedDatasets
-            )
-            ++ lib.optional cfg.preseed.enable {
-              alert = "GridmatePreseedFailed";
-              expr = "gridmate_preseed_result{result=~\"refused|failed\"} == 1";
-              labels.severity = "critical";
-              annotations.summary = "{{ $labels.target }} could not be restored; its service is held back";
-            };
-        }
-      ];
-    };
-  rulesFile = pkgs.writeText "gridmate-backup-alerts.yml" (builtins.toJSON alertRules);
-
   targetModule =
     { name, config, ... }:
     {
@@ -559,8 +488,9 @@ in
           RandomizedDelaySec = "30min";
         };
         description = ''
-          When the backup jobs run (systemd.timer). The alert rules expect a success at
-          least every {option}`${prefix}.prometheus.backupMaxAgeHours` hours.
+          When the backup jobs run (systemd.timer). gridmate's alert rules
+          ({option}`services.gridmate.monitoring.alertRules`) expect a success at least
+          every 26 hours.
         '';
       };
 
@@ -816,39 +746,6 @@ in
         '';
       };
     };
-
-    prometheus = {
-      rules = mkOption {
-        type = types.bool;
-        default = true;
-        description = ''
-          Whether to add {option}`${prefix}.prometheus.rulesFile` to
-          {option}`services.prometheus.ruleFiles` when Prometheus runs on this host.
-        '';
-      };
-      rulesFile = mkOption {
-        type = types.package;
-        readOnly = true;
-        default = rulesFile;
-        defaultText = lib.literalMD "the generated rule file";
-        description = ''
-          Alert rules for this host's backups, replications and preseeds (group
-          `gridmate-backup`): age of the last success over the schedule plus slack, each
-          paired with an `absent()` rule per job, a failing last run, a refused preseed.
-          Include it in another Prometheus's rule files to alert from there.
-        '';
-      };
-      backupMaxAgeHours = mkOption {
-        type = types.ints.positive;
-        default = 26;
-        description = "Hours without a successful backup before an alert (a daily timer plus slack).";
-      };
-      replicationMaxAgeHours = mkOption {
-        type = types.ints.positive;
-        default = 3;
-        description = "Hours without a successful replication before an alert (hourly plus slack).";
-      };
-    };
   }
   // lib.mapAttrs (
     _: option:
@@ -990,10 +887,6 @@ in
           enabledCollectors = [ "textfile" ];
           extraFlags = [ "--collector.textfile.directory=${cfg.textfileDirectory}" ];
         };
-
-        services.prometheus.ruleFiles = lib.mkIf (
-          cfg.prometheus.rules && (config.services.prometheus.enable or false)
-        ) [ rulesFile ];
       }
 
       (lib.mkIf resticOn {

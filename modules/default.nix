@@ -9,5 +9,7 @@
     ./energy.nix
     ./report.nix
     ./backup.nix
+    ./teslamate.nix
+    ./monitoring.nix
   ];
 }

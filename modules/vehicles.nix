@@ -52,7 +52,11 @@ let
     gridmateLib.sharedSecrets.notifyMqttPassword
   ];
 
-  settings = gridmateLib.dropNulls cfg.settings;
+  # An empty `kafka` table would make gridmate look for Fleet Telemetry (and
+  # refuse the missing namespace) on a host that reads only TeslaMate or polls.
+  settings = gridmateLib.dropNulls (
+    if usesKafka then cfg.settings else removeAttrs cfg.settings [ "kafka" ]
+  );
   checks = gridmateLib.secretChecks component cfg secrets;
   localKafka = gridmateLib.hasLocal config "apache-kafka";
   localMosquitto = gridmateLib.hasLocal config "mosquitto";
@@ -69,6 +73,14 @@ in
     enable = lib.mkEnableOption "gridmate's vehicles component (Tesla Fleet Telemetry records from Kafka, published to Home Assistant over MQTT), run as the systemd service gridmate-vehicles.service; it needs at least one data source: Fleet Telemetry ({option}`services.gridmate.vehicles.settings.kafka.namespace`), TeslaMate or Tesla API polling";
 
     package = gridmateLib.mkPackageOption config component;
+
+    renderedSettings = lib.mkOption {
+      type = lib.types.attrsOf lib.types.anything;
+      internal = true;
+      readOnly = true;
+      default = settings;
+      description = "The settings as written to the unit's TOML file (for tests).";
+    };
 
     settings = lib.mkOption {
       default = { };

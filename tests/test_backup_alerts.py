@@ -1,4 +1,5 @@
-"""The example alert rules, checked and exercised with the real promtool.
+"""The backup alert rules of gridmate's shipped rules file (nix/monitoring/alerts.yml,
+group gridmate-backup), checked and exercised with the real promtool.
 
 The series use the metric names gridmate writes (tests/test_backup.py reads
 them back from the files the hooks write), so a renamed metric breaks here.
@@ -17,7 +18,7 @@ from gridmate.backup.metrics import PRESEED_RESULTS
 # promtool comes from Debian's prometheus package (./dev setup), not the Nix build sandbox.
 pytestmark = pytest.mark.services
 
-RULES = Path(__file__).resolve().parent.parent / "docs" / "examples" / "backup-alerts.yml"
+RULES = Path(__file__).resolve().parent.parent / "nix" / "monitoring" / "alerts.yml"
 
 UNIT_TESTS = """
 rule_files:

@@ -13,4 +13,6 @@
   report-only = ./report-only.nix;
   # TeslaMate on ZFS with restic backups, Sanoid/syncoid and restore before first start
   backup-zfs = ./backup-zfs.nix;
+  # TeslaMate in Podman with gridmate's vehicles hub wired to it, and monitoring
+  teslamate = ./teslamate.nix;
 }

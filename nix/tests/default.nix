@@ -31,4 +31,7 @@ in
   # the host reboots, and each service starts after its preseed restored it.
   # Written without a KVM machine: it has never run.
   vm-backup = vmTest ./backup.nix;
+  # services.gridmate.teslamate with gridmate's TeslaMate simulator as the image:
+  # secrets, database, ACL'd broker, the hub showing the car. Never run yet.
+  vm-teslamate = vmTest ./teslamate.nix;
 }

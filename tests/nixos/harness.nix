@@ -10,6 +10,10 @@
   libDir,
   root,
   nixpkgs ? null,
+  # The services (names of `serviceFiles`) whose real module the upstream
+  # tier loads; the others keep their stand-in (tests/test_nix.py passes
+  # those whose files the nixpkgs tree has).
+  realServices ? [ ],
 }:
 let
   lib = import libDir;
@@ -46,6 +50,59 @@ let
   backupModules = map (
     name: if hasUpstream.${name} then real name else ./stand-in + "/${name}.nix"
   ) optionalUpstream;
+
+  # Service modules gridmate sets options of, each with its stand-in; the
+  # upstream tier loads the real file of those in `realServices`.
+  serviceFiles = {
+    oci-containers = {
+      file = "nixos/modules/virtualisation/oci-containers.nix";
+      standIn = ./stand-in/oci-containers.nix;
+    };
+    mosquitto = {
+      file = "nixos/modules/services/networking/mosquitto.nix";
+      standIn = ./stand-in/mosquitto.nix;
+    };
+    postgresql = {
+      file = "nixos/modules/services/databases/postgresql.nix";
+      standIn = ./stand-in/postgresql.nix;
+    };
+    grafana = {
+      file = "nixos/modules/services/monitoring/grafana.nix";
+      standIn = ./stand-in/grafana.nix;
+    };
+    prometheus = {
+      file = "nixos/modules/services/monitoring/prometheus/default.nix";
+      standIn = ./stand-in/prometheus.nix;
+    };
+    caddy = {
+      file = "nixos/modules/services/web-servers/caddy/default.nix";
+      standIn = ./stand-in/caddy.nix;
+    };
+  };
+  # A real module without its `imports`: those are only aliases of old option
+  # names (oci-containers.nix: mkChangedOptionModule for `docker-containers`),
+  # whose top-level `mkIf` on the old option loops forever next to the free-
+  # form top level the example checks and VM-test machines are evaluated with.
+  withoutImports =
+    file:
+    let
+      module = import file;
+    in
+    {
+      _file = file;
+      imports = [
+        (lib.setFunctionArgs (args: removeAttrs (module args) [ "imports" ]) (
+          lib.functionArgs module
+        ))
+      ];
+    };
+  serviceModules = lib.mapAttrsToList (
+    name: service:
+    if upstream && builtins.elem name realServices then
+      withoutImports (nixpkgs + "/${service.file}")
+    else
+      service.standIn
+  ) serviceFiles;
 
   standInPkgs = import ./stand-in/pkgs.nix;
 
@@ -122,8 +179,10 @@ let
         ./stand-in/services.nix
         ./stand-in/backup-support.nix
         ./upstream-inputs.nix
+        ./upstream-service-inputs.nix
       ]
       ++ backupModules
+      ++ serviceModules
       ++ map real [
         "firewall"
         "firewallIptables"
@@ -365,6 +424,8 @@ in
     evalStandIn
     upstreamFiles
     hasUpstream
+    serviceFiles
+    realServices
     ;
   # a package of that name (an unbuilt derivation)
   package = name: stubPkgs.stdenv.mkDerivation { inherit name; };

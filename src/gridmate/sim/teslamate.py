@@ -252,8 +252,11 @@ class SimulatedTeslaMate:
         database: str | None,
         healthy_heartbeat: bool,
         polling: bool = False,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.username, self.password = username, password
         self.namespace = namespace
         self.cars = {car.car_id: car for car in cars}
         self.clock = clock
@@ -316,7 +319,11 @@ class SimulatedTeslaMate:
         self._stack = contextlib.AsyncExitStack()
         self._client = await self._stack.enter_async_context(
             aiomqtt.Client(
-                self.host, self.port, identifier=f"TESLAMATE_{uuid.uuid4().hex[:11].upper()}"
+                self.host,
+                self.port,
+                username=self.username,
+                password=self.password,
+                identifier=f"TESLAMATE_{uuid.uuid4().hex[:11].upper()}",
             )
         )
 
@@ -491,6 +498,8 @@ async def simulated_teslamate(
     healthy_heartbeat: bool = True,
     start: bool = True,
     polling: bool = False,
+    username: str | None = None,
+    password: str | None = None,
 ) -> AsyncIterator[SimulatedTeslaMate]:
     """A TeslaMate publishing to the broker at ``host:port``.
 
@@ -498,6 +507,8 @@ async def simulated_teslamate(
     inserted into ``cars`` at start. ``healthy_heartbeat`` False behaves like TeslaMate
     before 2.1 (``healthy`` only when it changes). ``polling`` runs TeslaMate's poll
     loop on ``clock`` (a summary per car at its state's interval) until :meth:`die`.
+    ``username`` and ``password`` log in to a broker that wants them, as TeslaMate's
+    ``MQTT_USERNAME`` and ``MQTT_PASSWORD`` do.
     """
     teslamate = SimulatedTeslaMate(
         host,
@@ -508,6 +519,8 @@ async def simulated_teslamate(
         database=database,
         healthy_heartbeat=healthy_heartbeat,
         polling=polling,
+        username=username,
+        password=password,
     )
     try:
         if start:

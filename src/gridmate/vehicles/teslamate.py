@@ -50,6 +50,7 @@ from gridmate.vehicles.arbitration import TESLAMATE, Activity, SourceFacts
 from gridmate.vehicles.catalogue import CHARGING_STATES, MAX_STATE_LENGTH
 from gridmate.vehicles.source_settings import TeslaMateSourceSettings
 from gridmate.vehicles.teslamate_cars import CarMap, TeslaMateDatabase, build_car_map
+from gridmate.vehicles.teslamate_metrics import TeslaMateHealthCollector
 
 log = get_logger("vehicles.teslamate")
 
@@ -304,6 +305,8 @@ class TeslaMateCarView:
     values: dict[str, tuple[Any, float]] = field(default_factory=dict)
     """Canonical field -> (value, when received): replayed when TeslaMate is trusted again."""
     database_problem: str | None = None
+    database_newest: float | None = None
+    """When TeslaMate's newest database row about this car was written (last check)."""
 
     @property
     def activity(self) -> Activity:
@@ -424,6 +427,7 @@ class TeslaMateSource:
         self.database = database
         self._on_facts_changed = on_facts_changed or (lambda _vins: None)
         self.metrics = _Metrics(registry)
+        registry.register(TeslaMateHealthCollector(self))
         self.cars: dict[int, TeslaMateCarView] = {}
         self.car_map = CarMap(dict(settings.cars), {})
         self._pending: dict[int, dict[str, tuple[str, float, bool]]] = {}
@@ -439,6 +443,11 @@ class TeslaMateSource:
         self._warned_unmapped: set[int] = set()
 
     # ------------------------------------------------------------ running
+
+    @property
+    def session_started(self) -> float | None:
+        """When the current (or last) subscription to TeslaMate's broker began."""
+        return self._session_started
 
     @property
     def peer(self) -> str:
@@ -728,6 +737,7 @@ class TeslaMateSource:
                 continue
             if view is None:
                 view = self.cars[car_id] = TeslaMateCarView(car_id)
+            view.database_newest = rows.newest
             problem = database_lag_problem(
                 rows.newest,
                 last_live=view.last_live,

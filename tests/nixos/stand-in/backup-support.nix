@@ -1,13 +1,9 @@
 # Mirrors (nixpkgs, nixos-25.11 era) the other options the backup module
 # (modules/backup.nix) and the restic, sanoid and syncoid modules read or set:
 #   nixos/modules/system/boot/systemd/tmpfiles.nix     systemd.tmpfiles.rules
-#   nixos/modules/services/monitoring/prometheus/default.nix
-#                                                      services.prometheus.ruleFiles
 #   nixos/modules/services/monitoring/prometheus/exporters.nix and
 #   exporters/node.nix                                 services.prometheus.exporters.node
 #                                                      .{enable, enabledCollectors, extraFlags}
-#   nixos/modules/services/databases/postgresql.nix    services.postgresql.{package,
-#                                                      identMap, authentication}
 #   nixos/modules/programs/ssh.nix                     programs.ssh.package (restic's PATH)
 #   nixos/modules/config/users-groups.nix              users.users, users.groups (syncoid's
 #                                                      user), as free-form sets here
@@ -28,10 +24,6 @@ in
 {
   options = {
     systemd.tmpfiles.rules = strings;
-    services.prometheus.ruleFiles = mkOption {
-      type = types.listOf types.path;
-      default = [ ];
-    };
     services.prometheus.exporters.node = {
       enable = mkOption {
         type = types.bool;
@@ -39,14 +31,6 @@ in
       };
       enabledCollectors = strings;
       extraFlags = strings;
-    };
-    services.postgresql = {
-      package = mkOption {
-        type = types.package;
-        default = pkgs.postgresql;
-      };
-      identMap = lines;
-      authentication = lines;
     };
     programs.ssh.package = mkOption {
       type = types.package;

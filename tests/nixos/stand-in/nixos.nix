@@ -13,5 +13,11 @@
     ./sanoid.nix
     ./syncoid.nix
     ./backup-support.nix
+    ./oci-containers.nix
+    ./postgresql.nix
+    ./mosquitto.nix
+    ./grafana.nix
+    ./prometheus.nix
+    ./caddy.nix
   ];
 }

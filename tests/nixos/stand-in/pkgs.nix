@@ -15,6 +15,9 @@
 #                         without null, and `generate` returning a
 #                         derivation whose `value` attribute holds the JSON
 #                         that json2toml turns into the file
+#   formats.yaml          the same file (`yaml_1_1`): the value type, nullable
+#   dockerTools.buildLayeredImage
+#                         pkgs/build-support/docker/default.nix: a derivation
 #   callPackage           lib.callPackageWith over this set
 # tests/test_nix.py compares these with the real files when a nixpkgs tree
 # is given (the "upstream" tier).
@@ -89,6 +92,14 @@ let
 
   package = name: mkDerivation { inherit name; };
 
+  postgres =
+    version:
+    mkDerivation {
+      pname = "postgresql";
+      inherit version;
+      name = "postgresql-${version}";
+    };
+
   pkgs = {
     inherit
       lib
@@ -99,6 +110,7 @@ let
     stdenv = {
       inherit mkDerivation;
       hostPlatform.system = system;
+      buildPlatform.system = system;
       shellDryRun = "${package "bash"}/bin/bash -n -O extglob";
     };
     stdenvNoCC = pkgs.stdenv;
@@ -198,6 +210,48 @@ let
           '';
       };
 
+    # formats.yaml (`yaml_1_1`): a nullable JSON-like value type
+    formats.yaml =
+      { }:
+      {
+        type =
+          let
+            valueType =
+              types.nullOr (
+                types.oneOf [
+                  types.bool
+                  types.int
+                  types.float
+                  types.str
+                  types.path
+                  (types.attrsOf valueType)
+                  (types.listOf valueType)
+                ]
+              )
+              // {
+                description = "YAML 1.1 value";
+              };
+          in
+          valueType;
+        generate =
+          name: value:
+          runCommand name {
+            nativeBuildInputs = [ (package "remarshal") ];
+            value = builtins.toJSON value;
+            passAsFile = [ "value" ];
+            preferLocalBuild = true;
+          } ''json2yaml "$valuePath" "$out"'';
+      };
+
+    # pkgs/build-support/docker: an image archive (a derivation)
+    dockerTools.buildLayeredImage =
+      {
+        name,
+        tag ? "latest",
+        ...
+      }:
+      package "docker-image-${name}-${tag}.tar.gz";
+
     python3 = package "python3" // {
       withPackages = _: package "python3-env";
     };
@@ -217,18 +271,32 @@ let
     "apacheKafka"
     "procps"
     "remarshal"
+    "remarshal_0_17"
     "nixos-firewall-tool"
     "sanoid"
     "zfs"
-    "postgresql"
     "openssh"
     "util-linux"
+    "podman"
+    "grafana"
+    "caddy"
+    "logger"
   ] package
   // {
     xorg.lndir = package "lndir";
     restic = mkDerivation {
       name = "restic";
       meta.mainProgram = "restic";
+    };
+    # versioned like nixpkgs' postgresql_<major> (pkgs/servers/sql/postgresql):
+    # modules read `.version`
+    postgresql_15 = postgres "15.14";
+    postgresql_16 = postgres "16.10";
+    postgresql_17 = postgres "17.6";
+    postgresql = pkgs.postgresql_17;
+    # nixpkgs' prometheus has promtool as its `cli` output (checkConfig)
+    prometheus = package "prometheus" // {
+      cli = package "prometheus-cli";
     };
   };
 in

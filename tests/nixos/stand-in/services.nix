@@ -1,57 +1,30 @@
-# Mirrors (nixpkgs, nixos-25.11 era):
-#   nixos/modules/services/monitoring/prometheus/default.nix
-#                                                  scrapeConfigs (job_name,
-#                                                  static_configs)
-#   services.<name>.enable of the local services gridmate orders itself after.
-# The upstream tier loads this file too, for what it does not load from
-# upstream yet.
+# Mirrors (nixpkgs, nixos-25.11 era) services.<name>.enable of the local
+# services gridmate orders itself after and never configures otherwise:
+#   nixos/modules/services/misc/apache-kafka.nix
+#   nixos/modules/services/home-automation/home-assistant.nix
+#   nixos/modules/services/mail/postfix.nix
+# and `system.stateVersion` (nixos/modules/misc/version.nix), which
+# oci-containers.nix and postgresql.nix read for their defaults.
+# The upstream tier loads this file too.
 { lib, ... }:
 let
   inherit (lib) types mkOption;
-
-  enableOption = mkOption {
-    type = types.bool;
-    default = false;
-  };
-
-  staticConfig = types.submodule {
-    options = {
-      targets = mkOption { type = types.listOf types.str; };
-      labels = mkOption {
-        type = types.attrsOf types.str;
-        default = { };
-      };
-    };
-  };
-
-  scrapeConfig = types.submodule {
-    options = {
-      job_name = mkOption { type = types.str; };
-      static_configs = mkOption {
-        type = types.listOf staticConfig;
-        default = [ ];
-      };
-    };
-  };
 in
 {
   options = {
-    services =
-      lib.genAttrs [
-        "apache-kafka"
-        "mosquitto"
-        "postgresql"
-        "home-assistant"
-        "postfix"
-      ] (_: { enable = enableOption; })
-      // {
-        prometheus = {
-          enable = enableOption;
-          scrapeConfigs = mkOption {
-            type = types.listOf scrapeConfig;
-            default = [ ];
-          };
-        };
+    services = lib.genAttrs [
+      "apache-kafka"
+      "home-assistant"
+      "postfix"
+    ] (_: {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
       };
+    });
+    system.stateVersion = mkOption {
+      type = types.str;
+      default = "25.11";
+    };
   };
 }
