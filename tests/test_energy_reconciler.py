@@ -1141,3 +1141,61 @@ async def test_a_car_that_does_not_come_online_is_not_woken_every_minute(tmp_pat
         assert all(b - a >= timedelta(minutes=5) for a, b in itertools.pairwise(wakes))
         assert car.charging_state == "Stopped"
         assert w.runtime.reconciler.state.memory.paused == {car.vin}  # still owed a resume
+
+
+async def take_over(w: World, node: str) -> None:
+    """Another host's energy service takes over: its own state directory, the same site."""
+    await w.runtime.close()
+    w.settings = w.settings.model_copy(
+        update={"state_directory": w.settings.state_directory.parent / node,
+                "runtime_directory": w.settings.runtime_directory.parent / f"{node}-run"}
+    )  # fmt: skip
+    w.runtime = await build_runtime(w.settings, clock=w.clock, fleet=w.fleet, with_notifier=False)
+    assert w.runtime.reconciler.powerwall is not None
+    await w.runtime.reconciler.powerwall.start()
+
+
+def decisions(w: World, what: str) -> list[dict]:
+    return [e for e in w.journal() if e["kind"] == "decision" and e["what"] == what]
+
+
+@pytest.mark.parametrize(
+    ("takeover", "restore_reserve", "restored_to"),
+    [((17, 0), None, 20), ((17, 0), 35, 35), ((19, 1), None, 20)],
+)
+async def test_a_node_that_takes_over_during_or_right_after_the_peak_owns_the_restore(
+    tmp_path, takeover, restore_reserve, restored_to
+):
+    reserve = ReserveSettings(restore_reserve_percent=restore_reserve)
+    async with world(tmp_path, reserve=reserve) as w:
+        await w.run_until(16, 30)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        old_writes = len(w.site.writes)
+        # The first node stops (the last cycle it ran was at 16:30, or 18:59 for the
+        # takeover just after the peak); the other one starts with nothing carried over.
+        if takeover > (19, 0):
+            await w.run_until(18, 59)
+            old_writes = len(w.site.writes)
+        await take_over(w, "other-node")
+        w.clock.advance((takeover[0] * 60 + takeover[1]) * 60 - _minutes_of_day(w.clock) * 60)
+        await w.run_until(19, 30)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (
+            restored_to,
+            "self_consumption",
+        )
+        # The new node wrote the restore once, and only the restore.
+        assert [(x.setting, x.value) for x in w.site.writes[old_writes:]] == [
+            ("backup_reserve_percent", restored_to)
+        ]
+        [adopted, *_] = decisions(w, "reserve")
+        assert adopted["detail"]["adopted"] is True
+        [verified] = [d for d in decisions(w, "reserve") if d["detail"].get("restored")]
+        [restored] = decisions(w, "restored")
+        assert restored["detail"] == {"complete": True, "powerwall": "read back"}
+        assert verified["t"] <= restored["t"]
+        assert w.runtime.reconciler.state.memory.baseline is None
+
+
+def _minutes_of_day(clock: HandClock) -> int:
+    local = clock.now().astimezone(PHOENIX)
+    return local.hour * 60 + local.minute

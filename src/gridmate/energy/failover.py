@@ -103,9 +103,11 @@ def failover_event(transition: Transition, at: datetime) -> Event:
         )
         did = (
             f"The energy service runs on {node} from now on; the other node's is stopped. "
-            "If this happens during a peak, the new node did not see the settings from "
-            "before the peak, so afterwards it restores the configured reserve "
-            "(reserve.restore_reserve_percent, or else reserve.fallback_reserve_percent)."
+            "If this happens during a peak or just after one, the new node did not see the "
+            "settings from before the peak: finding the Powerwall in its peak setting, it "
+            "restores reserve.restore_reserve_percent (or else "
+            "reserve.fallback_reserve_percent, in Self-Powered mode) after the peak and "
+            "reports the restore once it reads it back."
         )
         you = None
     elif transition.state == "BACKUP":

@@ -414,6 +414,30 @@ def _restore_target(config: PlannerConfig, baseline: Baseline) -> DesiredPowerwa
     return DesiredPowerwall(percent, baseline.mode, "restore the pre-peak setting")
 
 
+ADOPT_RESTORE_WITHIN = timedelta(hours=3)
+"""How long after a controlled block a node that did not see it still restores a Powerwall
+it finds in the peak setting (a takeover at or just after the block's end)."""
+
+
+def _block_left_in_peak_setting(
+    at: datetime, schedule: Schedule, site: SiteReading, config: PlannerConfig
+) -> tuple[datetime, datetime] | None:
+    """The block that ended within :data:`ADOPT_RESTORE_WITHIN` before ``at`` when the
+    site still reads as that block's peak setting (and restoring would change it)."""
+    peak = (config.reserve.peak_reserve_percent, _peak_mode(config.reserve))
+    if (site.reserve_percent, site.mode) != peak:
+        return None
+    block = schedule.next_block(at - ADOPT_RESTORE_WITHIN, config.controlled_periods)
+    if block is None or block[1] > at:
+        return None
+    fallback = Baseline(block[0], block[1], config.reserve.fallback_reserve_percent,
+                        "self_consumption", {}, at)  # fmt: skip
+    restore = _restore_target(config, fallback)
+    if (restore.reserve_percent, restore.mode) == peak:
+        return None  # restoring would change nothing: nothing to own
+    return block
+
+
 def _writes_between(a: DesiredPowerwall, reserve: int | None, mode: str | None) -> int:
     return int(a.reserve_percent != reserve) + int(a.mode != mode)
 
@@ -463,6 +487,26 @@ def plan(
     elif memory.baseline is not None and at >= memory.baseline.block_end:
         phase = "restore"
         block = (memory.baseline.block_start, memory.baseline.block_end)
+    elif (ended := _block_left_in_peak_setting(at, schedule, site, config)) is not None:
+        # This node did not see the block (it took over as or after it ended), but the
+        # Powerwall is still in the peak setting: the restore is this node's to do.
+        block = ended
+        phase = "restore"
+        captured = _capture_baseline(at, ended, site, config, in_block=True)
+        memory = replace(memory, baseline=captured, powerwall_changed=True)
+        decisions.append(
+            Decision(
+                "reserve",
+                {
+                    "adopted": True,
+                    "reason": "the Powerwall is still in its peak setting after the peak; "
+                    "restoring it",
+                    "reserve": site.reserve_percent,
+                    "mode": site.mode,
+                    "restore_reserve": _restore_target(config, captured).reserve_percent,
+                },
+            )
+        )
 
     if phase == "idle":
         return Plan(at, phase, segment.period, block, None, {}, {}, (), _EMPTY_MEMORY)
@@ -561,6 +605,28 @@ def plan(
             "peak: run the house from the battery",
         )
         restore = _restore_target(config, baseline)
+        if (
+            not memory.powerwall_changed
+            and (site.reserve_percent, site.mode) == (target.reserve_percent, target.mode)
+            and (restore.reserve_percent, restore.mode) != (target.reserve_percent, target.mode)
+        ):
+            # Already in the peak setting without a write of this node's (the other node
+            # of a failover pair set it, or a restart lost the write): whoever finds the
+            # site in its peak setting owns the restore after the peak.
+            memory = replace(memory, powerwall_changed=True)
+            decisions.append(
+                Decision(
+                    "reserve",
+                    {
+                        "adopted": True,
+                        "reason": "the Powerwall is already in its peak setting; "
+                        "restoring it after the peak",
+                        "reserve": site.reserve_percent,
+                        "mode": site.mode,
+                        "restore_reserve": restore.reserve_percent,
+                    },
+                )
+            )
         needed = _writes_between(target, site.reserve_percent, site.mode) + _writes_between(
             restore, target.reserve_percent, target.mode
         )

@@ -232,8 +232,17 @@ class Reconciler:
         memory = await self._apply_vehicles(result, reading, memory, report)
 
         if result.phase == "restore" and memory.restore_complete:
-            self.journal.append("decision", at=now, what="restored", detail={"complete": True})
-            log.info("everything restored after peak")
+            # What "restored" rests on: a read-back showing the restore, or nothing to restore.
+            powerwall = (
+                "read back" if memory.powerwall_restored
+                else "changed by hand" if memory.powerwall_overridden
+                else "not changed"
+            )  # fmt: skip
+            self.journal.append(
+                "decision", at=now, what="restored",
+                detail={"complete": True, "powerwall": powerwall},
+            )  # fmt: skip
+            log.info("everything restored after peak", powerwall=powerwall)
             memory = PeakMemory()
         elif result.phase == "idle":
             memory = PeakMemory()
