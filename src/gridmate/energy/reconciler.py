@@ -10,6 +10,7 @@ read back; what counts as done is what the device reports afterwards.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -73,6 +74,7 @@ class Reconciler:
         weather: WeatherClient | None = None,
         writes_per_day: int = 5,
         dry_run: bool = False,
+        gate: Callable[[], str | None] | None = None,
     ) -> None:
         self.schedule = schedule
         self.config = config
@@ -85,6 +87,8 @@ class Reconciler:
         self.weather = weather
         self.writes_per_day = writes_per_day
         self.dry_run = dry_run
+        self.gate = gate
+        """Asked right before every write: None to go ahead, or why this node must not."""
         self.state: EnergyState = store.load()
         self.last_report: CycleReport | None = None
         self._last_decisions: dict[str, Any] = {}
@@ -339,6 +343,22 @@ class Reconciler:
         emit("action", device=device, action=action, ok=ok, error=error or "-",
              detail=json.dumps(detail, default=str))  # fmt: skip
 
+    def _refused(self, report: CycleReport, device: str) -> bool:
+        """Whether the write gate forbids writing now (a failover node that is not, or
+        no longer, the one in control); journalled once per reason."""
+        reason = self.gate() if self.gate is not None else None
+        if reason is None:
+            self._last_decisions.pop("write_refused", None)
+            return False
+        report.problems.append(f"not writing: {reason}")
+        detail = {"reason": reason}
+        if self._last_decisions.get("write_refused") != detail:
+            self._last_decisions["write_refused"] = detail
+            self.journal.append("decision", at=report.at, what="write_refused",
+                                detail={**detail, "device": device})  # fmt: skip
+            log.warning("not writing", device=device, reason=reason)
+        return True
+
     # ------------------------------------------------------------ Powerwall
 
     async def _apply_powerwall(
@@ -385,6 +405,8 @@ class Reconciler:
             if self.dry_run:
                 self._action(report, "powerwall", action, {**detail, "dry_run": True}, True, None)
                 continue
+            if self._refused(report, "powerwall"):
+                break
             if self.state.powerwall_writes >= self.writes_per_day:
                 self._action(report, "powerwall", action, detail, False,
                              f"daily write budget of {self.writes_per_day} used up")  # fmt: skip
@@ -477,6 +499,8 @@ class Reconciler:
                 self._action(report, f"thermostat:{tid}", "set", {**detail, "dry_run": True},
                              True, None)  # fmt: skip
                 continue
+            if self._refused(report, f"thermostat:{tid}"):
+                continue
             try:
                 await device.write(wish)
                 after = await device.read(force=True)
@@ -525,6 +549,8 @@ class Reconciler:
             if self.dry_run:
                 self._action(report, f"vehicle:{vin}", action, {"dry_run": True}, True, None)
                 continue
+            if self._refused(report, f"vehicle:{vin}"):
+                continue
             try:
                 achieved = await self.vehicles.command(vin, wish)
             except (AdapterError, RateLimitedError) as error:
@@ -550,6 +576,8 @@ class Reconciler:
         if self.dry_run:
             self._action(report, f"vehicle:{vin}", "wake_up", {**detail, "dry_run": True},
                          True, None)  # fmt: skip
+            return
+        if self._refused(report, f"vehicle:{vin}"):
             return
         try:
             await self.vehicles.wake(vin)
