@@ -1199,3 +1199,27 @@ async def test_a_node_that_takes_over_during_or_right_after_the_peak_owns_the_re
 def _minutes_of_day(clock: HandClock) -> int:
     local = clock.now().astimezone(PHOENIX)
     return local.hour * 60 + local.minute
+
+
+@pytest.mark.parametrize("status", [401, 403, 429])
+async def test_writes_refused_at_a_takeover_spend_none_of_the_write_budget(tmp_path, status):
+    """A node that takes over and whose Tesla login is refused (the other host used up
+    a shared refresh token: 401 login_required), or whose token lacks a scope (403),
+    or that is rate-limited (429), has written nothing: none of it counts against the
+    day's Powerwall writes, so once its login works it still has the whole budget for
+    the peak setting and the restore (issue: "writes_needed 3, writes_left 2")."""
+    async with world(tmp_path, start=(15, 50), reserve=ReserveSettings(writes_per_day=4)) as w:
+        for endpoint in ("backup", "operation"):
+            w.cloud.inject_failures(6, status=status, endpoint=endpoint)
+        await w.run_until(16, 3)
+        assert w.site.writes == []
+        refused = [a for a in w.actions("powerwall") if not a["ok"]]
+        assert refused and all(str(status) in (a["error"] or "") for a in refused)
+        assert w.runtime.reconciler.state.powerwall_writes == 0
+        assert w.site_writes_counted() == 0
+        await w.run_until(16, 20)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        skipped = [e for e in w.journal() if e["kind"] == "decision" and e["what"] == "reserve"
+                   and e["detail"].get("skipped")]  # fmt: skip
+        assert skipped == []
+        assert w.runtime.reconciler.state.powerwall_writes == w.site_writes_counted() == 2
