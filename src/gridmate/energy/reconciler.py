@@ -393,7 +393,7 @@ class Reconciler:
                 )  # fmt: skip
                 report.events.append(
                     ("reserve_restore_verified",
-                     {"reserve": wish.reserve_percent, "mode": wish.mode})
+                     {"reserve": wish.reserve_percent, "mode": wish.mode, "block": result.block})
                 )  # fmt: skip
             return memory
         for setting, value in changes:

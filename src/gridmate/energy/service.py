@@ -70,6 +70,7 @@ class EnergyRuntime:
     lease: WriterLease | None = None
     split_brain: tuple[str, ...] = ()
     """The other active nodes last reported (empty: none)."""
+    _split_announced: bool = False
 
     @property
     def site_key(self) -> str:
@@ -113,29 +114,31 @@ class EnergyRuntime:
             )  # fmt: skip
 
     async def _watch_split_brain(self, report: CycleReport) -> None:
-        """Both nodes active: journal it and tell people once; and when it is over."""
+        """Both nodes active: journal it and tell people once; and when it is over.
+
+        Both nodes journal it; the one holding the lease (the one in control) sends
+        the message, so the pair sends one even when both see it in the same instant.
+        """
         if self.lease is None:
             return
         verdict = self.lease.verdict()
         others = verdict.others
         if others == self.split_brain:
             return
+        announced = bool(self.split_brain) and self._split_announced
         self.split_brain = others
         node = self.lease.own.node
         journal = self.reconciler.journal
         if others:
-            holder = "this node" if verdict.holds else ", ".join(others)
             journal.append("failover", at=report.at, node=node, state="SPLIT_BRAIN",
                            others=list(others), holds_lease=verdict.holds)  # fmt: skip
             log.error("split brain: another node is active too", others=",".join(others),
                       holds_lease=verdict.holds)  # fmt: skip
-            if self.notifier is not None:
+            if self.notifier is not None and verdict.holds:
+                self._split_announced = True
                 did = (
                     f"{node} holds the lease on the shared MQTT broker and goes on controlling "
                     "the site; the other node writes nothing while this lasts."
-                    if verdict.holds
-                    else f"{node} writes nothing while this lasts: {holder} holds the lease on "
-                    "the shared MQTT broker and controls the site."
                 )
                 await self.notifier.send(
                     Event(
@@ -154,7 +157,8 @@ class EnergyRuntime:
         else:
             journal.append("failover", at=report.at, node=node, state="SPLIT_BRAIN_OVER")
             log.info("split brain over")
-            if self.notifier is not None:
+            if self.notifier is not None and announced:
+                self._split_announced = False
                 await self.notifier.resolve(EventKind.failover_split_brain, "energy failover")
 
     async def close(self) -> None:
@@ -311,7 +315,10 @@ def _event(kind: str, facts: dict[str, Any], site: str) -> Event | None:
         return Event(EventKind.reserve_restore_verified, "Backup reserve restored",
                      f"After the peak the Powerwall reads back reserve {facts.get('reserve')} % "
                      f"in mode {facts.get('mode')}.", "Verified the restore by reading it back.",
-                     key=site)  # fmt: skip
+                     key=site,
+                     # Both nodes of a failover pair may read the same restore back: one
+                     # message per peak (the notification ledger is mirrored between them).
+                     occurrence=f"restore {_block_start(facts)}")  # fmt: skip
     if kind == "reserve_restore_failed":
         return Event(EventKind.reserve_restore_failed, "Backup reserve not restored",
                      f"Restoring the Powerwall after the peak failed: {facts.get('reason')}.",
@@ -345,6 +352,11 @@ _SETTING_NAMES = {"backup_reserve_percent": "backup reserve", "default_real_mode
 
 def _show(value: Any) -> str:
     return f"{value} %" if isinstance(value, int) else str(value)
+
+
+def _block_start(facts: dict[str, Any]) -> str:
+    block = facts.get("block")
+    return block[0].isoformat() if block else "-"
 
 
 def _block_day(facts: dict[str, Any]) -> str:
