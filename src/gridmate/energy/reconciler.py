@@ -23,6 +23,7 @@ from gridmate.energy.adapters.weather import WeatherClient
 from gridmate.energy.journal import DayJournal
 from gridmate.energy.planner import (
     SETPOINT_TOLERANCE_F,
+    DesiredPowerwall,
     DesiredThermostat,
     Forecast,
     PeakMemory,
@@ -386,16 +387,9 @@ class Reconciler:
             changes.insert(0 if not restoring else len(changes), mode_change)
         if not changes:
             if restoring and not memory.powerwall_restored:
-                memory = replace(memory, powerwall_restored=True)
-                self.journal.append(
-                    "decision", at=result.at, what="reserve",
-                    detail={"restored": True, "reserve": wish.reserve_percent, "mode": wish.mode},
-                )  # fmt: skip
-                report.events.append(
-                    ("reserve_restore_verified",
-                     {"reserve": wish.reserve_percent, "mode": wish.mode, "block": result.block})
-                )  # fmt: skip
+                memory = self._restore_verified(result, wish, memory, report)
             return memory
+        read_back = 0
         for setting, value in changes:
             tag = f"{setting}={value}"
             action = "set_backup_reserve" if setting == "backup_reserve_percent" else "set_mode"
@@ -450,13 +444,31 @@ class Reconciler:
                     # Tesla accepted it: whatever the site shows later, restore after the peak.
                     memory = replace(memory, powerwall_changed=True)
                 break
+            read_back += 1
             if not restoring:
                 memory = replace(
                     memory,
                     powerwall_changed=True,
                     powerwall_written={**memory.powerwall_written, setting: value},
                 )
+        if restoring and read_back == len(changes):
+            # Every restore write read back as written: restored now, not a cycle later
+            # (a failover node may be stopped before its next cycle).
+            memory = self._restore_verified(result, wish, memory, report)
         return memory
+
+    def _restore_verified(
+        self, result: Plan, wish: DesiredPowerwall, memory: PeakMemory, report: CycleReport
+    ) -> PeakMemory:
+        self.journal.append(
+            "decision", at=result.at, what="reserve",
+            detail={"restored": True, "reserve": wish.reserve_percent, "mode": wish.mode},
+        )  # fmt: skip
+        report.events.append(
+            ("reserve_restore_verified",
+             {"reserve": wish.reserve_percent, "mode": wish.mode, "block": result.block})
+        )  # fmt: skip
+        return replace(memory, powerwall_restored=True)
 
     # ------------------------------------------------------------ thermostats
 
