@@ -202,3 +202,45 @@ async def test_in_a_split_brain_only_the_lease_holder_writes_and_the_restore_hap
 
 def _decisions(w: World, what: str) -> list[dict[str, Any]]:
     return [e for e in w.journal() if e["kind"] == "decision" and e["what"] == what]
+
+
+@pytest.mark.services
+async def test_a_node_taking_over_mid_peak_restores_the_baseline_the_other_node_kept(
+    tmp_path: Path, mqtt_broker: Any
+) -> None:
+    from gridmate.notify import NotifySettings
+
+    prefix = mqtt_broker.topic_prefix()
+    mqtt = LedgerMqttSettings(host=mqtt_broker.host, port=mqtt_broker.port)
+
+    def node(name: str) -> dict[str, Any]:
+        role = tmp_path / f"{name}.role"
+        role.write_text("MASTER\n")
+        return {
+            "failover": FailoverSettings(enable=True, role_file=role, lease_seconds=6),
+            "notify": NotifySettings(node_name=name, mqtt=mqtt, mqtt_topic=prefix),
+        }
+
+    async with world(tmp_path / "a", **node("node-a")) as a:
+        assert a.runtime.lease is not None
+        assert (await a.runtime.lease.wait_decided(5.0)).holds
+        await a.run_until(16, 30)  # saw the settings before the peak: 30 %, autonomous
+        site = a.site
+        await wait_for(
+            "node-a's baseline on the broker",
+            lambda: a.runtime.lease is not None and a.runtime.lease.carried is not None,
+        )
+    peak_writes = [(x.setting, x.value) for x in site.writes]
+    assert peak_writes == [("default_real_mode", "self_consumption"), ("backup_reserve_percent", 0)]
+
+    async with world(tmp_path / "b", start=(16, 31), site=site, **node("node-b")) as b:
+        assert b.runtime.lease is not None
+        assert (await b.runtime.lease.wait_decided(5.0)).holds  # node-a gave it up
+        await b.run_until(19, 30)
+        assert (site.backup_reserve_percent, site.operation_mode) == (30, "autonomous")
+        assert [(x.setting, x.value) for x in site.writes[2:]] == [
+            ("backup_reserve_percent", 30),
+            ("default_real_mode", "autonomous"),
+        ]
+        [baseline] = _decisions(b, "baseline")
+        assert baseline["detail"]["note"] == "pre-peak settings carried over from the other node"

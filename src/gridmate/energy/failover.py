@@ -103,11 +103,12 @@ def failover_event(transition: Transition, at: datetime) -> Event:
         )
         did = (
             f"The energy service runs on {node} from now on; the other node's is stopped. "
-            "If this happens during a peak or just after one, the new node did not see the "
-            "settings from before the peak: finding the Powerwall in its peak setting, it "
-            "restores reserve.restore_reserve_percent (or else "
-            "reserve.fallback_reserve_percent, in Self-Powered mode) after the peak and "
-            "reports the restore once it reads it back."
+            "If this happens during a peak or just after one, the new node finds the "
+            "Powerwall in its peak setting and restores it after the peak: to "
+            "reserve.restore_reserve_percent if set, else to the reserve and mode from "
+            "before the peak that the other node kept on the shared MQTT broker, else to "
+            "reserve.fallback_reserve_percent in Self-Powered mode. It reports the restore "
+            "once it reads it back."
         )
         you = None
     elif transition.state == "BACKUP":

@@ -16,6 +16,11 @@ closes in both cases:
   the lease; a node that sees another node's live record is in a split brain:
   it reports it, and writes only if it holds the lease.
 
+The lease holder also keeps the block's pre-peak baseline (reserve and mode
+read before the peak) retained on the broker, so a node that takes over during
+or just after the peak restores those settings instead of the configured
+fallback.
+
 The decision is the pure function :func:`lease_verdict`; the MQTT session is
 at the edge.
 """
@@ -34,6 +39,7 @@ from typing import Literal
 
 import aiomqtt
 
+from gridmate.energy.planner import Baseline, PeakMemory
 from gridmate.runtime.backoff import Backoff, reconnecting
 from gridmate.runtime.logs import get_logger
 from gridmate.runtime.mqtt import mqtt_client
@@ -133,6 +139,9 @@ class WriterLease:
         self.own_seen_at: float | None = None
         self.others: dict[str, tuple[LeaseRecord, float]] = {}
         self.synced = False
+        self.carried: Baseline | None = None
+        """The pre-peak baseline the lease holder last kept on the broker."""
+        self._baseline_out: bytes | None = None
         self._on_change = on_change
         self._stop = asyncio.Event()
         self._confirmed = asyncio.Event()
@@ -141,6 +150,15 @@ class WriterLease:
     @property
     def topic(self) -> str:
         return f"{self.prefix}/{self.own.node}"
+
+    @property
+    def baseline_topic(self) -> str:
+        return f"{self.prefix.rsplit('/', 1)[0]}/baseline"
+
+    def keep_baseline(self, baseline: Baseline) -> None:
+        """Keep ``baseline`` on the broker for the other node (sent with the next renewal)."""
+        raw = PeakMemory(baseline=baseline).to_json()["baseline"]
+        self._baseline_out = json.dumps({**raw, "node": self.own.node}).encode()
 
     def verdict(self) -> LeaseVerdict:
         return lease_verdict(
@@ -186,12 +204,18 @@ class WriterLease:
         async with mqtt_client(settings, identifier=None, will=will) as client:
             sync_topic = f"{self.prefix}-sync/{self.own.token}"
             await client.subscribe(f"{self.prefix}/+", qos=1)
+            await client.subscribe(self.baseline_topic, qos=1)
             await client.subscribe(sync_topic, qos=1)
             await client.publish(sync_topic, b"sync", qos=1)
             reader = asyncio.create_task(self._read(client, sync_topic, backoff))
             try:
                 while not self._stop.is_set():
                     await client.publish(self.topic, self._payload(), qos=1, retain=True)
+                    baseline = self._baseline_out
+                    if baseline is not None and self.verdict().holds:
+                        await client.publish(self.baseline_topic, baseline, qos=1, retain=True)
+                        if self._baseline_out is baseline:
+                            self._baseline_out = None
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(self._stop.wait()), self.ttl / 3)
                     if reader.done():
@@ -210,7 +234,9 @@ class WriterLease:
             topic = str(message.topic)
             payload = message.payload if isinstance(message.payload, bytes) else b""
             now = time.monotonic()
-            if topic == sync_topic:
+            if topic == self.baseline_topic:
+                self.carried = _baseline(payload)
+            elif topic == sync_topic:
                 # Retained claims arrive before our marker: everyone's claim is known now.
                 self.synced = True
                 backoff.reset()
@@ -230,6 +256,16 @@ class WriterLease:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change()
+
+
+def _baseline(payload: bytes) -> Baseline | None:
+    if not payload:
+        return None
+    try:
+        return PeakMemory.from_json({"baseline": json.loads(payload)}).baseline
+    except (ValueError, TypeError, KeyError):
+        log.warning("ignored unreadable carried-over baseline")
+        return None
 
 
 def _record(payload: bytes) -> LeaseRecord | None:

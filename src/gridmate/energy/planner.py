@@ -377,6 +377,7 @@ def _capture_baseline(
     site: SiteReading,
     config: PlannerConfig,
     in_block: bool,
+    carried: Baseline | None = None,
 ) -> Baseline:
     reserve = site.reserve_percent
     mode = site.mode
@@ -384,10 +385,15 @@ def _capture_baseline(
     peak_reserve = config.reserve.peak_reserve_percent
     looks_like_ours = reserve == peak_reserve and mode == _peak_mode(config.reserve)
     if reserve is None or mode is None or (in_block and looks_like_ours):
-        # Started inside a block with the battery already in its peak setting:
-        # what it was before is unknown, so the configured fallback is restored.
-        reserve, mode = config.reserve.fallback_reserve_percent, "self_consumption"
-        note = "pre-peak settings unknown; using the configured fallback"
+        if carried is not None and carried.block_start == block[0] and not carried.note:
+            # The other node of a failover pair saw the settings before this block.
+            reserve, mode = carried.reserve_percent, carried.mode
+            note = "pre-peak settings carried over from the other node"
+        else:
+            # Started inside a block with the battery already in its peak setting:
+            # what it was before is unknown, so the configured fallback is restored.
+            reserve, mode = config.reserve.fallback_reserve_percent, "self_consumption"
+            note = "pre-peak settings unknown; using the configured fallback"
     thermostats = {
         tid: _hold_reading(site.thermostats[tid])
         for tid in config.thermostat_ids
@@ -470,8 +476,11 @@ def plan(
     memory: PeakMemory,
     *,
     writes_left: int | None = None,
+    carried: Baseline | None = None,
 ) -> Plan:
-    """The desired state at ``at``. ``writes_left``: Powerwall writes left today."""
+    """The desired state at ``at``. ``writes_left``: Powerwall writes left today;
+    ``carried``: the pre-peak baseline another node of a failover pair saved, used
+    when this node has to capture one and cannot see the settings from before."""
     decisions: list[Decision] = []
     segment = schedule.segment_at(at)
     block = schedule.next_block(at, config.controlled_periods)
@@ -492,7 +501,7 @@ def plan(
         # Powerwall is still in the peak setting: the restore is this node's to do.
         block = ended
         phase = "restore"
-        captured = _capture_baseline(at, ended, site, config, in_block=True)
+        captured = _capture_baseline(at, ended, site, config, in_block=True, carried=carried)
         memory = replace(memory, baseline=captured, powerwall_changed=True)
         decisions.append(
             Decision(
@@ -514,7 +523,9 @@ def plan(
 
     # --- the baseline: saved once per block, before anything is changed
     if phase in ("precool", "peak") and memory.baseline is None:
-        captured = _capture_baseline(at, block, site, config, in_block=phase == "peak")
+        captured = _capture_baseline(
+            at, block, site, config, in_block=phase == "peak", carried=carried
+        )
         memory = replace(memory, baseline=captured)
         decisions.append(
             Decision(

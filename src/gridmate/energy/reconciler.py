@@ -23,6 +23,7 @@ from gridmate.energy.adapters.weather import WeatherClient
 from gridmate.energy.journal import DayJournal
 from gridmate.energy.planner import (
     SETPOINT_TOLERANCE_F,
+    Baseline,
     DesiredPowerwall,
     DesiredThermostat,
     Forecast,
@@ -76,6 +77,8 @@ class Reconciler:
         writes_per_day: int = 5,
         dry_run: bool = False,
         gate: Callable[[], str | None] | None = None,
+        carried: Callable[[], Baseline | None] | None = None,
+        keep_baseline: Callable[[Baseline], None] | None = None,
     ) -> None:
         self.schedule = schedule
         self.config = config
@@ -89,6 +92,11 @@ class Reconciler:
         self.writes_per_day = writes_per_day
         self.dry_run = dry_run
         self.gate = gate
+        self.carried = carried
+        """The pre-peak baseline the other node of a failover pair kept, if any."""
+        self.keep_baseline = keep_baseline
+        """Hands a newly saved baseline to the other node of a failover pair."""
+        self._kept_baseline: Baseline | None = None
         """Asked right before every write: None to go ahead, or why this node must not."""
         self.state: EnergyState = store.load()
         self.last_report: CycleReport | None = None
@@ -171,7 +179,10 @@ class Reconciler:
         report.forecast = forecast
 
         memory = self.state.memory
-        preview = plan(now, self.schedule, SiteReading(None), forecast, self.config, memory)
+        carried = self.carried() if self.carried is not None else None
+        preview = plan(
+            now, self.schedule, SiteReading(None), forecast, self.config, memory, carried=carried
+        )
         reading = await self._read_site(
             now, report, want_vehicles=preview.phase != "idle", phase=preview.phase
         )
@@ -222,8 +233,15 @@ class Reconciler:
 
         writes_left = self.writes_per_day - self.state.powerwall_writes
         result = plan(
-            now, self.schedule, reading, forecast, self.config, memory, writes_left=writes_left
-        )
+            now, self.schedule, reading, forecast, self.config, memory, writes_left=writes_left,
+            carried=carried,
+        )  # fmt: skip
+        baseline = result.memory.baseline
+        # Only a baseline read from the site (no note) is worth handing on.
+        kept = self._kept_baseline
+        if self.keep_baseline is not None and baseline and not baseline.note and baseline != kept:
+            self.keep_baseline(baseline)
+            self._kept_baseline = baseline
         report.plan = result
         memory = result.memory
         self._record_decisions(result)

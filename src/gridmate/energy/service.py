@@ -283,6 +283,8 @@ async def build_runtime(
         writes_per_day=settings.reserve.writes_per_day,
         dry_run=settings.dry_run,
         gate=gate.refusal if gate is not None else None,
+        carried=(lambda: lease.carried) if lease is not None else None,
+        keep_baseline=lease.keep_baseline if lease is not None else None,
     )
     return EnergyRuntime(
         settings, reconciler, http, fleet, gateway, notifier, background, own_fleet=own_fleet,
