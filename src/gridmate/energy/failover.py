@@ -102,7 +102,9 @@ def failover_event(transition: Transition, at: datetime) -> Event:
             "and home EV charging."
         )
         did = (
-            f"The energy service runs on {node} from now on; the other node's is stopped. "
+            f"The energy service runs on {node} from now on; the other node's is stopped (if "
+            "both nodes are active at once, only the one holding the lease on the shared "
+            "broker writes). "
             "If this happens during a peak or just after one, the new node finds the "
             "Powerwall in its peak setting and restores it after the peak: to "
             "reserve.restore_reserve_percent if set, else to the reserve and mode from "
