@@ -1223,3 +1223,15 @@ async def test_writes_refused_at_a_takeover_spend_none_of_the_write_budget(tmp_p
                    and e["detail"].get("skipped")]  # fmt: skip
         assert skipped == []
         assert w.runtime.reconciler.state.powerwall_writes == w.site_writes_counted() == 2
+
+
+async def test_a_peak_setting_chosen_by_hand_after_the_restore_is_left_alone(tmp_path):
+    async with world(tmp_path) as w:
+        await w.run_until(19, 20)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (30, "autonomous")
+        writes = len(w.site.writes)
+        # Someone wants the battery to run the house this evening too.
+        w.site.backup_reserve_percent, w.site.operation_mode = 0, "self_consumption"
+        await w.run_until(21, 0)
+        assert len(w.site.writes) == writes
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")

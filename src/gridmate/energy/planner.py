@@ -477,10 +477,13 @@ def plan(
     *,
     writes_left: int | None = None,
     carried: Baseline | None = None,
+    restored_through: datetime | None = None,
 ) -> Plan:
     """The desired state at ``at``. ``writes_left``: Powerwall writes left today;
     ``carried``: the pre-peak baseline another node of a failover pair saved, used
-    when this node has to capture one and cannot see the settings from before."""
+    when this node has to capture one and cannot see the settings from before;
+    ``restored_through``: the end of the last block this node restored (a Powerwall
+    in the peak setting after it is a person's choice, not a restore left over)."""
     decisions: list[Decision] = []
     segment = schedule.segment_at(at)
     block = schedule.next_block(at, config.controlled_periods)
@@ -496,7 +499,9 @@ def plan(
     elif memory.baseline is not None and at >= memory.baseline.block_end:
         phase = "restore"
         block = (memory.baseline.block_start, memory.baseline.block_end)
-    elif (ended := _block_left_in_peak_setting(at, schedule, site, config)) is not None:
+    elif (ended := _block_left_in_peak_setting(at, schedule, site, config)) is not None and (
+        restored_through is None or ended[1] > restored_through
+    ):
         # This node did not see the block (it took over as or after it ended), but the
         # Powerwall is still in the peak setting: the restore is this node's to do.
         block = ended

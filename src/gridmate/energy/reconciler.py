@@ -180,9 +180,11 @@ class Reconciler:
 
         memory = self.state.memory
         carried = self.carried() if self.carried is not None else None
+        restored_through = self.state.restored_through
         preview = plan(
-            now, self.schedule, SiteReading(None), forecast, self.config, memory, carried=carried
-        )
+            now, self.schedule, SiteReading(None), forecast, self.config, memory,
+            carried=carried, restored_through=restored_through,
+        )  # fmt: skip
         reading = await self._read_site(
             now, report, want_vehicles=preview.phase != "idle", phase=preview.phase
         )
@@ -234,7 +236,7 @@ class Reconciler:
         writes_left = self.writes_per_day - self.state.powerwall_writes
         result = plan(
             now, self.schedule, reading, forecast, self.config, memory, writes_left=writes_left,
-            carried=carried,
+            carried=carried, restored_through=restored_through,
         )  # fmt: skip
         baseline = result.memory.baseline
         # Only a baseline read from the site (no note) is worth handing on.
@@ -266,6 +268,8 @@ class Reconciler:
                 detail={"complete": True, "powerwall": powerwall},
             )  # fmt: skip
             log.info("everything restored after peak", powerwall=powerwall)
+            if result.block is not None:
+                self.state.restored_through = result.block[1]
             memory = PeakMemory()
         elif result.phase == "idle":
             memory = PeakMemory()
