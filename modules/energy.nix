@@ -94,14 +94,16 @@ let
   # root, so it only switches units: the energy service runs on the active node,
   # and gridmate-energy-failover@STATE announces the transition as the energy
   # unit's own user with its credentials (the SMTP password stays out of argv).
-  notifyScript = pkgs.writeShellScript "gridmate-energy-failover-notify" ''
-    case "$3" in
-      MASTER) ${systemctl} start --no-block gridmate-energy.service ;;
-      BACKUP|FAULT|STOP) ${systemctl} stop --no-block gridmate-energy.service ;;
-      *) exit 0 ;;
-    esac
-    exec ${systemctl} start --no-block "gridmate-energy-failover@$3.service"
-  '';
+  # It records the new state first (the energy service checks it before every
+  # write); tests/test_energy_failover.py runs the same file under keepalived.
+  roleDirectory = "/run/gridmate-energy-failover";
+  roleFile = "${roleDirectory}/state";
+  notifyScript = pkgs.writeShellScript "gridmate-energy-failover-notify" (
+    lib.replaceStrings
+      [ "@systemctl@" "@roleDirectory@" "@roleFile@" ]
+      [ systemctl roleDirectory roleFile ]
+      (builtins.readFile ./energy-failover-notify.sh)
+  );
   # networking.firewall.backend where NixOS has it (it also knows firewalld).
   firewallBackend =
     config.networking.firewall.backend
@@ -347,6 +349,11 @@ in
         (for example a rich rule), then set ${prefix}.failover.openFirewall = false.
         Without it both hosts become active and both write to the Powerwall.
       ''
+      ++ lib.optional (failoverComplete && (at [ "notify" "mqtt" ]) == null) ''
+        ${prefix}.failover.enable is set but settings.notify.mqtt is not: without a broker
+        both hosts share, a split brain (both hosts active) is not detected and both
+        write to the Powerwall. Set settings.notify.mqtt on both hosts to the same broker.
+      ''
       ++ lib.optional (cfg.mqttPasswordFile != null && (at [ "notify" "mqtt" ]) == null) ''
         ${prefix}.mqttPasswordFile is set but settings.notify.mqtt is not, so no MQTT
         connection uses it.
@@ -421,8 +428,13 @@ in
           ;
         state = "BACKUP";
         virtualIps = map (addr: { inherit addr; }) failover.virtualIps;
+        # A cut link between the hosts must not put both in FAULT (nobody in
+        # control): keepalived ignores the interface's carrier, and a node that
+        # loses its peer becomes MASTER; the lease on the shared broker then
+        # lets only one of two MASTERs write (docs/energy.md, Split brain).
         extraConfig = ''
           notify "${failover.notifyScript}" root
+          dont_track_primary
         '';
       };
     };
@@ -433,6 +445,12 @@ in
     networking.firewall = lib.mkIf (failover.enable && failover.openFirewall) {
       extraCommands = lib.mkIf (firewallBackend == "iptables") vrrpRules.iptables;
       extraInputRules = lib.mkIf (firewallBackend == "nftables") vrrpRules.nftables;
+    };
+
+    # The energy service checks the role file and the lease before every write.
+    services.gridmate.energy.settings.failover = lib.mkIf failover.enable {
+      enable = lib.mkDefault true;
+      role_file = lib.mkDefault roleFile;
     };
 
     services.prometheus.scrapeConfigs = lib.mkIf (

@@ -1485,6 +1485,7 @@ def test_overlay(nix_eval: Any) -> None:
 FAILOVER = """{
   services.gridmate.energy.smtpPasswordFile = "/run/secrets/smtp";
   services.gridmate.energy.settings.notify.username = "gridmate";
+  services.gridmate.energy.settings.notify.mqtt.host = "192.168.1.10";
   services.gridmate.energy.failover = {
     enable = true;
     interface = "enp1s0";
@@ -1512,6 +1513,7 @@ def test_failover_hands_the_energy_unit_to_keepalived(nix_eval: Any) -> None:
             };
           };
           energy = c.systemd.services.gridmate-energy;
+          settings = c.services.gridmate.energy.settings.failover;
           announce = c.systemd.services."gridmate-energy-failover@";
           pkg = c.services.gridmate.package.outPath;
           script = {
@@ -1538,7 +1540,13 @@ def test_failover_hands_the_energy_unit_to_keepalived(nix_eval: Any) -> None:
     assert instance["unicastPeers"] == ["192.168.1.21"]
     assert instance["virtualIps"] == ["192.168.1.20/24"]
     script = got["script"]
-    assert instance["extraConfig"] == f'notify "{script["path"]}" root\n'
+    # A cut link between the hosts must not put both in FAULT: the interface's
+    # carrier is not tracked (the lease decides which of two MASTERs writes).
+    assert instance["extraConfig"] == f'notify "{script["path"]}" root\ndont_track_primary\n'
+    # The energy service checks the state the script records before every write.
+    assert got["settings"] == {"enable": True, "role_file": "/run/gridmate-energy-failover/state"}
+    text = script["text"]
+    assert text.index("mv -f /run/gridmate-energy-failover/state.new") < text.index("systemctl")
     assert re.fullmatch(r"/nix/store/[a-z0-9]{32}-gridmate-energy-failover-notify", script["path"])
     # the configured systemd's systemctl, not whatever /run/current-system points at
     systemctl = f"{script['systemd']}/bin/systemctl"
@@ -1638,6 +1646,19 @@ def test_failover_with_firewalld_says_how_to_open_vrrp(nix_eval: Any) -> None:
     assert got["failed"] == [] and got["extraCommands"] == got["extraInputRules"] == ""
     [warning] = [w.replace("\n", " ") for w in got["warnings"]]
     assert "cannot open VRRP in firewalld" in warning and "192.168.1.21" in warning
+
+
+def test_failover_without_a_shared_broker_warns_that_split_brain_goes_unseen(
+    nix_eval: Any,
+) -> None:
+    without_broker = FAILOVER.replace(
+        'services.gridmate.energy.settings.notify.mqtt.host = "192.168.1.10";', ""
+    )
+    assert without_broker != FAILOVER
+    got = _host(nix_eval, without_broker, body="{ inherit failed; inherit (c) warnings; }")
+    assert got["failed"] == []
+    [warning] = [w.replace("\n", " ") for w in got["warnings"]]
+    assert "settings.notify.mqtt is not" in warning and "split brain" in warning
 
 
 def test_failover_firewall_opening_can_be_turned_off(nix_eval: Any) -> None:
@@ -1903,6 +1924,7 @@ def test_keepalived_configuration_from_the_upstream_module(upstream_eval: Any) -
     assert "priority 150" in conf and "state BACKUP" in conf
     assert re.search(r"unicast_peer \{\s+192\.168\.1\.21\s+\}", conf)
     assert f'notify "{got["script"]}" root' in conf
+    assert re.search(r"\n\s*dont_track_primary\n", conf)
 
 
 def _keepalived_log_after_master(conf: str, script: str, namespace: str, work: Path) -> str:
@@ -2029,10 +2051,15 @@ def _apply_firewall(namespace: str, firewall: dict[str, str], work: Path) -> Non
 
 
 def _states_of_a_pair(
-    hosts: dict[str, Any], namespaces: dict[str, str], work: Path, observe: float
+    hosts: dict[str, Any],
+    namespaces: dict[str, str],
+    work: Path,
+    observe: float,
+    then: Any = None,
 ) -> dict[str, list[str]]:
     """Both hosts' firewalls loaded, both keepalived daemons running: the states each
-    host's notify program saw, once host a is MASTER and `observe` seconds more."""
+    host's notify program saw, once host a is MASTER and `observe` seconds more
+    (with `then`: once host b is BACKUP, `then()` runs before those seconds)."""
     import signal
     import time
 
@@ -2069,6 +2096,10 @@ def _states_of_a_pair(
         deadline = time.monotonic() + 20
         while "MASTER" not in seen("a") and time.monotonic() < deadline:
             time.sleep(0.2)
+        if then is not None:
+            while "BACKUP" not in seen("b") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            then()
         # Host b declares host a dead after three missed adverts (about 3.6 s).
         time.sleep(observe)
         return {name: seen(name) for name in hosts}
@@ -2102,6 +2133,24 @@ def test_the_nixos_firewall_lets_exactly_one_host_be_active(
     hosts = _pair_configuration(upstream_eval, interface, backend, open_fw=False)
     states = _states_of_a_pair(hosts, namespace, tmp_path / "closed", observe=6)
     assert "MASTER" in states["a"] and "MASTER" in states["b"], states
+
+
+@pytest.mark.netns
+def test_a_cut_link_between_the_hosts_leaves_neither_faulty(
+    upstream_eval: Any, namespaces: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """The direct link between the hosts goes down (its carrier on both ends): with
+    the rendered configuration neither host enters FAULT (which would leave nobody
+    in control); the active one stays MASTER and the standby becomes MASTER too, a
+    split brain the lease on the shared broker settles (tests/test_energy_lease.py)."""
+    ns_a, ns_b, interface = namespaces
+    hosts = _pair_configuration(upstream_eval, interface, "iptables", open_fw=True)
+
+    def cut() -> None:
+        subprocess.run(["ip", "-n", ns_a, "link", "set", interface, "down"], check=True)
+
+    states = _states_of_a_pair(hosts, {"a": ns_a, "b": ns_b}, tmp_path, observe=6, then=cut)
+    assert states == {"a": ["BACKUP", "MASTER"], "b": ["BACKUP", "MASTER"]}, states
 
 
 @pytest.mark.parametrize("test", (*VM_TESTS, "backup"))

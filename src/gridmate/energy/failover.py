@@ -102,10 +102,15 @@ def failover_event(transition: Transition, at: datetime) -> Event:
             "and home EV charging."
         )
         did = (
-            f"The energy service runs on {node} from now on; the other node's is stopped. "
-            "If this happens during a peak, the new node did not see the settings from "
-            "before the peak, so afterwards it restores the configured reserve "
-            "(reserve.restore_reserve_percent, or else reserve.fallback_reserve_percent)."
+            f"The energy service runs on {node} from now on; the other node's is stopped (if "
+            "both nodes are active at once, only the one holding the lease on the shared "
+            "broker writes). "
+            "If this happens during a peak or just after one, the new node finds the "
+            "Powerwall in its peak setting and restores it after the peak: to "
+            "reserve.restore_reserve_percent if set, else to the reserve and mode from "
+            "before the peak that the other node kept on the shared MQTT broker, else to "
+            "reserve.fallback_reserve_percent in Self-Powered mode. It reports the restore "
+            "once it reads it back."
         )
         you = None
     elif transition.state == "BACKUP":

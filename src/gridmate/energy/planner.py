@@ -377,6 +377,7 @@ def _capture_baseline(
     site: SiteReading,
     config: PlannerConfig,
     in_block: bool,
+    carried: Baseline | None = None,
 ) -> Baseline:
     reserve = site.reserve_percent
     mode = site.mode
@@ -384,10 +385,15 @@ def _capture_baseline(
     peak_reserve = config.reserve.peak_reserve_percent
     looks_like_ours = reserve == peak_reserve and mode == _peak_mode(config.reserve)
     if reserve is None or mode is None or (in_block and looks_like_ours):
-        # Started inside a block with the battery already in its peak setting:
-        # what it was before is unknown, so the configured fallback is restored.
-        reserve, mode = config.reserve.fallback_reserve_percent, "self_consumption"
-        note = "pre-peak settings unknown; using the configured fallback"
+        if carried is not None and carried.block_start == block[0] and not carried.note:
+            # The other node of a failover pair saw the settings before this block.
+            reserve, mode = carried.reserve_percent, carried.mode
+            note = "pre-peak settings carried over from the other node"
+        else:
+            # Started inside a block with the battery already in its peak setting:
+            # what it was before is unknown, so the configured fallback is restored.
+            reserve, mode = config.reserve.fallback_reserve_percent, "self_consumption"
+            note = "pre-peak settings unknown; using the configured fallback"
     thermostats = {
         tid: _hold_reading(site.thermostats[tid])
         for tid in config.thermostat_ids
@@ -412,6 +418,30 @@ def _restore_target(config: PlannerConfig, baseline: Baseline) -> DesiredPowerwa
     wanted = config.reserve.restore_reserve_percent
     percent = accepted_reserve(baseline.reserve_percent if wanted is None else wanted)
     return DesiredPowerwall(percent, baseline.mode, "restore the pre-peak setting")
+
+
+ADOPT_RESTORE_WITHIN = timedelta(hours=3)
+"""How long after a controlled block a node that did not see it still restores a Powerwall
+it finds in the peak setting (a takeover at or just after the block's end)."""
+
+
+def _block_left_in_peak_setting(
+    at: datetime, schedule: Schedule, site: SiteReading, config: PlannerConfig
+) -> tuple[datetime, datetime] | None:
+    """The block that ended within :data:`ADOPT_RESTORE_WITHIN` before ``at`` when the
+    site still reads as that block's peak setting (and restoring would change it)."""
+    peak = (config.reserve.peak_reserve_percent, _peak_mode(config.reserve))
+    if (site.reserve_percent, site.mode) != peak:
+        return None
+    block = schedule.next_block(at - ADOPT_RESTORE_WITHIN, config.controlled_periods)
+    if block is None or block[1] > at:
+        return None
+    fallback = Baseline(block[0], block[1], config.reserve.fallback_reserve_percent,
+                        "self_consumption", {}, at)  # fmt: skip
+    restore = _restore_target(config, fallback)
+    if (restore.reserve_percent, restore.mode) == peak:
+        return None  # restoring would change nothing: nothing to own
+    return block
 
 
 def _writes_between(a: DesiredPowerwall, reserve: int | None, mode: str | None) -> int:
@@ -446,8 +476,14 @@ def plan(
     memory: PeakMemory,
     *,
     writes_left: int | None = None,
+    carried: Baseline | None = None,
+    restored_through: datetime | None = None,
 ) -> Plan:
-    """The desired state at ``at``. ``writes_left``: Powerwall writes left today."""
+    """The desired state at ``at``. ``writes_left``: Powerwall writes left today;
+    ``carried``: the pre-peak baseline another node of a failover pair saved, used
+    when this node has to capture one and cannot see the settings from before;
+    ``restored_through``: the end of the last block this node restored (a Powerwall
+    in the peak setting after it is a person's choice, not a restore left over)."""
     decisions: list[Decision] = []
     segment = schedule.segment_at(at)
     block = schedule.next_block(at, config.controlled_periods)
@@ -463,6 +499,28 @@ def plan(
     elif memory.baseline is not None and at >= memory.baseline.block_end:
         phase = "restore"
         block = (memory.baseline.block_start, memory.baseline.block_end)
+    elif (ended := _block_left_in_peak_setting(at, schedule, site, config)) is not None and (
+        restored_through is None or ended[1] > restored_through
+    ):
+        # This node did not see the block (it took over as or after it ended), but the
+        # Powerwall is still in the peak setting: the restore is this node's to do.
+        block = ended
+        phase = "restore"
+        captured = _capture_baseline(at, ended, site, config, in_block=True, carried=carried)
+        memory = replace(memory, baseline=captured, powerwall_changed=True)
+        decisions.append(
+            Decision(
+                "reserve",
+                {
+                    "adopted": True,
+                    "reason": "the Powerwall is still in its peak setting after the peak; "
+                    "restoring it",
+                    "reserve": site.reserve_percent,
+                    "mode": site.mode,
+                    "restore_reserve": _restore_target(config, captured).reserve_percent,
+                },
+            )
+        )
 
     if phase == "idle":
         return Plan(at, phase, segment.period, block, None, {}, {}, (), _EMPTY_MEMORY)
@@ -470,7 +528,9 @@ def plan(
 
     # --- the baseline: saved once per block, before anything is changed
     if phase in ("precool", "peak") and memory.baseline is None:
-        captured = _capture_baseline(at, block, site, config, in_block=phase == "peak")
+        captured = _capture_baseline(
+            at, block, site, config, in_block=phase == "peak", carried=carried
+        )
         memory = replace(memory, baseline=captured)
         decisions.append(
             Decision(
@@ -561,6 +621,28 @@ def plan(
             "peak: run the house from the battery",
         )
         restore = _restore_target(config, baseline)
+        if (
+            not memory.powerwall_changed
+            and (site.reserve_percent, site.mode) == (target.reserve_percent, target.mode)
+            and (restore.reserve_percent, restore.mode) != (target.reserve_percent, target.mode)
+        ):
+            # Already in the peak setting without a write of this node's (the other node
+            # of a failover pair set it, or a restart lost the write): whoever finds the
+            # site in its peak setting owns the restore after the peak.
+            memory = replace(memory, powerwall_changed=True)
+            decisions.append(
+                Decision(
+                    "reserve",
+                    {
+                        "adopted": True,
+                        "reason": "the Powerwall is already in its peak setting; "
+                        "restoring it after the peak",
+                        "reserve": site.reserve_percent,
+                        "mode": site.mode,
+                        "restore_reserve": restore.reserve_percent,
+                    },
+                )
+            )
         needed = _writes_between(target, site.reserve_percent, site.mode) + _writes_between(
             restore, target.reserve_percent, target.mode
         )

@@ -10,6 +10,7 @@ read back; what counts as done is what the device reports afterwards.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,8 @@ from gridmate.energy.adapters.weather import WeatherClient
 from gridmate.energy.journal import DayJournal
 from gridmate.energy.planner import (
     SETPOINT_TOLERANCE_F,
+    Baseline,
+    DesiredPowerwall,
     DesiredThermostat,
     Forecast,
     PeakMemory,
@@ -73,6 +76,9 @@ class Reconciler:
         weather: WeatherClient | None = None,
         writes_per_day: int = 5,
         dry_run: bool = False,
+        gate: Callable[[], str | None] | None = None,
+        carried: Callable[[], Baseline | None] | None = None,
+        keep_baseline: Callable[[Baseline], None] | None = None,
     ) -> None:
         self.schedule = schedule
         self.config = config
@@ -85,6 +91,13 @@ class Reconciler:
         self.weather = weather
         self.writes_per_day = writes_per_day
         self.dry_run = dry_run
+        self.gate = gate
+        self.carried = carried
+        """The pre-peak baseline the other node of a failover pair kept, if any."""
+        self.keep_baseline = keep_baseline
+        """Hands a newly saved baseline to the other node of a failover pair."""
+        self._kept_baseline: Baseline | None = None
+        """Asked right before every write: None to go ahead, or why this node must not."""
         self.state: EnergyState = store.load()
         self.last_report: CycleReport | None = None
         self._last_decisions: dict[str, Any] = {}
@@ -166,7 +179,12 @@ class Reconciler:
         report.forecast = forecast
 
         memory = self.state.memory
-        preview = plan(now, self.schedule, SiteReading(None), forecast, self.config, memory)
+        carried = self.carried() if self.carried is not None else None
+        restored_through = self.state.restored_through
+        preview = plan(
+            now, self.schedule, SiteReading(None), forecast, self.config, memory,
+            carried=carried, restored_through=restored_through,
+        )  # fmt: skip
         reading = await self._read_site(
             now, report, want_vehicles=preview.phase != "idle", phase=preview.phase
         )
@@ -217,8 +235,15 @@ class Reconciler:
 
         writes_left = self.writes_per_day - self.state.powerwall_writes
         result = plan(
-            now, self.schedule, reading, forecast, self.config, memory, writes_left=writes_left
-        )
+            now, self.schedule, reading, forecast, self.config, memory, writes_left=writes_left,
+            carried=carried, restored_through=restored_through,
+        )  # fmt: skip
+        baseline = result.memory.baseline
+        # Only a baseline read from the site (no note) is worth handing on.
+        kept = self._kept_baseline
+        if self.keep_baseline is not None and baseline and not baseline.note and baseline != kept:
+            self.keep_baseline(baseline)
+            self._kept_baseline = baseline
         report.plan = result
         memory = result.memory
         self._record_decisions(result)
@@ -232,8 +257,19 @@ class Reconciler:
         memory = await self._apply_vehicles(result, reading, memory, report)
 
         if result.phase == "restore" and memory.restore_complete:
-            self.journal.append("decision", at=now, what="restored", detail={"complete": True})
-            log.info("everything restored after peak")
+            # What "restored" rests on: a read-back showing the restore, or nothing to restore.
+            powerwall = (
+                "read back" if memory.powerwall_restored
+                else "changed by hand" if memory.powerwall_overridden
+                else "not changed"
+            )  # fmt: skip
+            self.journal.append(
+                "decision", at=now, what="restored",
+                detail={"complete": True, "powerwall": powerwall},
+            )  # fmt: skip
+            log.info("everything restored after peak", powerwall=powerwall)
+            if result.block is not None:
+                self.state.restored_through = result.block[1]
             memory = PeakMemory()
         elif result.phase == "idle":
             memory = PeakMemory()
@@ -330,6 +366,22 @@ class Reconciler:
         emit("action", device=device, action=action, ok=ok, error=error or "-",
              detail=json.dumps(detail, default=str))  # fmt: skip
 
+    def _refused(self, report: CycleReport, device: str) -> bool:
+        """Whether the write gate forbids writing now (a failover node that is not, or
+        no longer, the one in control); journalled once per reason."""
+        reason = self.gate() if self.gate is not None else None
+        if reason is None:
+            self._last_decisions.pop("write_refused", None)
+            return False
+        report.problems.append(f"not writing: {reason}")
+        detail = {"reason": reason}
+        if self._last_decisions.get("write_refused") != detail:
+            self._last_decisions["write_refused"] = detail
+            self.journal.append("decision", at=report.at, what="write_refused",
+                                detail={**detail, "device": device})  # fmt: skip
+            log.warning("not writing", device=device, reason=reason)
+        return True
+
     # ------------------------------------------------------------ Powerwall
 
     async def _apply_powerwall(
@@ -357,16 +409,9 @@ class Reconciler:
             changes.insert(0 if not restoring else len(changes), mode_change)
         if not changes:
             if restoring and not memory.powerwall_restored:
-                memory = replace(memory, powerwall_restored=True)
-                self.journal.append(
-                    "decision", at=result.at, what="reserve",
-                    detail={"restored": True, "reserve": wish.reserve_percent, "mode": wish.mode},
-                )  # fmt: skip
-                report.events.append(
-                    ("reserve_restore_verified",
-                     {"reserve": wish.reserve_percent, "mode": wish.mode})
-                )  # fmt: skip
+                memory = self._restore_verified(result, wish, memory, report)
             return memory
+        read_back = 0
         for setting, value in changes:
             tag = f"{setting}={value}"
             action = "set_backup_reserve" if setting == "backup_reserve_percent" else "set_mode"
@@ -376,6 +421,8 @@ class Reconciler:
             if self.dry_run:
                 self._action(report, "powerwall", action, {**detail, "dry_run": True}, True, None)
                 continue
+            if self._refused(report, "powerwall"):
+                break
             if self.state.powerwall_writes >= self.writes_per_day:
                 self._action(report, "powerwall", action, detail, False,
                              f"daily write budget of {self.writes_per_day} used up")  # fmt: skip
@@ -419,13 +466,31 @@ class Reconciler:
                     # Tesla accepted it: whatever the site shows later, restore after the peak.
                     memory = replace(memory, powerwall_changed=True)
                 break
+            read_back += 1
             if not restoring:
                 memory = replace(
                     memory,
                     powerwall_changed=True,
                     powerwall_written={**memory.powerwall_written, setting: value},
                 )
+        if restoring and read_back == len(changes):
+            # Every restore write read back as written: restored now, not a cycle later
+            # (a failover node may be stopped before its next cycle).
+            memory = self._restore_verified(result, wish, memory, report)
         return memory
+
+    def _restore_verified(
+        self, result: Plan, wish: DesiredPowerwall, memory: PeakMemory, report: CycleReport
+    ) -> PeakMemory:
+        self.journal.append(
+            "decision", at=result.at, what="reserve",
+            detail={"restored": True, "reserve": wish.reserve_percent, "mode": wish.mode},
+        )  # fmt: skip
+        report.events.append(
+            ("reserve_restore_verified",
+             {"reserve": wish.reserve_percent, "mode": wish.mode, "block": result.block})
+        )  # fmt: skip
+        return replace(memory, powerwall_restored=True)
 
     # ------------------------------------------------------------ thermostats
 
@@ -467,6 +532,8 @@ class Reconciler:
             if self.dry_run:
                 self._action(report, f"thermostat:{tid}", "set", {**detail, "dry_run": True},
                              True, None)  # fmt: skip
+                continue
+            if self._refused(report, f"thermostat:{tid}"):
                 continue
             try:
                 await device.write(wish)
@@ -516,6 +583,8 @@ class Reconciler:
             if self.dry_run:
                 self._action(report, f"vehicle:{vin}", action, {"dry_run": True}, True, None)
                 continue
+            if self._refused(report, f"vehicle:{vin}"):
+                continue
             try:
                 achieved = await self.vehicles.command(vin, wish)
             except (AdapterError, RateLimitedError) as error:
@@ -541,6 +610,8 @@ class Reconciler:
         if self.dry_run:
             self._action(report, f"vehicle:{vin}", "wake_up", {**detail, "dry_run": True},
                          True, None)  # fmt: skip
+            return
+        if self._refused(report, f"vehicle:{vin}"):
             return
         try:
             await self.vehicles.wake(vin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,7 @@ from gridmate.energy.adapters.thermostat import (
 from gridmate.energy.adapters.vehicles import FleetVehicles, MqttVehicles, VehicleSource
 from gridmate.energy.adapters.weather import WeatherClient
 from gridmate.energy.journal import DayJournal
+from gridmate.energy.lease import WriteGate, WriterLease
 from gridmate.energy.notices import AlertMonitor
 from gridmate.energy.planner import PlannerConfig
 from gridmate.energy.reconciler import CycleReport, Reconciler
@@ -65,6 +67,10 @@ class EnergyRuntime:
     own_fleet: bool = True
     alerts: AlertMonitor | None = None
     tokens: TokenProvider | None = None
+    lease: WriterLease | None = None
+    split_brain: tuple[str, ...] = ()
+    """The other active nodes last reported (empty: none)."""
+    _split_announced: bool = False
 
     @property
     def site_key(self) -> str:
@@ -100,13 +106,64 @@ class EnergyRuntime:
                 event = _event(kind, facts, site_key)
                 if event is not None:
                     await self.notifier.send(event)
+        await self._watch_split_brain(report)
         if self.alerts is not None:
             await self.alerts.observe(
                 self.reconciler, report, site_key, tokens_healthy=self.tokens_healthy(),
                 honeywell_healthy=self.honeywell_healthy(),
             )  # fmt: skip
 
+    async def _watch_split_brain(self, report: CycleReport) -> None:
+        """Both nodes active: journal it and tell people once; and when it is over.
+
+        Both nodes journal it; the one holding the lease (the one in control) sends
+        the message, so the pair sends one even when both see it in the same instant.
+        """
+        if self.lease is None:
+            return
+        verdict = self.lease.verdict()
+        others = verdict.others
+        if others == self.split_brain:
+            return
+        announced = bool(self.split_brain) and self._split_announced
+        self.split_brain = others
+        node = self.lease.own.node
+        journal = self.reconciler.journal
+        if others:
+            journal.append("failover", at=report.at, node=node, state="SPLIT_BRAIN",
+                           others=list(others), holds_lease=verdict.holds)  # fmt: skip
+            log.error("split brain: another node is active too", others=",".join(others),
+                      holds_lease=verdict.holds)  # fmt: skip
+            if self.notifier is not None and verdict.holds:
+                self._split_announced = True
+                did = (
+                    f"{node} holds the lease on the shared MQTT broker and goes on controlling "
+                    "the site; the other node writes nothing while this lasts."
+                )
+                await self.notifier.send(
+                    Event(
+                        EventKind.failover_split_brain,
+                        f"Energy manager active on {node} and {', '.join(others)} at once",
+                        f"Both nodes of the energy manager's failover pair are active "
+                        f"({node} and {', '.join(others)}): keepalived on each believes the "
+                        "other is gone, usually because the link between them is cut or "
+                        "VRRP traffic is dropped.",
+                        did,
+                        "Check the link between the two hosts and their firewalls "
+                        "('journalctl -u keepalived' on both).",
+                        key="energy failover",
+                    )
+                )
+        else:
+            journal.append("failover", at=report.at, node=node, state="SPLIT_BRAIN_OVER")
+            log.info("split brain over")
+            if self.notifier is not None and announced:
+                self._split_announced = False
+                await self.notifier.resolve(EventKind.failover_split_brain, "energy failover")
+
     async def close(self) -> None:
+        if self.lease is not None:
+            await self.lease.close()
         for task in self.background:
             task.cancel()
         for task in self.background:
@@ -199,6 +256,20 @@ async def build_runtime(
             if stop is not None:
                 background.append(asyncio.create_task(hub.run(stop), name="energy.vehicles"))
             vehicles = hub
+    lease: WriterLease | None = None
+    gate: WriteGate | None = None
+    if settings.failover.enable:
+        if settings.notify.mqtt is not None:
+            lease = WriterLease(
+                settings.notify.mqtt,
+                settings.notify.mqtt_topic,
+                settings.notify.node_name or socket.gethostname(),
+                ttl=settings.failover.lease_seconds,
+            )
+            await lease.start()
+        else:
+            log.warning("failover without notify.mqtt: a split brain is not detected")
+        gate = WriteGate(settings.failover.role_file, lease)
     reconciler = Reconciler(
         schedule=schedule,
         config=planner_config(settings),
@@ -211,10 +282,13 @@ async def build_runtime(
         weather=weather if weather.configured else None,
         writes_per_day=settings.reserve.writes_per_day,
         dry_run=settings.dry_run,
+        gate=gate.refusal if gate is not None else None,
+        carried=(lambda: lease.carried) if lease is not None else None,
+        keep_baseline=lease.keep_baseline if lease is not None else None,
     )
     return EnergyRuntime(
         settings, reconciler, http, fleet, gateway, notifier, background, own_fleet=own_fleet,
-        alerts=alerts, tokens=tokens,
+        alerts=alerts, tokens=tokens, lease=lease,
     )  # fmt: skip
 
 
@@ -243,7 +317,10 @@ def _event(kind: str, facts: dict[str, Any], site: str) -> Event | None:
         return Event(EventKind.reserve_restore_verified, "Backup reserve restored",
                      f"After the peak the Powerwall reads back reserve {facts.get('reserve')} % "
                      f"in mode {facts.get('mode')}.", "Verified the restore by reading it back.",
-                     key=site)  # fmt: skip
+                     key=site,
+                     # Both nodes of a failover pair may read the same restore back: one
+                     # message per peak (the notification ledger is mirrored between them).
+                     occurrence=f"restore {_block_start(facts)}")  # fmt: skip
     if kind == "reserve_restore_failed":
         return Event(EventKind.reserve_restore_failed, "Backup reserve not restored",
                      f"Restoring the Powerwall after the peak failed: {facts.get('reason')}.",
@@ -277,6 +354,11 @@ _SETTING_NAMES = {"backup_reserve_percent": "backup reserve", "default_real_mode
 
 def _show(value: Any) -> str:
     return f"{value} %" if isinstance(value, int) else str(value)
+
+
+def _block_start(facts: dict[str, Any]) -> str:
+    block = facts.get("block")
+    return block[0].isoformat() if block else "-"
 
 
 def _block_day(facts: dict[str, Any]) -> str:
@@ -425,6 +507,11 @@ async def run_loop(
               f"{len(reconciler.thermostats)} thermostat(s)")  # fmt: skip
     if runtime.notifier is not None:
         await resolve_failure(runtime.notifier, "energy")
+    if runtime.lease is not None:
+        # The first cycle waits for the broker's answer instead of refusing to write.
+        verdict = await runtime.lease.wait_decided(settings.failover.lease_seconds / 2)
+        log.info("writer lease", holds=verdict.holds, reason=verdict.reason or "-",
+                 others=",".join(verdict.others) or "-")  # fmt: skip
     last_health: tuple[bool, tuple[str, ...]] | None = None
     while not stop.is_set():
         started = clock.now()

@@ -429,6 +429,28 @@ class AlertSettings(Section):
     )
 
 
+class FailoverSettings(Section):
+    """This host as one node of an active/passive pair run by keepalived (docs/energy.md)."""
+
+    enable: bool = Field(
+        False,
+        description="Check, right before every write, that keepalived's last state here is "
+        "MASTER (role_file) and that this node holds the lease on the notify.mqtt broker.",
+    )
+    role_file: Path = Field(
+        Path("/run/gridmate-energy-failover/state"),
+        description="Where keepalived's notify script records this node's state (MASTER, "
+        "BACKUP, FAULT, STOP) before it starts or stops the service.",
+    )
+    lease_seconds: float = Field(
+        12.0,
+        ge=3.0,
+        le=300.0,
+        description="A node's lease on the broker lives this long without a renewal "
+        "(renewed every third of it); a split brain is seen within it.",
+    )
+
+
 class EnergySettings(ComponentSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDMATE_ENERGY_")
 
@@ -448,6 +470,7 @@ class EnergySettings(ComponentSettings):
     ev: EvSettings = EvSettings()
     notify: NotifySettings = NotifySettings()
     alerts: AlertSettings = AlertSettings()
+    failover: FailoverSettings = FailoverSettings()
     battery_capacity_kwh: float | None = Field(
         None, gt=0, description="Usable energy; default: the site's nameplate_energy."
     )

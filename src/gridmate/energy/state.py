@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class EnergyState:
     rejected: list[str] = field(default_factory=list)
     """Settings Tesla refused today ('setting=value'), not retried until tomorrow."""
     last_phase: str = "idle"
+    restored_through: datetime | None = None
+    """End of the last block this node finished restoring."""
 
     def roll_day(self, today: date) -> bool:
         if self.day == today:
@@ -62,6 +64,9 @@ class EnergyState:
             "vehicle_commands": self.vehicle_commands,
             "rejected": self.rejected,
             "last_phase": self.last_phase,
+            "restored_through": (
+                self.restored_through.isoformat() if self.restored_through else None
+            ),
         }
 
     @classmethod
@@ -75,6 +80,11 @@ class EnergyState:
             },
             rejected=[str(x) for x in data.get("rejected", [])],
             last_phase=str(data.get("last_phase", "idle")),
+            restored_through=(
+                datetime.fromisoformat(data["restored_through"])
+                if data.get("restored_through")
+                else None
+            ),
         )
 
 

@@ -51,6 +51,7 @@ class EventKind(StrEnum):
     telemetry_source_switched = "telemetry_source_switched"
     telemetry_stale = "telemetry_stale"
     failover_transition = "failover_transition"
+    failover_split_brain = "failover_split_brain"
     component_start_failed = "component_start_failed"
     daily_report = "daily_report"
     battery_not_recovered = "battery_not_recovered"
@@ -89,6 +90,7 @@ _CATALOGUE: dict[EventKind, tuple[Level, str, bool]] = {
     EventKind.telemetry_source_switched: (_I, "Telemetry source switched", False),
     EventKind.telemetry_stale: (_W, "Telemetry is stale", True),
     EventKind.failover_transition: (_W, "Failover", False),
+    EventKind.failover_split_brain: (_C, "Both failover nodes active", True),
     EventKind.component_start_failed: (_C, "Component failed to start", True),
     EventKind.daily_report: (_I, "Daily report", False),
     EventKind.battery_not_recovered: (_W, "Battery did not recover by end of day", False),

@@ -93,6 +93,8 @@ class SiteWrite:
     setting: str
     """``backup_reserve_percent`` or ``default_real_mode``."""
     value: Any
+    client: str | None = None
+    """The address the write came from (which host of a failover pair wrote it)."""
 
 
 @dataclass
@@ -853,7 +855,9 @@ class TeslaCloudSimulator:
         if refusal is not None:
             return _fleet_error(400, "invalid_field", refusal)
         site.backup_reserve_percent = int(percent)
-        site.writes.append(SiteWrite(self.clock.now(), "backup_reserve_percent", int(percent)))
+        site.writes.append(
+            SiteWrite(self.clock.now(), "backup_reserve_percent", int(percent), request.remote)
+        )
         return _ok({"code": 201, "message": "Updated"})
 
     async def _operation(self, request: web.Request) -> web.Response:
@@ -867,7 +871,7 @@ class TeslaCloudSimulator:
                 400, "invalid_field", f"default_real_mode must be one of {OPERATION_MODES}"
             )
         site.operation_mode = str(mode)
-        site.writes.append(SiteWrite(self.clock.now(), "default_real_mode", mode))
+        site.writes.append(SiteWrite(self.clock.now(), "default_real_mode", mode, request.remote))
         return _ok({"code": 201, "message": "Updated"})
 
     def application(self) -> web.Application:
