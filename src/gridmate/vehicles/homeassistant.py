@@ -28,7 +28,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gridmate import __version__
+from gridmate.homeassistant.discovery import (
+    OFFLINE,
+    ONLINE,
+    device_config_topic,
+    device_document,
+    encode,
+)
+from gridmate.homeassistant.discovery import homeassistant_status as _homeassistant_status
 from gridmate.vehicles.catalogue import (
     DERIVED,
     ENTITIES,
@@ -41,8 +48,7 @@ from gridmate.vehicles.catalogue import (
 )
 from gridmate.vehicles.state import FieldValue, VehicleState
 
-ONLINE = "online"
-OFFLINE = "offline"
+__all__ = ["OFFLINE", "ONLINE", "Topics", "encode"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class Topics:
 
     @property
     def homeassistant_status(self) -> str:
-        return f"{self.discovery_prefix}/status"
+        return _homeassistant_status(self.discovery_prefix)
 
     def state(self, vin: str) -> str:
         return f"{self.base}/{vin}/state"
@@ -73,7 +79,7 @@ class Topics:
         return f"{self.base}/+/state"
 
     def discovery(self, vin: str) -> str:
-        return f"{self.discovery_prefix}/device/{self.node}_{vin}/config"
+        return device_config_topic(self.discovery_prefix, f"{self.node}_{vin}")
 
     def vin_of_state(self, topic: str) -> str | None:
         prefix = f"{self.base}/"
@@ -107,10 +113,6 @@ def state_document(state: VehicleState) -> dict[str, Any]:
         document[entity.key] = entity.derive(state)  # type: ignore[misc]
     document["_m"] = meta
     return document
-
-
-def encode(document: Mapping[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def location_document(state: VehicleState) -> dict[str, Any] | None:
@@ -240,12 +242,7 @@ def discovery_document(
     software = state.value("software_version")
     if isinstance(software, str):
         device["sw"] = software
-    return {
-        "dev": device,
-        "o": {"name": "gridmate", "sw": __version__},
-        "avty": [{"t": topics.status}],
-        "qos": 1,
-        "cmps": {
-            f"{vin}_{entity.key}": _component(entity, topics, vin) for entity in entities_of(state)
-        },
+    components = {
+        f"{vin}_{entity.key}": _component(entity, topics, vin) for entity in entities_of(state)
     }
+    return device_document(device, components, availability=topics.status)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntFlag
 
+from gridmate.homeassistant.link import Message
 from gridmate.vehicles.catalogue import is_extra
 from gridmate.vehicles.fleet_telemetry import Applied
 from gridmate.vehicles.homeassistant import (
@@ -28,6 +29,8 @@ from gridmate.vehicles.homeassistant import (
 )
 from gridmate.vehicles.state import StateStore, VehicleState
 
+__all__ = ["Batch", "Message", "Parts", "Publisher"]
+
 
 class Parts(IntFlag):
     STATE = 1
@@ -39,13 +42,6 @@ class Parts(IntFlag):
 
 _LOCATION_KEYS = frozenset({"location", "heading_deg", "speed_mph"})
 _DISCOVERY_KEYS = frozenset({"vehicle_name", "car_type", "trim", "software_version"})
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    payload: bytes
-    retain: bool = True
 
 
 @dataclass
