@@ -19,6 +19,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from gridmate.energy.controls import Controls
 from gridmate.energy.planner import PeakMemory
 from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
@@ -43,6 +44,8 @@ class EnergyState:
     rejected: list[str] = field(default_factory=list)
     """Settings Tesla refused today ('setting=value'), not retried until tomorrow."""
     last_phase: str = "idle"
+    controls: Controls = field(default_factory=Controls)
+    """What a person set from Home Assistant (survives restarts and failovers)."""
 
     def roll_day(self, today: date) -> bool:
         if self.day == today:
@@ -62,6 +65,7 @@ class EnergyState:
             "vehicle_commands": self.vehicle_commands,
             "rejected": self.rejected,
             "last_phase": self.last_phase,
+            "controls": self.controls.to_json(),
         }
 
     @classmethod
@@ -75,6 +79,7 @@ class EnergyState:
             },
             rejected=[str(x) for x in data.get("rejected", [])],
             last_phase=str(data.get("last_phase", "idle")),
+            controls=Controls.from_json(data.get("controls") or {}),
         )
 
 
