@@ -30,6 +30,7 @@ from gridmate.vehicles.teslamate import (
     subscription,
 )
 from gridmate.vehicles.teslamate_cars import TeslaMateCar, TeslaMateDatabase, build_car_map
+from gridmate.vehicles.units import km_from_miles, kmh_from_mph, miles_from_km, mph_from_kmh
 
 VIN1 = "5YJ3E1EA7KF000001"
 VIN2 = "7SAYGDEE9PA000002"
@@ -69,10 +70,16 @@ def updates(key: str, payload: str, view: TeslaMateCarView | None = None) -> dic
 
 
 def test_units_are_converted_to_the_catalogues():
-    assert updates("odometer", "19312.13") == {"odometer_mi": 12000.0}
-    assert updates("rated_battery_range_km", "300.0") == {"rated_range_mi": 186.41}
+    # Not rounded: Home Assistant converts back for metric users and must get
+    # TeslaMate's number again (see gridmate.vehicles.units).
+    odometer = updates("odometer", "19312.13")["odometer_mi"]
+    assert odometer == pytest.approx(12000.0, abs=0.01) and km_from_miles(odometer) == 19312.13
+    rated = updates("rated_battery_range_km", "300.0")["rated_range_mi"]
+    assert rated == pytest.approx(186.41, abs=0.01) and km_from_miles(rated) == 300.0
     view = TeslaMateCarView(1, state="driving")
-    assert updates("speed", "100", view) == {"speed_mph": 62.1}
+    speed = updates("speed", "88", view)["speed_mph"]
+    assert speed == pytest.approx(54.68, abs=0.01) and kmh_from_mph(speed) == 88
+    assert km_from_miles(updates("odometer", "20117.04")["odometer_mi"]) == 20117.04
     assert updates("charger_power", "11") == {"ac_charging_power_kw": 11}
     assert updates("charger_actual_current", "2.05") == {"charger_current_a": 2.05}
     assert updates("time_to_full_charge", "1.25") == {"time_to_full_charge_h": 1.25}
@@ -105,7 +112,7 @@ def test_an_empty_payload_is_null():
 def test_speed_is_only_believed_while_driving():
     view = TeslaMateCarView(1)
     assert updates("state", "driving", view) == {"online": True}
-    assert updates("speed", "50", view) == {"speed_mph": 31.1}
+    assert updates("speed", "50", view) == {"speed_mph": mph_from_kmh(50)}
     assert updates("state", "online", view) == {"online": True, "speed_mph": None}
     assert updates("speed", "50", view) == {"speed_mph": None}
     assert updates("state", "asleep", view)["online"] is False
@@ -381,3 +388,19 @@ async def test_teslamate_over_a_real_broker(mqtt_broker, with_namespace):
     await clear_retained(
         mqtt_broker.host, mqtt_broker.port, {t for t, _p, retain in teslamate.published if retain}
     )
+
+
+def test_metric_values_survive_home_assistants_conversion_back():
+    # Every TeslaMate distance and speed with the precision TeslaMate publishes comes
+    # back from Home Assistant's conversion as the number TeslaMate sent, or one unit
+    # in the last place of a double off where no double maps onto it.
+    exact = total = 0
+    for tenths in range(0, 3_000_000, 997):
+        km = tenths / 100
+        back = km_from_miles(miles_from_km(km))
+        total += 1
+        exact += back == km
+        assert back == pytest.approx(km, rel=3e-16, abs=1e-12)
+    for kmh in range(0, 260):
+        assert kmh_from_mph(mph_from_kmh(kmh)) == pytest.approx(kmh, rel=3e-16)
+    assert exact / total > 0.8

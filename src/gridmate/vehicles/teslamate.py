@@ -50,6 +50,7 @@ from gridmate.vehicles.arbitration import TESLAMATE, Activity, SourceFacts
 from gridmate.vehicles.catalogue import CHARGING_STATES, MAX_STATE_LENGTH
 from gridmate.vehicles.source_settings import TeslaMateSourceSettings
 from gridmate.vehicles.teslamate_cars import CarMap, TeslaMateDatabase, build_car_map
+from gridmate.vehicles.units import miles_from_km, mph_from_kmh
 
 log = get_logger("vehicles.teslamate")
 
@@ -116,12 +117,12 @@ def _number(text: str) -> float | int | None:
 
 def _km_to_mi(text: str) -> float | None:
     value = _number(text)
-    return None if value is None else round(value / KM_PER_MILE, 2)
+    return None if value is None else miles_from_km(value)
 
 
 def _kmh_to_mph(text: str) -> float | None:
     value = _number(text)
-    return None if value is None else round(value / KM_PER_MILE, 1)
+    return None if value is None else mph_from_kmh(value)
 
 
 def _boolean(text: str) -> bool | None:
