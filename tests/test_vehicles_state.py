@@ -255,3 +255,36 @@ def test_discovery_marks_units_classes_and_diagnostics(store):
     assert cmps[f"{VIN}_locked"]["pl_on"] == "False"  # a lock is "on" when unlocked
     assert cmps[f"{VIN}_location"]["p"] == "device_tracker"
     assert config["avty"] == [{"t": "gridmate/status"}]
+
+
+def _announced(message) -> set[str]:
+    return {key.split("_", 1)[1] for key in json.loads(message.payload)["cmps"]}
+
+
+def test_an_entity_is_announced_once_a_source_delivered_its_field(source, store):
+    topics = Topics()
+    publisher = Publisher(store, topics, {}, now=lambda: 0.0)
+    publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
+    announced = _announced(publisher.take().messages[0])
+    # Speed, and what every car has (when, from where, how many alerts: 0).
+    assert announced == {"speed_mph", "driving", "online", "last_update", "data_source",
+                         "active_alert_count"}  # fmt: skip
+    assert state_document(store.get(VIN))["active_alert_count"] == 0
+    # A field delivered for the first time: discovery again, with its entity.
+    publisher.mark(source.apply(v({"Odometer": 1200.5}, T0 + timedelta(0, 5))))
+    batch = publisher.take()
+    assert batch.messages[0].topic == topics.discovery(VIN)
+    assert "odometer_mi" in _announced(batch.messages[0])
+    # Remembered across a restart: the retained state document brings the fields back.
+    payload = next(m.payload for m in batch.messages if m.topic == topics.state(VIN))
+    restored = StateStore(invalid_policies())
+    restored.seed(VIN, restore_fields(payload))
+    again = Publisher(restored, topics, {}, now=lambda: 0.0)
+    again.mark_vehicles([VIN])
+    assert "odometer_mi" in _announced(again.take().messages[0])
+
+
+def test_announce_all_entities_announces_the_whole_catalogue(source, store):
+    publisher = Publisher(store, Topics(), {}, now=lambda: 0.0, announce_all=True)
+    publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
+    assert _announced(publisher.take().messages[0]) == {e.key for e in ENTITIES}

@@ -19,7 +19,9 @@ from gridmate.sim.teslamate import (
     simulated_teslamate,
 )
 from gridmate.vehicles.arbitration import Activity, SourceFacts
+from gridmate.vehicles.catalogue import DERIVED
 from gridmate.vehicles.source_settings import TeslaMateSourceSettings
+from gridmate.vehicles.state import FieldValue, VehicleState
 from gridmate.vehicles.teslamate import (
     TeslaMateCarView,
     TeslaMateSource,
@@ -388,6 +390,19 @@ async def test_teslamate_over_a_real_broker(mqtt_broker, with_namespace):
     await clear_retained(
         mqtt_broker.host, mqtt_broker.port, {t for t, _p, retain in teslamate.published if retain}
     )
+
+
+def test_geofence_and_plugged_in_are_mapped_and_plugged_in_decides_the_charge_cable():
+    assert updates("geofence", "Home") == {"geofence": "Home"}
+    assert updates("geofence", "") == {"geofence": None}
+    assert updates("plugged_in", "true") == {"cable_plugged_in": True}
+    state = VehicleState("V")
+    state.fields["charge_state"] = FieldValue("disconnected", 1.0, "teslamate")
+    state.fields["cable_plugged_in"] = FieldValue(True, 2.0, "teslamate")
+    plugged = next(e for e in DERIVED if e.key == "plugged_in")
+    assert plugged.derive is not None and plugged.derive(state) is True
+    alerts = next(e for e in DERIVED if e.key == "active_alert_count")
+    assert alerts.derive is not None and alerts.derive(VehicleState("V")) == 0
 
 
 def test_metric_values_survive_home_assistants_conversion_back():

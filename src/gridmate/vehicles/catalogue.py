@@ -95,6 +95,8 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("fast_charger_type", Kind.STRING, _C),
         FieldSpec("charging_cable_type", Kind.STRING, _C),
         FieldSpec("charge_port_door_open", Kind.BOOL),
+        FieldSpec("cable_plugged_in", Kind.BOOL),
+        FieldSpec("geofence", Kind.STRING),
         FieldSpec("inside_temp_c", Kind.NUMBER),
         FieldSpec("outside_temp_c", Kind.NUMBER),
         FieldSpec("locked", Kind.BOOL),
@@ -199,6 +201,9 @@ def _charging(state: VehicleState) -> bool | None:
 
 
 def _plugged_in(state: VehicleState) -> bool | None:
+    reported = state.value("cable_plugged_in")
+    if isinstance(reported, bool):
+        return reported  # the source says so itself (TeslaMate's plugged_in)
     charging_state = _charging_state(state)
     if charging_state is not None:
         return charging_state != "disconnected"
@@ -223,9 +228,10 @@ def _last_update(state: VehicleState) -> str | None:
     return datetime.fromtimestamp(state.last_update, UTC).isoformat(timespec="seconds")
 
 
-def _alert_count(state: VehicleState) -> int | None:
+def _alert_count(state: VehicleState) -> int:
+    # A car that never had an alert has none: 0, not unknown.
     alerts = state.value("active_alerts")
-    return None if alerts is None else len(alerts)
+    return 0 if alerts is None else len(alerts)
 
 
 _S = "sensor"
@@ -402,6 +408,7 @@ ENTITIES: tuple[EntitySpec, ...] = (
     EntitySpec(
         "tpms_rear_right_bar", _S, "Tyre pressure rear right", "pressure", _M, "bar", precision=2
     ),
+    EntitySpec("geofence", _S, "Geofence", icon="mdi:map-marker-radius"),
     EntitySpec("destination_name", _S, "Destination", enabled=False, icon="mdi:map-marker"),
     EntitySpec(
         "minutes_to_arrival",
@@ -471,6 +478,17 @@ ENTITIES: tuple[EntitySpec, ...] = (
 
 DERIVED: tuple[EntitySpec, ...] = tuple(e for e in ENTITIES if e.derive is not None)
 
+_CHARGE_STATE = ("charge_state", "charge_state_legacy")
+ENTITY_INPUTS: dict[str, tuple[str, ...]] = {
+    "charging_state": _CHARGE_STATE,
+    "charging": _CHARGE_STATE,
+    "charger_power_kw": ("ac_charging_power_kw", "dc_charging_power_kw"),
+    "driving": ("shift_state", "speed_mph"),
+    "plugged_in": (*_CHARGE_STATE, "charging_cable_type", "cable_plugged_in"),
+    **{e.key: ("doors",) for e in ENTITIES if e.key.startswith("door_")},
+}
+"""The fields a derived entity is made from (an entity is its own field otherwise)."""
+
 
 def extra_entity(key: str) -> EntitySpec:
     """A generic, disabled diagnostic sensor for a field this catalogue does not know."""
@@ -492,6 +510,13 @@ def _check_catalogue() -> None:
             assert entity.key in FIELDS, f"entity {entity.key} has no field"
         else:
             assert entity.key not in FIELDS, f"derived {entity.key} shadows a field"
+    for key in ENTITY_INPUTS:
+        assert any(e.key == key and e.derive is not None for e in ENTITIES), key
+    for entity in DERIVED:
+        assert entity.key in ENTITY_INPUTS or entity.key in (
+            "last_update",
+            "active_alert_count",
+        ), f"derived {entity.key} names no inputs"
 
 
 _check_catalogue()

@@ -10,8 +10,10 @@ Per vehicle (``<base>`` is the base topic, ``gridmate`` by default):
   as simple as ``{{ value_json.battery_level }}``. The ``_m`` part lets gridmate (this
   instance after a restart, or another instance taking over the vehicle) restore its
   state from the broker.
-* ``<base>/<VIN>/location`` (retained): ``{"latitude", "longitude", "heading", "speed"}``,
-  the device tracker's attributes.
+* ``<base>/<VIN>/location`` (retained): ``{"latitude", "longitude", "gps_accuracy",
+  "heading"}``, the device tracker's attributes. No speed: Home Assistant does not
+  convert attributes, so a speed here would be in mph for metric users too; the
+  "Speed" entity has it, converted.
 * ``<base>/<VIN>/alerts`` (retained): ``{"alerts": [...]}``, attributes of "Active alerts".
 * ``<discovery prefix>/device/<node>_<VIN>/config`` (retained): device-based discovery,
   one message per vehicle with all its entities.
@@ -39,6 +41,7 @@ from gridmate.homeassistant.discovery import homeassistant_status as _homeassist
 from gridmate.vehicles.catalogue import (
     DERIVED,
     ENTITIES,
+    ENTITY_INPUTS,
     FIELDS,
     EntitySpec,
     Kind,
@@ -124,7 +127,6 @@ def location_document(state: VehicleState) -> dict[str, Any] | None:
         "longitude": location[1],
         "gps_accuracy": 0,
         "heading": state.value("heading_deg"),
-        "speed": state.value("speed_mph"),
     }
 
 
@@ -222,14 +224,36 @@ def _component(entity: EntitySpec, topics: Topics, vin: str) -> dict[str, Any]:
     return config
 
 
-def entities_of(state: VehicleState) -> list[EntitySpec]:
-    """The catalogue's entities, plus one generic sensor per extra field seen."""
+_ALWAYS = frozenset({"last_update", "data_source", "active_alert_count"})
+"""Entities every car has from its first data: when, from where, and its alerts (0)."""
+
+
+def delivered(entity: EntitySpec, state: VehicleState) -> bool:
+    """Whether some source delivered what ``entity`` shows for this car.
+
+    A field once delivered stays in the car's state (and in the retained state
+    document, so across restarts), also when its value is later cleared.
+    """
+    if entity.key in _ALWAYS:
+        return True
+    return any(key in state.fields for key in ENTITY_INPUTS.get(entity.key, (entity.key,)))
+
+
+def entities_of(state: VehicleState, *, announce_all: bool = True) -> list[EntitySpec]:
+    """The catalogue's entities (those delivered, unless ``announce_all``), plus one
+    generic sensor per extra field seen."""
     extras = sorted(key for key in state.fields if is_extra(key))
-    return [*ENTITIES, *(extra_entity(key) for key in extras)]
+    known = [e for e in ENTITIES if announce_all or delivered(e, state)]
+    return [*known, *(extra_entity(key) for key in extras)]
 
 
 def discovery_document(
-    vin: str, state: VehicleState, topics: Topics, names: Mapping[str, str]
+    vin: str,
+    state: VehicleState,
+    topics: Topics,
+    names: Mapping[str, str],
+    *,
+    announce_all: bool = True,
 ) -> dict[str, Any]:
     """Device-based discovery for one vehicle (Home Assistant 2024.11 or later)."""
     device: dict[str, Any] = {
@@ -243,6 +267,7 @@ def discovery_document(
     if isinstance(software, str):
         device["sw"] = software
     components = {
-        f"{vin}_{entity.key}": _component(entity, topics, vin) for entity in entities_of(state)
+        f"{vin}_{entity.key}": _component(entity, topics, vin)
+        for entity in entities_of(state, announce_all=announce_all)
     }
     return device_document(device, components, availability=topics.status)

@@ -153,7 +153,11 @@ class Hub:
             stale_connection_after=settings.stale_connection_after,
         )
         self.publisher = Publisher(
-            self.store, self.topics, settings.vehicles, now=lambda: clock.now().timestamp()
+            self.store,
+            self.topics,
+            settings.vehicles,
+            now=lambda: clock.now().timestamp(),
+            announce_all=settings.homeassistant.announce_all_entities,
         )
         self._mqtt_stop = asyncio.Event()
         self.mqtt = MqttLink(

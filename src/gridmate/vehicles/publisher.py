@@ -23,6 +23,7 @@ from gridmate.vehicles.homeassistant import (
     alerts_document,
     discovery_document,
     encode,
+    entities_of,
     location_document,
     state_document,
     vehicle_name,
@@ -63,11 +64,15 @@ class Publisher:
         *,
         now: Callable[[], float],
         touch_interval: float = 60.0,
+        announce_all: bool = False,
     ) -> None:
         self.store = store
         self.topics = topics
         self.names = dict(names)
         self.touch_interval = touch_interval
+        self.announce_all = announce_all
+        self._seen: dict[str, frozenset[str]] = {}
+        """VIN -> the fields its last discovery document was made from."""
         self._now = now
         self._dirty: dict[str, Parts] = {}
         self._touched: set[str] = set()
@@ -95,6 +100,9 @@ class Publisher:
                     parts |= Parts.ALERTS
                 elif key in _DISCOVERY_KEYS or is_extra(key):
                     parts |= Parts.DISCOVERY
+            seen = self._seen.get(vin)
+            if not self.announce_all and seen is not None and not seen.issuperset(applied.changed):
+                parts |= Parts.DISCOVERY  # a field delivered for the first time: announce it
             if vin not in self._discovered:
                 parts |= Parts.ALL
             self._dirty[vin] = parts
@@ -164,11 +172,15 @@ class Publisher:
             state.value("trim"),
             state.value("software_version"),
             tuple(sorted(key for key in state.fields if is_extra(key))),
+            tuple(e.key for e in entities_of(state, announce_all=self.announce_all)),
         )
+        self._seen[vin] = frozenset(state.fields)
         if self._discovered.get(vin) == made_of:
             return None
         self._discovered[vin] = made_of
-        document = discovery_document(vin, state, self.topics, self.names)
+        document = discovery_document(
+            vin, state, self.topics, self.names, announce_all=self.announce_all
+        )
         return Message(self.topics.discovery(vin), encode(document))
 
     def failed(self, batch: Batch) -> None:
@@ -184,3 +196,4 @@ class Publisher:
         self._touched.clear()
         self._published_at.clear()
         self._discovered.clear()
+        self._seen.clear()

@@ -139,6 +139,12 @@ class HomeAssistantSettings(Section):
         description="Discovery is re-sent up to this many seconds (random) after Home "
         "Assistant comes online, as Home Assistant recommends.",
     )
+    announce_all_entities: bool = Field(
+        False,
+        description="Announce every entity of a car at once. By default an entity is "
+        "announced only once some source delivered its value for that car, so entities "
+        "a car's sources never fill do not sit at 'unknown'.",
+    )
 
     @field_validator("discovery_prefix", "base_topic")
     @classmethod

@@ -203,6 +203,8 @@ SIMPLE: dict[str, tuple[str, Converter]] = {
     "version": ("software_version", _text),
     "model": ("car_type", _model),
     "trim_badging": ("trim", _text),
+    "geofence": ("geofence", _text),
+    "plugged_in": ("cable_plugged_in", _boolean),
 }
 
 DOOR_KEYS: dict[str, str] = {
