@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ import pytest
 from test_energy_reconciler import PHOENIX, World, world
 
 from gridmate.energy.controls import Controls, effective_config
-from gridmate.energy.homeassistant import COMMANDS, EnergyDevice, apply_command
-from gridmate.energy.service import health_problems
+from gridmate.energy.homeassistant import COMMANDS, EnergyDevice, EnergyTopics, apply_command
+from gridmate.energy.service import health_problems, start_home_assistant_device
 from gridmate.energy.settings import HomeAssistantDeviceSettings
 from gridmate.homeassistant.view import HomeAssistantView
+from gridmate.notify import NotifySettings
 from gridmate.runtime.logs import configure_logging
 from gridmate.runtime.settings import MqttSettings
 
@@ -43,6 +45,7 @@ class Rig:
         self.w.clock.advance(60)
         self.w.house.step(self.w.clock.now())
         report = await self.w.runtime.reconciler.cycle()
+        await self.w.runtime.after_cycle(report)  # notifications
         self.device.observe(report, health_problems(self.w.runtime, report))
 
     async def run_until(self, hour: int, minute: int = 0) -> None:
@@ -70,26 +73,29 @@ async def rig(
         base_topic=prefix,
         discovery_prefix=f"{prefix}-ha",
     )
+    if retained_commands:
+        # Left on the broker by some client before gridmate connected.
+        topics = EnergyTopics(prefix, f"{prefix}-ha", settings.node_name, settings.site)
+        async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as other:
+            for key, payload in retained_commands.items():
+                await other.publish(topics.command(key), payload, qos=1, retain=True)
     async with world(tmp_path, ha_device=settings, **world_changes) as w:
-        stop, wake = asyncio.Event(), asyncio.Event()
-        device = EnergyDevice(w.runtime, settings, clock=w.clock, stop=stop, wake=wake)
+        stop = asyncio.Event()
+        # As the service starts it: a background task of the runtime.
+        device, wake = start_home_assistant_device(w.runtime, clock=w.clock, stop=stop)
+        assert device is not None and wake is not None
+        task = w.runtime.background[-1]
         view = HomeAssistantView(
             mqtt_broker.host, mqtt_broker.port, base=prefix, discovery_prefix=f"{prefix}-ha"
         )
         async with view.running():
-            if retained_commands:
-                # Left on the broker by some client before gridmate connected.
-                async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as other:
-                    for key, payload in retained_commands.items():
-                        topic = device.topics.command(key)
-                        await other.publish(topic, payload, qos=1, retain=True)
-            task = asyncio.create_task(device.run())
             try:
                 await asyncio.wait_for(device.link.connected.wait(), 10)
                 yield Rig(w, device, view, wake, settings)
             finally:
                 stop.set()
-                await asyncio.wait_for(task, 15)
+                with contextlib.suppress(asyncio.CancelledError):  # a restart cancelled it
+                    await asyncio.wait_for(task, 15)
                 await _clear_retained(mqtt_broker, prefix)
 
 
@@ -265,3 +271,21 @@ def test_controls_change_the_planner_config_only_for_their_day(tmp_path):
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+async def test_notifications_fire_the_event_entity(tmp_path, mqtt_broker):
+    async with rig(tmp_path, mqtt_broker, start=(15, 55), notify=NotifySettings()) as r:
+        async with aiomqtt.Client(r.view.host, r.view.port) as listener:
+            await listener.subscribe(r.device.topics.notifications, qos=1)
+            await r.run_until(16, 2)  # the peak starts: "Peak period started"
+            async with asyncio.timeout(10):
+                async for message in listener.messages:
+                    assert not message.retain  # an event happens once
+                    payload = json.loads(message.payload)
+                    if payload["kind"] == "peak_started":
+                        break
+        assert payload["event_type"] == "info" and payload["title"] == "Peak period started"
+        assert "battery" in payload["text"]
+        entity = r.view.entities()[(DEVICE, "Notifications")]
+        assert entity.platform == "event"
+        assert entity.config["event_types"] == ["info", "warning", "critical"]

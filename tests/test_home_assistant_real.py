@@ -276,7 +276,7 @@ async def test_home_assistant_shows_the_energy_device_and_switching_peak_control
                 ]
                 assert len(ours) >= 23
                 assert {e["entity_id"].split(".")[0] for e in ours} == {
-                    "sensor", "binary_sensor", "switch", "button", "number",
+                    "sensor", "binary_sensor", "switch", "button", "number", "event",
                 }  # fmt: skip
                 problems = [
                     line

@@ -59,6 +59,7 @@ from gridmate.homeassistant.link import (
     MqttUnavailable,
     default_client_id,
 )
+from gridmate.notify import Event, Level
 from gridmate.report.metrics import day_metrics
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
@@ -94,6 +95,11 @@ class EnergyTopics:
     @property
     def state(self) -> str:
         return f"{self.root}/state"
+
+    @property
+    def notifications(self) -> str:
+        """The event entity's topic (not retained: an event happens once)."""
+        return f"{self.root}/notifications"
 
     def attributes(self, key: str) -> str:
         return f"{self.root}/{key}/attributes"
@@ -192,6 +198,8 @@ ENTITIES: tuple[Entity, ...] = (
     Entity("failover_role", "sensor", "Failover role",
            {"dev_cla": "enum", "ops": ["active", "standby"], "ent_cat": "diagnostic"}),
     Entity("plan", "sensor", "Today's plan", {"ic": "mdi:calendar-clock"}, attributes=True),
+    Entity("notifications", "event", "Notifications",
+           {"evt_typ": [level.value for level in Level], "ic": "mdi:bell"}),
     Entity("peak_control", "switch", "Peak control", {"ic": "mdi:home-lightning-bolt"}),
     Entity("dry_run", "switch", "Dry run", {"ent_cat": "config", "ic": "mdi:test-tube"}),
     Entity("skip_precool", "button", "Skip precool today", {"ic": "mdi:snowflake-off"}),
@@ -211,7 +219,9 @@ def _component(entity: Entity, topics: EnergyTopics, currency: str) -> dict[str,
         "name": entity.name,
         "uniq_id": f"{topics.object_id}_{entity.key}",
     }
-    if entity.platform != "button":
+    if entity.platform == "event":
+        config["stat_t"] = topics.notifications
+    elif entity.platform != "button":
         config["stat_t"] = topics.state
         config["val_tpl"] = f"{{{{ value_json.{entity.key} }}}}"
     if entity.key in COMMANDS:
@@ -348,6 +358,24 @@ def documents(runtime: EnergyRuntime, snapshot: Snapshot) -> dict[str, dict[str,
     }  # fmt: skip
 
 
+_MAX_PENDING_EVENTS = 50
+"""Events kept while the broker is away; older ones are dropped (email has them)."""
+
+
+def notification_payload(event: Event) -> dict[str, Any]:
+    """What Home Assistant's event entity gets: the level as event type, the rest as
+    attributes an automation can forward to a phone."""
+    return {
+        "event_type": event.effective_level.value,
+        "kind": event.kind.value,
+        "title": event.subject,
+        "text": event.what_happened,
+        "action": event.what_gridmate_did,
+        "advice": event.what_you_can_do,
+        "key": event.key,
+    }
+
+
 def failover_role(energy_directory: Path) -> str | None:
     """``active`` or ``standby`` from keepalived's last transition; None without failover."""
     try:
@@ -398,6 +426,7 @@ class EnergyDevice:
         self._problems: list[str] = []
         self.rejected = 0
         self.accepted = 0
+        self._events: list[Message] = []
 
     def _announce_again(self) -> None:
         self._announce = True
@@ -407,6 +436,13 @@ class EnergyDevice:
         """A cycle ended: publish what it did."""
         self._report = report
         self._problems = list(problems)
+        self._changed.set()
+
+    def notification(self, event: Event) -> None:
+        """The notifier reported ``event``: fire the Notifications event entity."""
+        payload = notification_payload(event)
+        self._events.append(Message(self.topics.notifications, encode(payload), retain=False))
+        del self._events[:-_MAX_PENDING_EVENTS]
         self._changed.set()
 
     def command(self, topic: str, payload: bytes) -> None:
@@ -481,6 +517,8 @@ class EnergyDevice:
             if key != "state":
                 out.append(Message(self.topics.attributes(key), encode(attributes)))
         out.append(Message(self.topics.state, encode(docs["state"])))
+        out.extend(self._events)
+        self._events = []
         return out
 
     async def run(self) -> None:
@@ -498,11 +536,13 @@ class EnergyDevice:
                     continue  # the active node publishes
                 announcing = self._announce
                 self._announce = False
+                batch = self.messages()
                 try:
-                    await self.link.publish_many(self.messages())
+                    await self.link.publish_many(batch)
                 except MqttUnavailable as error:
                     log.warning("Home Assistant state not published", error=str(error))
                     self._announce = self._announce or announcing
+                    self._events[:0] = [m for m in batch if not m.retain]
                     self._changed.set()
         finally:
             # The link publishes "offline" once stop is set; give it a moment.

@@ -529,6 +529,8 @@ def start_home_assistant_device(
 
     wake = asyncio.Event()
     device = EnergyDevice(runtime, runtime.settings.ha_device, clock=clock, stop=stop, wake=wake)
+    if runtime.notifier is not None:
+        runtime.notifier.add_listener(device.notification)
     runtime.background.append(asyncio.create_task(device.run(), name="energy.homeassistant"))
     return device, wake
 
