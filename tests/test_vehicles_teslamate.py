@@ -23,6 +23,7 @@ from gridmate.vehicles.catalogue import DERIVED
 from gridmate.vehicles.source_settings import TeslaMateSourceSettings
 from gridmate.vehicles.state import FieldValue, VehicleState
 from gridmate.vehicles.teslamate import (
+    BadPayload,
     TeslaMateCarView,
     TeslaMateSource,
     TopicInfo,
@@ -212,7 +213,7 @@ def test_other_namespaces_and_unknown_keys_are_ignored():
     tm = source(collector, cars={1: VIN1}, namespace="home")
     tm.handle("teslamate/cars/1/battery_level", b"50")
     tm.handle("teslamate/other/cars/1/battery_level", b"51")
-    tm.handle("teslamate/home/cars/1/elevation", b"12")
+    tm.handle("teslamate/home/cars/1/center_display_state", b"2")  # not mapped
     assert collector.offers == []
     tm.handle("teslamate/home/cars/1/battery_level", b"52")
     assert collector.values(VIN1) == {"battery_level": 52}
@@ -403,6 +404,28 @@ def test_geofence_and_plugged_in_are_mapped_and_plugged_in_decides_the_charge_ca
     assert plugged.derive is not None and plugged.derive(state) is True
     alerts = next(e for e in DERIVED if e.key == "active_alert_count")
     assert alerts.derive is not None and alerts.derive(VehicleState("V")) == 0
+
+
+def test_teslamate_topics_that_were_ignored_are_mapped():
+    assert updates("elevation", "331") == {"elevation_m": 331}
+    assert updates("charge_energy_added", "12.5") == {"charge_energy_added_kwh": 12.5}
+    assert updates("charge_energy_added", "") == {"charge_energy_added_kwh": None}
+    assert updates("scheduled_charging_start_time", "2026-07-01T06:00:00Z") == {
+        "scheduled_charging_start": "2026-07-01T06:00:00+00:00"
+    }
+    with pytest.raises(BadPayload, match="time zone"):
+        updates("scheduled_charging_start_time", "2026-07-01T06:00:00")
+    for key, field in (
+        ("is_climate_on", "climate_on"),
+        ("is_preconditioning", "preconditioning"),
+        ("is_user_present", "user_present"),
+        ("update_available", "update_available"),
+        ("windows_open", "windows_open"),
+        ("passenger_rear_window_open", "window_passenger_rear_open"),
+        ("tpms_soft_warning_fl", "tpms_soft_warning_front_left"),
+    ):
+        assert updates(key, "true") == {field: True}
+    assert updates("update_version", "2026.20.1") == {"update_version": "2026.20.1"}
 
 
 def test_metric_values_survive_home_assistants_conversion_back():

@@ -57,6 +57,9 @@ DOOR_NAMES = (
     "trunk_rear",
 )
 
+WINDOW_NAMES = ("driver_front", "driver_rear", "passenger_front", "passenger_rear")
+TYRES = ("front_left", "front_right", "rear_left", "rear_right")
+
 _K = InvalidPolicy.KEEP
 _C = InvalidPolicy.CLEAR
 
@@ -97,6 +100,17 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("charge_port_door_open", Kind.BOOL),
         FieldSpec("cable_plugged_in", Kind.BOOL),
         FieldSpec("geofence", Kind.STRING),
+        FieldSpec("elevation_m", Kind.NUMBER),
+        FieldSpec("charge_energy_added_kwh", Kind.NUMBER),
+        FieldSpec("scheduled_charging_start", Kind.STRING),
+        FieldSpec("climate_on", Kind.BOOL),
+        FieldSpec("preconditioning", Kind.BOOL),
+        FieldSpec("user_present", Kind.BOOL),
+        FieldSpec("update_available", Kind.BOOL),
+        FieldSpec("update_version", Kind.STRING),
+        FieldSpec("windows_open", Kind.BOOL),
+        *(FieldSpec(f"window_{name}_open", Kind.BOOL) for name in WINDOW_NAMES),
+        *(FieldSpec(f"tpms_soft_warning_{tyre}", Kind.BOOL) for tyre in TYRES),
         FieldSpec("inside_temp_c", Kind.NUMBER),
         FieldSpec("outside_temp_c", Kind.NUMBER),
         FieldSpec("locked", Kind.BOOL),
@@ -409,6 +423,57 @@ ENTITIES: tuple[EntitySpec, ...] = (
         "tpms_rear_right_bar", _S, "Tyre pressure rear right", "pressure", _M, "bar", precision=2
     ),
     EntitySpec("geofence", _S, "Geofence", icon="mdi:map-marker-radius"),
+    EntitySpec(
+        "elevation_m",
+        _S,
+        "Elevation",
+        "distance",
+        _M,
+        "m",
+        diagnostic=True,
+        enabled=False,
+        precision=0,
+    ),
+    EntitySpec(
+        "charge_energy_added_kwh",
+        _S,
+        "Charge energy added",
+        "energy",
+        "total_increasing",
+        "kWh",
+        precision=2,
+    ),
+    EntitySpec(
+        "scheduled_charging_start",
+        _S,
+        "Scheduled charging start",
+        "timestamp",
+        icon="mdi:calendar-clock",
+    ),
+    EntitySpec("climate_on", _B, "Climate", icon="mdi:fan"),
+    EntitySpec("preconditioning", _B, "Preconditioning", icon="mdi:car-defrost-front"),
+    EntitySpec("user_present", _B, "User present", "occupancy"),
+    EntitySpec("update_available", _B, "Software update available", "update", diagnostic=True),
+    EntitySpec("update_version", _S, "Software update version", diagnostic=True, icon="mdi:update"),
+    EntitySpec("windows_open", _B, "Windows", "window"),
+    *(
+        EntitySpec(f"window_{name}_open", _B, f"{label} window", "window")
+        for name, label in zip(
+            WINDOW_NAMES,
+            ("Front driver", "Rear driver", "Front passenger", "Rear passenger"),
+            strict=True,
+        )
+    ),
+    *(
+        EntitySpec(
+            f"tpms_soft_warning_{tyre}",
+            _B,
+            f"Tyre pressure warning {tyre.replace('_', ' ')}",
+            "problem",
+            diagnostic=True,
+        )
+        for tyre in TYRES
+    ),
     EntitySpec("destination_name", _S, "Destination", enabled=False, icon="mdi:map-marker"),
     EntitySpec(
         "minutes_to_arrival",

@@ -125,6 +125,18 @@ def _kmh_to_mph(text: str) -> float | None:
     return None if value is None else mph_from_kmh(value)
 
 
+def _timestamp(text: str) -> str | None:
+    if text == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadPayload(f"not an ISO 8601 time: {text[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise BadPayload(f"a time without a time zone: {text[:40]!r}")
+    return moment.isoformat()
+
+
 def _boolean(text: str) -> bool | None:
     if text == "":
         return None
@@ -205,6 +217,23 @@ SIMPLE: dict[str, tuple[str, Converter]] = {
     "trim_badging": ("trim", _text),
     "geofence": ("geofence", _text),
     "plugged_in": ("cable_plugged_in", _boolean),
+    "elevation": ("elevation_m", _number),
+    "charge_energy_added": ("charge_energy_added_kwh", _number),
+    "scheduled_charging_start_time": ("scheduled_charging_start", _timestamp),
+    "is_climate_on": ("climate_on", _boolean),
+    "is_preconditioning": ("preconditioning", _boolean),
+    "is_user_present": ("user_present", _boolean),
+    "update_available": ("update_available", _boolean),
+    "update_version": ("update_version", _text),
+    "windows_open": ("windows_open", _boolean),
+    "driver_front_window_open": ("window_driver_front_open", _boolean),
+    "driver_rear_window_open": ("window_driver_rear_open", _boolean),
+    "passenger_front_window_open": ("window_passenger_front_open", _boolean),
+    "passenger_rear_window_open": ("window_passenger_rear_open", _boolean),
+    "tpms_soft_warning_fl": ("tpms_soft_warning_front_left", _boolean),
+    "tpms_soft_warning_fr": ("tpms_soft_warning_front_right", _boolean),
+    "tpms_soft_warning_rl": ("tpms_soft_warning_rear_left", _boolean),
+    "tpms_soft_warning_rr": ("tpms_soft_warning_rear_right", _boolean),
 }
 
 DOOR_KEYS: dict[str, str] = {
