@@ -288,3 +288,38 @@ def test_announce_all_entities_announces_the_whole_catalogue(source, store):
     publisher = Publisher(store, Topics(), {}, now=lambda: 0.0, announce_all=True)
     publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
     assert _announced(publisher.take().messages[0]) == {e.key for e in ENTITIES}
+
+
+def test_a_configured_configuration_url_is_the_devices_link(source, store):
+    publisher = Publisher(
+        store, Topics(), {}, now=lambda: 0.0, configuration_url="https://grafana.example/d/car"
+    )
+    publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
+    config = json.loads(publisher.take().messages[0].payload)
+    assert config["dev"]["cu"] == "https://grafana.example/d/car"
+
+
+def test_the_hub_device_carries_notifications_as_an_event_entity(source, store):
+    from gridmate.notify import Event, EventKind
+
+    topics = Topics()
+    publisher = Publisher(store, topics, {}, now=lambda: 0.0, notifications=True)
+    assert publisher.pending  # the hub device is announced even before any car
+    first = publisher.take()
+    assert [m.topic for m in first.messages] == [topics.hub_discovery]
+    config = json.loads(first.messages[0].payload)
+    (component,) = config["cmps"].values()
+    assert component["p"] == "event" and component["evt_typ"] == ["info", "warning", "critical"]
+    assert component["stat_t"] == topics.notifications
+    event = Event(EventKind.telemetry_stale, "Telemetry stale", "No data.", "Switched.")
+    publisher.notification(event)
+    batch = publisher.take()
+    (message,) = batch.messages
+    assert message.topic == topics.notifications and message.retain is False
+    payload = json.loads(message.payload)
+    assert payload["title"] == "Telemetry stale" and payload["kind"] == "telemetry_stale"
+    assert payload["event_type"] == event.effective_level.value
+    publisher.failed(batch)  # not delivered: sent with the next batch
+    assert [m.topic for m in publisher.take().messages] == [topics.notifications]
+    publisher.republish_all()  # Home Assistant came online
+    assert [m.topic for m in publisher.take().messages] == [topics.hub_discovery]

@@ -59,7 +59,12 @@ from gridmate.homeassistant.link import (
     MqttUnavailable,
     default_client_id,
 )
-from gridmate.notify import Event, Level
+from gridmate.homeassistant.notifications import (
+    EVENT_TYPES,
+    MAX_PENDING,
+    notification_payload,
+)
+from gridmate.notify import Event
 from gridmate.report.metrics import day_metrics
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
@@ -199,7 +204,7 @@ ENTITIES: tuple[Entity, ...] = (
            {"dev_cla": "enum", "ops": ["active", "standby"], "ent_cat": "diagnostic"}),
     Entity("plan", "sensor", "Today's plan", {"ic": "mdi:calendar-clock"}, attributes=True),
     Entity("notifications", "event", "Notifications",
-           {"evt_typ": [level.value for level in Level], "ic": "mdi:bell"}),
+           {"evt_typ": EVENT_TYPES, "ic": "mdi:bell"}),
     Entity("peak_control", "switch", "Peak control", {"ic": "mdi:home-lightning-bolt"}),
     Entity("dry_run", "switch", "Dry run", {"ent_cat": "config", "ic": "mdi:test-tube"}),
     Entity("skip_precool", "button", "Skip precool today", {"ic": "mdi:snowflake-off"}),
@@ -358,24 +363,6 @@ def documents(runtime: EnergyRuntime, snapshot: Snapshot) -> dict[str, dict[str,
     }  # fmt: skip
 
 
-_MAX_PENDING_EVENTS = 50
-"""Events kept while the broker is away; older ones are dropped (email has them)."""
-
-
-def notification_payload(event: Event) -> dict[str, Any]:
-    """What Home Assistant's event entity gets: the level as event type, the rest as
-    attributes an automation can forward to a phone."""
-    return {
-        "event_type": event.effective_level.value,
-        "kind": event.kind.value,
-        "title": event.subject,
-        "text": event.what_happened,
-        "action": event.what_gridmate_did,
-        "advice": event.what_you_can_do,
-        "key": event.key,
-    }
-
-
 def failover_role(energy_directory: Path) -> str | None:
     """``active`` or ``standby`` from keepalived's last transition; None without failover."""
     try:
@@ -442,7 +429,7 @@ class EnergyDevice:
         """The notifier reported ``event``: fire the Notifications event entity."""
         payload = notification_payload(event)
         self._events.append(Message(self.topics.notifications, encode(payload), retain=False))
-        del self._events[:-_MAX_PENDING_EVENTS]
+        del self._events[:-MAX_PENDING]
         self._changed.set()
 
     def command(self, topic: str, payload: bytes) -> None:

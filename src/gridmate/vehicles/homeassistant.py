@@ -38,6 +38,7 @@ from gridmate.homeassistant.discovery import (
     encode,
 )
 from gridmate.homeassistant.discovery import homeassistant_status as _homeassistant_status
+from gridmate.homeassistant.notifications import event_component
 from gridmate.vehicles.catalogue import (
     DERIVED,
     ENTITIES,
@@ -80,6 +81,15 @@ class Topics:
     @property
     def all_states(self) -> str:
         return f"{self.base}/+/state"
+
+    @property
+    def notifications(self) -> str:
+        """The hub's "Notifications" event entity (not retained)."""
+        return f"{self.base}/vehicles/notifications"
+
+    @property
+    def hub_discovery(self) -> str:
+        return device_config_topic(self.discovery_prefix, f"{self.node}_vehicles")
 
     def discovery(self, vin: str) -> str:
         return device_config_topic(self.discovery_prefix, f"{self.node}_{vin}")
@@ -254,6 +264,7 @@ def discovery_document(
     names: Mapping[str, str],
     *,
     announce_all: bool = True,
+    configuration_url: str | None = None,
 ) -> dict[str, Any]:
     """Device-based discovery for one vehicle (Home Assistant 2024.11 or later)."""
     device: dict[str, Any] = {
@@ -266,8 +277,24 @@ def discovery_document(
     software = state.value("software_version")
     if isinstance(software, str):
         device["sw"] = software
+    if configuration_url:
+        device["cu"] = configuration_url
     components = {
         f"{vin}_{entity.key}": _component(entity, topics, vin)
         for entity in entities_of(state, announce_all=announce_all)
     }
     return device_document(device, components, availability=topics.status)
+
+
+def hub_discovery_document(topics: Topics) -> dict[str, Any]:
+    """The vehicles hub itself as a device: its notifications as an event entity."""
+    device = {
+        "ids": [f"{topics.node}_vehicles"],
+        "name": "gridmate vehicles",
+        "mf": "gridmate",
+        "mdl": "Vehicles hub",
+    }
+    component = event_component(f"{topics.node}_vehicles_notifications", topics.notifications)
+    return device_document(
+        device, {"vehicles_notifications": component}, availability=topics.status
+    )

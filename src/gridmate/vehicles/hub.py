@@ -158,7 +158,11 @@ class Hub:
             settings.vehicles,
             now=lambda: clock.now().timestamp(),
             announce_all=settings.homeassistant.announce_all_entities,
+            configuration_url=settings.homeassistant.configuration_url,
+            notifications=notifier is not None,
         )
+        if notifier is not None:
+            notifier.add_listener(self._notification)
         self._mqtt_stop = asyncio.Event()
         self.mqtt = MqttLink(
             settings.mqtt,
@@ -578,6 +582,10 @@ class Hub:
         await self.mqtt.announce_online()
 
     # ------------------------------------------------------------ Home Assistant
+
+    def _notification(self, event: Any) -> None:
+        self.publisher.notification(event)
+        self._changed.set()
 
     def _homeassistant_online(self) -> None:
         task = asyncio.create_task(self._rediscover(), name="vehicles.rediscover")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import IntFlag
 
 from gridmate.homeassistant.link import Message
+from gridmate.homeassistant.notifications import MAX_PENDING, notification_payload
+from gridmate.notify import Event
 from gridmate.vehicles.catalogue import is_extra
 from gridmate.vehicles.fleet_telemetry import Applied
 from gridmate.vehicles.homeassistant import (
@@ -24,6 +26,7 @@ from gridmate.vehicles.homeassistant import (
     discovery_document,
     encode,
     entities_of,
+    hub_discovery_document,
     location_document,
     state_document,
     vehicle_name,
@@ -50,6 +53,10 @@ class Batch:
     messages: list[Message] = field(default_factory=list)
     parts: dict[str, Parts] = field(default_factory=dict)
     """What each vehicle in the batch had to publish (to mark again if it fails)."""
+    events: list[Message] = field(default_factory=list)
+    """Notification events in the batch (to send again if it fails)."""
+    hub: bool = False
+    """The batch carries the hub device's discovery."""
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -65,12 +72,19 @@ class Publisher:
         now: Callable[[], float],
         touch_interval: float = 60.0,
         announce_all: bool = False,
+        configuration_url: str | None = None,
+        notifications: bool = False,
     ) -> None:
         self.store = store
         self.topics = topics
         self.names = dict(names)
         self.touch_interval = touch_interval
         self.announce_all = announce_all
+        self.configuration_url = configuration_url
+        self.notifications = notifications
+        """Announce the hub device with its Notifications event entity."""
+        self._hub_announced = False
+        self._events: list[Message] = []
         self._seen: dict[str, frozenset[str]] = {}
         """VIN -> the fields its last discovery document was made from."""
         self._now = now
@@ -82,7 +96,18 @@ class Publisher:
 
     @property
     def pending(self) -> bool:
-        return bool(self._dirty) or bool(self._touched)
+        return (
+            bool(self._dirty)
+            or bool(self._touched)
+            or bool(self._events)
+            or (self.notifications and not self._hub_announced)
+        )
+
+    def notification(self, event: Event) -> None:
+        """The notifier reported ``event``: fire the hub's Notifications event entity."""
+        payload = encode(notification_payload(event))
+        self._events.append(Message(self.topics.notifications, payload, retain=False))
+        del self._events[:-MAX_PENDING]
 
     @property
     def vehicles_published(self) -> int:
@@ -117,6 +142,7 @@ class Publisher:
     def republish_all(self) -> None:
         """Everything this instance published, again (Home Assistant came online)."""
         self._discovered.clear()
+        self._hub_announced = False
         self.mark_vehicles(list(self._published_at), Parts.ALL)
 
     def take(self, limit: int = 500) -> Batch:
@@ -161,8 +187,16 @@ class Publisher:
                 batch.messages.append(Message(topics.alerts(vin), encode(alerts_document(state))))
             batch.messages.append(Message(topics.state(vin), encode(state_document(state))))
             self._published_at[vin] = now
+        if self.notifications and not self._hub_announced:
+            discovery.insert(
+                0, Message(self.topics.hub_discovery, encode(hub_discovery_document(self.topics)))
+            )
+            self._hub_announced = True
+            batch.hub = True
         # Configurations first, so an entity exists before its first state arrives.
         batch.messages[:0] = discovery
+        batch.events, self._events = self._events, []
+        batch.messages.extend(batch.events)
         return batch
 
     def _discovery(self, vin: str, state: VehicleState) -> Message | None:
@@ -179,12 +213,20 @@ class Publisher:
             return None
         self._discovered[vin] = made_of
         document = discovery_document(
-            vin, state, self.topics, self.names, announce_all=self.announce_all
+            vin,
+            state,
+            self.topics,
+            self.names,
+            announce_all=self.announce_all,
+            configuration_url=self.configuration_url,
         )
         return Message(self.topics.discovery(vin), encode(document))
 
     def failed(self, batch: Batch) -> None:
         """The batch was not delivered: publish it again with the next one."""
+        self._events[:0] = batch.events
+        if batch.hub:
+            self._hub_announced = False
         for vin, parts in batch.parts.items():
             self._dirty[vin] = self._dirty.get(vin, parts) | parts
             if parts & Parts.DISCOVERY:

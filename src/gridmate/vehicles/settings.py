@@ -139,6 +139,12 @@ class HomeAssistantSettings(Section):
         description="Discovery is re-sent up to this many seconds (random) after Home "
         "Assistant comes online, as Home Assistant recommends.",
     )
+    configuration_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Shown as the devices' 'Visit' link in Home Assistant (e.g. gridmate's "
+        "Grafana or TeslaMate).",
+    )
     announce_all_entities: bool = Field(
         False,
         description="Announce every entity of a car at once. By default an entity is "
