@@ -442,3 +442,17 @@ def test_metric_values_survive_home_assistants_conversion_back():
     for kmh in range(0, 260):
         assert kmh_from_mph(mph_from_kmh(kmh)) == pytest.approx(kmh, rel=3e-16)
     assert exact / total > 0.8
+
+
+def test_the_cars_table_names_the_model_until_the_car_does():
+    from gridmate.vehicles.homeassistant import Topics, discovery_document
+
+    tm = source(Collector(), cars={})
+    tm.use_car_map(build_car_map({}, [TeslaMateCar(1, VIN1, "Red", "3", "P74D")]))
+    assert tm.model_of(VIN1) == "Model 3 P74D"
+    state = VehicleState(VIN1)
+    document = discovery_document(VIN1, state, Topics(), {}, model=tm.model_of(VIN1))
+    assert document["dev"]["mdl"] == "Model 3 P74D"
+    state.fields["car_type"] = FieldValue("Model Y", 1.0, "fleet_telemetry")
+    document = discovery_document(VIN1, state, Topics(), {}, model=tm.model_of(VIN1))
+    assert document["dev"]["mdl"] == "Model Y"  # the car's own data wins

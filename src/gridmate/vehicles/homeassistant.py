@@ -193,10 +193,10 @@ def vehicle_name(vin: str, state: VehicleState | None, names: Mapping[str, str])
     return reported if isinstance(reported, str) and reported.strip() else vin
 
 
-def _model(state: VehicleState) -> str:
+def _model(state: VehicleState, fallback: str | None = None) -> str:
     car_type, trim = state.value("car_type"), state.value("trim")
     parts = [p for p in (car_type, trim) if isinstance(p, str) and p]
-    return " ".join(parts) if parts else "Tesla"
+    return " ".join(parts) if parts else (fallback or "Tesla")
 
 
 def _component(entity: EntitySpec, topics: Topics, vin: str) -> dict[str, Any]:
@@ -265,13 +265,17 @@ def discovery_document(
     *,
     announce_all: bool = True,
     configuration_url: str | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """Device-based discovery for one vehicle (Home Assistant 2024.11 or later)."""
+    """Device-based discovery for one vehicle (Home Assistant 2024.11 or later).
+
+    ``model`` names the model when the car's own data does not (TeslaMate's cars table).
+    """
     device: dict[str, Any] = {
         "ids": [f"{topics.node}_{vin}"],
         "name": vehicle_name(vin, state, names),
         "mf": "Tesla",
-        "mdl": _model(state),
+        "mdl": _model(state, model),
         "sn": vin,
     }
     software = state.value("software_version")

@@ -160,6 +160,7 @@ class Hub:
             announce_all=settings.homeassistant.announce_all_entities,
             configuration_url=settings.homeassistant.configuration_url,
             notifications=notifier is not None,
+            model_of=self._model_of,
         )
         if notifier is not None:
             notifier.add_listener(self._notification)
@@ -582,6 +583,11 @@ class Hub:
         await self.mqtt.announce_online()
 
     # ------------------------------------------------------------ Home Assistant
+
+    def _model_of(self, vin: str) -> str | None:
+        sources = getattr(self, "sources", None)
+        teslamate = sources.teslamate if sources is not None else None
+        return teslamate.model_of(vin) if teslamate is not None else None
 
     def _notification(self, event: Any) -> None:
         self.publisher.notification(event)

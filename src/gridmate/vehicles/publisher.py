@@ -74,6 +74,7 @@ class Publisher:
         announce_all: bool = False,
         configuration_url: str | None = None,
         notifications: bool = False,
+        model_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self.store = store
         self.topics = topics
@@ -82,6 +83,8 @@ class Publisher:
         self.announce_all = announce_all
         self.configuration_url = configuration_url
         self.notifications = notifications
+        self.model_of = model_of or (lambda _vin: None)
+        """The model when the car's data does not name it (TeslaMate's cars table)."""
         """Announce the hub device with its Notifications event entity."""
         self._hub_announced = False
         self._events: list[Message] = []
@@ -205,6 +208,7 @@ class Publisher:
             state.value("car_type"),
             state.value("trim"),
             state.value("software_version"),
+            self.model_of(vin),
             tuple(sorted(key for key in state.fields if is_extra(key))),
             tuple(e.key for e in entities_of(state, announce_all=self.announce_all)),
         )
@@ -219,6 +223,7 @@ class Publisher:
             self.names,
             announce_all=self.announce_all,
             configuration_url=self.configuration_url,
+            model=self.model_of(vin),
         )
         return Message(self.topics.discovery(vin), encode(document))
 

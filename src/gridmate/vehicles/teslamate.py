@@ -661,6 +661,15 @@ class TeslaMateSource:
         facts.healthy = view.healthy
         facts.link_problem = self._broker_problem or self._web_problem or view.database_problem
 
+    def model_of(self, vin: str) -> str | None:
+        """The car's model in TeslaMate's cars table ("Model 3 P74D"), if known."""
+        for car_id, mapped in self.car_map.vins.items():
+            if mapped == vin and car_id in self.car_map.models:
+                model, trim = self.car_map.models[car_id]
+                parts = [p for p in (_model(model or ""), _text(trim or "")) if p]
+                return " ".join(parts) or None
+        return None
+
     def name_of(self, vin: str) -> str | None:
         """The car's name in TeslaMate's cars table, if known."""
         for car_id, mapped in self.car_map.vins.items():
