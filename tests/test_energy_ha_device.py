@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 
 import aiomqtt
 import pytest
@@ -64,9 +64,15 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(
-    tmp_path, mqtt_broker, *, retained_commands: dict[str, bytes] | None = None, **world_changes
+    tmp_path,
+    mqtt_broker,
+    *,
+    retained_commands: dict[str, bytes] | None = None,
+    prefix: str | None = None,
+    clear: bool = True,
+    **world_changes,
 ) -> AsyncIterator[Rig]:
-    prefix = mqtt_broker.topic_prefix()
+    prefix = prefix or mqtt_broker.topic_prefix()
     settings = HomeAssistantDeviceSettings(
         enable=True,
         mqtt=MqttSettings(host=mqtt_broker.host, port=mqtt_broker.port),
@@ -96,7 +102,8 @@ async def rig(
                 stop.set()
                 with contextlib.suppress(asyncio.CancelledError):  # a restart cancelled it
                     await asyncio.wait_for(task, 15)
-                await _clear_retained(mqtt_broker, prefix)
+                if clear:
+                    await _clear_retained(mqtt_broker, prefix)
 
 
 async def _clear_retained(mqtt_broker, prefix: str) -> None:
@@ -239,6 +246,7 @@ async def test_skip_precool_today_and_end_todays_peak_control(tmp_path, mqtt_bro
 
 def test_commands_map_onto_the_controls():
     today = date(2026, 7, 1)
+    at = datetime(2026, 7, 1, 20, 0, tzinfo=UTC)
     controls = Controls()
     for key, value in (
         ("peak_control", False),
@@ -249,8 +257,8 @@ def test_commands_map_onto_the_controls():
         ("end_peak", None),
     ):
         assert key in COMMANDS
-        controls = apply_command(controls, key, value, today)
-    assert controls == Controls(False, True, 100, 99.5, today, today)
+        controls = apply_command(controls, key, value, today, at)
+    assert controls == Controls(False, True, 100, 99.5, today, today, at)
     assert Controls.from_json(controls.to_json()) == controls
 
 
@@ -289,3 +297,20 @@ async def test_notifications_fire_the_event_entity(tmp_path, mqtt_broker):
         entity = r.view.entities()[(DEVICE, "Notifications")]
         assert entity.platform == "event"
         assert entity.config["event_types"] == ["info", "warning", "critical"]
+
+
+async def test_the_other_node_of_a_failover_pair_takes_the_controls_over(tmp_path, mqtt_broker):
+    prefix = mqtt_broker.topic_prefix()
+    async with rig(tmp_path / "a", mqtt_broker, start=(12, 0), prefix=prefix, clear=False) as r:
+        await r.cycle()
+        await r.command("Peak control", "OFF")
+        await asyncio.wait_for(r.wake.wait(), 10)
+        await r.cycle()
+        await r.shows("Peak control", "off")
+    # The other host: its own state directory, the same broker.
+    async with rig(tmp_path / "b", mqtt_broker, start=(12, 5), prefix=prefix) as r:
+        await asyncio.wait_for(r.wake.wait(), 10)  # taken over, and the loop woken
+        assert r.w.runtime.reconciler.state.controls.peak_control is False
+        await r.run_until(16, 30)
+        assert r.w.site.writes == []  # the peak is not controlled
+        await r.shows("Peak control", "off")

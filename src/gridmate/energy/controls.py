@@ -10,7 +10,7 @@ carries them over. :func:`effective_config` is the pure rule that applies them.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from gridmate.energy.planner import PlannerConfig
@@ -35,6 +35,8 @@ class Controls:
     """None: as configured (``policy.precool_threshold_f``)."""
     skip_precool_day: date | None = None
     end_peak_day: date | None = None
+    changed_at: datetime | None = None
+    """When a person last changed them: the newer of two nodes' controls wins."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,6 +46,7 @@ class Controls:
             "precool_threshold_f": self.precool_threshold_f,
             "skip_precool_day": _day_text(self.skip_precool_day),
             "end_peak_day": _day_text(self.end_peak_day),
+            "changed_at": self.changed_at.isoformat() if self.changed_at else None,
         }
 
     @classmethod
@@ -58,11 +61,24 @@ class Controls:
             precool_threshold_f=None if threshold is None else float(threshold),
             skip_precool_day=_day(data.get("skip_precool_day")),
             end_peak_day=_day(data.get("end_peak_day")),
+            changed_at=_moment(data.get("changed_at")),
         )
+
+    def newer_than(self, other: Controls) -> bool:
+        if self.changed_at is None:
+            return False
+        return other.changed_at is None or self.changed_at > other.changed_at
 
 
 def _day_text(value: date | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo is not None else None
 
 
 def _day(value: Any) -> date | None:

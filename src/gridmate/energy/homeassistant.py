@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
@@ -139,9 +141,13 @@ COMMANDS: dict[str, CommandSpec] = {
 
 
 def apply_command(
-    controls: Controls, key: str, value: bool | float | None, today: date
+    controls: Controls, key: str, value: bool | float | None, today: date, at: datetime
 ) -> Controls:
-    """The controls after a validated command (pure)."""
+    """The controls after a validated command given at ``at`` (pure)."""
+    return replace(_apply(controls, key, value, today), changed_at=at)
+
+
+def _apply(controls: Controls, key: str, value: bool | float | None, today: date) -> Controls:
     if key == "peak_control":
         return replace(controls, peak_control=bool(value))
     if key == "dry_run":
@@ -341,6 +347,8 @@ def documents(runtime: EnergyRuntime, snapshot: Snapshot) -> dict[str, dict[str,
         "dry_run": _on(reconciler.dry_run),
         "peak_reserve": config.reserve.peak_reserve_percent,
         "precool_threshold": config.policy.precool_threshold_f,
+        # What the other node of a failover pair takes over (see adopt_controls).
+        "controls": controls.to_json(),
     }
     phase = result.phase if result is not None else "idle"
     precool: dict[str, Any] = {
@@ -447,8 +455,9 @@ class EnergyDevice:
             log.warning("Home Assistant command refused", reason=str(error))
             self._changed.set()  # the state again, so Home Assistant snaps back
             return
-        today = reconciler.schedule.local_date(self.clock.now())
-        reconciler.state.controls = apply_command(reconciler.state.controls, key, value, today)
+        now = self.clock.now()
+        today = reconciler.schedule.local_date(now)
+        reconciler.state.controls = apply_command(reconciler.state.controls, key, value, today, now)
         reconciler.store.save(reconciler.state)
         self.accepted += 1
         log.info("Home Assistant command accepted", command=key, value=value)
@@ -508,9 +517,40 @@ class EnergyDevice:
         self._events = []
         return out
 
+    async def adopt_controls(self) -> None:
+        """Take over newer controls from the retained state (set on the other node).
+
+        The two nodes of a failover pair share no disk, but they share the broker:
+        the retained state document carries the controls with the time a person
+        last changed them.
+        """
+        marker = f"{self.topics.root}/_sync-{uuid.uuid4().hex[:12]}"
+        try:
+            retained = await self.link.retained(f"{self.topics.root}/+", marker, wait=10.0)
+        except MqttUnavailable as error:
+            log.warning("retained Home Assistant state not read", error=str(error))
+            return
+        payload = retained.get(self.topics.state)
+        if not payload:
+            return
+        try:
+            remote = Controls.from_json(json.loads(payload).get("controls") or {})
+        except (ValueError, TypeError, AttributeError) as error:
+            log.warning("retained controls unreadable; keeping this node's", error=str(error))
+            return
+        reconciler = self.runtime.reconciler
+        if remote.newer_than(reconciler.state.controls):
+            reconciler.state.controls = remote
+            reconciler.store.save(reconciler.state)
+            log.info("controls taken over from the broker", controls=json.dumps(remote.to_json()))
+            self.wake.set()
+
     async def run(self) -> None:
         link = asyncio.create_task(self.link.run(), name="energy.homeassistant.link")
         try:
+            await self._wait(self.link.connected)
+            if not self.stop.is_set():
+                await self.adopt_controls()
             while not self.stop.is_set():
                 await self._wait(self._changed)
                 if self.stop.is_set():
