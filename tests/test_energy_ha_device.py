@@ -314,3 +314,15 @@ async def test_the_other_node_of_a_failover_pair_takes_the_controls_over(tmp_pat
         await r.run_until(16, 30)
         assert r.w.site.writes == []  # the peak is not controlled
         await r.shows("Peak control", "off")
+
+
+async def test_a_stopping_service_says_offline(tmp_path, mqtt_broker):
+    async with rig(tmp_path, mqtt_broker, start=(12, 0)) as r:
+        await r.cycle()
+        await r.shows("Peak control", "on")
+        r.device.stop.set()  # the daemon stops ...
+        await r.w.runtime.close()  # ... and the service closes its runtime
+        await r.view.wait_for(
+            lambda e: not e[(DEVICE, "Peak control")].available, within=10
+        )  # a clean disconnect sends no last will: "offline" was published
+        assert r.view.retained[r.device.topics.status] == b"offline"
