@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 log = get_logger("energy.service")
 
 _PHASES = ("idle", "precool", "peak", "restore")
-CLOSE_GRACE_SECONDS = 10.0
 
 
 def planner_config(settings: EnergySettings) -> PlannerConfig:
@@ -69,9 +68,6 @@ class EnergyRuntime:
     own_fleet: bool = True
     alerts: AlertMonitor | None = None
     tokens: TokenProvider | None = None
-    graceful: list[asyncio.Task[Any]] = field(default_factory=list)
-    """Background tasks that end by themselves once ``stop`` is set (the Home Assistant
-    device publishes ``offline``); :meth:`close` gives them a moment before cancelling."""
 
     @property
     def site_key(self) -> str:
@@ -114,9 +110,6 @@ class EnergyRuntime:
             )  # fmt: skip
 
     async def close(self) -> None:
-        pending = [task for task in self.graceful if not task.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=CLOSE_GRACE_SECONDS)
         for task in self.background:
             task.cancel()
         for task in self.background:
@@ -538,9 +531,7 @@ def start_home_assistant_device(
     device = EnergyDevice(runtime, runtime.settings.ha_device, clock=clock, stop=stop, wake=wake)
     if runtime.notifier is not None:
         runtime.notifier.add_listener(device.notification)
-    task = asyncio.create_task(device.run(), name="energy.homeassistant")
-    runtime.background.append(task)
-    runtime.graceful.append(task)
+    runtime.background.append(asyncio.create_task(device.run(), name="energy.homeassistant"))
     return device, wake
 
 
