@@ -171,7 +171,7 @@ class HomeAssistantLink:
                     log.info("Home Assistant came online; discovery follows")
                     self.on_homeassistant_online()
                 continue
-            if topic in self.command_topics:
+            if any(message.topic.matches(f) for f in self.command_topics):
                 self._command(topic, message)
                 continue
             waiter = self._sync_waiters.get(topic)

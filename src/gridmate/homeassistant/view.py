@@ -55,6 +55,8 @@ ABBREVIATIONS = {
     "sn": "serial_number",
     "cmd_t": "command_topic",
     "pl_prs": "payload_press",
+    "stat_on": "state_on",
+    "stat_off": "state_off",
     "min": "min",
     "max": "max",
     "step": "step",
@@ -235,9 +237,9 @@ class HomeAssistantView:
         if rendered == "None":
             return None
         if platform in ("binary_sensor", "switch"):
-            if rendered == config.get("payload_on", "ON"):
+            if rendered == config.get("state_on", config.get("payload_on", "ON")):
                 return "on"
-            if rendered == config.get("payload_off", "OFF"):
+            if rendered == config.get("state_off", config.get("payload_off", "OFF")):
                 return "off"
             raise ValueError(
                 f"{config['name']}: {rendered!r} is neither payload_on nor payload_off"

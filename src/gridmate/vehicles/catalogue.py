@@ -125,6 +125,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("miles_to_arrival", Kind.NUMBER, _C),
         FieldSpec("active_alerts", Kind.ALERTS),
         FieldSpec("last_error", Kind.STRING),
+        FieldSpec("command_error", Kind.STRING),
         FieldSpec("data_source", Kind.ENUM, options=DATA_SOURCE_OPTIONS),
     )
 }
@@ -522,6 +523,7 @@ ENTITIES: tuple[EntitySpec, ...] = (
     EntitySpec(
         "last_error", _S, "Last error", diagnostic=True, enabled=False, icon="mdi:alert-circle"
     ),
+    EntitySpec("command_error", _S, "Last command error", diagnostic=True, icon="mdi:alert-circle"),
     EntitySpec("locked", _B, "Lock", "lock", inverted=True),
     EntitySpec("charge_port_door_open", _B, "Charge port door", "door", icon="mdi:ev-plug-type2"),
     EntitySpec("fast_charger_present", _B, "Fast charger", "plug", enabled=False),

@@ -50,6 +50,7 @@ from gridmate.vehicles.catalogue import (
     field_spec,
     is_extra,
 )
+from gridmate.vehicles.controls import command_topic
 from gridmate.vehicles.state import FieldValue, VehicleState
 
 __all__ = ["OFFLINE", "ONLINE", "Topics", "encode"]
@@ -266,6 +267,7 @@ def discovery_document(
     announce_all: bool = True,
     configuration_url: str | None = None,
     model: str | None = None,
+    controls: bool = False,
 ) -> dict[str, Any]:
     """Device-based discovery for one vehicle (Home Assistant 2024.11 or later).
 
@@ -287,6 +289,18 @@ def discovery_document(
         f"{vin}_{entity.key}": _component(entity, topics, vin)
         for entity in entities_of(state, announce_all=announce_all)
     }
+    if controls:
+        components[f"{vin}_charging_control"] = {
+            "p": "switch",
+            "name": "Charging control",
+            "uniq_id": f"{topics.node}_{vin}_charging_control",
+            "stat_t": topics.state(vin),
+            "val_tpl": "{{ value_json.charging }}",
+            "stat_on": "True",
+            "stat_off": "False",
+            "cmd_t": command_topic(topics.base, vin, "charging"),
+            "ic": "mdi:ev-station",
+        }
     return device_document(device, components, availability=topics.status)
 
 

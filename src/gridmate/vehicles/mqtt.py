@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gridmate.homeassistant.link import HomeAssistantLink, Message, MqttUnavailable
 from gridmate.homeassistant.link import default_client_id as _client_id
@@ -34,6 +34,8 @@ class MqttLink(HomeAssistantLink):
         stop: asyncio.Event,
         on_homeassistant_online: Callable[[], None] | None = None,
         on_reconnected: Callable[[], None] | None = None,
+        command_topics: Sequence[str] = (),
+        on_command: Callable[[str, bytes], None] | None = None,
         publish_timeout: float = 30.0,
         backoff: Backoff | None = None,
     ) -> None:
@@ -44,6 +46,8 @@ class MqttLink(HomeAssistantLink):
             client_id=default_client_id(topics.node),
             on_homeassistant_online=on_homeassistant_online,
             on_reconnected=on_reconnected,
+            command_topics=command_topics,
+            on_command=on_command,
             publish_timeout=publish_timeout,
             backoff=backoff,
         )

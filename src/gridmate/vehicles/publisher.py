@@ -75,6 +75,7 @@ class Publisher:
         configuration_url: str | None = None,
         notifications: bool = False,
         model_of: Callable[[str], str | None] | None = None,
+        controls: bool = False,
     ) -> None:
         self.store = store
         self.topics = topics
@@ -83,6 +84,8 @@ class Publisher:
         self.announce_all = announce_all
         self.configuration_url = configuration_url
         self.notifications = notifications
+        self.controls = controls
+        """Announce each car's Charging control switch (a command path is configured)."""
         self.model_of = model_of or (lambda _vin: None)
         """The model when the car's data does not name it (TeslaMate's cars table)."""
         """Announce the hub device with its Notifications event entity."""
@@ -224,6 +227,7 @@ class Publisher:
             announce_all=self.announce_all,
             configuration_url=self.configuration_url,
             model=self.model_of(vin),
+            controls=self.controls,
         )
         return Message(self.topics.discovery(vin), encode(document))
 

@@ -167,6 +167,21 @@ class HomeAssistantSettings(Section):
         return value
 
 
+class VehicleControlSettings(Section):
+    """Car controls in Home Assistant (a "Charging control" switch per car)."""
+
+    enable: bool = Field(
+        False,
+        description="Announce the charging switch and take its commands; needs "
+        "tesla.token_source and tesla.command_proxy_url (Tesla's vehicle-command proxy).",
+    )
+    wake_vins: list[str] = Field(
+        default_factory=list,
+        description="Cars gridmate may wake for a command (a wake is the most expensive "
+        "Fleet API call); other cars' commands are refused while they sleep.",
+    )
+
+
 class VehiclesSettings(ComponentSettings):
     model_config = SettingsConfigDict(env_prefix="GRIDMATE_VEHICLES_")
 
@@ -208,6 +223,7 @@ class VehiclesSettings(ComponentSettings):
     polling: PollingSettings = PollingSettings()
     arbitration: ArbitrationSettings = ArbitrationSettings()
     notify: NotifySettings = NotifySettings()
+    controls: VehicleControlSettings = VehicleControlSettings()
 
     @model_validator(mode="after")
     def _some_source(self) -> VehiclesSettings:
@@ -219,6 +235,13 @@ class VehiclesSettings(ComponentSettings):
             )
         if self.teslamate.enable and not self.teslamate.use_database and not self.teslamate.cars:
             raise ValueError("teslamate.use_database = false needs teslamate.cars (car id -> VIN)")
+        if self.controls.enable and (
+            self.tesla.token_source == "none" or not self.tesla.command_proxy_url
+        ):
+            raise ValueError(
+                "controls.enable needs a command path: tesla.token_source and "
+                "tesla.command_proxy_url"
+            )
         return self
 
     @field_validator("vehicles")
