@@ -63,10 +63,10 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _configuration(http_port: int) -> str:
+def _configuration(http_port: int, *, prefix: str, units: str) -> str:
     dump = (
         "{% set ns = namespace(d={}) %}"
-        "{% for s in states if s.entity_id.split('.')[1].startswith('gridmate_energy') %}"
+        f"{{% for s in states if s.entity_id.split('.')[1].startswith('{prefix}') %}}"
         "{% set ns.d = dict(ns.d, **{s.entity_id: s.state}) %}{% endfor %}"
         "{{ ns.d | tojson }}"
     )
@@ -76,7 +76,7 @@ homeassistant:
   latitude: 33.45
   longitude: -112.07
   elevation: 331
-  unit_system: us_customary
+  unit_system: {units}
   time_zone: America/Phoenix
   currency: USD
   country: US
@@ -154,12 +154,16 @@ def _config_entries(port: int) -> dict:
 
 
 @contextlib.asynccontextmanager
-async def home_assistant(broker_port: int):
+async def home_assistant(
+    broker_port: int, *, prefix: str = "gridmate_energy", units: str = "us_customary"
+):
     """Home Assistant in its root; yields the config directory (as seen from the host)."""
     name = f"gridmate-ha-{uuid.uuid4().hex[:10]}"
     config = ROOT / "tmp" / name
     (config / ".storage").mkdir(parents=True)
-    (config / "configuration.yaml").write_text(_configuration(_free_port()))
+    (config / "configuration.yaml").write_text(
+        _configuration(_free_port(), prefix=prefix, units=units)
+    )
     (config / ".storage" / "core.config_entries").write_text(
         json.dumps(_config_entries(broker_port))
     )
@@ -290,3 +294,85 @@ async def test_home_assistant_shows_the_energy_device_and_switching_peak_control
             stop.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(device_task, 15)
+
+
+async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
+    private_mqtt_broker,
+):
+    """TeslaMate's kilometres and km/h, stored in miles, come back in a metric Home
+    Assistant as TeslaMate's numbers; the car's controls are accepted; no warnings."""
+    from gridmate.homeassistant.link import Message
+    from gridmate.vehicles.catalogue import invalid_policies
+    from gridmate.vehicles.homeassistant import Topics
+    from gridmate.vehicles.publisher import Publisher
+    from gridmate.vehicles.simulator import sample_vin
+    from gridmate.vehicles.state import StateStore
+    from gridmate.vehicles.teslamate import TeslaMateCarView, interpret
+
+    broker = private_mqtt_broker
+    vin = sample_vin(5)
+    store = StateStore(invalid_policies())
+    view = TeslaMateCarView(1)
+    now = datetime.now(UTC).timestamp()
+    for key, payload in (
+        ("state", "driving"), ("shift_state", "D"), ("speed", "88"), ("odometer", "20117.04"),
+        ("battery_level", "80"), ("charging_state", "Stopped"), ("geofence", "Home"),
+        ("inside_temp", "21.5"),
+    ):  # fmt: skip
+        for field, value in interpret(view, key, payload):
+            store.update(vin, field, value, now, "teslamate")
+    topics = Topics()
+    publisher = Publisher(store, topics, {vin: "Blue"}, now=lambda: now, controls=True)
+    publisher.mark_vehicles([vin])
+    messages: list[Message] = publisher.take().messages
+    async with aiomqtt.Client(broker.host, broker.port) as tester:
+        await tester.publish(topics.status, b"online", qos=1, retain=True)
+        for message in messages:
+            await tester.publish(message.topic, message.payload, qos=1, retain=message.retain)
+        await tester.subscribe("homeassistant/status", qos=1)
+        await tester.subscribe("gridmate-test/states", qos=1)
+        states: asyncio.Queue[dict] = asyncio.Queue()
+        born = asyncio.Event()
+
+        async def listen() -> None:
+            async for message in tester.messages:
+                if message.topic.matches("homeassistant/status") and message.payload == b"online":
+                    born.set()
+                elif message.topic.matches("gridmate-test/states"):
+                    assert isinstance(message.payload, bytes)
+                    states.put_nowait(json.loads(message.payload))
+
+        listener = asyncio.create_task(listen())
+        try:
+            async with home_assistant(broker.port, prefix="blue", units="metric") as (
+                config,
+                process,
+            ):
+                await asyncio.wait_for(born.wait(), 300)
+
+                async def ha_states() -> dict:
+                    while True:
+                        await tester.publish("gridmate-test/dump", b"", qos=1)
+                        with contextlib.suppress(TimeoutError):
+                            seen = await asyncio.wait_for(states.get(), 5)
+                            if seen.get("sensor.blue_odometer") not in (None, "unknown"):
+                                return seen
+                        await asyncio.sleep(1)
+
+                seen = await asyncio.wait_for(ha_states(), 120)
+                assert seen["sensor.blue_odometer"] == "20117.04"  # TeslaMate's number
+                assert float(seen["sensor.blue_speed"]) == 88.0
+                assert seen["sensor.blue_geofence"] == "Home"
+                assert seen["switch.blue_charging_control"] == "off"
+                assert "sensor.blue_tyre_pressure_front_left" not in seen  # never delivered
+                process.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(process.wait(), 120) == 0
+                problems = [
+                    line
+                    for line in _log_lines(config)
+                    if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
+                    and SKIP_PIP_WARNING not in line
+                ]
+                assert problems == []
+        finally:
+            listener.cancel()
