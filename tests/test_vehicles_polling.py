@@ -206,3 +206,25 @@ async def test_a_429_blocks_the_car_and_hands_it_to_no_source():
         await rig.rounds(20, 60)  # the client obeys Retry-After: nothing more is sent
         assert len(cloud.calls_to("vehicle_data")) == 2
         await rig.api.aclose()
+
+
+async def test_data_source_names_polling_only_once_a_poll_delivered_and_none_after_it_fails():
+    car = SimulatedVehicle(vin=VIN, state="online")
+    clock = StepClock(START)
+    async with tesla_cloud_simulator(vehicles=[car], clock=clock) as cloud:
+        cloud.inject_failures(1, status=503, endpoint="vehicle_data")
+        rig = Rig(cloud, clock, budget=None)
+        await rig.rounds(1, 130)  # selected for polling, but the first poll failed
+        assert rig.manager.book.selected(VIN) == TESLA_API
+        state = rig.store.get(VIN)
+        assert state is None or state.value("data_source") in (None, NO_SOURCE)
+        await rig.rounds(1, 130)
+        assert rig.store.get(VIN).value("data_source") == TESLA_API
+        delivered_at = rig.store.get(VIN).last_update
+        cloud.inject_failures(5, status=503, endpoint="vehicle_data")
+        await rig.rounds(6, 130)  # the next poll is due within idle_interval
+        state = rig.store.get(VIN)
+        assert state.value("data_source") == NO_SOURCE  # the poll failed: no source delivers
+        # "Last update" is when the car's data was observed, not when the source changed.
+        assert state.last_update == delivered_at
+        await rig.api.aclose()

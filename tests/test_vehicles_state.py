@@ -255,3 +255,71 @@ def test_discovery_marks_units_classes_and_diagnostics(store):
     assert cmps[f"{VIN}_locked"]["pl_on"] == "False"  # a lock is "on" when unlocked
     assert cmps[f"{VIN}_location"]["p"] == "device_tracker"
     assert config["avty"] == [{"t": "gridmate/status"}]
+
+
+def _announced(message) -> set[str]:
+    return {key.split("_", 1)[1] for key in json.loads(message.payload)["cmps"]}
+
+
+def test_an_entity_is_announced_once_a_source_delivered_its_field(source, store):
+    topics = Topics()
+    publisher = Publisher(store, topics, {}, now=lambda: 0.0)
+    publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
+    announced = _announced(publisher.take().messages[0])
+    # Speed, and what every car has (when, from where, how many alerts: 0).
+    assert announced == {"speed_mph", "driving", "online", "last_update", "data_source",
+                         "active_alert_count"}  # fmt: skip
+    assert state_document(store.get(VIN))["active_alert_count"] == 0
+    # A field delivered for the first time: discovery again, with its entity.
+    publisher.mark(source.apply(v({"Odometer": 1200.5}, T0 + timedelta(0, 5))))
+    batch = publisher.take()
+    assert batch.messages[0].topic == topics.discovery(VIN)
+    assert "odometer_mi" in _announced(batch.messages[0])
+    # Remembered across a restart: the retained state document brings the fields back.
+    payload = next(m.payload for m in batch.messages if m.topic == topics.state(VIN))
+    restored = StateStore(invalid_policies())
+    restored.seed(VIN, restore_fields(payload))
+    again = Publisher(restored, topics, {}, now=lambda: 0.0)
+    again.mark_vehicles([VIN])
+    assert "odometer_mi" in _announced(again.take().messages[0])
+
+
+def test_announce_all_entities_announces_the_whole_catalogue(source, store):
+    publisher = Publisher(store, Topics(), {}, now=lambda: 0.0, announce_all=True)
+    publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
+    assert _announced(publisher.take().messages[0]) == {e.key for e in ENTITIES}
+
+
+def test_a_configured_configuration_url_is_the_devices_link(source, store):
+    publisher = Publisher(
+        store, Topics(), {}, now=lambda: 0.0, configuration_url="https://grafana.example/d/car"
+    )
+    publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
+    config = json.loads(publisher.take().messages[0].payload)
+    assert config["dev"]["cu"] == "https://grafana.example/d/car"
+
+
+def test_the_hub_device_carries_notifications_as_an_event_entity(source, store):
+    from gridmate.notify import Event, EventKind
+
+    topics = Topics()
+    publisher = Publisher(store, topics, {}, now=lambda: 0.0, notifications=True)
+    assert publisher.pending  # the hub device is announced even before any car
+    first = publisher.take()
+    assert [m.topic for m in first.messages] == [topics.hub_discovery]
+    config = json.loads(first.messages[0].payload)
+    (component,) = config["cmps"].values()
+    assert component["p"] == "event" and component["evt_typ"] == ["info", "warning", "critical"]
+    assert component["stat_t"] == topics.notifications
+    event = Event(EventKind.telemetry_stale, "Telemetry stale", "No data.", "Switched.")
+    publisher.notification(event)
+    batch = publisher.take()
+    (message,) = batch.messages
+    assert message.topic == topics.notifications and message.retain is False
+    payload = json.loads(message.payload)
+    assert payload["title"] == "Telemetry stale" and payload["kind"] == "telemetry_stale"
+    assert payload["event_type"] == event.effective_level.value
+    publisher.failed(batch)  # not delivered: sent with the next batch
+    assert [m.topic for m in publisher.take().messages] == [topics.notifications]
+    publisher.republish_all()  # Home Assistant came online
+    assert [m.topic for m in publisher.take().messages] == [topics.hub_discovery]

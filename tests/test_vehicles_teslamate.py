@@ -19,8 +19,11 @@ from gridmate.sim.teslamate import (
     simulated_teslamate,
 )
 from gridmate.vehicles.arbitration import Activity, SourceFacts
+from gridmate.vehicles.catalogue import DERIVED
 from gridmate.vehicles.source_settings import TeslaMateSourceSettings
+from gridmate.vehicles.state import FieldValue, VehicleState
 from gridmate.vehicles.teslamate import (
+    BadPayload,
     TeslaMateCarView,
     TeslaMateSource,
     TopicInfo,
@@ -30,6 +33,7 @@ from gridmate.vehicles.teslamate import (
     subscription,
 )
 from gridmate.vehicles.teslamate_cars import TeslaMateCar, TeslaMateDatabase, build_car_map
+from gridmate.vehicles.units import km_from_miles, kmh_from_mph, miles_from_km, mph_from_kmh
 
 VIN1 = "5YJ3E1EA7KF000001"
 VIN2 = "7SAYGDEE9PA000002"
@@ -69,10 +73,16 @@ def updates(key: str, payload: str, view: TeslaMateCarView | None = None) -> dic
 
 
 def test_units_are_converted_to_the_catalogues():
-    assert updates("odometer", "19312.13") == {"odometer_mi": 12000.0}
-    assert updates("rated_battery_range_km", "300.0") == {"rated_range_mi": 186.41}
+    # Not rounded: Home Assistant converts back for metric users and must get
+    # TeslaMate's number again (see gridmate.vehicles.units).
+    odometer = updates("odometer", "19312.13")["odometer_mi"]
+    assert odometer == pytest.approx(12000.0, abs=0.01) and km_from_miles(odometer) == 19312.13
+    rated = updates("rated_battery_range_km", "300.0")["rated_range_mi"]
+    assert rated == pytest.approx(186.41, abs=0.01) and km_from_miles(rated) == 300.0
     view = TeslaMateCarView(1, state="driving")
-    assert updates("speed", "100", view) == {"speed_mph": 62.1}
+    speed = updates("speed", "88", view)["speed_mph"]
+    assert speed == pytest.approx(54.68, abs=0.01) and kmh_from_mph(speed) == 88
+    assert km_from_miles(updates("odometer", "20117.04")["odometer_mi"]) == 20117.04
     assert updates("charger_power", "11") == {"ac_charging_power_kw": 11}
     assert updates("charger_actual_current", "2.05") == {"charger_current_a": 2.05}
     assert updates("time_to_full_charge", "1.25") == {"time_to_full_charge_h": 1.25}
@@ -105,7 +115,7 @@ def test_an_empty_payload_is_null():
 def test_speed_is_only_believed_while_driving():
     view = TeslaMateCarView(1)
     assert updates("state", "driving", view) == {"online": True}
-    assert updates("speed", "50", view) == {"speed_mph": 31.1}
+    assert updates("speed", "50", view) == {"speed_mph": mph_from_kmh(50)}
     assert updates("state", "online", view) == {"online": True, "speed_mph": None}
     assert updates("speed", "50", view) == {"speed_mph": None}
     assert updates("state", "asleep", view)["online"] is False
@@ -203,7 +213,7 @@ def test_other_namespaces_and_unknown_keys_are_ignored():
     tm = source(collector, cars={1: VIN1}, namespace="home")
     tm.handle("teslamate/cars/1/battery_level", b"50")
     tm.handle("teslamate/other/cars/1/battery_level", b"51")
-    tm.handle("teslamate/home/cars/1/elevation", b"12")
+    tm.handle("teslamate/home/cars/1/center_display_state", b"2")  # not mapped
     assert collector.offers == []
     tm.handle("teslamate/home/cars/1/battery_level", b"52")
     assert collector.values(VIN1) == {"battery_level": 52}
@@ -381,3 +391,68 @@ async def test_teslamate_over_a_real_broker(mqtt_broker, with_namespace):
     await clear_retained(
         mqtt_broker.host, mqtt_broker.port, {t for t, _p, retain in teslamate.published if retain}
     )
+
+
+def test_geofence_and_plugged_in_are_mapped_and_plugged_in_decides_the_charge_cable():
+    assert updates("geofence", "Home") == {"geofence": "Home"}
+    assert updates("geofence", "") == {"geofence": None}
+    assert updates("plugged_in", "true") == {"cable_plugged_in": True}
+    state = VehicleState("V")
+    state.fields["charge_state"] = FieldValue("disconnected", 1.0, "teslamate")
+    state.fields["cable_plugged_in"] = FieldValue(True, 2.0, "teslamate")
+    plugged = next(e for e in DERIVED if e.key == "plugged_in")
+    assert plugged.derive is not None and plugged.derive(state) is True
+    alerts = next(e for e in DERIVED if e.key == "active_alert_count")
+    assert alerts.derive is not None and alerts.derive(VehicleState("V")) == 0
+
+
+def test_teslamate_topics_that_were_ignored_are_mapped():
+    assert updates("elevation", "331") == {"elevation_m": 331}
+    assert updates("charge_energy_added", "12.5") == {"charge_energy_added_kwh": 12.5}
+    assert updates("charge_energy_added", "") == {"charge_energy_added_kwh": None}
+    assert updates("scheduled_charging_start_time", "2026-07-01T06:00:00Z") == {
+        "scheduled_charging_start": "2026-07-01T06:00:00+00:00"
+    }
+    with pytest.raises(BadPayload, match="time zone"):
+        updates("scheduled_charging_start_time", "2026-07-01T06:00:00")
+    for key, field in (
+        ("is_climate_on", "climate_on"),
+        ("is_preconditioning", "preconditioning"),
+        ("is_user_present", "user_present"),
+        ("update_available", "update_available"),
+        ("windows_open", "windows_open"),
+        ("passenger_rear_window_open", "window_passenger_rear_open"),
+        ("tpms_soft_warning_fl", "tpms_soft_warning_front_left"),
+    ):
+        assert updates(key, "true") == {field: True}
+    assert updates("update_version", "2026.20.1") == {"update_version": "2026.20.1"}
+
+
+def test_metric_values_survive_home_assistants_conversion_back():
+    # Every TeslaMate distance and speed with the precision TeslaMate publishes comes
+    # back from Home Assistant's conversion as the number TeslaMate sent, or one unit
+    # in the last place of a double off where no double maps onto it.
+    exact = total = 0
+    for tenths in range(0, 3_000_000, 997):
+        km = tenths / 100
+        back = km_from_miles(miles_from_km(km))
+        total += 1
+        exact += back == km
+        assert back == pytest.approx(km, rel=3e-16, abs=1e-12)
+    for kmh in range(0, 260):
+        assert kmh_from_mph(mph_from_kmh(kmh)) == pytest.approx(kmh, rel=3e-16)
+    assert exact / total > 0.8
+
+
+def test_the_cars_table_names_the_model_until_the_car_does():
+    from gridmate.vehicles.homeassistant import Topics, discovery_document
+
+    tm = source(Collector(), cars={})
+    tm.use_car_map(build_car_map({}, [TeslaMateCar(1, VIN1, "Red", "3", "P74D")]))
+    assert tm.model_of(VIN1) == "Model 3 P74D"
+    state = VehicleState(VIN1)
+    document = discovery_document(VIN1, state, Topics(), {}, model=tm.model_of(VIN1))
+    assert document["dev"]["mdl"] == "Model 3 P74D"
+    state.fields["car_type"] = FieldValue("Model Y", 1.0, "fleet_telemetry")
+    document = discovery_document(VIN1, state, Topics(), {}, model=tm.model_of(VIN1))
+    assert document["dev"]["mdl"] == "Model Y"  # the car's own data wins

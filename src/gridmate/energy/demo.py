@@ -16,19 +16,21 @@ from zoneinfo import ZoneInfo
 from gridmate.demo import DemoContext, Scenario
 from gridmate.energy.component import day_timeline
 from gridmate.energy.reconciler import CycleReport
-from gridmate.energy.service import build_runtime, run_loop
+from gridmate.energy.service import build_runtime, run_loop, start_home_assistant_device
 from gridmate.energy.settings import (
     EnergySettings,
     GatewaySettings,
+    HomeAssistantDeviceSettings,
     HoneywellSettings,
     PowerwallSettings,
     TariffSettings,
     ThermostatSettings,
     WeatherSettings,
 )
+from gridmate.homeassistant.view import HomeAssistantView
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.secrets import Secret
-from gridmate.runtime.settings import MetricsSettings
+from gridmate.runtime.settings import MetricsSettings, MqttSettings
 from gridmate.sim.honeywell import SimulatedThermostat, honeywell_simulator
 from gridmate.sim.house import HouseModel, gateway_simulator, outdoor_profile
 from gridmate.sim.tesla_cloud import SimulatedEnergySite, tesla_cloud_simulator
@@ -37,6 +39,7 @@ from gridmate.tesla.fleet_api import FleetApi
 from gridmate.tesla.tokens import StaticTokenProvider
 
 PHOENIX = ZoneInfo("America/Phoenix")
+DEVICE = "gridmate energy"
 # The 'original' preset's hours with prices in the range of Arizona time-of-use
 # plans, so the journal (and the daily report built from it) carries money.
 DEMO_TARIFF = TariffSettings(
@@ -54,6 +57,17 @@ class Leg:
 
     start: datetime
     end: datetime
+
+
+@dataclass
+class Steer:
+    """Home Assistant in the demo: the energy device, and one command a user gives."""
+
+    broker: tuple[str, int]
+    at: datetime
+    entity: str
+    payload: str
+    view: HomeAssistantView | None = None
 
 
 @dataclass
@@ -79,6 +93,7 @@ async def _simulate_day(
     thermostat: SimulatedThermostat,
     speed: float,
     solar_kw: float = 0.0,
+    steer: Steer | None = None,
 ) -> DayResult:
     clock = SimulatedClock(legs[0].start, speed=speed)
     house = HouseModel(
@@ -119,6 +134,14 @@ async def _simulate_day(
                 client_secret=Secret("sim-consumer-secret"),
                 refresh_token=Secret(honeywell.issue_refresh_token()),
                 poll_seconds=120.0,
+            ),
+            ha_device=HomeAssistantDeviceSettings(
+                enable=steer is not None,
+                mqtt=MqttSettings(
+                    host=steer.broker[0] if steer else "127.0.0.1",
+                    port=steer.broker[1] if steer else 1883,
+                ),
+                base_topic="demo-gridmate",
             ),
             weather=WeatherSettings(
                 latitude=33.45,
@@ -217,14 +240,51 @@ async def _simulate_day(
                     stop.set()
 
                 timer = asyncio.create_task(stop_at(leg.end))
-                await run_loop(runtime, clock=clock, stop=stop, on_cycle=narrate)
+                device, wake = start_home_assistant_device(runtime, clock=clock, stop=stop)
+                user = None
+                if steer is not None and device is not None:
+                    user = asyncio.create_task(_user_in_home_assistant(ctx, steer, clock))
+                await run_loop(
+                    runtime, clock=clock, stop=stop, on_cycle=narrate, wake=wake,
+                    on_health=device.observe if device is not None else None,
+                )  # fmt: skip
                 await timer
                 await house_task
+                if user is not None:
+                    await user
         finally:
             await runtime.close()
             await fleet.aclose()
         result.writes = len(site.writes)
     return result
+
+
+async def _user_in_home_assistant(ctx: DemoContext, steer: Steer, clock: SimulatedClock) -> None:
+    """What a person does in Home Assistant's UI, read and sent the way Home Assistant does."""
+    assert steer.view is not None
+    view = steer.view
+
+    def now() -> datetime:
+        return clock.now().astimezone(PHOENIX)
+
+    await view.wait_for(lambda e: e.get((DEVICE, "Peak active")) is not None
+                        and e[(DEVICE, "Peak active")].state == "on")  # fmt: skip
+    await clock.sleep(max(0.0, (steer.at - clock.now()).total_seconds()))
+    shown = view.entities()
+    ctx.say("ha", f"{DEVICE}: peak active, backup reserve "
+            f"{shown[(DEVICE, 'Backup reserve')].state:g} %, {len(shown)} entities",
+            now())  # fmt: skip
+    ctx.say("ha", f"user sets {steer.entity} to {steer.payload}", now())
+    await view.command(DEVICE, steer.entity, steer.payload)
+    entities = await view.wait_for(
+        lambda e: (
+            e[(DEVICE, steer.entity)].state == steer.payload.lower()
+            and e[(DEVICE, "Backup reserve")].state == 30.0
+        )
+    )
+    ctx.say("ha", f"{DEVICE}: {steer.entity} {entities[(DEVICE, steer.entity)].state}, peak "
+            f"active {entities[(DEVICE, 'Peak active')].state}, backup reserve "
+            f"{entities[(DEVICE, 'Backup reserve')].state:g} %", now())  # fmt: skip
 
 
 async def _run(ctx: DemoContext) -> list[str]:
@@ -262,6 +322,37 @@ async def _run(ctx: DemoContext) -> list[str]:
     )
     ctx.expect(summer.thermostat.setpoint_status == "NoHold", "the thermostat is back on schedule")
 
+    steer_day = date(2026, 7, 2)
+    ctx.say("demo", f"summer weekday {steer_day:%a %d %b}, steered from Home Assistant: "
+            "peak control switched off during the peak")  # fmt: skip
+    broker = await ctx.mqtt_broker()
+    view = HomeAssistantView(*broker, discovery_prefix="homeassistant", base="demo-gridmate")
+    async with view.running():
+        steered = await _simulate_day(
+            ctx,
+            label="steered",
+            day=steer_day,
+            high_f=90.0,
+            low_f=78.0,
+            legs=[Leg(at(steer_day, 15, 50), at(steer_day, 17, 0))],
+            site=SimulatedEnergySite(
+                percentage_charged=96.0,
+                backup_reserve_percent=30,
+                operation_mode="autonomous",
+                installation_time_zone="America/Phoenix",
+            ),
+            thermostat=SimulatedThermostat(indoor_f=77.0, mode="Cool"),
+            speed=speed,
+            steer=Steer(broker, at(steer_day, 16, 30), "Peak control", "OFF", view),
+        )
+        shown = view.entities()
+    ctx.expect(
+        (steered.site.backup_reserve_percent, steered.site.operation_mode) == (30, "autonomous"),
+        "switching peak control off in Home Assistant restored the Powerwall",
+    )
+    ctx.expect(shown[(DEVICE, "Peak control")].state == "off", "Home Assistant shows it off")
+    ctx.expect(steered.writes == 4, "one peak change and one restore, nothing after")
+
     winter_day = date(2026, 1, 14)
     ctx.say("demo", f"winter weekday {winter_day:%a %d %b}, forecast high 62 °F, peaks 6-9 AM "
             "and 5-8 PM")  # fmt: skip
@@ -294,6 +385,8 @@ async def _run(ctx: DemoContext) -> list[str]:
     return [
         f"summer: precooled, reserve 30 % -> 0 % -> 30 % verified, ladder steps "
         f"{sorted(set(summer.ladder_levels))}, {summer.writes} Powerwall writes",
+        f"Home Assistant: peak control switched off at 16:30, reserve restored to 30 %, "
+        f"{len([k for k in shown if k[0] == DEVICE])} entities on the energy device",
         f"winter: two peaks, {winter.restores_verified} verified restores, ladder steps "
         f"{sorted(set(winter.ladder_levels)) or 'none'}, {winter.writes} Powerwall writes",
     ]

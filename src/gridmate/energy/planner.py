@@ -478,12 +478,18 @@ def plan(
     writes_left: int | None = None,
     carried: Baseline | None = None,
     restored_through: datetime | None = None,
+    peak_control: bool = True,
+    ended_day: date | None = None,
 ) -> Plan:
     """The desired state at ``at``. ``writes_left``: Powerwall writes left today;
     ``carried``: the pre-peak baseline another node of a failover pair saved, used
     when this node has to capture one and cannot see the settings from before;
     ``restored_through``: the end of the last block this node restored (a Powerwall
-    in the peak setting after it is a person's choice, not a restore left over)."""
+    in the peak setting after it is a person's choice, not a restore left over).
+
+    ``peak_control`` off, or ``ended_day`` the local day a block starts on, stands
+    the block down: what gridmate changed is restored (once), then nothing is written.
+    """
     decisions: list[Decision] = []
     segment = schedule.segment_at(at)
     block = schedule.next_block(at, config.controlled_periods)
@@ -522,8 +528,22 @@ def plan(
             )
         )
 
+    if phase in ("precool", "peak") and block is not None:
+        reason = None
+        if not peak_control:
+            reason = "peak control is switched off"
+        elif ended_day is not None and schedule.local_date(block[0]) == ended_day:
+            reason = "peak control ended for today"
+        if reason is not None:
+            decisions.append(Decision("stand_down", {"reason": reason}))
+            if memory.baseline is not None and not memory.restore_complete:
+                phase = "restore"
+                block = (memory.baseline.block_start, memory.baseline.block_end)
+            else:
+                phase = "idle"
+
     if phase == "idle":
-        return Plan(at, phase, segment.period, block, None, {}, {}, (), _EMPTY_MEMORY)
+        return Plan(at, phase, segment.period, block, None, {}, {}, tuple(decisions), _EMPTY_MEMORY)
     assert block is not None
 
     # --- the baseline: saved once per block, before anything is changed
@@ -692,6 +712,15 @@ def plan(
                 hold="until",
                 hold_until=block[0],
                 reason=f"precool {policy.precool_delta_f:g} °F below the setpoint",
+            )
+        elif phase == "precool" and not memory.precool and tid in memory.touched:
+            # Precooling was called off after it started: back to the saved setting.
+            wish = DesiredThermostat(
+                cool_setpoint_f=base.cool_setpoint_f,
+                heat_setpoint_f=base.heat_setpoint_f,
+                hold=base.hold,
+                hold_until=None,
+                reason="precool skipped: back to the pre-peak setting",
             )
         elif phase == "peak" and (raise_f > 0 or tid in memory.touched):
             cool = base.cool_setpoint_f

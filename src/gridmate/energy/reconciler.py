@@ -20,6 +20,7 @@ from gridmate.energy.adapters.powerwall import Powerwall, PowerwallReading
 from gridmate.energy.adapters.thermostat import Thermostat
 from gridmate.energy.adapters.vehicles import VehicleSource
 from gridmate.energy.adapters.weather import WeatherClient
+from gridmate.energy.controls import effective_config, effective_dry_run
 from gridmate.energy.journal import DayJournal
 from gridmate.energy.planner import (
     SETPOINT_TOLERANCE_F,
@@ -90,6 +91,7 @@ class Reconciler:
         self.vehicles = vehicles
         self.weather = weather
         self.writes_per_day = writes_per_day
+        self.configured_dry_run = dry_run
         self.dry_run = dry_run
         self.gate = gate
         self.carried = carried
@@ -178,12 +180,19 @@ class Reconciler:
             forecast = await self.weather.forecast(today)
         report.forecast = forecast
 
+        # What a person set from Home Assistant applies from this cycle on.
+        controls = self.state.controls
+        config = effective_config(self.config, controls, today)
+        self.dry_run = effective_dry_run(self.configured_dry_run, controls)
         memory = self.state.memory
         carried = self.carried() if self.carried is not None else None
         restored_through = self.state.restored_through
+        if controls.skip_precool_day == today and memory.precool:
+            memory = replace(memory, precool=False)
         preview = plan(
-            now, self.schedule, SiteReading(None), forecast, self.config, memory,
+            now, self.schedule, SiteReading(None), forecast, config, memory,
             carried=carried, restored_through=restored_through,
+            peak_control=controls.peak_control, ended_day=controls.end_peak_day,
         )  # fmt: skip
         reading = await self._read_site(
             now, report, want_vehicles=preview.phase != "idle", phase=preview.phase
@@ -207,7 +216,7 @@ class Reconciler:
                             "mode": thermostat.mode},
                 )  # fmt: skip
                 log.info("thermostat changed by hand; leaving it alone", thermostat=tid)
-        by_hand = detect_powerwall_override(memory, reading, preview.phase, self.config)
+        by_hand = detect_powerwall_override(memory, reading, preview.phase, config)
         if by_hand:
             memory = replace(memory, powerwall_overridden=True)
             detail = {
@@ -235,8 +244,9 @@ class Reconciler:
 
         writes_left = self.writes_per_day - self.state.powerwall_writes
         result = plan(
-            now, self.schedule, reading, forecast, self.config, memory, writes_left=writes_left,
+            now, self.schedule, reading, forecast, config, memory, writes_left=writes_left,
             carried=carried, restored_through=restored_through,
+            peak_control=controls.peak_control, ended_day=controls.end_peak_day,
         )  # fmt: skip
         baseline = result.memory.baseline
         # Only a baseline read from the site (no note) is worth handing on.

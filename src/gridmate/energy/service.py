@@ -8,7 +8,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -38,6 +38,9 @@ from gridmate.runtime.logs import get_logger
 from gridmate.tesla.fleet_api import FleetApi
 from gridmate.tesla.settings import build_fleet_api, build_token_provider
 from gridmate.tesla.tokens import TokenProvider
+
+if TYPE_CHECKING:
+    from gridmate.energy.homeassistant import EnergyDevice
 
 log = get_logger("energy.service")
 
@@ -491,7 +494,10 @@ async def run_loop(
     metrics: EnergyMetrics | None = None,
     on_cycle: Callable[[CycleReport], Awaitable[None] | None] | None = None,
     ready: Callable[[str], None] | None = None,
+    wake: asyncio.Event | None = None,
+    on_health: Callable[[CycleReport | None, list[str]], None] | None = None,
 ) -> None:
+    """Cycle until ``stop``; ``wake`` starts the next cycle early (a command arrived)."""
     settings = runtime.settings
     reconciler = runtime.reconciler
     powerwall = reconciler.powerwall
@@ -538,10 +544,33 @@ async def run_loop(
                 if outcome is not None:
                     await outcome
         write_status(settings.runtime_directory, status_of(runtime, report, problems))
+        if on_health is not None:
+            on_health(report, problems)
         # Cycles start on multiples of cycle_seconds, so minutes line up with the tariff.
         now = clock.now().timestamp()
         wait = settings.cycle_seconds - (now % settings.cycle_seconds)
-        await sleep_or_wake(clock, wait, stop)
+        if wake is None:
+            await sleep_or_wake(clock, wait, stop)
+        else:
+            await _sleep_or_wake_either(clock, wait, stop, wake)
+            wake.clear()
+
+
+async def _sleep_or_wake_either(
+    clock: Clock, seconds: float, stop: asyncio.Event, wake: asyncio.Event
+) -> None:
+    either = asyncio.Event()
+    relays = [asyncio.ensure_future(_relay(event, either)) for event in (stop, wake)]
+    try:
+        await sleep_or_wake(clock, seconds, either)
+    finally:
+        for relay in relays:
+            relay.cancel()
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 async def run(settings: EnergySettings, daemon: Daemon) -> None:
@@ -567,13 +596,30 @@ async def run(settings: EnergySettings, daemon: Daemon) -> None:
             previous_phase["phase"] = report.plan.phase
             daemon.status(f"Phase {report.plan.phase} ({report.plan.period})")
 
+    device, wake = start_home_assistant_device(runtime, clock=daemon.clock, stop=daemon.stop)
     try:
         await run_loop(
             runtime, clock=daemon.clock, stop=daemon.stop, metrics=metrics, on_cycle=on_cycle,
-            ready=daemon.ready,
+            ready=daemon.ready, wake=wake, on_health=device.observe if device else None,
         )  # fmt: skip
     finally:
         await runtime.close()
+
+
+def start_home_assistant_device(
+    runtime: EnergyRuntime, *, clock: Clock, stop: asyncio.Event
+) -> tuple[EnergyDevice | None, asyncio.Event | None]:
+    """The Home Assistant device when ``ha_device.enable``, running as a background task."""
+    if not runtime.settings.ha_device.enable:
+        return None, None
+    from gridmate.energy.homeassistant import EnergyDevice
+
+    wake = asyncio.Event()
+    device = EnergyDevice(runtime, runtime.settings.ha_device, clock=clock, stop=stop, wake=wake)
+    if runtime.notifier is not None:
+        runtime.notifier.add_listener(device.notification)
+    runtime.background.append(asyncio.create_task(device.run(), name="energy.homeassistant"))
+    return device, wake
 
 
 def describe_time(when: datetime, tz: Any) -> str:

@@ -323,6 +323,34 @@ class HomeAssistantSettings(Section):
     poll_seconds: float = Field(120.0, ge=30.0, le=600.0)
 
 
+class HomeAssistantDeviceSettings(Section):
+    """The energy manager as a Home Assistant device over MQTT discovery, with controls."""
+
+    enable: bool = Field(
+        False,
+        description="Publish the energy manager to Home Assistant (MQTT discovery) and take "
+        "commands from it. Anyone who can publish to the command topics can steer the "
+        "battery: restrict them with the broker's ACL (docs/energy.md).",
+    )
+    mqtt: MqttSettings = MqttSettings()
+    discovery_prefix: str = "homeassistant"
+    base_topic: str = Field(
+        "gridmate", description="Prefix of gridmate's own topics (as the vehicles hub's)."
+    )
+    node_name: str = Field(
+        "gridmate", description="Identifies this gridmate in unique ids and discovery topics."
+    )
+    site: str = Field(
+        "home",
+        pattern=r"^[a-z0-9_]{1,32}$",
+        description="Names this site in topics and unique ids (one energy device per site).",
+    )
+    device_name: str = Field("gridmate energy", min_length=1, max_length=64)
+    currency: str = Field(
+        "USD", pattern=r"^[A-Z]{3}$", description="Currency of the tariff's prices (ISO 4217)."
+    )
+
+
 class GatewaySettings(Section):
     """The Powerwall gateway on the LAN, for free and frequent reads."""
 
@@ -464,6 +492,7 @@ class EnergySettings(ComponentSettings):
     thermostats: list[ThermostatSettings] = Field(default_factory=list)
     honeywell: HoneywellSettings = HoneywellSettings()
     home_assistant: HomeAssistantSettings = HomeAssistantSettings()
+    ha_device: HomeAssistantDeviceSettings = HomeAssistantDeviceSettings()
     tesla: TeslaCloudSettings = TeslaCloudSettings()
     powerwall: PowerwallSettings = PowerwallSettings()
     weather: WeatherSettings = WeatherSettings()

@@ -19,6 +19,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from gridmate.energy.controls import Controls
 from gridmate.energy.planner import PeakMemory
 from gridmate.runtime.files import write_atomically
 from gridmate.runtime.logs import get_logger
@@ -45,6 +46,8 @@ class EnergyState:
     last_phase: str = "idle"
     restored_through: datetime | None = None
     """End of the last block this node finished restoring."""
+    controls: Controls = field(default_factory=Controls)
+    """What a person set from Home Assistant (survives restarts and failovers)."""
 
     def roll_day(self, today: date) -> bool:
         if self.day == today:
@@ -67,6 +70,7 @@ class EnergyState:
             "restored_through": (
                 self.restored_through.isoformat() if self.restored_through else None
             ),
+            "controls": self.controls.to_json(),
         }
 
     @classmethod
@@ -85,6 +89,7 @@ class EnergyState:
                 if data.get("restored_through")
                 else None
             ),
+            controls=Controls.from_json(data.get("controls") or {}),
         )
 
 

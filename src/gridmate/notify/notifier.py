@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Protocol
@@ -86,6 +86,7 @@ class Notifier:
         )
         self._last_error: str | None = None
         self._mirror: LedgerMirrorLike | None = None
+        self._listeners: list[Callable[[Event], None]] = []
         registry = registry if registry is not None else CollectorRegistry()
         self._events_total = Counter(
             "gridmate_notify_events_total",
@@ -202,6 +203,23 @@ class Notifier:
             (EventKind(c.kind), c.key) for c in self._ledger.conditions.values() if c.episode_key
         ]
 
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """Also hand every new event to ``listener`` (Home Assistant's event entity).
+
+        Called once per happening, like the log line: an open condition's repeats are
+        not new. A listener's failure is logged and does not stop the notifier.
+        """
+        self._listeners.append(listener)
+
+    def _tell_listeners(self, event: Event) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception as error:
+                log.warning(
+                    "notification listener failed", error=f"{type(error).__name__}: {error}"
+                )
+
     def _recipients(self, level: Level) -> list[str]:
         return list(getattr(self.settings.recipients, level.value))
 
@@ -214,6 +232,7 @@ class Notifier:
             getattr(log, _LOG_METHOD[level])(
                 event.subject, kind=event.kind.value, key=event.key or "-", severity=level.value
             )
+            self._tell_listeners(event)
         if self._store is None or not self._recipients(level):
             self._events_total.labels(event.kind.value, "logged").inc()
             return None

@@ -24,13 +24,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
-from gridmate.vehicles.state import FieldValue
+from gridmate.vehicles.state import GRIDMATE_SOURCE, FieldValue
 
 FLEET_TELEMETRY = "fleet_telemetry"
 TESLAMATE = "teslamate"
 TESLA_API = "tesla_api"
 NO_SOURCE = "none"
-GRIDMATE = "gridmate"
+GRIDMATE = GRIDMATE_SOURCE
 """The source of fields gridmate derives itself (the "data source" field)."""
 
 RANKS: dict[str, int] = {FLEET_TELEMETRY: 0, TESLAMATE: 1, TESLA_API: 2}
@@ -109,6 +109,8 @@ class SourceFacts:
     """TeslaMate's ``healthy`` flag; None when not (yet) reported."""
     link_problem: str | None = None
     """Why the source cannot be believed right now (its connection is down, ...)."""
+    last_failed: float | None = None
+    """When the source last tried to get data about the car and failed (Tesla API polling)."""
 
 
 def _minutes(seconds: float) -> str:
@@ -187,6 +189,20 @@ def choose_source(verdicts: Mapping[str, Verdict]) -> str:
         if verdicts[name].trusted:
             return name
     return NO_SOURCE
+
+
+def shown_source(selected: str, facts: SourceFacts | None) -> str:
+    """What the "Data source" entity names: a source that delivers, or :data:`NO_SOURCE`.
+
+    The selected source is named once it has delivered data for the car, and not
+    while its latest attempt failed (Tesla API polling is selected before its first
+    poll, since it polls only while selected).
+    """
+    if selected == NO_SOURCE or facts is None or facts.last_heard is None:
+        return NO_SOURCE
+    if facts.last_failed is not None and facts.last_failed >= facts.last_heard:
+        return NO_SOURCE
+    return selected
 
 
 def field_accepts(

@@ -57,6 +57,9 @@ DOOR_NAMES = (
     "trunk_rear",
 )
 
+WINDOW_NAMES = ("driver_front", "driver_rear", "passenger_front", "passenger_rear")
+TYRES = ("front_left", "front_right", "rear_left", "rear_right")
+
 _K = InvalidPolicy.KEEP
 _C = InvalidPolicy.CLEAR
 
@@ -95,6 +98,19 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("fast_charger_type", Kind.STRING, _C),
         FieldSpec("charging_cable_type", Kind.STRING, _C),
         FieldSpec("charge_port_door_open", Kind.BOOL),
+        FieldSpec("cable_plugged_in", Kind.BOOL),
+        FieldSpec("geofence", Kind.STRING),
+        FieldSpec("elevation_m", Kind.NUMBER),
+        FieldSpec("charge_energy_added_kwh", Kind.NUMBER),
+        FieldSpec("scheduled_charging_start", Kind.STRING),
+        FieldSpec("climate_on", Kind.BOOL),
+        FieldSpec("preconditioning", Kind.BOOL),
+        FieldSpec("user_present", Kind.BOOL),
+        FieldSpec("update_available", Kind.BOOL),
+        FieldSpec("update_version", Kind.STRING),
+        FieldSpec("windows_open", Kind.BOOL),
+        *(FieldSpec(f"window_{name}_open", Kind.BOOL) for name in WINDOW_NAMES),
+        *(FieldSpec(f"tpms_soft_warning_{tyre}", Kind.BOOL) for tyre in TYRES),
         FieldSpec("inside_temp_c", Kind.NUMBER),
         FieldSpec("outside_temp_c", Kind.NUMBER),
         FieldSpec("locked", Kind.BOOL),
@@ -109,6 +125,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("miles_to_arrival", Kind.NUMBER, _C),
         FieldSpec("active_alerts", Kind.ALERTS),
         FieldSpec("last_error", Kind.STRING),
+        FieldSpec("command_error", Kind.STRING),
         FieldSpec("data_source", Kind.ENUM, options=DATA_SOURCE_OPTIONS),
     )
 }
@@ -199,6 +216,9 @@ def _charging(state: VehicleState) -> bool | None:
 
 
 def _plugged_in(state: VehicleState) -> bool | None:
+    reported = state.value("cable_plugged_in")
+    if isinstance(reported, bool):
+        return reported  # the source says so itself (TeslaMate's plugged_in)
     charging_state = _charging_state(state)
     if charging_state is not None:
         return charging_state != "disconnected"
@@ -223,9 +243,10 @@ def _last_update(state: VehicleState) -> str | None:
     return datetime.fromtimestamp(state.last_update, UTC).isoformat(timespec="seconds")
 
 
-def _alert_count(state: VehicleState) -> int | None:
+def _alert_count(state: VehicleState) -> int:
+    # A car that never had an alert has none: 0, not unknown.
     alerts = state.value("active_alerts")
-    return None if alerts is None else len(alerts)
+    return 0 if alerts is None else len(alerts)
 
 
 _S = "sensor"
@@ -402,6 +423,58 @@ ENTITIES: tuple[EntitySpec, ...] = (
     EntitySpec(
         "tpms_rear_right_bar", _S, "Tyre pressure rear right", "pressure", _M, "bar", precision=2
     ),
+    EntitySpec("geofence", _S, "Geofence", icon="mdi:map-marker-radius"),
+    EntitySpec(
+        "elevation_m",
+        _S,
+        "Elevation",
+        "distance",
+        _M,
+        "m",
+        diagnostic=True,
+        enabled=False,
+        precision=0,
+    ),
+    EntitySpec(
+        "charge_energy_added_kwh",
+        _S,
+        "Charge energy added",
+        "energy",
+        "total_increasing",
+        "kWh",
+        precision=2,
+    ),
+    EntitySpec(
+        "scheduled_charging_start",
+        _S,
+        "Scheduled charging start",
+        "timestamp",
+        icon="mdi:calendar-clock",
+    ),
+    EntitySpec("climate_on", _B, "Climate", icon="mdi:fan"),
+    EntitySpec("preconditioning", _B, "Preconditioning", icon="mdi:car-defrost-front"),
+    EntitySpec("user_present", _B, "User present", "occupancy"),
+    EntitySpec("update_available", _B, "Software update available", "update", diagnostic=True),
+    EntitySpec("update_version", _S, "Software update version", diagnostic=True, icon="mdi:update"),
+    EntitySpec("windows_open", _B, "Windows", "window"),
+    *(
+        EntitySpec(f"window_{name}_open", _B, f"{label} window", "window")
+        for name, label in zip(
+            WINDOW_NAMES,
+            ("Front driver", "Rear driver", "Front passenger", "Rear passenger"),
+            strict=True,
+        )
+    ),
+    *(
+        EntitySpec(
+            f"tpms_soft_warning_{tyre}",
+            _B,
+            f"Tyre pressure warning {tyre.replace('_', ' ')}",
+            "problem",
+            diagnostic=True,
+        )
+        for tyre in TYRES
+    ),
     EntitySpec("destination_name", _S, "Destination", enabled=False, icon="mdi:map-marker"),
     EntitySpec(
         "minutes_to_arrival",
@@ -450,6 +523,7 @@ ENTITIES: tuple[EntitySpec, ...] = (
     EntitySpec(
         "last_error", _S, "Last error", diagnostic=True, enabled=False, icon="mdi:alert-circle"
     ),
+    EntitySpec("command_error", _S, "Last command error", diagnostic=True, icon="mdi:alert-circle"),
     EntitySpec("locked", _B, "Lock", "lock", inverted=True),
     EntitySpec("charge_port_door_open", _B, "Charge port door", "door", icon="mdi:ev-plug-type2"),
     EntitySpec("fast_charger_present", _B, "Fast charger", "plug", enabled=False),
@@ -470,6 +544,17 @@ ENTITIES: tuple[EntitySpec, ...] = (
 )
 
 DERIVED: tuple[EntitySpec, ...] = tuple(e for e in ENTITIES if e.derive is not None)
+
+_CHARGE_STATE = ("charge_state", "charge_state_legacy")
+ENTITY_INPUTS: dict[str, tuple[str, ...]] = {
+    "charging_state": _CHARGE_STATE,
+    "charging": _CHARGE_STATE,
+    "charger_power_kw": ("ac_charging_power_kw", "dc_charging_power_kw"),
+    "driving": ("shift_state", "speed_mph"),
+    "plugged_in": (*_CHARGE_STATE, "charging_cable_type", "cable_plugged_in"),
+    **{e.key: ("doors",) for e in ENTITIES if e.key.startswith("door_")},
+}
+"""The fields a derived entity is made from (an entity is its own field otherwise)."""
 
 
 def extra_entity(key: str) -> EntitySpec:
@@ -492,6 +577,13 @@ def _check_catalogue() -> None:
             assert entity.key in FIELDS, f"entity {entity.key} has no field"
         else:
             assert entity.key not in FIELDS, f"derived {entity.key} shadows a field"
+    for key in ENTITY_INPUTS:
+        assert any(e.key == key and e.derive is not None for e in ENTITIES), key
+    for entity in DERIVED:
+        assert entity.key in ENTITY_INPUTS or entity.key in (
+            "last_update",
+            "active_alert_count",
+        ), f"derived {entity.key} names no inputs"
 
 
 _check_catalogue()

@@ -10,8 +10,10 @@ Per vehicle (``<base>`` is the base topic, ``gridmate`` by default):
   as simple as ``{{ value_json.battery_level }}``. The ``_m`` part lets gridmate (this
   instance after a restart, or another instance taking over the vehicle) restore its
   state from the broker.
-* ``<base>/<VIN>/location`` (retained): ``{"latitude", "longitude", "heading", "speed"}``,
-  the device tracker's attributes.
+* ``<base>/<VIN>/location`` (retained): ``{"latitude", "longitude", "gps_accuracy",
+  "heading"}``, the device tracker's attributes. No speed: Home Assistant does not
+  convert attributes, so a speed here would be in mph for metric users too; the
+  "Speed" entity has it, converted.
 * ``<base>/<VIN>/alerts`` (retained): ``{"alerts": [...]}``, attributes of "Active alerts".
 * ``<discovery prefix>/device/<node>_<VIN>/config`` (retained): device-based discovery,
   one message per vehicle with all its entities.
@@ -28,10 +30,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gridmate import __version__
+from gridmate.homeassistant.discovery import (
+    OFFLINE,
+    ONLINE,
+    device_config_topic,
+    device_document,
+    encode,
+)
+from gridmate.homeassistant.discovery import homeassistant_status as _homeassistant_status
+from gridmate.homeassistant.notifications import event_component
 from gridmate.vehicles.catalogue import (
     DERIVED,
     ENTITIES,
+    ENTITY_INPUTS,
     FIELDS,
     EntitySpec,
     Kind,
@@ -39,10 +50,10 @@ from gridmate.vehicles.catalogue import (
     field_spec,
     is_extra,
 )
+from gridmate.vehicles.controls import command_topic
 from gridmate.vehicles.state import FieldValue, VehicleState
 
-ONLINE = "online"
-OFFLINE = "offline"
+__all__ = ["OFFLINE", "ONLINE", "Topics", "encode"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class Topics:
 
     @property
     def homeassistant_status(self) -> str:
-        return f"{self.discovery_prefix}/status"
+        return _homeassistant_status(self.discovery_prefix)
 
     def state(self, vin: str) -> str:
         return f"{self.base}/{vin}/state"
@@ -72,8 +83,17 @@ class Topics:
     def all_states(self) -> str:
         return f"{self.base}/+/state"
 
+    @property
+    def notifications(self) -> str:
+        """The hub's "Notifications" event entity (not retained)."""
+        return f"{self.base}/vehicles/notifications"
+
+    @property
+    def hub_discovery(self) -> str:
+        return device_config_topic(self.discovery_prefix, f"{self.node}_vehicles")
+
     def discovery(self, vin: str) -> str:
-        return f"{self.discovery_prefix}/device/{self.node}_{vin}/config"
+        return device_config_topic(self.discovery_prefix, f"{self.node}_{vin}")
 
     def vin_of_state(self, topic: str) -> str | None:
         prefix = f"{self.base}/"
@@ -109,10 +129,6 @@ def state_document(state: VehicleState) -> dict[str, Any]:
     return document
 
 
-def encode(document: Mapping[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def location_document(state: VehicleState) -> dict[str, Any] | None:
     location = state.value("location")
     if location is None:
@@ -122,7 +138,6 @@ def location_document(state: VehicleState) -> dict[str, Any] | None:
         "longitude": location[1],
         "gps_accuracy": 0,
         "heading": state.value("heading_deg"),
-        "speed": state.value("speed_mph"),
     }
 
 
@@ -179,10 +194,10 @@ def vehicle_name(vin: str, state: VehicleState | None, names: Mapping[str, str])
     return reported if isinstance(reported, str) and reported.strip() else vin
 
 
-def _model(state: VehicleState) -> str:
+def _model(state: VehicleState, fallback: str | None = None) -> str:
     car_type, trim = state.value("car_type"), state.value("trim")
     parts = [p for p in (car_type, trim) if isinstance(p, str) and p]
-    return " ".join(parts) if parts else "Tesla"
+    return " ".join(parts) if parts else (fallback or "Tesla")
 
 
 def _component(entity: EntitySpec, topics: Topics, vin: str) -> dict[str, Any]:
@@ -220,32 +235,84 @@ def _component(entity: EntitySpec, topics: Topics, vin: str) -> dict[str, Any]:
     return config
 
 
-def entities_of(state: VehicleState) -> list[EntitySpec]:
-    """The catalogue's entities, plus one generic sensor per extra field seen."""
+_ALWAYS = frozenset({"last_update", "data_source", "active_alert_count"})
+"""Entities every car has from its first data: when, from where, and its alerts (0)."""
+
+
+def delivered(entity: EntitySpec, state: VehicleState) -> bool:
+    """Whether some source delivered what ``entity`` shows for this car.
+
+    A field once delivered stays in the car's state (and in the retained state
+    document, so across restarts), also when its value is later cleared.
+    """
+    if entity.key in _ALWAYS:
+        return True
+    return any(key in state.fields for key in ENTITY_INPUTS.get(entity.key, (entity.key,)))
+
+
+def entities_of(state: VehicleState, *, announce_all: bool = True) -> list[EntitySpec]:
+    """The catalogue's entities (those delivered, unless ``announce_all``), plus one
+    generic sensor per extra field seen."""
     extras = sorted(key for key in state.fields if is_extra(key))
-    return [*ENTITIES, *(extra_entity(key) for key in extras)]
+    known = [e for e in ENTITIES if announce_all or delivered(e, state)]
+    return [*known, *(extra_entity(key) for key in extras)]
 
 
 def discovery_document(
-    vin: str, state: VehicleState, topics: Topics, names: Mapping[str, str]
+    vin: str,
+    state: VehicleState,
+    topics: Topics,
+    names: Mapping[str, str],
+    *,
+    announce_all: bool = True,
+    configuration_url: str | None = None,
+    model: str | None = None,
+    controls: bool = False,
 ) -> dict[str, Any]:
-    """Device-based discovery for one vehicle (Home Assistant 2024.11 or later)."""
+    """Device-based discovery for one vehicle (Home Assistant 2024.11 or later).
+
+    ``model`` names the model when the car's own data does not (TeslaMate's cars table).
+    """
     device: dict[str, Any] = {
         "ids": [f"{topics.node}_{vin}"],
         "name": vehicle_name(vin, state, names),
         "mf": "Tesla",
-        "mdl": _model(state),
+        "mdl": _model(state, model),
         "sn": vin,
     }
     software = state.value("software_version")
     if isinstance(software, str):
         device["sw"] = software
-    return {
-        "dev": device,
-        "o": {"name": "gridmate", "sw": __version__},
-        "avty": [{"t": topics.status}],
-        "qos": 1,
-        "cmps": {
-            f"{vin}_{entity.key}": _component(entity, topics, vin) for entity in entities_of(state)
-        },
+    if configuration_url:
+        device["cu"] = configuration_url
+    components = {
+        f"{vin}_{entity.key}": _component(entity, topics, vin)
+        for entity in entities_of(state, announce_all=announce_all)
     }
+    if controls:
+        components[f"{vin}_charging_control"] = {
+            "p": "switch",
+            "name": "Charging control",
+            "uniq_id": f"{topics.node}_{vin}_charging_control",
+            "stat_t": topics.state(vin),
+            "val_tpl": "{{ value_json.charging }}",
+            "stat_on": "True",
+            "stat_off": "False",
+            "cmd_t": command_topic(topics.base, vin, "charging"),
+            "ic": "mdi:ev-station",
+        }
+    return device_document(device, components, availability=topics.status)
+
+
+def hub_discovery_document(topics: Topics) -> dict[str, Any]:
+    """The vehicles hub itself as a device: its notifications as an event entity."""
+    device = {
+        "ids": [f"{topics.node}_vehicles"],
+        "name": "gridmate vehicles",
+        "mf": "gridmate",
+        "mdl": "Vehicles hub",
+    }
+    component = event_component(f"{topics.node}_vehicles_notifications", topics.notifications)
+    return device_document(
+        device, {"vehicles_notifications": component}, availability=topics.status
+    )

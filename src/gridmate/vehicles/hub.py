@@ -31,6 +31,7 @@ from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
 from gridmate.vehicles.arbitration import FLEET_TELEMETRY, GRIDMATE, RankedArbiter
 from gridmate.vehicles.catalogue import invalid_policies
+from gridmate.vehicles.controls import VehicleControls, command_filter
 from gridmate.vehicles.fleet_telemetry import Applied, FleetTelemetrySource
 from gridmate.vehicles.homeassistant import SnapshotError, Topics, restore_fields
 from gridmate.vehicles.ingest import RateLimitedLog, RecordIngest
@@ -153,8 +154,28 @@ class Hub:
             stale_connection_after=settings.stale_connection_after,
         )
         self.publisher = Publisher(
-            self.store, self.topics, settings.vehicles, now=lambda: clock.now().timestamp()
+            self.store,
+            self.topics,
+            settings.vehicles,
+            now=lambda: clock.now().timestamp(),
+            announce_all=settings.homeassistant.announce_all_entities,
+            configuration_url=settings.homeassistant.configuration_url,
+            notifications=notifier is not None,
+            model_of=self._model_of,
+            controls=settings.controls.enable and fleet_api is not None,
         )
+        self.controls: VehicleControls | None = None
+        if settings.controls.enable and fleet_api is not None:
+            self.controls = VehicleControls(
+                fleet_api,
+                self.store,
+                ha.base_topic,
+                clock=clock,
+                on_change=self._controls_changed,
+                wake_vins=settings.controls.wake_vins,
+            )
+        if notifier is not None:
+            notifier.add_listener(self._notification)
         self._mqtt_stop = asyncio.Event()
         self.mqtt = MqttLink(
             settings.mqtt,
@@ -162,6 +183,8 @@ class Hub:
             stop=self._mqtt_stop,
             on_homeassistant_online=self._homeassistant_online,
             on_reconnected=self.publisher.republish_all,
+            command_topics=[command_filter(ha.base_topic)] if self.controls else [],
+            on_command=self.controls.handle if self.controls else None,
         )
         self.metrics = _Metrics(registry)
         self.metrics.vehicles.set_function(lambda: len(self.store))
@@ -241,6 +264,8 @@ class Hub:
                     probe=self._kafka_answers,
                 )
         finally:
+            if self.controls is not None:
+                await self.controls.close()
             if sources is not None:
                 if not self.stop.is_set():
                     sources.cancel()
@@ -574,6 +599,19 @@ class Hub:
         await self.mqtt.announce_online()
 
     # ------------------------------------------------------------ Home Assistant
+
+    def _controls_changed(self, applied: Applied) -> None:
+        self.publisher.mark(applied)
+        self._changed.set()
+
+    def _model_of(self, vin: str) -> str | None:
+        sources = getattr(self, "sources", None)
+        teslamate = sources.teslamate if sources is not None else None
+        return teslamate.model_of(vin) if teslamate is not None else None
+
+    def _notification(self, event: Any) -> None:
+        self.publisher.notification(event)
+        self._changed.set()
 
     def _homeassistant_online(self) -> None:
         task = asyncio.create_task(self._rediscover(), name="vehicles.rediscover")

@@ -397,6 +397,8 @@ class PollingSource:
             self.polls.labels("error").inc()
             car.due = now + self.active_interval
             log.warning("polling a car failed; will retry", vin=vin, error=str(error))
+            facts.last_failed = now
+            self._on_facts_changed([vin])
             return
         self.polls.labels("data").inc()
         observed, fields = map_vehicle_data(data, now)
@@ -409,7 +411,9 @@ class PollingSource:
     def _note(
         self, vin: str, car: _Car, facts: SourceFacts, activity: Activity, now: float
     ) -> None:
+        first = facts.last_heard is None or facts.last_failed is not None
         facts.last_heard = now
+        facts.last_failed = None
         facts.activity = activity
         facts.activity_at = now
         car.activity = activity
@@ -430,6 +434,8 @@ class PollingSource:
             idle_interval=self.idle_interval,
             asleep_interval=self.asleep_interval,
         )
+        if first:
+            self._on_facts_changed([vin])  # it delivers now: "Data source" may name it
 
     def _car_problem(self, vin: str, facts: SourceFacts, problem: str) -> None:
         if facts.link_problem != problem:

@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntFlag
 
+from gridmate.homeassistant.link import Message
+from gridmate.homeassistant.notifications import MAX_PENDING, notification_payload
+from gridmate.notify import Event
 from gridmate.vehicles.catalogue import is_extra
 from gridmate.vehicles.fleet_telemetry import Applied
 from gridmate.vehicles.homeassistant import (
@@ -22,11 +25,15 @@ from gridmate.vehicles.homeassistant import (
     alerts_document,
     discovery_document,
     encode,
+    entities_of,
+    hub_discovery_document,
     location_document,
     state_document,
     vehicle_name,
 )
 from gridmate.vehicles.state import StateStore, VehicleState
+
+__all__ = ["Batch", "Message", "Parts", "Publisher"]
 
 
 class Parts(IntFlag):
@@ -41,18 +48,15 @@ _LOCATION_KEYS = frozenset({"location", "heading_deg", "speed_mph"})
 _DISCOVERY_KEYS = frozenset({"vehicle_name", "car_type", "trim", "software_version"})
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    topic: str
-    payload: bytes
-    retain: bool = True
-
-
 @dataclass
 class Batch:
     messages: list[Message] = field(default_factory=list)
     parts: dict[str, Parts] = field(default_factory=dict)
     """What each vehicle in the batch had to publish (to mark again if it fails)."""
+    events: list[Message] = field(default_factory=list)
+    """Notification events in the batch (to send again if it fails)."""
+    hub: bool = False
+    """The batch carries the hub device's discovery."""
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -67,11 +71,28 @@ class Publisher:
         *,
         now: Callable[[], float],
         touch_interval: float = 60.0,
+        announce_all: bool = False,
+        configuration_url: str | None = None,
+        notifications: bool = False,
+        model_of: Callable[[str], str | None] | None = None,
+        controls: bool = False,
     ) -> None:
         self.store = store
         self.topics = topics
         self.names = dict(names)
         self.touch_interval = touch_interval
+        self.announce_all = announce_all
+        self.configuration_url = configuration_url
+        self.notifications = notifications
+        self.controls = controls
+        """Announce each car's Charging control switch (a command path is configured)."""
+        self.model_of = model_of or (lambda _vin: None)
+        """The model when the car's data does not name it (TeslaMate's cars table)."""
+        """Announce the hub device with its Notifications event entity."""
+        self._hub_announced = False
+        self._events: list[Message] = []
+        self._seen: dict[str, frozenset[str]] = {}
+        """VIN -> the fields its last discovery document was made from."""
         self._now = now
         self._dirty: dict[str, Parts] = {}
         self._touched: set[str] = set()
@@ -81,7 +102,18 @@ class Publisher:
 
     @property
     def pending(self) -> bool:
-        return bool(self._dirty) or bool(self._touched)
+        return (
+            bool(self._dirty)
+            or bool(self._touched)
+            or bool(self._events)
+            or (self.notifications and not self._hub_announced)
+        )
+
+    def notification(self, event: Event) -> None:
+        """The notifier reported ``event``: fire the hub's Notifications event entity."""
+        payload = encode(notification_payload(event))
+        self._events.append(Message(self.topics.notifications, payload, retain=False))
+        del self._events[:-MAX_PENDING]
 
     @property
     def vehicles_published(self) -> int:
@@ -99,6 +131,9 @@ class Publisher:
                     parts |= Parts.ALERTS
                 elif key in _DISCOVERY_KEYS or is_extra(key):
                     parts |= Parts.DISCOVERY
+            seen = self._seen.get(vin)
+            if not self.announce_all and seen is not None and not seen.issuperset(applied.changed):
+                parts |= Parts.DISCOVERY  # a field delivered for the first time: announce it
             if vin not in self._discovered:
                 parts |= Parts.ALL
             self._dirty[vin] = parts
@@ -113,6 +148,7 @@ class Publisher:
     def republish_all(self) -> None:
         """Everything this instance published, again (Home Assistant came online)."""
         self._discovered.clear()
+        self._hub_announced = False
         self.mark_vehicles(list(self._published_at), Parts.ALL)
 
     def take(self, limit: int = 500) -> Batch:
@@ -157,8 +193,16 @@ class Publisher:
                 batch.messages.append(Message(topics.alerts(vin), encode(alerts_document(state))))
             batch.messages.append(Message(topics.state(vin), encode(state_document(state))))
             self._published_at[vin] = now
+        if self.notifications and not self._hub_announced:
+            discovery.insert(
+                0, Message(self.topics.hub_discovery, encode(hub_discovery_document(self.topics)))
+            )
+            self._hub_announced = True
+            batch.hub = True
         # Configurations first, so an entity exists before its first state arrives.
         batch.messages[:0] = discovery
+        batch.events, self._events = self._events, []
+        batch.messages.extend(batch.events)
         return batch
 
     def _discovery(self, vin: str, state: VehicleState) -> Message | None:
@@ -167,16 +211,31 @@ class Publisher:
             state.value("car_type"),
             state.value("trim"),
             state.value("software_version"),
+            self.model_of(vin),
             tuple(sorted(key for key in state.fields if is_extra(key))),
+            tuple(e.key for e in entities_of(state, announce_all=self.announce_all)),
         )
+        self._seen[vin] = frozenset(state.fields)
         if self._discovered.get(vin) == made_of:
             return None
         self._discovered[vin] = made_of
-        document = discovery_document(vin, state, self.topics, self.names)
+        document = discovery_document(
+            vin,
+            state,
+            self.topics,
+            self.names,
+            announce_all=self.announce_all,
+            configuration_url=self.configuration_url,
+            model=self.model_of(vin),
+            controls=self.controls,
+        )
         return Message(self.topics.discovery(vin), encode(document))
 
     def failed(self, batch: Batch) -> None:
         """The batch was not delivered: publish it again with the next one."""
+        self._events[:0] = batch.events
+        if batch.hub:
+            self._hub_announced = False
         for vin, parts in batch.parts.items():
             self._dirty[vin] = self._dirty.get(vin, parts) | parts
             if parts & Parts.DISCOVERY:
@@ -188,3 +247,4 @@ class Publisher:
         self._touched.clear()
         self._published_at.clear()
         self._discovered.clear()
+        self._seen.clear()

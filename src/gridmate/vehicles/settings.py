@@ -139,6 +139,18 @@ class HomeAssistantSettings(Section):
         description="Discovery is re-sent up to this many seconds (random) after Home "
         "Assistant comes online, as Home Assistant recommends.",
     )
+    configuration_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Shown as the devices' 'Visit' link in Home Assistant (e.g. gridmate's "
+        "Grafana or TeslaMate).",
+    )
+    announce_all_entities: bool = Field(
+        False,
+        description="Announce every entity of a car at once. By default an entity is "
+        "announced only once some source delivered its value for that car, so entities "
+        "a car's sources never fill do not sit at 'unknown'.",
+    )
 
     @field_validator("discovery_prefix", "base_topic")
     @classmethod
@@ -153,6 +165,21 @@ class HomeAssistantSettings(Section):
         if not _TOPIC_WORD.match(value):
             raise ValueError("use letters, digits, '_' and '-' only")
         return value
+
+
+class VehicleControlSettings(Section):
+    """Car controls in Home Assistant (a "Charging control" switch per car)."""
+
+    enable: bool = Field(
+        False,
+        description="Announce the charging switch and take its commands; needs "
+        "tesla.token_source and tesla.command_proxy_url (Tesla's vehicle-command proxy).",
+    )
+    wake_vins: list[str] = Field(
+        default_factory=list,
+        description="Cars gridmate may wake for a command (a wake is the most expensive "
+        "Fleet API call); other cars' commands are refused while they sleep.",
+    )
 
 
 class VehiclesSettings(ComponentSettings):
@@ -196,6 +223,7 @@ class VehiclesSettings(ComponentSettings):
     polling: PollingSettings = PollingSettings()
     arbitration: ArbitrationSettings = ArbitrationSettings()
     notify: NotifySettings = NotifySettings()
+    controls: VehicleControlSettings = VehicleControlSettings()
 
     @model_validator(mode="after")
     def _some_source(self) -> VehiclesSettings:
@@ -207,6 +235,13 @@ class VehiclesSettings(ComponentSettings):
             )
         if self.teslamate.enable and not self.teslamate.use_database and not self.teslamate.cars:
             raise ValueError("teslamate.use_database = false needs teslamate.cars (car id -> VIN)")
+        if self.controls.enable and (
+            self.tesla.token_source == "none" or not self.tesla.command_proxy_url
+        ):
+            raise ValueError(
+                "controls.enable needs a command path: tesla.token_source and "
+                "tesla.command_proxy_url"
+            )
         return self
 
     @field_validator("vehicles")

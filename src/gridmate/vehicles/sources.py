@@ -37,6 +37,7 @@ from gridmate.vehicles.arbitration import (
     SourceFacts,
     Switch,
     describe_switch,
+    shown_source,
 )
 from gridmate.vehicles.fleet_telemetry import Applied
 from gridmate.vehicles.homeassistant import vehicle_name
@@ -208,7 +209,22 @@ class SourceManager:
                 self.metrics.trusted.labels(vin, name).set(1 if verdict and verdict.trusted else 0)
         for switch in switches:
             self._switched(switch, now)
+        for vin in vins if vins is not None else self.book.vins():
+            self._show_source(vin, now)
         return switches
+
+    def _show_source(self, vin: str, now: float) -> None:
+        """Name the source that delivers for the car in its "Data source" field."""
+        selected = self.book.selected(vin)
+        shown = shown_source(selected, self.book.vehicle(vin).facts.get(selected))
+        state = self.store.get(vin)
+        if state is None and shown == NO_SOURCE:
+            return
+        if state is not None and state.value(DATA_SOURCE_FIELD) == shown:
+            return
+        outcome = self.store.update(vin, DATA_SOURCE_FIELD, shown, now, GRIDMATE)
+        if outcome is Outcome.CHANGED:
+            self.on_change(Applied(vin, [DATA_SOURCE_FIELD]))
 
     def _name(self, vin: str) -> str:
         name = vehicle_name(vin, self.store.get(vin), self.names)
@@ -228,9 +244,6 @@ class SourceManager:
             self.metrics.switches.labels(switch.current).inc()
             for name in DATA_SOURCE_OPTIONS:
                 self.metrics.data_source.labels(vin, name).set(1 if name == switch.current else 0)
-            outcome = self.store.update(vin, DATA_SOURCE_FIELD, switch.current, now, GRIDMATE)
-            if outcome is Outcome.CHANGED:
-                self.on_change(Applied(vin, [DATA_SOURCE_FIELD]))
         for name in switch.stale:
             if name != switch.previous or switch.previous == switch.current:
                 verdict = self.book.verdict(vin, name)

@@ -80,12 +80,17 @@ class NewestWins:
         return not resend
 
 
+GRIDMATE_SOURCE = "gridmate"
+"""The source of fields gridmate derives itself; they are not vehicle data."""
+
+
 @dataclass(slots=True)
 class VehicleState:
     vin: str
     fields: dict[str, FieldValue] = field(default_factory=dict)
     last_update: float | None = None
-    """The newest observation time of any field (proof the vehicle talked)."""
+    """The newest observation time of any vehicle field (proof the vehicle talked);
+    fields gridmate derives itself (the data source) do not count."""
 
     def value(self, key: str, default: Any = None) -> Any:
         current = self.fields.get(key)
@@ -150,7 +155,9 @@ class StateStore:
             if self._policies.get(key, self._default_policy) is InvalidPolicy.KEEP:
                 return Outcome.IGNORED
             value = None
-        if state.last_update is None or observed_at > state.last_update:
+        if source != GRIDMATE_SOURCE and (
+            state.last_update is None or observed_at > state.last_update
+        ):
             state.last_update = observed_at
         current = state.fields.get(key)
         if current is None:
@@ -174,7 +181,9 @@ class StateStore:
             current = state.fields.get(key)
             if current is None or snapshot.observed_at > current.observed_at:
                 state.fields[key] = snapshot
-            if state.last_update is None or snapshot.observed_at > state.last_update:
+            if snapshot.source != GRIDMATE_SOURCE and (
+                state.last_update is None or snapshot.observed_at > state.last_update
+            ):
                 state.last_update = snapshot.observed_at
         return state
 

@@ -51,6 +51,7 @@ from gridmate.vehicles.catalogue import CHARGING_STATES, MAX_STATE_LENGTH
 from gridmate.vehicles.source_settings import TeslaMateSourceSettings
 from gridmate.vehicles.teslamate_cars import CarMap, TeslaMateDatabase, build_car_map
 from gridmate.vehicles.teslamate_metrics import TeslaMateHealthCollector
+from gridmate.vehicles.units import miles_from_km, mph_from_kmh
 
 log = get_logger("vehicles.teslamate")
 
@@ -117,12 +118,24 @@ def _number(text: str) -> float | int | None:
 
 def _km_to_mi(text: str) -> float | None:
     value = _number(text)
-    return None if value is None else round(value / KM_PER_MILE, 2)
+    return None if value is None else miles_from_km(value)
 
 
 def _kmh_to_mph(text: str) -> float | None:
     value = _number(text)
-    return None if value is None else round(value / KM_PER_MILE, 1)
+    return None if value is None else mph_from_kmh(value)
+
+
+def _timestamp(text: str) -> str | None:
+    if text == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadPayload(f"not an ISO 8601 time: {text[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise BadPayload(f"a time without a time zone: {text[:40]!r}")
+    return moment.isoformat()
 
 
 def _boolean(text: str) -> bool | None:
@@ -203,6 +216,25 @@ SIMPLE: dict[str, tuple[str, Converter]] = {
     "version": ("software_version", _text),
     "model": ("car_type", _model),
     "trim_badging": ("trim", _text),
+    "geofence": ("geofence", _text),
+    "plugged_in": ("cable_plugged_in", _boolean),
+    "elevation": ("elevation_m", _number),
+    "charge_energy_added": ("charge_energy_added_kwh", _number),
+    "scheduled_charging_start_time": ("scheduled_charging_start", _timestamp),
+    "is_climate_on": ("climate_on", _boolean),
+    "is_preconditioning": ("preconditioning", _boolean),
+    "is_user_present": ("user_present", _boolean),
+    "update_available": ("update_available", _boolean),
+    "update_version": ("update_version", _text),
+    "windows_open": ("windows_open", _boolean),
+    "driver_front_window_open": ("window_driver_front_open", _boolean),
+    "driver_rear_window_open": ("window_driver_rear_open", _boolean),
+    "passenger_front_window_open": ("window_passenger_front_open", _boolean),
+    "passenger_rear_window_open": ("window_passenger_rear_open", _boolean),
+    "tpms_soft_warning_fl": ("tpms_soft_warning_front_left", _boolean),
+    "tpms_soft_warning_fr": ("tpms_soft_warning_front_right", _boolean),
+    "tpms_soft_warning_rl": ("tpms_soft_warning_rear_left", _boolean),
+    "tpms_soft_warning_rr": ("tpms_soft_warning_rear_right", _boolean),
 }
 
 DOOR_KEYS: dict[str, str] = {
@@ -637,6 +669,15 @@ class TeslaMateSource:
         facts.activity_at = heard
         facts.healthy = view.healthy
         facts.link_problem = self._broker_problem or self._web_problem or view.database_problem
+
+    def model_of(self, vin: str) -> str | None:
+        """The car's model in TeslaMate's cars table ("Model 3 P74D"), if known."""
+        for car_id, mapped in self.car_map.vins.items():
+            if mapped == vin and car_id in self.car_map.models:
+                model, trim = self.car_map.models[car_id]
+                parts = [p for p in (_model(model or ""), _text(trim or "")) if p]
+                return " ".join(parts) or None
+        return None
 
     def name_of(self, vin: str) -> str | None:
         """The car's name in TeslaMate's cars table, if known."""

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +40,9 @@ class TeslaMateCar:
     vin: str | None
     """None when TeslaMate does not know it (NULL or the legacy marker)."""
     name: str | None
+    model: str | None = None
+    """TeslaMate's model code (``3``, ``Y``, ...) from the cars table."""
+    trim: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class CarMap:
     names: Mapping[int, str]
     unmapped: tuple[int, ...] = ()
     """Car ids known to TeslaMate without a usable VIN (and not configured)."""
+    models: Mapping[int, tuple[str | None, str | None]] = field(default_factory=dict)
+    """Car id -> (model code, trim badging) from the cars table."""
 
     def vin(self, car_id: int) -> str | None:
         return self.vins.get(car_id)
@@ -66,17 +71,20 @@ def build_car_map(configured: Mapping[int, str], cars: list[TeslaMateCar]) -> Ca
     """Configured entries win; database rows fill in the rest."""
     vins = dict(configured)
     names: dict[int, str] = {}
+    models: dict[int, tuple[str | None, str | None]] = {}
     unmapped = []
     for car in cars:
         if car.name:
             names[car.car_id] = car.name
+        if car.model or car.trim:
+            models[car.car_id] = (car.model, car.trim)
         if car.car_id in vins:
             continue
         if car.vin is None:
             unmapped.append(car.car_id)
         else:
             vins[car.car_id] = car.vin
-    return CarMap(vins, names, tuple(sorted(unmapped)))
+    return CarMap(vins, names, tuple(sorted(unmapped)), models)
 
 
 @dataclass(frozen=True)
@@ -162,10 +170,16 @@ class TeslaMateDatabase:
                     "TeslaMate's database has no 'cars' table; is tesla.teslamate.dsn "
                     "TeslaMate's database?",
                 )
-            rows = await conn.fetch("SELECT id, vin, name FROM public.cars ORDER BY id")
+            rows = await conn.fetch(
+                "SELECT id, vin, name, model, trim_badging FROM public.cars ORDER BY id"
+            )
             return [
-                TeslaMateCar(int(row["id"]), usable_vin(row["vin"]), row["name"]) for row in rows
-            ]
+                TeslaMateCar(
+                    int(row["id"]), usable_vin(row["vin"]), row["name"], row["model"],
+                    row["trim_badging"],
+                )
+                for row in rows
+            ]  # fmt: skip
 
         result: list[TeslaMateCar] = await self._run(query)
         return result

@@ -1,0 +1,378 @@
+"""gridmate against a real Home Assistant (opt-in tier).
+
+Runs the newest Home Assistant from PyPI in the Debian 13 root that
+``scripts/prepare-home-assistant`` builds (``~/.cache/gridmate/home-assistant/root``
+or ``$GRIDMATE_HOME_ASSISTANT_ROOT``); skips, saying so, when that root is absent.
+Home Assistant runs with a clean environment, ``--skip-pip`` and its HTTP server on
+loopback, against a private Mosquitto; its MQTT config entry is written into
+``.storage/core.config_entries`` before the first start (no onboarding). Two small
+automations stand in for a user at the UI: one turns the "Peak control" switch off
+(Home Assistant's own switch.turn_off, which publishes the command), one publishes
+the states of gridmate's entities so the test can wait for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from test_energy_reconciler import world
+
+from gridmate.energy.homeassistant import EnergyDevice
+from gridmate.energy.service import health_problems
+from gridmate.energy.settings import HomeAssistantDeviceSettings
+from gridmate.runtime.settings import MqttSettings
+
+ROOT = Path(
+    os.environ.get(
+        "GRIDMATE_HOME_ASSISTANT_ROOT",
+        Path.home() / ".cache" / "gridmate" / "home-assistant" / "root",
+    )
+)
+HASS = "/opt/homeassistant/bin/hass"
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+pytestmark = [
+    pytest.mark.skipif(
+        not (ROOT / HASS.lstrip("/")).exists(),
+        reason=f"no Home Assistant root at {ROOT}: run scripts/prepare-home-assistant",
+    ),
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="running Home Assistant in its Debian 13 root needs chroot"
+    ),
+]
+
+PEAK_CONTROL = "switch.gridmate_energy_peak_control"
+SKIP_PIP_WARNING = "Skipping pip installation of required modules"
+"""The one warning allowed: the tier's own --skip-pip, which keeps Home Assistant off PyPI."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _configuration(http_port: int, *, prefix: str, units: str) -> str:
+    dump = (
+        "{% set ns = namespace(d={}) %}"
+        f"{{% for s in states if s.entity_id.split('.')[1].startswith('{prefix}') %}}"
+        "{% set ns.d = dict(ns.d, **{s.entity_id: s.state}) %}{% endfor %}"
+        "{{ ns.d | tojson }}"
+    )
+    return f"""\
+homeassistant:
+  name: gridmate test
+  latitude: 33.45
+  longitude: -112.07
+  elevation: 331
+  unit_system: {units}
+  time_zone: America/Phoenix
+  currency: USD
+  country: US
+  language: en
+http:
+  server_host: 127.0.0.1
+  server_port: {http_port}
+logger:
+  default: warning
+automation:
+  - alias: switch peak control off
+    triggers:
+      - trigger: mqtt
+        topic: gridmate-test/peak-control-off
+    actions:
+      - action: switch.turn_off
+        target:
+          entity_id: {PEAK_CONTROL}
+  - alias: publish gridmate states
+    triggers:
+      - trigger: mqtt
+        topic: gridmate-test/dump
+    actions:
+      - action: mqtt.publish
+        data:
+          topic: gridmate-test/states
+          payload: "{dump}"
+"""
+
+
+def _config_entries(port: int) -> dict:
+    now = datetime.now(UTC).isoformat()
+    return {
+        "version": 1,
+        "minor_version": 5,
+        "key": "core.config_entries",
+        "data": {
+            "entries": [
+                {
+                    "created_at": now,
+                    "modified_at": now,
+                    "data": {"broker": "127.0.0.1", "port": port},
+                    "options": {
+                        "discovery": True,
+                        "discovery_prefix": "homeassistant",
+                        "birth_message": {
+                            "topic": "homeassistant/status",
+                            "payload": "online",
+                            "qos": 0,
+                            "retain": False,
+                        },
+                        "will_message": {
+                            "topic": "homeassistant/status",
+                            "payload": "offline",
+                            "qos": 0,
+                            "retain": False,
+                        },
+                    },
+                    "discovery_keys": {},
+                    "disabled_by": None,
+                    "domain": "mqtt",
+                    "entry_id": uuid.uuid4().hex[:26].upper(),
+                    "minor_version": 2,
+                    "pref_disable_new_entities": False,
+                    "pref_disable_polling": False,
+                    "source": "user",
+                    "subentries": [],
+                    "title": "127.0.0.1",
+                    "unique_id": None,
+                    "version": 1,
+                }
+            ]
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def home_assistant(
+    broker_port: int, *, prefix: str = "gridmate_energy", units: str = "us_customary"
+):
+    """Home Assistant in its root; yields the config directory (as seen from the host)."""
+    name = f"gridmate-ha-{uuid.uuid4().hex[:10]}"
+    config = ROOT / "tmp" / name
+    (config / ".storage").mkdir(parents=True)
+    (config / "configuration.yaml").write_text(
+        _configuration(_free_port(), prefix=prefix, units=units)
+    )
+    (config / ".storage" / "core.config_entries").write_text(
+        json.dumps(_config_entries(broker_port))
+    )
+    output = (config / "stdout.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        "chroot", str(ROOT), "/usr/bin/env", "-i", f"PATH={CLEAN_PATH}", "HOME=/root",
+        "LANG=C.UTF-8", HASS, "--config", f"/tmp/{name}", "--skip-pip",
+        stdout=output, stderr=asyncio.subprocess.STDOUT, env={"PATH": CLEAN_PATH},
+    )  # fmt: skip
+    try:
+        yield config, process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 60)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        output.close()
+        if os.environ.get("GRIDMATE_KEEP_HOME_ASSISTANT") != "1":
+            shutil.rmtree(config, ignore_errors=True)
+
+
+def _log_lines(config: Path) -> list[str]:
+    lines = []
+    for path in (config / "home-assistant.log", config / "stdout.log"):
+        if path.exists():
+            lines += path.read_text(errors="replace").splitlines()
+    return lines
+
+
+async def test_home_assistant_shows_the_energy_device_and_switching_peak_control_off_round_trips(
+    tmp_path, private_mqtt_broker
+):
+    broker = private_mqtt_broker
+    settings = HomeAssistantDeviceSettings(
+        enable=True, mqtt=MqttSettings(host=broker.host, port=broker.port)
+    )
+    async with (
+        world(tmp_path, start=(16, 20), ha_device=settings) as w,
+        aiomqtt.Client(broker.host, broker.port) as tester,
+    ):
+        stop, wake = asyncio.Event(), asyncio.Event()
+        device = EnergyDevice(w.runtime, settings, clock=w.clock, stop=stop, wake=wake)
+        device_task = asyncio.create_task(device.run())
+
+        async def cycle() -> None:
+            w.clock.advance(60)
+            w.house.step(w.clock.now())
+            report = await w.runtime.reconciler.cycle()
+            device.observe(report, health_problems(w.runtime, report))
+
+        for _ in range(5):
+            await cycle()
+        assert w.site.backup_reserve_percent == 0
+
+        await tester.subscribe("homeassistant/status", qos=1)
+        await tester.subscribe("gridmate-test/states", qos=1)
+        states: asyncio.Queue[dict] = asyncio.Queue()
+        born = asyncio.Event()
+
+        async def listen() -> None:
+            async for message in tester.messages:
+                if message.topic.matches("homeassistant/status") and message.payload == b"online":
+                    born.set()
+                elif message.topic.matches("gridmate-test/states"):
+                    assert isinstance(message.payload, bytes)
+                    states.put_nowait(json.loads(message.payload))
+
+        listener = asyncio.create_task(listen())
+
+        async def ha_states(condition) -> dict:
+            """Ask Home Assistant for gridmate's entities until ``condition`` holds."""
+            while True:
+                await tester.publish("gridmate-test/dump", b"", qos=1)
+                with contextlib.suppress(TimeoutError):
+                    seen = await asyncio.wait_for(states.get(), 5)
+                    if condition(seen):
+                        return seen
+                await asyncio.sleep(1)  # Home Assistant is still setting up; ask again
+
+        try:
+            async with home_assistant(broker.port) as (config, process):
+                await asyncio.wait_for(born.wait(), 300)
+                seen = await asyncio.wait_for(ha_states(lambda s: s.get(PEAK_CONTROL) == "on"), 120)
+                assert seen["sensor.gridmate_energy_tariff_period"] == "peak"
+                assert seen["binary_sensor.gridmate_energy_peak_active"] == "on"
+                assert float(seen["sensor.gridmate_energy_backup_reserve"]) == 0.0
+                assert seen["number.gridmate_energy_peak_reserve"] == "0"  # Home Assistant's text
+                assert "button.gridmate_energy_end_today_s_peak_control_now" in seen
+
+                # A user switches peak control off in Home Assistant.
+                wake.clear()
+                await tester.publish("gridmate-test/peak-control-off", b"", qos=1)
+                await asyncio.wait_for(wake.wait(), 60)
+                for _ in range(3):  # restore, read back, report
+                    await cycle()
+                assert (w.site.backup_reserve_percent, w.site.operation_mode) == (
+                    30,
+                    "autonomous",
+                )
+                seen = await asyncio.wait_for(ha_states(lambda s: s.get(PEAK_CONTROL) == "off"), 60)
+                assert seen["binary_sensor.gridmate_energy_peak_active"] == "off"
+                assert float(seen["sensor.gridmate_energy_backup_reserve"]) == 30.0
+
+                process.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(process.wait(), 120) == 0
+                registry = json.loads((config / ".storage" / "core.entity_registry").read_text())
+                ours = [
+                    e
+                    for e in registry["data"]["entities"]
+                    if e["platform"] == "mqtt" and e["unique_id"].startswith("gridmate_energy_home")
+                ]
+                assert len(ours) >= 23
+                assert {e["entity_id"].split(".")[0] for e in ours} == {
+                    "sensor", "binary_sensor", "switch", "button", "number", "event",
+                }  # fmt: skip
+                problems = [
+                    line
+                    for line in _log_lines(config)
+                    if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
+                    and SKIP_PIP_WARNING not in line
+                ]
+                assert problems == []
+        finally:
+            listener.cancel()
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(device_task, 15)
+
+
+async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
+    private_mqtt_broker,
+):
+    """TeslaMate's kilometres and km/h, stored in miles, come back in a metric Home
+    Assistant as TeslaMate's numbers; the car's controls are accepted; no warnings."""
+    from gridmate.homeassistant.link import Message
+    from gridmate.vehicles.catalogue import invalid_policies
+    from gridmate.vehicles.homeassistant import Topics
+    from gridmate.vehicles.publisher import Publisher
+    from gridmate.vehicles.simulator import sample_vin
+    from gridmate.vehicles.state import StateStore
+    from gridmate.vehicles.teslamate import TeslaMateCarView, interpret
+
+    broker = private_mqtt_broker
+    vin = sample_vin(5)
+    store = StateStore(invalid_policies())
+    view = TeslaMateCarView(1)
+    now = datetime.now(UTC).timestamp()
+    for key, payload in (
+        ("state", "driving"), ("shift_state", "D"), ("speed", "88"), ("odometer", "20117.04"),
+        ("battery_level", "80"), ("charging_state", "Stopped"), ("geofence", "Home"),
+        ("inside_temp", "21.5"),
+    ):  # fmt: skip
+        for field, value in interpret(view, key, payload):
+            store.update(vin, field, value, now, "teslamate")
+    topics = Topics()
+    publisher = Publisher(store, topics, {vin: "Blue"}, now=lambda: now, controls=True)
+    publisher.mark_vehicles([vin])
+    messages: list[Message] = publisher.take().messages
+    async with aiomqtt.Client(broker.host, broker.port) as tester:
+        await tester.publish(topics.status, b"online", qos=1, retain=True)
+        for message in messages:
+            await tester.publish(message.topic, message.payload, qos=1, retain=message.retain)
+        await tester.subscribe("homeassistant/status", qos=1)
+        await tester.subscribe("gridmate-test/states", qos=1)
+        states: asyncio.Queue[dict] = asyncio.Queue()
+        born = asyncio.Event()
+
+        async def listen() -> None:
+            async for message in tester.messages:
+                if message.topic.matches("homeassistant/status") and message.payload == b"online":
+                    born.set()
+                elif message.topic.matches("gridmate-test/states"):
+                    assert isinstance(message.payload, bytes)
+                    states.put_nowait(json.loads(message.payload))
+
+        listener = asyncio.create_task(listen())
+        try:
+            async with home_assistant(broker.port, prefix="blue", units="metric") as (
+                config,
+                process,
+            ):
+                await asyncio.wait_for(born.wait(), 300)
+
+                async def ha_states() -> dict:
+                    while True:
+                        await tester.publish("gridmate-test/dump", b"", qos=1)
+                        with contextlib.suppress(TimeoutError):
+                            seen = await asyncio.wait_for(states.get(), 5)
+                            if seen.get("sensor.blue_odometer") not in (None, "unknown"):
+                                return seen
+                        await asyncio.sleep(1)
+
+                seen = await asyncio.wait_for(ha_states(), 120)
+                assert seen["sensor.blue_odometer"] == "20117.04"  # TeslaMate's number
+                assert float(seen["sensor.blue_speed"]) == 88.0
+                assert seen["sensor.blue_geofence"] == "Home"
+                assert seen["switch.blue_charging_control"] == "off"
+                assert "sensor.blue_tyre_pressure_front_left" not in seen  # never delivered
+                process.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(process.wait(), 120) == 0
+                problems = [
+                    line
+                    for line in _log_lines(config)
+                    if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
+                    and SKIP_PIP_WARNING not in line
+                ]
+                assert problems == []
+        finally:
+            listener.cancel()
