@@ -67,7 +67,15 @@ let
         "mqtt"
         "password"
       ];
-      what = "the password of the MQTT broker the vehicles hub publishes to, read for EV charging state (`settings.ev.mqtt`)";
+      # the Home Assistant device publishes to the same broker as the vehicles hub
+      alsoKeys = [
+        [
+          "ha_device"
+          "mqtt"
+          "password"
+        ]
+      ];
+      what = "the password of the MQTT broker the vehicles hub publishes to, read for EV charging state (`settings.ev.mqtt`) and by the Home Assistant device (`settings.ha_device.mqtt`)";
     }
   ];
 

@@ -39,6 +39,10 @@ let
     else
       lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (builtins.toJSON s);
 
+  # The settings keys one secret file feeds: `key`, and `alsoKeys` where
+  # several settings read the same credential (one broker password, say).
+  secretKeys = secret: [ secret.key ] ++ (secret.alsoKeys or [ ]);
+
   # Credential names become file names under $CREDENTIALS_DIRECTORY.
   validCredentialName = name: builtins.match "[A-Za-z0-9_.-]+" name != null;
 
@@ -414,6 +418,7 @@ let
         option,      # the option name, e.g. "mqttPasswordFile"
         credential,  # the systemd credential name gridmate looks for
         key,         # the settings path of the secret, e.g. [ "mqtt" "password" ]
+        alsoKeys ? [ ],  # further settings paths that read the same credential
         what,        # what the file holds, for the description
       }
     */
@@ -440,9 +445,10 @@ let
                 (a path inside a flake's source, or `"''${./secret}"`) is readable by
                 every user of the machine; the module warns about it.
 
-                This is the file form of the setting
-                `${lib.concatStringsSep "." secret.key}`; do not also set
-                `settings.${lib.concatStringsSep "." secret.key}_file`.
+                ${lib.concatMapStringsSep "\n" (key: ''
+                  This is the file form of the setting `${lib.concatStringsSep "." key}`; do
+                  not also set `settings.${lib.concatStringsSep "." key}_file`.
+                '') (secretKeys secret)}
               '';
             }
           )
@@ -509,7 +515,8 @@ let
               (config.sops.secrets.<name>.path), and rotate it.
             '';
         };
-        all = map one secrets;
+        # one check per settings key a file feeds
+        all = lib.concatMap (secret: map (key: one (secret // { inherit key; })) (secretKeys secret)) secrets;
       in
       {
         assertions = lib.concatMap (c: c.assertions) all;

@@ -1001,9 +1001,9 @@ def test_secret_options_cover_every_credential_of_the_settings_models(nix_eval: 
         declared = set()
         for option, description in options.items():
             credential = re.search(r"as the credential `([a-z_]+)`", description)
-            key = re.search(r"This is the file form of the setting\s+`([a-z_.]+)`", description)
-            assert credential and key, f"{component}.{option}: description names no credential"
-            declared.add((credential.group(1), key.group(1)))
+            keys = re.findall(r"This is the file form of the setting\s+`([a-z_.]+)`", description)
+            assert credential and keys, f"{component}.{option}: description names no credential"
+            declared.update((credential.group(1), key) for key in keys)
         assert declared == _python_credentials(models[component]), component
 
 
