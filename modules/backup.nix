@@ -22,6 +22,26 @@
 let
   gridmateLib = import ./lib.nix { inherit lib; };
   inherit (lib) types mkOption;
+
+  # Where and as whom the backup commands reach PostgreSQL (a target's
+  # database, TeslaMate's dump): host or socket directory, port, role.
+  postgresConnection = userDescription: {
+    host = mkOption {
+      type = types.str;
+      default = "/run/postgresql";
+      description = "PostgreSQL's host, address or socket directory.";
+    };
+    port = mkOption {
+      type = types.port;
+      default = 5432;
+      description = "PostgreSQL's port.";
+    };
+    user = mkOption {
+      type = types.str;
+      default = "postgres";
+      description = userDescription;
+    };
+  };
   cfg = config.services.gridmate.backup;
   component = "backup";
   prefix = "services.gridmate.backup";
@@ -313,22 +333,7 @@ let
           default = null;
           description = "Where the database's pg_dump files are (kind `database`).";
         };
-        database = {
-          host = mkOption {
-            type = types.str;
-            default = "/run/postgresql";
-            description = "PostgreSQL's host, address or socket directory.";
-          };
-          port = mkOption {
-            type = types.port;
-            default = 5432;
-            description = "PostgreSQL's port.";
-          };
-          user = mkOption {
-            type = types.str;
-            default = "postgres";
-            description = "The role that restores (it drops and creates schemas and extensions).";
-          };
+        database = postgresConnection "The role that restores (it drops and creates schemas and extensions)." // {
           name = mkOption {
             type = types.str;
             default = name;
@@ -549,22 +554,7 @@ in
         description = "The stable directory the dump is written into (root only, 0700).";
       };
 
-      database = {
-        host = mkOption {
-          type = types.str;
-          default = "/run/postgresql";
-          description = "PostgreSQL's socket directory or host.";
-        };
-        port = mkOption {
-          type = types.port;
-          default = 5432;
-          description = "PostgreSQL's port.";
-        };
-        user = mkOption {
-          type = types.str;
-          default = "postgres";
-          description = "The role that dumps and restores.";
-        };
+      database = postgresConnection "The role that dumps and restores." // {
         name = mkOption {
           type = types.str;
           default = "teslamate";
