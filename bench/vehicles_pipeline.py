@@ -36,8 +36,8 @@ import aiomqtt
 from aiokafka import AIOKafkaProducer
 
 from gridmate.sim.brokers import create_kafka_topics, free_port, kafka_broker, mosquitto_broker
-from gridmate.vehicles.kafka import topic_names
-from gridmate.vehicles.simulator import SimulatedCar, sample_vin, telemetry_record
+from gridmate.sim.fleet_telemetry import SimulatedCar, sample_vin, telemetry_record
+from gridmate.vehicles.telemetry.kafka import topic_names
 
 NAMESPACE = "bench"
 BASE = "gridmate"

@@ -55,8 +55,8 @@ from gridmate.sim.weather import WeatherSimulator, weather_simulator
 from gridmate.tesla.fleet_api import BudgetUse, FleetApi
 from gridmate.tesla.settings import OAuthSettings, TeslaCloudSettings, build_fleet_api
 from gridmate.tesla.tokens import StaticTokenProvider
-from gridmate.vehicles.homeassistant import Topics
-from gridmate.vehicles.publisher import Publisher
+from gridmate.vehicles.homeassistant.discovery import Topics
+from gridmate.vehicles.homeassistant.publisher import Publisher
 from gridmate.vehicles.state import StateStore as VehiclesStateStore
 
 PHOENIX = ZoneInfo("America/Phoenix")

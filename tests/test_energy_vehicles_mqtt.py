@@ -25,8 +25,8 @@ from gridmate.sim.command_proxy import command_proxy_simulator
 from gridmate.sim.tesla_cloud import SimulatedVehicle, tesla_cloud_simulator
 from gridmate.tesla.fleet_api import FleetApi
 from gridmate.tesla.tokens import StaticTokenProvider
-from gridmate.vehicles.homeassistant import Topics
-from gridmate.vehicles.publisher import Publisher
+from gridmate.vehicles.homeassistant.discovery import Topics
+from gridmate.vehicles.homeassistant.publisher import Publisher
 from gridmate.vehicles.state import StateStore
 
 NOW = datetime(2026, 7, 1, 23, 0, tzinfo=UTC)

@@ -302,12 +302,12 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
     """TeslaMate's kilometres and km/h, stored in miles, come back in a metric Home
     Assistant as TeslaMate's numbers; the car's controls are accepted; no warnings."""
     from gridmate.homeassistant.link import Message
+    from gridmate.sim.fleet_telemetry import sample_vin
     from gridmate.vehicles.catalogue import invalid_policies
-    from gridmate.vehicles.homeassistant import Topics
-    from gridmate.vehicles.publisher import Publisher
-    from gridmate.vehicles.simulator import sample_vin
+    from gridmate.vehicles.homeassistant.discovery import Topics
+    from gridmate.vehicles.homeassistant.publisher import Publisher
+    from gridmate.vehicles.sources.teslamate import TeslaMateCarView, interpret
     from gridmate.vehicles.state import StateStore
-    from gridmate.vehicles.teslamate import TeslaMateCarView, interpret
 
     broker = private_mqtt_broker
     vin = sample_vin(5)

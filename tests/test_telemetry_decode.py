@@ -25,8 +25,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from gridmate.vehicles.fleet_telemetry import FleetTelemetrySource
-from gridmate.vehicles.ingest import RateLimitedLog, RecordIngest
 from gridmate.vehicles.state import StateStore
 from gridmate.vehicles.telemetry import (
     FIELD_KINDS,
@@ -51,12 +49,14 @@ from gridmate.vehicles.telemetry import (
     record_type,
 )
 from gridmate.vehicles.telemetry.decode import DEFAULT_MAX_SIZE
+from gridmate.vehicles.telemetry.ingest import RateLimitedLog, RecordIngest
 from gridmate.vehicles.telemetry.proto import (
     vehicle_alert_pb2,
     vehicle_connectivity_pb2,
     vehicle_data_pb2,
     vehicle_error_pb2,
 )
+from gridmate.vehicles.telemetry.source import FleetTelemetrySource
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "tesla_telemetry"

@@ -21,7 +21,7 @@ from gridmate.vehicles.arbitration import (
     judge_fallback,
     judge_source,
 )
-from gridmate.vehicles.polling import poll_delay
+from gridmate.vehicles.sources.polling import poll_delay
 from gridmate.vehicles.state import FieldValue
 
 NOW = 1_800_000_000.0

@@ -11,19 +11,19 @@ import pytest
 
 from gridmate.runtime.secrets import Secret
 from gridmate.sim.command_proxy import command_proxy_simulator
+from gridmate.sim.fleet_telemetry import sample_vin
 from gridmate.sim.tesla_cloud import SimulatedVehicle, tesla_cloud_simulator
 from gridmate.tesla.settings import TeslaCloudSettings, build_fleet_api
 from gridmate.tesla.tokens import StaticTokenProvider
 from gridmate.vehicles.catalogue import invalid_policies
-from gridmate.vehicles.controls import (
+from gridmate.vehicles.homeassistant.controls import (
     COMMAND_ERROR_FIELD,
     VehicleControls,
     command_topic,
     parse_command_topic,
 )
-from gridmate.vehicles.homeassistant import Topics, discovery_document
+from gridmate.vehicles.homeassistant.discovery import Topics, discovery_document
 from gridmate.vehicles.settings import VehiclesSettings
-from gridmate.vehicles.simulator import sample_vin
 from gridmate.vehicles.state import StateStore
 
 VIN = sample_vin(3)
@@ -173,8 +173,8 @@ async def test_a_command_from_home_assistant_reaches_the_car(mqtt_broker):
     import aiomqtt
 
     from gridmate.runtime.settings import MqttSettings
-    from gridmate.vehicles.controls import command_filter
-    from gridmate.vehicles.mqtt import MqttLink
+    from gridmate.vehicles.homeassistant.controls import command_filter
+    from gridmate.vehicles.homeassistant.link import MqttLink
 
     car = plugged_car()
     clock = StepClock(START)

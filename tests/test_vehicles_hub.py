@@ -23,17 +23,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from gridmate.homeassistant.view import HomeAssistantView
 from gridmate.runtime.clock import SystemClock
 from gridmate.sim.brokers import (
     TANSU_FAST_GROUP_CONSUMER_CONFIG,
     create_kafka_topics,
     mosquitto_broker,
 )
-from gridmate.vehicles.ha_view import HomeAssistantView
-from gridmate.vehicles.hub import Hub
-from gridmate.vehicles.kafka import topic_names
-from gridmate.vehicles.settings import VehiclesSettings
-from gridmate.vehicles.simulator import (
+from gridmate.sim.fleet_telemetry import (
     KafkaRecord,
     SimulatedCar,
     alerts_record,
@@ -41,6 +38,9 @@ from gridmate.vehicles.simulator import (
     sample_vin,
     telemetry_record,
 )
+from gridmate.vehicles.hub import Hub
+from gridmate.vehicles.settings import VehiclesSettings
+from gridmate.vehicles.telemetry.kafka import topic_names
 
 pytestmark = pytest.mark.services
 

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
-from gridmate.vehicles.fleet_telemetry import FleetTelemetrySource
+from gridmate.sim.fleet_telemetry import KafkaRecord, connectivity_record, telemetry_record
 from gridmate.vehicles.hub import unpin_future
-from gridmate.vehicles.ingest import RateLimitedLog, RecordIngest
-from gridmate.vehicles.simulator import KafkaRecord, connectivity_record, telemetry_record
 from gridmate.vehicles.state import FieldValue, StateStore
 from gridmate.vehicles.telemetry.decode import DEFAULT_MAX_SIZE
+from gridmate.vehicles.telemetry.ingest import RateLimitedLog, RecordIngest
+from gridmate.vehicles.telemetry.source import FleetTelemetrySource
 
 NS = "tesla_telemetry"
 VIN = "5YJ3E1EA7KF000001"

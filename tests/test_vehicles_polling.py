@@ -15,8 +15,8 @@ from gridmate.tesla.fleet_api import BudgetUse, FleetApi
 from gridmate.tesla.tokens import StaticTokenProvider
 from gridmate.vehicles.arbitration import NO_SOURCE, TESLA_API, SourceBook
 from gridmate.vehicles.catalogue import invalid_policies
-from gridmate.vehicles.polling import PollingSource, map_vehicle_data
-from gridmate.vehicles.sources import SourceManager
+from gridmate.vehicles.sources.manager import SourceManager
+from gridmate.vehicles.sources.polling import PollingSource, map_vehicle_data
 from gridmate.vehicles.state import StateStore
 
 pytestmark = pytest.mark.services

@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+from gridmate.homeassistant.view import HomeAssistantView
 from gridmate.runtime.backoff import Backoff
 from gridmate.runtime.clock import SystemClock
 from gridmate.runtime.logs import LibraryFloodFilter, configure_logging
@@ -25,13 +26,12 @@ from gridmate.sim.brokers import (
     kafka_broker,
     mosquitto_broker,
 )
-from gridmate.vehicles.ha_view import HomeAssistantView
-from gridmate.vehicles.homeassistant import Topics
+from gridmate.sim.fleet_telemetry import sample_vin, telemetry_record
+from gridmate.vehicles.homeassistant.discovery import Topics
+from gridmate.vehicles.homeassistant.link import MqttLink
 from gridmate.vehicles.hub import Hub
-from gridmate.vehicles.kafka import bootstrap_addresses, consumer_options, topic_names
-from gridmate.vehicles.mqtt import MqttLink
 from gridmate.vehicles.settings import KafkaSettings, VehiclesSettings
-from gridmate.vehicles.simulator import sample_vin, telemetry_record
+from gridmate.vehicles.telemetry.kafka import bootstrap_addresses, consumer_options, topic_names
 
 
 @pytest.fixture

@@ -11,16 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gridmate.vehicles.catalogue import ENTITIES, FIELDS, invalid_policies
-from gridmate.vehicles.fleet_telemetry import FleetTelemetrySource
-from gridmate.vehicles.homeassistant import (
-    Topics,
-    discovery_document,
-    restore_fields,
-    state_document,
-)
-from gridmate.vehicles.publisher import Publisher
-from gridmate.vehicles.simulator import (
+from gridmate.sim.fleet_telemetry import (
     INVALID_DATUM,
     SimulatedCar,
     alerts_record,
@@ -28,8 +19,17 @@ from gridmate.vehicles.simulator import (
     sample_vin,
     telemetry_record,
 )
+from gridmate.vehicles.catalogue import ENTITIES, FIELDS, invalid_policies
+from gridmate.vehicles.homeassistant.discovery import (
+    Topics,
+    discovery_document,
+    restore_fields,
+    state_document,
+)
+from gridmate.vehicles.homeassistant.publisher import Publisher
 from gridmate.vehicles.state import INVALID, InvalidPolicy, Outcome, StateStore
 from gridmate.vehicles.telemetry.decode import decode_record
+from gridmate.vehicles.telemetry.source import FleetTelemetrySource
 
 NS = "tesla"
 VIN = sample_vin(7)

@@ -20,9 +20,8 @@ from gridmate.sim.teslamate import (
 )
 from gridmate.vehicles.arbitration import Activity, SourceFacts
 from gridmate.vehicles.catalogue import DERIVED
-from gridmate.vehicles.source_settings import TeslaMateSourceSettings
-from gridmate.vehicles.state import FieldValue, VehicleState
-from gridmate.vehicles.teslamate import (
+from gridmate.vehicles.sources.settings import TeslaMateSourceSettings
+from gridmate.vehicles.sources.teslamate import (
     BadPayload,
     TeslaMateCarView,
     TeslaMateSource,
@@ -32,7 +31,8 @@ from gridmate.vehicles.teslamate import (
     parse_topic,
     subscription,
 )
-from gridmate.vehicles.teslamate_cars import TeslaMateCar, TeslaMateDatabase, build_car_map
+from gridmate.vehicles.sources.teslamate_cars import TeslaMateCar, TeslaMateDatabase, build_car_map
+from gridmate.vehicles.state import FieldValue, VehicleState
 from gridmate.vehicles.units import km_from_miles, kmh_from_mph, miles_from_km, mph_from_kmh
 
 VIN1 = "5YJ3E1EA7KF000001"
@@ -445,7 +445,7 @@ def test_metric_values_survive_home_assistants_conversion_back():
 
 
 def test_the_cars_table_names_the_model_until_the_car_does():
-    from gridmate.vehicles.homeassistant import Topics, discovery_document
+    from gridmate.vehicles.homeassistant.discovery import Topics, discovery_document
 
     tm = source(Collector(), cars={})
     tm.use_car_map(build_car_map({}, [TeslaMateCar(1, VIN1, "Red", "3", "P74D")]))

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gridmate.homeassistant.view import HomeAssistantView
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.secrets import Secret
 from gridmate.sim.tesla_cloud import SimulatedVehicle, tesla_cloud_simulator
@@ -30,7 +31,6 @@ from gridmate.sim.teslamate import (
 )
 from gridmate.tesla.fleet_api import FleetApi
 from gridmate.tesla.tokens import StaticTokenProvider
-from gridmate.vehicles.ha_view import HomeAssistantView
 from gridmate.vehicles.hub import Hub
 from gridmate.vehicles.settings import VehiclesSettings
 
@@ -387,8 +387,8 @@ async def test_fleet_telemetry_appears_and_takes_over(mqtt_broker, kafka_bootstr
     from aiokafka import AIOKafkaProducer
 
     from gridmate.sim.brokers import create_kafka_topics
-    from gridmate.vehicles.kafka import topic_names
-    from gridmate.vehicles.simulator import connectivity_record, telemetry_record
+    from gridmate.sim.fleet_telemetry import connectivity_record, telemetry_record
+    from gridmate.vehicles.telemetry.kafka import topic_names
 
     cloud_car = SimulatedVehicle(vin=VIN, display_name=NAME, charging_state="Charging")
     kafka = {

@@ -1,4 +1,4 @@
-"""TeslaMate's health as the vehicles hub exports it (gridmate.vehicles.teslamate_metrics),
+"""TeslaMate's health as the vehicles hub exports it (gridmate.vehicles.sources.teslamate_metrics),
 from a simulated TeslaMate over a real Mosquitto, with its tables in a real PostgreSQL."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from gridmate.sim.teslamate import (
     simulated_teslamate,
 )
 from gridmate.vehicles.arbitration import SourceFacts
-from gridmate.vehicles.source_settings import TeslaMateSourceSettings
-from gridmate.vehicles.teslamate import TeslaMateSource
-from gridmate.vehicles.teslamate_cars import TeslaMateDatabase
-from gridmate.vehicles.teslamate_metrics import database_lag_seconds
+from gridmate.vehicles.sources.settings import TeslaMateSourceSettings
+from gridmate.vehicles.sources.teslamate import TeslaMateSource
+from gridmate.vehicles.sources.teslamate_cars import TeslaMateDatabase
+from gridmate.vehicles.sources.teslamate_metrics import database_lag_seconds
 
 VIN = "5YJ3E1EA7KF000001"
 

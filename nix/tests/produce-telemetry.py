@@ -1,7 +1,7 @@
 """Produce one Fleet Telemetry record to Kafka, as Tesla's fleet-telemetry server would.
 
 Used by the vehicles VM test. The record is built with gridmate's own generated
-protobuf code (gridmate.vehicles.simulator), keyed by VIN and with the server's
+protobuf code (gridmate.sim.fleet_telemetry), keyed by VIN and with the server's
 headers, as protobuf (the server's default) or, with ``--json``, as protojson
 (the server's ``transmit_decoded_records``).
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from gridmate.vehicles.simulator import telemetry_record
+from gridmate.sim.fleet_telemetry import telemetry_record
 
 
 def _value(text: str) -> Any:

@@ -15,13 +15,10 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import CollectorRegistry
 
 from gridmate.demo import DemoContext, Scenario
+from gridmate.homeassistant.view import HomeAssistantView
 from gridmate.runtime.clock import SystemClock
 from gridmate.sim.brokers import create_kafka_topics
-from gridmate.vehicles.ha_view import HomeAssistantView
-from gridmate.vehicles.hub import Hub
-from gridmate.vehicles.kafka import topic_names
-from gridmate.vehicles.settings import VehiclesSettings
-from gridmate.vehicles.simulator import (
+from gridmate.sim.fleet_telemetry import (
     INVALID_DATUM,
     KafkaRecord,
     SimulatedCar,
@@ -29,6 +26,9 @@ from gridmate.vehicles.simulator import (
     sample_vin,
     telemetry_record,
 )
+from gridmate.vehicles.hub import Hub
+from gridmate.vehicles.settings import VehiclesSettings
+from gridmate.vehicles.telemetry.kafka import topic_names
 
 NAMESPACE = "demo_tesla"
 NAME = "Model 3"

@@ -17,13 +17,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gridmate.demo import DemoContext, Scenario
+from gridmate.homeassistant.view import HomeAssistantView
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.secrets import Secret
 from gridmate.sim.tesla_cloud import SimulatedVehicle, tesla_cloud_simulator
 from gridmate.sim.teslamate import TeslaMateCarModel, simulated_teslamate
 from gridmate.tesla.fleet_api import FleetApi
 from gridmate.tesla.tokens import StaticTokenProvider
-from gridmate.vehicles.ha_view import HomeAssistantView
 from gridmate.vehicles.hub import Hub
 from gridmate.vehicles.settings import VehiclesSettings
 
@@ -37,8 +37,8 @@ async def _run(ctx: DemoContext) -> list[str]:
     from aiokafka import AIOKafkaProducer
 
     from gridmate.sim.brokers import create_kafka_topics
-    from gridmate.vehicles.kafka import topic_names
-    from gridmate.vehicles.simulator import connectivity_record, telemetry_record
+    from gridmate.sim.fleet_telemetry import connectivity_record, telemetry_record
+    from gridmate.vehicles.telemetry.kafka import topic_names
 
     host, port = await ctx.mqtt_broker()
     bootstrap = await ctx.kafka_broker()

@@ -31,16 +31,16 @@ from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
 from gridmate.vehicles.arbitration import FLEET_TELEMETRY, GRIDMATE, RankedArbiter
 from gridmate.vehicles.catalogue import invalid_policies
-from gridmate.vehicles.controls import VehicleControls, command_filter
-from gridmate.vehicles.fleet_telemetry import Applied, FleetTelemetrySource
-from gridmate.vehicles.homeassistant import SnapshotError, Topics, restore_fields
-from gridmate.vehicles.ingest import RateLimitedLog, RecordIngest
-from gridmate.vehicles.kafka import bootstrap_addresses, make_consumer, topic_names
-from gridmate.vehicles.mqtt import MqttLink, MqttUnavailable
-from gridmate.vehicles.publisher import Publisher
+from gridmate.vehicles.homeassistant.controls import VehicleControls, command_filter
+from gridmate.vehicles.homeassistant.discovery import SnapshotError, Topics, restore_fields
+from gridmate.vehicles.homeassistant.link import MqttLink, MqttUnavailable
+from gridmate.vehicles.homeassistant.publisher import Publisher
 from gridmate.vehicles.settings import KafkaSettings, VehiclesSettings
-from gridmate.vehicles.sources import DATA_SOURCE_FIELD, build_source_manager
-from gridmate.vehicles.state import FieldValue, Outcome, StateStore
+from gridmate.vehicles.sources.manager import DATA_SOURCE_FIELD, build_source_manager
+from gridmate.vehicles.state import Applied, FieldValue, Outcome, StateStore
+from gridmate.vehicles.telemetry.ingest import RateLimitedLog, RecordIngest
+from gridmate.vehicles.telemetry.kafka import bootstrap_addresses, make_consumer, topic_names
+from gridmate.vehicles.telemetry.source import FleetTelemetrySource
 
 log = get_logger("vehicles.hub")
 

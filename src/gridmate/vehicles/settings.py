@@ -15,7 +15,7 @@ from gridmate.runtime.secrets import Credential, Secret
 from gridmate.runtime.settings import ComponentSettings, MqttSettings, Section
 from gridmate.tesla.settings import TeslaCloudSettings
 from gridmate.vehicles.catalogue import FIELDS
-from gridmate.vehicles.source_settings import (
+from gridmate.vehicles.sources.settings import (
     ArbitrationSettings,
     PollingSettings,
     TeslaMateSourceSettings,

@@ -38,6 +38,17 @@ INVALID = _Invalid.INVALID
 """Passed as a value to :meth:`StateStore.update`: the source reports "not available"."""
 
 
+@dataclass(slots=True)
+class Applied:
+    """What one record (from any source) changed, for the publisher."""
+
+    vin: str
+    changed: list[str]
+    touched: bool = False
+    stale: int = 0
+    """Datums older than what is known (resends, replays)."""
+
+
 class Outcome(Enum):
     """What an update did to the state."""
 

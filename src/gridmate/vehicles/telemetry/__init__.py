@@ -1,8 +1,10 @@
-"""Tesla Fleet Telemetry wire edge: decode fleet-telemetry's Kafka records.
+"""Tesla Fleet Telemetry, gridmate's first vehicle data source: from Kafka to the state.
 
 ``decode_record`` turns one Kafka record (protobuf or JSON) into a ``TelemetryRecord``,
 ``AlertsRecord``, ``ErrorsRecord`` or ``ConnectivityRecord``; the schema lives in
-proto/ at the repository root and its generated code in ``.proto``.
+proto/ at the repository root and its generated code in ``.proto``. ``kafka`` builds
+the consumer, ``ingest`` takes each consumed record through decoding and sanity
+checks, and ``source`` applies it to the state.
 """
 
 from .decode import (

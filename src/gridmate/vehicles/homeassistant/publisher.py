@@ -19,8 +19,7 @@ from gridmate.homeassistant.link import Message
 from gridmate.homeassistant.notifications import MAX_PENDING, notification_payload
 from gridmate.notify import Event
 from gridmate.vehicles.catalogue import is_extra
-from gridmate.vehicles.fleet_telemetry import Applied
-from gridmate.vehicles.homeassistant import (
+from gridmate.vehicles.homeassistant.discovery import (
     Topics,
     alerts_document,
     discovery_document,
@@ -31,7 +30,7 @@ from gridmate.vehicles.homeassistant import (
     state_document,
     vehicle_name,
 )
-from gridmate.vehicles.state import StateStore, VehicleState
+from gridmate.vehicles.state import Applied, StateStore, VehicleState
 
 __all__ = ["Batch", "Message", "Parts", "Publisher"]
 

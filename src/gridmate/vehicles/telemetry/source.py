@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gridmate.vehicles.catalogue import MAX_STATE_LENGTH, valid_extra_key
-from gridmate.vehicles.state import INVALID, Outcome, StateStore
+from gridmate.vehicles.state import INVALID, Applied, Outcome, StateStore
 from gridmate.vehicles.telemetry.records import (
     AlertsRecord,
     ConnectivityRecord,
@@ -246,17 +246,6 @@ class _Presence:
     connections: dict[str, float] = field(default_factory=dict)
     """Open connection id -> when it was last known alive (epoch s)."""
     last_data: float | None = None
-
-
-@dataclass(slots=True)
-class Applied:
-    """What one record changed, for the publisher."""
-
-    vin: str
-    changed: list[str]
-    touched: bool = False
-    stale: int = 0
-    """Datums older than what is known (resends, replays)."""
 
 
 class FleetTelemetrySource:

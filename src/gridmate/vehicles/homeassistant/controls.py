@@ -22,8 +22,7 @@ from gridmate.homeassistant.commands import CommandRejected, parse_command, swit
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
 from gridmate.tesla.fleet_api import FleetApi, FleetApiError
-from gridmate.vehicles.fleet_telemetry import Applied
-from gridmate.vehicles.state import GRIDMATE_SOURCE, StateStore
+from gridmate.vehicles.state import GRIDMATE_SOURCE, Applied, StateStore
 
 log = get_logger("vehicles.controls")
 

@@ -39,11 +39,10 @@ from gridmate.vehicles.arbitration import (
     describe_switch,
     shown_source,
 )
-from gridmate.vehicles.fleet_telemetry import Applied
-from gridmate.vehicles.homeassistant import vehicle_name
-from gridmate.vehicles.polling import PollingSource
-from gridmate.vehicles.state import FieldValue, Outcome, StateStore, VehicleState
-from gridmate.vehicles.teslamate import TeslaMateSource
+from gridmate.vehicles.homeassistant.discovery import vehicle_name
+from gridmate.vehicles.sources.polling import PollingSource
+from gridmate.vehicles.sources.teslamate import TeslaMateSource
+from gridmate.vehicles.state import Applied, FieldValue, Outcome, StateStore, VehicleState
 
 log = get_logger("vehicles.sources")
 
@@ -382,7 +381,7 @@ def build_source_manager(
     ``fleet_api`` is the :class:`~gridmate.tesla.fleet_api.FleetApi` for polling
     (None when no token source is configured).
     """
-    from gridmate.vehicles.teslamate_cars import TeslaMateDatabase
+    from gridmate.vehicles.sources.teslamate_cars import TeslaMateDatabase
 
     teslamate = settings.teslamate
     polling = settings.polling

@@ -50,7 +50,7 @@ from gridmate.vehicles.catalogue import (
     field_spec,
     is_extra,
 )
-from gridmate.vehicles.controls import command_topic
+from gridmate.vehicles.homeassistant.controls import command_topic
 from gridmate.vehicles.state import FieldValue, VehicleState
 
 __all__ = ["OFFLINE", "ONLINE", "Topics", "encode"]

@@ -8,7 +8,7 @@
 * :meth:`TeslaMateDatabase.latest_activity`: per car, the newest position, state
   change and charge sample TeslaMate wrote. If the database knows of something newer
   than what MQTT delivered, the MQTT link from TeslaMate is dead even though the car
-  may be parked (see :mod:`gridmate.vehicles.teslamate`).
+  may be parked (see :mod:`gridmate.vehicles.sources.teslamate`).
 
 Tables are located by feature, not by TeslaMate version: a missing table is reported
 and the rest still works. TeslaMate writes timestamps as UTC without a time zone.

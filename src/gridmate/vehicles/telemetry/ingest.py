@@ -18,9 +18,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from gridmate.runtime.logs import get_logger
-from gridmate.vehicles.fleet_telemetry import Applied, FleetTelemetrySource, bound_to_receipt
+from gridmate.vehicles.state import Applied
 from gridmate.vehicles.telemetry.decode import MalformedRecord, decode_record
 from gridmate.vehicles.telemetry.records import Record, RecordType
+from gridmate.vehicles.telemetry.source import FleetTelemetrySource, bound_to_receipt
 
 log = get_logger("vehicles.hub")
 

@@ -14,7 +14,7 @@ from gridmate.homeassistant.link import HomeAssistantLink, Message, MqttUnavaila
 from gridmate.homeassistant.link import default_client_id as _client_id
 from gridmate.runtime.backoff import Backoff
 from gridmate.runtime.settings import MqttSettings
-from gridmate.vehicles.homeassistant import Topics
+from gridmate.vehicles.homeassistant.discovery import Topics
 
 __all__ = ["Message", "MqttLink", "MqttUnavailable", "default_client_id"]
 

@@ -27,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from gridmate.vehicles.teslamate import TeslaMateSource
+    from gridmate.vehicles.sources.teslamate import TeslaMateSource
 
 
 def database_lag_seconds(
@@ -37,7 +37,7 @@ def database_lag_seconds(
 
     The baseline is the last live message, or the start of the subscription (whose
     retained snapshot covers older rows), as in
-    :func:`gridmate.vehicles.teslamate.database_lag_problem`. None without a row.
+    :func:`gridmate.vehicles.sources.teslamate.database_lag_problem`. None without a row.
     """
     if newest_in_database is None:
         return None

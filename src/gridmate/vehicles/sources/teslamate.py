@@ -20,7 +20,7 @@ changed. What this module gets right, where other consumers stumble:
   positions, state changes or charge samples newer than anything MQTT delivered.
 
 Car ids are mapped to VINs through TeslaMate's ``cars`` table or the configuration
-(:mod:`gridmate.vehicles.teslamate_cars`); messages of a car not yet mapped are kept
+(:mod:`gridmate.vehicles.sources.teslamate_cars`); messages of a car not yet mapped are kept
 and applied once its VIN is known.
 """
 
@@ -48,9 +48,9 @@ from gridmate.runtime.logs import get_logger
 from gridmate.tesla.teslamate_db import TeslaMateDatabaseError
 from gridmate.vehicles.arbitration import TESLAMATE, Activity, SourceFacts
 from gridmate.vehicles.catalogue import CHARGING_STATES, MAX_STATE_LENGTH
-from gridmate.vehicles.source_settings import TeslaMateSourceSettings
-from gridmate.vehicles.teslamate_cars import CarMap, TeslaMateDatabase, build_car_map
-from gridmate.vehicles.teslamate_metrics import TeslaMateHealthCollector
+from gridmate.vehicles.sources.settings import TeslaMateSourceSettings
+from gridmate.vehicles.sources.teslamate_cars import CarMap, TeslaMateDatabase, build_car_map
+from gridmate.vehicles.sources.teslamate_metrics import TeslaMateHealthCollector
 from gridmate.vehicles.units import miles_from_km, mph_from_kmh
 
 log = get_logger("vehicles.teslamate")
