@@ -203,11 +203,16 @@ def test_rules_file_is_valid() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def firing(summary: str, **labels: str) -> dict[str, Any]:
+    """One alert a promtool unit test expects: its labels and its summary."""
+    return {"exp_labels": labels, "exp_annotations": {"summary": summary}}
+
+
 # Each rule: the series of a situation, and when the alert fires (or stays quiet).
 # Samples are one minute apart; `0+1x20` counts up by one a minute for 20 minutes.
 UNIT_TESTS: list[dict[str, Any]] = [
     {
-        "name": "a daemon stops answering; of a failover pair, one host answering is enough",
+        "name": ("a daemon stops answering; of a failover pair, one host answering is enough"),
         "input_series": [
             {"series": 'up{job="gridmate-vehicles",instance="hub:9108"}', "values": "1 0x20"},
             {"series": 'up{job="gridmate-energy",instance="garage:9109"}', "values": "1x20"},
@@ -219,12 +224,11 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateDaemonDown",
                 "7m",
                 [
-                    {
-                        "exp_labels": {"severity": "critical", "job": "gridmate-vehicles"},
-                        "exp_annotations": {
-                            "summary": "gridmate-vehicles has not answered a scrape for 5 minutes"
-                        },
-                    }
+                    firing(
+                        "gridmate-vehicles has not answered a scrape for 5 minutes",
+                        severity="critical",
+                        job="gridmate-vehicles",
+                    )
                 ],
             ),
         ],
@@ -233,15 +237,17 @@ UNIT_TESTS: list[dict[str, Any]] = [
         "name": "a daemon restarts over and over, and then fails",
         "input_series": [
             {
-                "series": 'node_systemd_service_restart_total{name="gridmate-energy.service"}',
+                "series": ('node_systemd_service_restart_total{name="gridmate-energy.service"}'),
                 "values": "0 0 1 2 3 4 5 5x20",
             },
             {
-                "series": 'node_systemd_service_restart_total{name="gridmate-vehicles.service"}',
+                "series": ('node_systemd_service_restart_total{name="gridmate-vehicles.service"}'),
                 "values": "1x30",
             },
             {
-                "series": 'node_systemd_unit_state{name="gridmate-energy.service",state="failed"}',
+                "series": (
+                    'node_systemd_unit_state{name="gridmate-energy.service",state="failed"}'
+                ),
                 "values": "0x6 1x20",
             },
         ],
@@ -250,13 +256,11 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateDaemonCrashLooping",
                 "6m",
                 [
-                    {
-                        "exp_labels": {"severity": "critical", "name": "gridmate-energy.service"},
-                        "exp_annotations": {
-                            "summary": "gridmate-energy.service restarted more than twice "
-                            "in 15 minutes"
-                        },
-                    }
+                    firing(
+                        ("gridmate-energy.service restarted more than twice in 15 minutes"),
+                        severity="critical",
+                        name="gridmate-energy.service",
+                    )
                 ],
             ),
             ("GridmateDaemonCrashLooping", "25m", []),
@@ -265,17 +269,15 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateDaemonFailed",
                 "9m",
                 [
-                    {
-                        "exp_labels": {
-                            "severity": "critical",
-                            "name": "gridmate-energy.service",
-                            "state": "failed",
-                        },
-                        "exp_annotations": {
-                            "summary": "gridmate-energy.service has failed (systemctl "
-                            "reset-failed re-arms it once fixed)"
-                        },
-                    }
+                    firing(
+                        (
+                            "gridmate-energy.service has failed (systemctl reset-failed "
+                            "re-arms it once fixed)"
+                        ),
+                        severity="critical",
+                        name="gridmate-energy.service",
+                        state="failed",
+                    )
                 ],
             ),
         ],
@@ -292,13 +294,14 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateDaemonUnhealthy",
                 "12m",
                 [
-                    {
-                        "exp_labels": {"severity": "warning", "job": "gridmate-energy"},
-                        "exp_annotations": {
-                            "summary": "gridmate-energy has reported a failing health check "
-                            "for 10 minutes (systemctl status says which)"
-                        },
-                    }
+                    firing(
+                        (
+                            "gridmate-energy has reported a failing health check for 10 "
+                            "minutes (systemctl status says which)"
+                        ),
+                        severity="warning",
+                        job="gridmate-energy",
+                    )
                 ],
             ),
         ],
@@ -307,11 +310,13 @@ UNIT_TESTS: list[dict[str, Any]] = [
         "name": "TeslaMate's unit stops, then restarts over and over",
         "input_series": [
             {
-                "series": 'node_systemd_unit_state{name="podman-teslamate.service",state="active"}',
+                "series": (
+                    'node_systemd_unit_state{name="podman-teslamate.service",state="active"}'
+                ),
                 "values": "1 0x10 1x30",
             },
             {
-                "series": 'node_systemd_service_restart_total{name="podman-teslamate.service"}',
+                "series": ('node_systemd_service_restart_total{name="podman-teslamate.service"}'),
                 "values": "0x12 0+1x10 10x20",
             },
         ],
@@ -321,17 +326,12 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "TeslaMateDown",
                 "8m",
                 [
-                    {
-                        "exp_labels": {
-                            "severity": "critical",
-                            "name": "podman-teslamate.service",
-                            "state": "active",
-                        },
-                        "exp_annotations": {
-                            "summary": "TeslaMate (podman-teslamate.service) has not been "
-                            "running for 5 minutes"
-                        },
-                    }
+                    firing(
+                        ("TeslaMate (podman-teslamate.service) has not been running for 5 minutes"),
+                        severity="critical",
+                        name="podman-teslamate.service",
+                        state="active",
+                    )
                 ],
             ),
             ("TeslaMateCrashLooping", "10m", []),
@@ -339,12 +339,11 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "TeslaMateCrashLooping",
                 "20m",
                 [
-                    {
-                        "exp_labels": {"severity": "critical", "name": "podman-teslamate.service"},
-                        "exp_annotations": {
-                            "summary": "TeslaMate restarted more than twice in 15 minutes"
-                        },
-                    }
+                    firing(
+                        "TeslaMate restarted more than twice in 15 minutes",
+                        severity="critical",
+                        name="podman-teslamate.service",
+                    )
                 ],
             ),
         ],
@@ -361,8 +360,9 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "values": "1x35",
             },
             {
-                "series": "gridmate_vehicles_teslamate_database_lag_seconds"
-                '{vin="5YJ3E1EA7KF000001"}',
+                "series": (
+                    'gridmate_vehicles_teslamate_database_lag_seconds{vin="5YJ3E1EA7KF000001"}'
+                ),
                 "values": "0x5 600x30",
             },
             {"series": "gridmate_vehicles_teslamate_connected", "values": "1x10 0x20"},
@@ -373,13 +373,11 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "TeslaMateUnhealthy",
                 "22m",
                 [
-                    {
-                        "exp_labels": {"severity": "warning", "vin": "5YJ3E1EA7KF000001"},
-                        "exp_annotations": {
-                            "summary": "TeslaMate reports its Tesla API access failing for "
-                            "5YJ3E1EA7KF000001"
-                        },
-                    }
+                    firing(
+                        ("TeslaMate reports its Tesla API access failing for 5YJ3E1EA7KF000001"),
+                        severity="warning",
+                        vin="5YJ3E1EA7KF000001",
+                    )
                 ],
             ),
             ("TeslaMateMqttBehindDatabase", "8m", []),
@@ -387,13 +385,14 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "TeslaMateMqttBehindDatabase",
                 "12m",
                 [
-                    {
-                        "exp_labels": {"severity": "warning", "vin": "5YJ3E1EA7KF000001"},
-                        "exp_annotations": {
-                            "summary": "TeslaMate records 5YJ3E1EA7KF000001 in its database "
-                            "but its MQTT output stopped"
-                        },
-                    }
+                    firing(
+                        (
+                            "TeslaMate records 5YJ3E1EA7KF000001 in its database but its "
+                            "MQTT output stopped"
+                        ),
+                        severity="warning",
+                        vin="5YJ3E1EA7KF000001",
+                    )
                 ],
             ),
             ("TeslaMateBrokerUnreachable", "12m", []),
@@ -401,13 +400,13 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "TeslaMateBrokerUnreachable",
                 "17m",
                 [
-                    {
-                        "exp_labels": {"severity": "warning"},
-                        "exp_annotations": {
-                            "summary": "The vehicles hub has not been connected to TeslaMate's "
-                            "MQTT broker for 5 minutes"
-                        },
-                    }
+                    firing(
+                        (
+                            "The vehicles hub has not been connected to TeslaMate's MQTT "
+                            "broker for 5 minutes"
+                        ),
+                        severity="warning",
+                    )
                 ],
             ),
         ],
@@ -416,8 +415,10 @@ UNIT_TESTS: list[dict[str, Any]] = [
         "name": "the MQTT broker stops",
         "input_series": [
             {
-                "series": 'node_systemd_unit_state{name="mosquitto.service",state="active",'
-                'instance="hub"}',
+                "series": (
+                    'node_systemd_unit_state{name="mosquitto.service",'
+                    'state="active",instance="hub"}'
+                ),
                 "values": "1x3 0x10",
             },
         ],
@@ -427,15 +428,13 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "MqttBrokerDown",
                 "7m",
                 [
-                    {
-                        "exp_labels": {
-                            "severity": "critical",
-                            "name": "mosquitto.service",
-                            "state": "active",
-                            "instance": "hub",
-                        },
-                        "exp_annotations": {"summary": "Mosquitto on hub is not running"},
-                    }
+                    firing(
+                        "Mosquitto on hub is not running",
+                        severity="critical",
+                        name="mosquitto.service",
+                        state="active",
+                        instance="hub",
+                    )
                 ],
             ),
         ],
@@ -445,7 +444,7 @@ UNIT_TESTS: list[dict[str, Any]] = [
         "name": "Tesla tokens expiring, failing, and fine",
         "input_series": [
             {
-                "series": 'gridmate_tesla_token_expiry_timestamp_seconds{source="teslamate"}',
+                "series": ('gridmate_tesla_token_expiry_timestamp_seconds{source="teslamate"}'),
                 "values": "1200x20",
             },
             {
@@ -453,20 +452,23 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "values": "28800x20",
             },
             {
-                "series": 'gridmate_tesla_token_last_success_timestamp_seconds{source="teslamate"}',
+                "series": (
+                    'gridmate_tesla_token_last_success_timestamp_seconds{source="teslamate"}'
+                ),
                 "values": "0x100",
             },
             {
-                "series": 'gridmate_tesla_token_sync_errors_total{source="teslamate",'
-                'reason="database"}',
+                "series": (
+                    'gridmate_tesla_token_sync_errors_total{source="teslamate",reason="database"}'
+                ),
                 "values": "0+1x100",
             },
             {
-                "series": 'gridmate_tesla_token_last_success_timestamp_seconds{source="oauth"}',
+                "series": ('gridmate_tesla_token_last_success_timestamp_seconds{source="oauth"}'),
                 "values": "0+60x100",
             },
             {
-                "series": 'gridmate_tesla_token_sync_errors_total{source="oauth",reason="http"}',
+                "series": ('gridmate_tesla_token_sync_errors_total{source="oauth",reason="http"}'),
                 "values": "0+1x100",
             },
             {
@@ -480,13 +482,14 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "TeslaTokenExpiring",
                 "6m",
                 [
-                    {
-                        "exp_labels": {"severity": "warning", "source": "teslamate"},
-                        "exp_annotations": {
-                            "summary": "The Tesla access token from teslamate expires within "
-                            "30 minutes and has not been renewed"
-                        },
-                    }
+                    firing(
+                        (
+                            "The Tesla access token from teslamate expires within 30 "
+                            "minutes and has not been renewed"
+                        ),
+                        severity="warning",
+                        source="teslamate",
+                    )
                 ],
             ),
             ("TeslaTokenFailing", "50m", []),
@@ -494,26 +497,24 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "TeslaTokenFailing",
                 "70m",
                 [
-                    {
-                        "exp_labels": {"severity": "critical", "source": "teslamate"},
-                        "exp_annotations": {
-                            "summary": "gridmate has failed to get a Tesla token from teslamate "
-                            "for over an hour"
-                        },
-                    }
+                    firing(
+                        (
+                            "gridmate has failed to get a Tesla token from teslamate for "
+                            "over an hour"
+                        ),
+                        severity="critical",
+                        source="teslamate",
+                    )
                 ],
             ),
             (
                 "TeslaRefreshTokenExpiring",
                 "1m",
                 [
-                    {
-                        "exp_labels": {"severity": "warning"},
-                        "exp_annotations": {
-                            "summary": "gridmate's Tesla refresh token expires within a week: "
-                            "sign in again"
-                        },
-                    }
+                    firing(
+                        ("gridmate's Tesla refresh token expires within a week: sign in again"),
+                        severity="warning",
+                    )
                 ],
             ),
         ],
@@ -526,27 +527,33 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "values": "2592000x5",
             },
         ],
-        "alerts": [("TeslaRefreshTokenExpiring", "3m", [])],
+        "alerts": [
+            ("TeslaRefreshTokenExpiring", "3m", []),
+        ],
     },
     {
         "name": "the notifier's queue: stuck on one host, draining on the other",
         "input_series": [
             {
-                "series": 'gridmate_notify_queue_messages{job="gridmate-energy",instance="a"}',
+                "series": ('gridmate_notify_queue_messages{job="gridmate-energy",instance="a"}'),
                 "values": "0x5 3x60",
             },
             {
-                "series": 'gridmate_notify_emails_total{job="gridmate-energy",instance="a",'
-                'level="warning",outcome="sent"}',
+                "series": (
+                    'gridmate_notify_emails_total{job="gridmate-energy",'
+                    'instance="a",level="warning",outcome="sent"}'
+                ),
                 "values": "2x65",
             },
             {
-                "series": 'gridmate_notify_queue_messages{job="gridmate-energy",instance="b"}',
+                "series": ('gridmate_notify_queue_messages{job="gridmate-energy",instance="b"}'),
                 "values": "3x65",
             },
             {
-                "series": 'gridmate_notify_emails_total{job="gridmate-energy",instance="b",'
-                'level="warning",outcome="sent"}',
+                "series": (
+                    'gridmate_notify_emails_total{job="gridmate-energy",'
+                    'instance="b",level="warning",outcome="sent"}'
+                ),
                 "values": "0+1x65",
             },
         ],
@@ -556,17 +563,12 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateNotifierQueueStuck",
                 "40m",
                 [
-                    {
-                        "exp_labels": {
-                            "severity": "warning",
-                            "job": "gridmate-energy",
-                            "instance": "a",
-                        },
-                        "exp_annotations": {
-                            "summary": "gridmate-energy has had mail waiting for 30 minutes "
-                            "and sent none"
-                        },
-                    }
+                    firing(
+                        ("gridmate-energy has had mail waiting for 30 minutes and sent none"),
+                        severity="warning",
+                        job="gridmate-energy",
+                        instance="a",
+                    )
                 ],
             ),
         ],
@@ -579,7 +581,7 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "values": "1 0x60",
             },
             {
-                "series": 'gridmate_vehicles_source_trusted{vin="V1",source="fleet_telemetry"}',
+                "series": ('gridmate_vehicles_source_trusted{vin="V1",source="fleet_telemetry"}'),
                 "values": "0x60",
             },
             {
@@ -587,7 +589,7 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "values": "1x60",
             },
             {
-                "series": 'gridmate_vehicles_source_trusted{vin="V2",source="fleet_telemetry"}',
+                "series": ('gridmate_vehicles_source_trusted{vin="V2",source="fleet_telemetry"}'),
                 "values": "0x60",
             },
         ],
@@ -597,12 +599,11 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateVehicleWithoutTrustedSource",
                 "35m",
                 [
-                    {
-                        "exp_labels": {"severity": "warning", "vin": "V1"},
-                        "exp_annotations": {
-                            "summary": "No source has had fresh data about V1 for 30 minutes"
-                        },
-                    }
+                    firing(
+                        "No source has had fresh data about V1 for 30 minutes",
+                        severity="warning",
+                        vin="V1",
+                    )
                 ],
             ),
         ],
@@ -618,42 +619,52 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateVehiclesConsumerLag",
                 "17m",
                 [
-                    {
-                        "exp_labels": {"severity": "warning"},
-                        "exp_annotations": {
-                            "summary": "The vehicles hub is 5000 Fleet Telemetry records behind"
-                        },
-                    }
+                    firing(
+                        "The vehicles hub is 5000 Fleet Telemetry records behind",
+                        severity="warning",
+                    )
                 ],
             ),
         ],
     },
     {
-        "name": "energy control fails in the peak on one host, outside it on another",
+        "name": ("energy control fails in the peak on one host, outside it on another"),
         "input_series": [
             {
-                "series": 'gridmate_energy_phase{job="gridmate-energy",instance="a",phase="peak"}',
+                "series": (
+                    'gridmate_energy_phase{job="gridmate-energy",instance="a",phase="peak"}'
+                ),
                 "values": "1x30",
             },
             {
-                "series": 'gridmate_energy_cycle_errors_total{job="gridmate-energy",instance="a"}',
+                "series": (
+                    'gridmate_energy_cycle_errors_total{job="gridmate-energy",instance="a"}'
+                ),
                 "values": "0x5 1x25",
             },
             {
-                "series": 'gridmate_energy_phase{job="gridmate-energy",instance="b",phase="peak"}',
+                "series": (
+                    'gridmate_energy_phase{job="gridmate-energy",instance="b",phase="peak"}'
+                ),
                 "values": "1x30",
             },
             {
-                "series": 'gridmate_energy_actions_total{job="gridmate-energy",instance="b",'
-                'device="powerwall",result="failed"}',
+                "series": (
+                    'gridmate_energy_actions_total{job="gridmate-energy",'
+                    'instance="b",device="powerwall",result="failed"}'
+                ),
                 "values": "0x10 1x20",
             },
             {
-                "series": 'gridmate_energy_phase{job="gridmate-energy",instance="c",phase="peak"}',
+                "series": (
+                    'gridmate_energy_phase{job="gridmate-energy",instance="c",phase="peak"}'
+                ),
                 "values": "0x30",
             },
             {
-                "series": 'gridmate_energy_cycle_errors_total{job="gridmate-energy",instance="c"}',
+                "series": (
+                    'gridmate_energy_cycle_errors_total{job="gridmate-energy",instance="c"}'
+                ),
                 "values": "0+1x30",
             },
         ],
@@ -663,42 +674,30 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateEnergyFailingDuringPeak",
                 "8m",
                 [
-                    {
-                        "exp_labels": {
-                            "severity": "critical",
-                            "job": "gridmate-energy",
-                            "instance": "a",
-                        },
-                        "exp_annotations": {
-                            "summary": "Energy control is failing during the peak on a"
-                        },
-                    }
+                    firing(
+                        "Energy control is failing during the peak on a",
+                        severity="critical",
+                        job="gridmate-energy",
+                        instance="a",
+                    )
                 ],
             ),
             (
                 "GridmateEnergyFailingDuringPeak",
                 "13m",
                 [
-                    {
-                        "exp_labels": {
-                            "severity": "critical",
-                            "job": "gridmate-energy",
-                            "instance": "a",
-                        },
-                        "exp_annotations": {
-                            "summary": "Energy control is failing during the peak on a"
-                        },
-                    },
-                    {
-                        "exp_labels": {
-                            "severity": "critical",
-                            "job": "gridmate-energy",
-                            "instance": "b",
-                        },
-                        "exp_annotations": {
-                            "summary": "Energy control is failing during the peak on b"
-                        },
-                    },
+                    firing(
+                        "Energy control is failing during the peak on a",
+                        severity="critical",
+                        job="gridmate-energy",
+                        instance="a",
+                    ),
+                    firing(
+                        "Energy control is failing during the peak on b",
+                        severity="critical",
+                        job="gridmate-energy",
+                        instance="b",
+                    ),
                 ],
             ),
         ],
@@ -707,12 +706,12 @@ UNIT_TESTS: list[dict[str, Any]] = [
         "name": "backups and replication go stale; a preseed is refused",
         "input_series": [
             {
-                "series": 'gridmate_backup_last_success_timestamp_seconds{job="teslamate"}',
+                "series": ('gridmate_backup_last_success_timestamp_seconds{job="teslamate"}'),
                 "values": "0x1900",
             },
             {"series": 'gridmate_backup_last_run_success{job="teslamate"}', "values": "1x60 0x100"},
             {
-                "series": 'gridmate_replication_last_success_timestamp_seconds{job="rpool-pg"}',
+                "series": ('gridmate_replication_last_success_timestamp_seconds{job="rpool-pg"}'),
                 "values": "0x300",
             },
             {
@@ -730,12 +729,11 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateBackupStale",
                 "27h",
                 [
-                    {
-                        "exp_labels": {"severity": "warning", "job": "teslamate"},
-                        "exp_annotations": {
-                            "summary": "No successful backup of teslamate for over 26 hours"
-                        },
-                    }
+                    firing(
+                        "No successful backup of teslamate for over 26 hours",
+                        severity="warning",
+                        job="teslamate",
+                    )
                 ],
             ),
             ("GridmateBackupFailing", "30m", []),
@@ -743,10 +741,9 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateBackupFailing",
                 "70m",
                 [
-                    {
-                        "exp_labels": {"severity": "warning", "job": "teslamate"},
-                        "exp_annotations": {"summary": "The last backup of teslamate failed"},
-                    }
+                    firing(
+                        "The last backup of teslamate failed", severity="warning", job="teslamate"
+                    )
                 ],
             ),
             ("GridmateReplicationStale", "2h", []),
@@ -754,13 +751,11 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateReplicationStale",
                 "4h",
                 [
-                    {
-                        "exp_labels": {"severity": "warning", "job": "rpool-pg"},
-                        "exp_annotations": {
-                            "summary": "No successful replication of rpool-pg to the NAS for "
-                            "over 3 hours"
-                        },
-                    }
+                    firing(
+                        ("No successful replication of rpool-pg to the NAS for over 3 hours"),
+                        severity="warning",
+                        job="rpool-pg",
+                    )
                 ],
             ),
             ("GridmatePreseedFailed", "0m", []),
@@ -768,16 +763,12 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmatePreseedFailed",
                 "2m",
                 [
-                    {
-                        "exp_labels": {
-                            "severity": "critical",
-                            "target": "teslamate",
-                            "result": "refused",
-                        },
-                        "exp_annotations": {
-                            "summary": "teslamate could not be restored; its service is held back"
-                        },
-                    }
+                    firing(
+                        "teslamate could not be restored; its service is held back",
+                        severity="critical",
+                        target="teslamate",
+                        result="refused",
+                    )
                 ],
             ),
             ("GridmateBackupNeverSucceeded", "27h", []),
@@ -785,19 +776,19 @@ UNIT_TESTS: list[dict[str, Any]] = [
     },
     {
         "name": "nothing recorded at all",
-        "input_series": [{"series": 'up{job="node"}', "values": "1x1900"}],
+        "input_series": [
+            {"series": 'up{job="node"}', "values": "1x1900"},
+        ],
         "alerts": [
             (
                 "GridmateBackupNeverSucceeded",
                 "27h",
                 [
-                    {
-                        "exp_labels": {"severity": "warning", "job": "teslamate"},
-                        "exp_annotations": {
-                            "summary": "No successful teslamate backup recorded (or its "
-                            "metrics file is gone)"
-                        },
-                    }
+                    firing(
+                        ("No successful teslamate backup recorded (or its metrics file is gone)"),
+                        severity="warning",
+                        job="teslamate",
+                    )
                 ],
             ),
             ("GridmateReplicationNeverSucceeded", "2h", []),
@@ -805,13 +796,13 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "GridmateReplicationNeverSucceeded",
                 "4h",
                 [
-                    {
-                        "exp_labels": {"severity": "warning"},
-                        "exp_annotations": {
-                            "summary": "No successful replication to the NAS recorded (or its "
+                    firing(
+                        (
+                            "No successful replication to the NAS recorded (or its "
                             "metrics file is gone)"
-                        },
-                    }
+                        ),
+                        severity="warning",
+                    )
                 ],
             ),
         ],
