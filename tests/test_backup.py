@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -242,17 +243,26 @@ def test_a_second_preseed_of_the_same_target_waits_its_turn(tmp_path: Path) -> N
     assert not directory.exists()
 
 
-def test_record_keeps_the_last_success_through_failures(tmp_path: Path) -> None:
-    config = _config(tmp_path)
-    ok = gridmate(
+def record(
+    config: Path, job: str, service_result: str, kind: str = "backup"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``gridmate backup record`` as a unit's ExecStopPost= hook would, with its result."""
+    return gridmate(
         "backup",
         "record",
+        "--kind",
+        kind,
         "--job",
-        "teslamate",
+        job,
         "--config",
         str(config),
-        env={"SERVICE_RESULT": "success"},
+        env={"SERVICE_RESULT": service_result},
     )
+
+
+def test_record_keeps_the_last_success_through_failures(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    ok = record(config, "teslamate", "success")
     assert ok.returncode == 0, ok.stderr
     prom = (tmp_path / "textfile" / "gridmate_backup_freshness.prom").read_text()
     success = re.search(
@@ -261,15 +271,7 @@ def test_record_keeps_the_last_success_through_failures(tmp_path: Path) -> None:
     assert success, prom
     assert 'gridmate_backup_last_run_success{job="teslamate"} 1.0' in prom
 
-    failed = gridmate(
-        "backup",
-        "record",
-        "--job",
-        "teslamate",
-        "--config",
-        str(config),
-        env={"SERVICE_RESULT": "exit-code"},
-    )
+    failed = record(config, "teslamate", "exit-code")
     assert failed.returncode == 0, failed.stderr
     assert "failed (exit-code)" in failed.stderr
     prom = (tmp_path / "textfile" / "gridmate_backup_freshness.prom").read_text()
@@ -279,17 +281,7 @@ def test_record_keeps_the_last_success_through_failures(tmp_path: Path) -> None:
     )
     assert 'gridmate_backup_last_run_success{job="teslamate"} 0.0' in prom
 
-    replication = gridmate(
-        "backup",
-        "record",
-        "--kind",
-        "replication",
-        "--job",
-        "rpool-pg",
-        "--config",
-        str(config),
-        env={"SERVICE_RESULT": "success"},
-    )
+    replication = record(config, "rpool-pg", "success", kind="replication")
     assert replication.returncode == 0, replication.stderr
     prom = (tmp_path / "textfile" / "gridmate_backup_freshness.prom").read_text()
     assert 'gridmate_replication_last_success_timestamp_seconds{job="rpool-pg"}' in prom
@@ -314,15 +306,7 @@ async def test_a_failed_backup_is_mailed(tmp_path: Path, smtp_server) -> None:
             "recipients": {"warning": ["owner@home.test"]},
         },
     )
-    result = gridmate(
-        "backup",
-        "record",
-        "--job",
-        "teslamate",
-        "--config",
-        str(config),
-        env={"SERVICE_RESULT": "timeout"},
-    )
+    result = record(config, "teslamate", "timeout")
     assert result.returncode == 0, result.stderr
     await smtp_server.wait_for(1)
     message = smtp_server.messages[0][1]

@@ -21,6 +21,8 @@ import shutil
 import signal
 import socket
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -196,6 +198,53 @@ def _log_lines(config: Path) -> list[str]:
     return lines
 
 
+def _problems(config: Path) -> list[str]:
+    """Home Assistant's warnings, errors and tracebacks (but the one --skip-pip causes)."""
+    return [
+        line
+        for line in _log_lines(config)
+        if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
+        and SKIP_PIP_WARNING not in line
+    ]
+
+
+@dataclass
+class HomeAssistantWatch:
+    """What a test sees of Home Assistant over MQTT: its birth message, and on request
+    the states of gridmate's entities (published by the dump automation)."""
+
+    tester: aiomqtt.Client
+    born: asyncio.Event = field(default_factory=asyncio.Event)
+    dumps: asyncio.Queue[dict] = field(default_factory=asyncio.Queue)
+    listener: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, tester: aiomqtt.Client) -> HomeAssistantWatch:
+        watch = cls(tester)
+        await tester.subscribe("homeassistant/status", qos=1)
+        await tester.subscribe("gridmate-test/states", qos=1)
+        watch.listener = asyncio.create_task(watch._listen())
+        return watch
+
+    async def _listen(self) -> None:
+        async for message in self.tester.messages:
+            if message.topic.matches("homeassistant/status") and message.payload == b"online":
+                self.born.set()
+            elif message.topic.matches("gridmate-test/states"):
+                assert isinstance(message.payload, bytes)
+                self.dumps.put_nowait(json.loads(message.payload))
+
+    async def states(self, condition: Callable[[dict], bool]) -> dict:
+        """Ask Home Assistant for gridmate's entities until ``condition`` holds."""
+        while True:
+            await self.tester.publish("gridmate-test/dump", b"", qos=1)
+            with contextlib.suppress(TimeoutError):
+                seen = await asyncio.wait_for(self.dumps.get(), 5)
+                if condition(seen):
+                    return seen
+            await asyncio.sleep(1)  # Home Assistant is still setting up; ask again
+
+
 async def test_home_assistant_shows_the_energy_device_and_switching_peak_control_off_round_trips(
     tmp_path, private_mqtt_broker
 ):
@@ -221,35 +270,13 @@ async def test_home_assistant_shows_the_energy_device_and_switching_peak_control
             await cycle()
         assert w.site.backup_reserve_percent == 0
 
-        await tester.subscribe("homeassistant/status", qos=1)
-        await tester.subscribe("gridmate-test/states", qos=1)
-        states: asyncio.Queue[dict] = asyncio.Queue()
-        born = asyncio.Event()
-
-        async def listen() -> None:
-            async for message in tester.messages:
-                if message.topic.matches("homeassistant/status") and message.payload == b"online":
-                    born.set()
-                elif message.topic.matches("gridmate-test/states"):
-                    assert isinstance(message.payload, bytes)
-                    states.put_nowait(json.loads(message.payload))
-
-        listener = asyncio.create_task(listen())
-
-        async def ha_states(condition) -> dict:
-            """Ask Home Assistant for gridmate's entities until ``condition`` holds."""
-            while True:
-                await tester.publish("gridmate-test/dump", b"", qos=1)
-                with contextlib.suppress(TimeoutError):
-                    seen = await asyncio.wait_for(states.get(), 5)
-                    if condition(seen):
-                        return seen
-                await asyncio.sleep(1)  # Home Assistant is still setting up; ask again
-
+        watch = await HomeAssistantWatch.start(tester)
         try:
             async with home_assistant(broker.port) as (config, process):
-                await asyncio.wait_for(born.wait(), 300)
-                seen = await asyncio.wait_for(ha_states(lambda s: s.get(PEAK_CONTROL) == "on"), 120)
+                await asyncio.wait_for(watch.born.wait(), 300)
+                seen = await asyncio.wait_for(
+                    watch.states(lambda s: s.get(PEAK_CONTROL) == "on"), 120
+                )
                 assert seen["sensor.gridmate_energy_tariff_period"] == "peak"
                 assert seen["binary_sensor.gridmate_energy_peak_active"] == "on"
                 assert float(seen["sensor.gridmate_energy_backup_reserve"]) == 0.0
@@ -266,7 +293,9 @@ async def test_home_assistant_shows_the_energy_device_and_switching_peak_control
                     30,
                     "autonomous",
                 )
-                seen = await asyncio.wait_for(ha_states(lambda s: s.get(PEAK_CONTROL) == "off"), 60)
+                seen = await asyncio.wait_for(
+                    watch.states(lambda s: s.get(PEAK_CONTROL) == "off"), 60
+                )
                 assert seen["binary_sensor.gridmate_energy_peak_active"] == "off"
                 assert float(seen["sensor.gridmate_energy_backup_reserve"]) == 30.0
 
@@ -282,15 +311,10 @@ async def test_home_assistant_shows_the_energy_device_and_switching_peak_control
                 assert {e["entity_id"].split(".")[0] for e in ours} == {
                     "sensor", "binary_sensor", "switch", "button", "number", "event",
                 }  # fmt: skip
-                problems = [
-                    line
-                    for line in _log_lines(config)
-                    if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
-                    and SKIP_PIP_WARNING not in line
-                ]
-                assert problems == []
+                assert _problems(config) == []
         finally:
-            listener.cancel()
+            assert watch.listener is not None
+            watch.listener.cancel()
             stop.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(device_task, 15)
@@ -319,8 +343,8 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
         ("battery_level", "80"), ("charging_state", "Stopped"), ("geofence", "Home"),
         ("inside_temp", "21.5"),
     ):  # fmt: skip
-        for field, value in interpret(view, key, payload):
-            store.update(vin, field, value, now, "teslamate")
+        for name, value in interpret(view, key, payload):
+            store.update(vin, name, value, now, "teslamate")
     topics = Topics()
     publisher = Publisher(store, topics, {vin: "Blue"}, now=lambda: now, controls=True)
     publisher.mark_vehicles([vin])
@@ -329,37 +353,17 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
         await tester.publish(topics.status, b"online", qos=1, retain=True)
         for message in messages:
             await tester.publish(message.topic, message.payload, qos=1, retain=message.retain)
-        await tester.subscribe("homeassistant/status", qos=1)
-        await tester.subscribe("gridmate-test/states", qos=1)
-        states: asyncio.Queue[dict] = asyncio.Queue()
-        born = asyncio.Event()
-
-        async def listen() -> None:
-            async for message in tester.messages:
-                if message.topic.matches("homeassistant/status") and message.payload == b"online":
-                    born.set()
-                elif message.topic.matches("gridmate-test/states"):
-                    assert isinstance(message.payload, bytes)
-                    states.put_nowait(json.loads(message.payload))
-
-        listener = asyncio.create_task(listen())
+        watch = await HomeAssistantWatch.start(tester)
         try:
             async with home_assistant(broker.port, prefix="blue", units="metric") as (
                 config,
                 process,
             ):
-                await asyncio.wait_for(born.wait(), 300)
-
-                async def ha_states() -> dict:
-                    while True:
-                        await tester.publish("gridmate-test/dump", b"", qos=1)
-                        with contextlib.suppress(TimeoutError):
-                            seen = await asyncio.wait_for(states.get(), 5)
-                            if seen.get("sensor.blue_odometer") not in (None, "unknown"):
-                                return seen
-                        await asyncio.sleep(1)
-
-                seen = await asyncio.wait_for(ha_states(), 120)
+                await asyncio.wait_for(watch.born.wait(), 300)
+                seen = await asyncio.wait_for(
+                    watch.states(lambda s: s.get("sensor.blue_odometer") not in (None, "unknown")),
+                    120,
+                )
                 assert seen["sensor.blue_odometer"] == "20117.04"  # TeslaMate's number
                 assert float(seen["sensor.blue_speed"]) == 88.0
                 assert seen["sensor.blue_geofence"] == "Home"
@@ -367,12 +371,7 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
                 assert "sensor.blue_tyre_pressure_front_left" not in seen  # never delivered
                 process.send_signal(signal.SIGTERM)
                 assert await asyncio.wait_for(process.wait(), 120) == 0
-                problems = [
-                    line
-                    for line in _log_lines(config)
-                    if (" WARNING " in line or " ERROR " in line or "Traceback" in line)
-                    and SKIP_PIP_WARNING not in line
-                ]
-                assert problems == []
+                assert _problems(config) == []
         finally:
-            listener.cancel()
+            assert watch.listener is not None
+            watch.listener.cancel()

@@ -287,6 +287,16 @@ async def _user_in_home_assistant(ctx: DemoContext, steer: Steer, clock: Simulat
             f"{entities[(DEVICE, 'Backup reserve')].state:g} %", now())  # fmt: skip
 
 
+def _summer_site() -> SimulatedEnergySite:
+    """The summer days' Powerwall: nearly full, 30 % reserve, autonomous (time-based)."""
+    return SimulatedEnergySite(
+        percentage_charged=96.0,
+        backup_reserve_percent=30,
+        operation_mode="autonomous",
+        installation_time_zone="America/Phoenix",
+    )
+
+
 async def _run(ctx: DemoContext) -> list[str]:
     speed = ctx.speed or 2400.0
     summer_day = date(2026, 7, 1)
@@ -303,12 +313,7 @@ async def _run(ctx: DemoContext) -> list[str]:
         high_f=100.0,
         low_f=80.0,
         legs=[Leg(at(summer_day, 15, 20), at(summer_day, 19, 16))],
-        site=SimulatedEnergySite(
-            percentage_charged=96.0,
-            backup_reserve_percent=30,
-            operation_mode="autonomous",
-            installation_time_zone="America/Phoenix",
-        ),
+        site=_summer_site(),
         thermostat=SimulatedThermostat(indoor_f=77.0, mode="Cool"),
         speed=speed,
     )
@@ -335,12 +340,7 @@ async def _run(ctx: DemoContext) -> list[str]:
             high_f=90.0,
             low_f=78.0,
             legs=[Leg(at(steer_day, 15, 50), at(steer_day, 17, 0))],
-            site=SimulatedEnergySite(
-                percentage_charged=96.0,
-                backup_reserve_percent=30,
-                operation_mode="autonomous",
-                installation_time_zone="America/Phoenix",
-            ),
+            site=_summer_site(),
             thermostat=SimulatedThermostat(indoor_f=77.0, mode="Cool"),
             speed=speed,
             steer=Steer(broker, at(steer_day, 16, 30), "Peak control", "OFF", view),
