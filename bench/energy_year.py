@@ -23,9 +23,9 @@ from gridmate.energy.planner import (
     ThermostatReading,
     plan,
 )
-from gridmate.energy.presets import PRESETS
 from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
-from gridmate.energy.tariff import Schedule
+from gridmate.energy.tariff.presets import PRESETS
+from gridmate.energy.tariff.schedule import Schedule
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import pytest
 from failover_pair import SharedClock
 
 from gridmate.cli import main
-from gridmate.energy.failover import STATES, Transition, failover_event, is_news
+from gridmate.energy.failover.notify import STATES, Transition, failover_event, is_news
 from gridmate.energy.journal import journal_directory
 from gridmate.notify import EventKind, Level, Notifier, NotifySettings
 

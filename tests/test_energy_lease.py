@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from test_energy_reconciler import World, world
 
-from gridmate.energy.lease import LeaseRecord, WriterLease, lease_verdict
+from gridmate.energy.failover.lease import LeaseRecord, WriterLease, lease_verdict
 from gridmate.energy.settings import FailoverSettings
 from gridmate.notify.settings import LedgerMqttSettings
 

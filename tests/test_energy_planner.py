@@ -20,9 +20,9 @@ from gridmate.energy.planner import (
     ladder_level,
     plan,
 )
-from gridmate.energy.presets import PRESETS
 from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
-from gridmate.energy.tariff import EventConfig, Schedule
+from gridmate.energy.tariff.presets import PRESETS
+from gridmate.energy.tariff.schedule import EventConfig, Schedule
 
 PHOENIX = ZoneInfo("America/Phoenix")
 SCHEDULE = Schedule(PRESETS["original"].versions, "America/Phoenix")

@@ -35,7 +35,7 @@ from gridmate.energy.settings import (
     WeatherSettings,
 )
 from gridmate.energy.state import read_status
-from gridmate.energy.tariff import ScheduleVersionConfig
+from gridmate.energy.tariff.schedule import ScheduleVersionConfig
 from gridmate.notify import NotifySettings
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.daemon import Daemon

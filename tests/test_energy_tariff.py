@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from gridmate.energy.presets import PRESETS
-from gridmate.energy.tariff import (
+from gridmate.energy.tariff.presets import PRESETS
+from gridmate.energy.tariff.schedule import (
     PERIODS,
     EventConfig,
     Schedule,

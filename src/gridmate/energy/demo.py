@@ -14,7 +14,6 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from gridmate.demo import DemoContext, Scenario
-from gridmate.energy.component import day_timeline
 from gridmate.energy.reconciler import CycleReport
 from gridmate.energy.service import build_runtime, run_loop, start_home_assistant_device
 from gridmate.energy.settings import (
@@ -27,6 +26,7 @@ from gridmate.energy.settings import (
     ThermostatSettings,
     WeatherSettings,
 )
+from gridmate.energy.timeline import day_timeline
 from gridmate.homeassistant.view import HomeAssistantView
 from gridmate.runtime.clock import SimulatedClock
 from gridmate.runtime.secrets import Secret

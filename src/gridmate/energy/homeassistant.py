@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gridmate import __version__
-from gridmate.energy.component import day_timeline
 from gridmate.energy.controls import Controls, effective_config, reserve_refusal
 from gridmate.energy.journal import read_day
 from gridmate.energy.planner import precool_reason
 from gridmate.energy.reconciler import CycleReport
 from gridmate.energy.settings import HomeAssistantDeviceSettings
-from gridmate.energy.tariff import PERIODS
+from gridmate.energy.tariff.schedule import PERIODS
+from gridmate.energy.timeline import day_timeline
 from gridmate.homeassistant.commands import (
     CommandRejected,
     CommandSpec,

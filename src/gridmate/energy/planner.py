@@ -34,7 +34,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
-from gridmate.energy.tariff import Schedule
+from gridmate.energy.tariff.schedule import Schedule
 
 __all__ = [
     "Baseline",

@@ -39,7 +39,7 @@ from gridmate.energy.planner import (
     plan,
 )
 from gridmate.energy.state import EnergyState, StateStore
-from gridmate.energy.tariff import Schedule
+from gridmate.energy.tariff.schedule import Schedule
 from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
 

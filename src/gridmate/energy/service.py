@@ -23,8 +23,8 @@ from gridmate.energy.adapters.thermostat import (
 )
 from gridmate.energy.adapters.vehicles import FleetVehicles, MqttVehicles, VehicleSource
 from gridmate.energy.adapters.weather import WeatherClient
+from gridmate.energy.failover.lease import WriteGate, WriterLease
 from gridmate.energy.journal import DayJournal
-from gridmate.energy.lease import WriteGate, WriterLease
 from gridmate.energy.notices import AlertMonitor
 from gridmate.energy.planner import PlannerConfig
 from gridmate.energy.reconciler import CycleReport, Reconciler

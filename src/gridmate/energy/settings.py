@@ -12,8 +12,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
-from gridmate.energy.presets import PRESETS, preset_names
-from gridmate.energy.tariff import (
+from gridmate.energy.tariff.presets import PRESETS, preset_names
+from gridmate.energy.tariff.schedule import (
     PERIODS,
     EventConfig,
     Period,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from gridmate.energy.tariff import ScheduleVersionConfig
+from gridmate.energy.tariff.schedule import ScheduleVersionConfig
 
 __all__ = ["PRESETS", "Preset", "preset_names"]
 
