@@ -200,6 +200,28 @@ async def test_in_a_split_brain_only_the_lease_holder_writes_and_the_restore_hap
         ]
 
 
+async def test_a_node_that_lost_control_does_not_announce_the_other_nodes_restore(
+    tmp_path: Path,
+) -> None:
+    """Both nodes of a pair read the restored site back; only the one that restored it
+    says so. A second announcement would race the mirrored notification ledger and mail
+    "Backup reserve restored" twice (seen when a loaded host let its lease lapse)."""
+    role_file = tmp_path / "role"
+    role_file.write_text("MASTER\n")
+    async with world(tmp_path, failover=FailoverSettings(enable=True, role_file=role_file)) as w:
+        await w.run_until(16, 5)
+        assert (w.site.backup_reserve_percent, w.site.operation_mode) == (0, "self_consumption")
+        role_file.write_text("BACKUP\n")
+        await w.run_until(19, 2)
+        assert w.site.backup_reserve_percent == 0  # not restored by this node: it may not
+        # The node now in control restores the site.
+        w.site.backup_reserve_percent, w.site.operation_mode = 30, "autonomous"
+        await w.run_until(19, 30)
+        assert "reserve_restore_verified" not in w.event_kinds()
+        [seen] = [e for e in _decisions(w, "reserve") if e["detail"].get("restored")]
+        assert seen["detail"]["by"] == "the node in control"
+
+
 def _decisions(w: World, what: str) -> list[dict[str, Any]]:
     return [e for e in w.journal() if e["kind"] == "decision" and e["what"] == what]
 

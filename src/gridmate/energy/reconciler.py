@@ -419,7 +419,9 @@ class Reconciler:
             changes.insert(0 if not restoring else len(changes), mode_change)
         if not changes:
             if restoring and not memory.powerwall_restored:
-                memory = self._restore_verified(result, wish, memory, report)
+                memory = self._restore_verified(
+                    result, wish, memory, report, by_this_node=self._may_write()
+                )
             return memory
         read_back = 0
         for setting, value in changes:
@@ -489,17 +491,27 @@ class Reconciler:
             memory = self._restore_verified(result, wish, memory, report)
         return memory
 
+    def _may_write(self) -> bool:
+        """Whether this node is the one in control now (always, without failover)."""
+        return self.gate is None or self.gate() is None
+
     def _restore_verified(
-        self, result: Plan, wish: DesiredPowerwall, memory: PeakMemory, report: CycleReport
-    ) -> PeakMemory:
-        self.journal.append(
-            "decision", at=result.at, what="reserve",
-            detail={"restored": True, "reserve": wish.reserve_percent, "mode": wish.mode},
-        )  # fmt: skip
-        report.events.append(
-            ("reserve_restore_verified",
-             {"reserve": wish.reserve_percent, "mode": wish.mode, "block": result.block})
-        )  # fmt: skip
+        self, result: Plan, wish: DesiredPowerwall, memory: PeakMemory, report: CycleReport,
+        *, by_this_node: bool = True,
+    ) -> PeakMemory:  # fmt: skip
+        detail: dict[str, Any] = {
+            "restored": True, "reserve": wish.reserve_percent, "mode": wish.mode
+        }  # fmt: skip
+        if not by_this_node:
+            # The node in control restored it and announces it: a second announcement
+            # from here would race the mirrored notification ledger (two mails).
+            detail["by"] = "the node in control"
+        self.journal.append("decision", at=result.at, what="reserve", detail=detail)
+        if by_this_node:
+            report.events.append(
+                ("reserve_restore_verified",
+                 {"reserve": wish.reserve_percent, "mode": wish.mode, "block": result.block})
+            )  # fmt: skip
         return replace(memory, powerwall_restored=True)
 
     # ------------------------------------------------------------ thermostats
