@@ -361,9 +361,11 @@ async def test_teslamate_over_a_real_broker(mqtt_broker, with_namespace):
         stop = asyncio.Event()
         task = asyncio.create_task(tm.run(stop))
         try:
-            # The retained snapshot arrives at subscription.
-            await until(lambda: collector.values(VIN1).get("ac_charging_power_kw") == 11.0)
+            # The retained snapshot arrives at subscription, one topic at a time.
+            checked = {"ac_charging_power_kw", "charge_state", "location", "odometer_mi"}
+            await until(lambda: checked <= collector.values(VIN1).keys())
             values = collector.values(VIN1)
+            assert values["ac_charging_power_kw"] == 11.0
             assert values["charge_state"] == "charging"
             assert values["location"] == (37.4925, -121.9447)
             assert values["odometer_mi"] == pytest.approx(12000.0, abs=0.01)
