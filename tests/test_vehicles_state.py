@@ -19,7 +19,7 @@ from gridmate.sim.fleet_telemetry import (
     sample_vin,
     telemetry_record,
 )
-from gridmate.vehicles.catalogue import ENTITIES, FIELDS, invalid_policies
+from gridmate.vehicles.catalogue import ENTITIES, FIELDS, TYRES, invalid_policies
 from gridmate.vehicles.homeassistant.discovery import (
     Topics,
     discovery_document,
@@ -101,6 +101,62 @@ def test_records_map_to_fields_in_the_cars_units(source, store, typed, as_json):
     assert state.value("location") == pytest.approx((car.latitude, car.longitude))
     assert state.value("doors")["trunk_rear"] is True
     assert state.value("online") is True
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["prefer_typed", "strings"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["protobuf", "json"])
+def test_fleet_telemetry_feeds_the_same_fields_as_teslamate(source, store, typed, as_json):
+    # Windows, tyre warnings, climate, preconditioning and the software update: the
+    # fields TeslaMate fills from its own topics.
+    signals = {
+        "FdWindow": "Closed",
+        "RdWindow": "Closed",
+        "FpWindow": "PartiallyOpen",
+        "RpWindow": "Closed",
+        "TpmsSoftWarnings": {"rear_left": True},
+        "HvacPower": "Precondition",
+        "SoftwareUpdateVersion": "2026.20.3 8f1c2d3e4a5b",
+        "SoftwareUpdateDownloadPercentComplete": 100,
+        "SoftwareUpdateInstallationPercentComplete": 42,
+    }
+    applied = source.apply(v(signals, T0, typed=typed, as_json=as_json))
+    state = store.get(VIN)
+    assert state.value("window_driver_front_open") is False
+    assert state.value("window_passenger_front_open") is True  # partly open is open
+    assert state.value("windows_open") is True
+    assert [state.value(f"tpms_soft_warning_{tyre}") for tyre in TYRES] == [
+        False, False, True, False
+    ]  # fmt: skip
+    assert state.value("climate_on") is True and state.value("preconditioning") is True
+    assert state.value("update_available") is True
+    assert state.value("update_version") == "2026.20.3"
+    assert state.value("update_download_percent") == 100
+    assert state.value("update_install_percent") == 42
+    assert not any(key.startswith("ft_") for key in applied.changed)
+    # Every window closed, climate on for the driver, no update any more.
+    later = T0 + timedelta(minutes=1)
+    signals = {
+        "FpWindow": "Closed",
+        "HvacPower": "On",
+        "SoftwareUpdateVersion": " ",
+        "TpmsSoftWarnings": {},
+    }
+    source.apply(v(signals, later, typed=typed, as_json=as_json))
+    state = store.get(VIN)
+    assert state.value("windows_open") is False
+    assert state.value("climate_on") is True and state.value("preconditioning") is False
+    assert state.value("update_available") is False and state.value("update_version") is None
+    assert state.value("tpms_soft_warning_rear_left") is False
+    # Cabin overheat protection runs the fans, but is not "climate on".
+    source.apply(v({"HvacPower": "OverheatProtect"}, later + timedelta(1), typed=typed))
+    assert store.get(VIN).value("climate_on") is False
+
+
+def test_one_window_unknown_leaves_any_window_open_unknown_until_one_is_open(source, store):
+    source.apply(v({"FdWindow": "Closed", "FpWindow": "Closed", "RdWindow": "Closed"}, T0))
+    assert store.get(VIN).value("windows_open") is None
+    source.apply(v({"RdWindow": "Opened"}, T0 + timedelta(0, 1)))
+    assert store.get(VIN).value("windows_open") is True
 
 
 def test_resend_with_older_values_never_overwrites(source, store):

@@ -426,6 +426,8 @@ def test_teslamate_topics_that_were_ignored_are_mapped():
     ):
         assert updates(key, "true") == {field: True}
     assert updates("update_version", "2026.20.1") == {"update_version": "2026.20.1"}
+    assert updates("download_perc", "100") == {"update_download_percent": 100}
+    assert updates("install_perc", "42") == {"update_install_percent": 42}
 
 
 def test_metric_values_survive_home_assistants_conversion_back():

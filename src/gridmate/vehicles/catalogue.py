@@ -108,6 +108,8 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("user_present", Kind.BOOL),
         FieldSpec("update_available", Kind.BOOL),
         FieldSpec("update_version", Kind.STRING),
+        FieldSpec("update_download_percent", Kind.NUMBER),
+        FieldSpec("update_install_percent", Kind.NUMBER),
         FieldSpec("windows_open", Kind.BOOL),
         *(FieldSpec(f"window_{name}_open", Kind.BOOL) for name in WINDOW_NAMES),
         *(FieldSpec(f"tpms_soft_warning_{tyre}", Kind.BOOL) for tyre in TYRES),
@@ -456,6 +458,24 @@ ENTITIES: tuple[EntitySpec, ...] = (
     EntitySpec("user_present", _B, "User present", "occupancy"),
     EntitySpec("update_available", _B, "Software update available", "update", diagnostic=True),
     EntitySpec("update_version", _S, "Software update version", diagnostic=True, icon="mdi:update"),
+    EntitySpec(
+        "update_download_percent",
+        _S,
+        "Software update download",
+        unit="%",
+        diagnostic=True,
+        icon="mdi:download",
+        precision=0,
+    ),
+    EntitySpec(
+        "update_install_percent",
+        _S,
+        "Software update installation",
+        unit="%",
+        diagnostic=True,
+        icon="mdi:update",
+        precision=0,
+    ),
     EntitySpec("windows_open", _B, "Windows", "window"),
     *(
         EntitySpec(f"window_{name}_open", _B, f"{label} window", "window")

@@ -40,7 +40,7 @@ from gridmate.vehicles.sources.manager import DATA_SOURCE_FIELD, build_source_ma
 from gridmate.vehicles.state import Applied, FieldValue, Outcome, StateStore
 from gridmate.vehicles.telemetry.ingest import RateLimitedLog, RecordIngest
 from gridmate.vehicles.telemetry.kafka import bootstrap_addresses, make_consumer, topic_names
-from gridmate.vehicles.telemetry.source import FleetTelemetrySource
+from gridmate.vehicles.telemetry.source import MAPPED_EXTRA_KEYS, FleetTelemetrySource
 
 log = get_logger("vehicles.hub")
 
@@ -547,6 +547,8 @@ class Hub:
                     "snapshot", "retained state ignored", topic=topic, error=str(error)
                 )
                 continue
+            for key in MAPPED_EXTRA_KEYS.intersection(fields):
+                del fields[key]
             unpin_future(fields, now, _RESTORED_FUTURE_LIMIT)
             self.store.seed(vin, fields)
             restored += 1

@@ -226,6 +226,8 @@ SIMPLE: dict[str, tuple[str, Converter]] = {
     "is_user_present": ("user_present", _boolean),
     "update_available": ("update_available", _boolean),
     "update_version": ("update_version", _text),
+    "download_perc": ("update_download_percent", _number),
+    "install_perc": ("update_install_percent", _number),
     "windows_open": ("windows_open", _boolean),
     "driver_front_window_open": ("window_driver_front_open", _boolean),
     "driver_rear_window_open": ("window_driver_rear_open", _boolean),
