@@ -71,6 +71,24 @@ def test_vehicle_data_maps_to_the_catalogue():
     assert values["charging_cable_type"] == "SAE"
 
 
+def test_vehicle_data_sunroof_only_for_cars_that_have_one():
+    with_sunroof = {
+        "vehicle_state": {"sun_roof_percent_open": 15, "sun_roof_state": "vent"},
+        "vehicle_config": {"sun_roof_installed": 2},
+    }
+    values = dict(map_vehicle_data(with_sunroof, received=1_800_000_000.0)[1])
+    assert values["sunroof_percent_open"] == 15
+    assert values["sunroof_state"] == "vent"
+    assert values["sunroof_installed"] is True
+    without = {
+        "vehicle_state": {"sun_roof_percent_open": None, "sun_roof_state": "unknown"},
+        "vehicle_config": {"sun_roof_installed": 0},
+    }
+    values = dict(map_vehicle_data(without, received=1_800_000_000.0)[1])
+    assert "sunroof_percent_open" not in values and "sunroof_state" not in values
+    assert values["sunroof_installed"] is False
+
+
 class Rig:
     def __init__(self, cloud, clock: StepClock, budget: int | None = 200) -> None:
         self.cloud = cloud

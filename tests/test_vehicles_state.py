@@ -152,6 +152,14 @@ def test_fleet_telemetry_feeds_the_same_fields_as_teslamate(source, store, typed
     assert store.get(VIN).value("climate_on") is False
 
 
+@pytest.mark.parametrize("typed", [True, False], ids=["prefer_typed", "strings"])
+def test_sunroof_installed_from_fleet_telemetry(source, store, typed):
+    source.apply(v({"SunroofInstalled": "Gen2Installed"}, T0, typed=typed))
+    assert store.get(VIN).value("sunroof_installed") is True
+    source.apply(v({"SunroofInstalled": "NotInstalled"}, T0 + timedelta(0, 1), typed=typed))
+    assert store.get(VIN).value("sunroof_installed") is False
+
+
 def test_one_window_unknown_leaves_any_window_open_unknown_until_one_is_open(source, store):
     source.apply(v({"FdWindow": "Closed", "FpWindow": "Closed", "RdWindow": "Closed"}, T0))
     assert store.get(VIN).value("windows_open") is None

@@ -430,6 +430,14 @@ def test_teslamate_topics_that_were_ignored_are_mapped():
     assert updates("install_perc", "42") == {"update_install_percent": 42}
 
 
+def test_sunroof_topics_are_mapped_and_an_unknown_state_shows_nothing():
+    assert updates("sun_roof_installed", "true") == {"sunroof_installed": True}
+    assert updates("sun_roof_percent_open", "80") == {"sunroof_percent_open": 80}
+    assert updates("sun_roof_state", "vent") == {"sunroof_state": "vent"}
+    # Tesla's word for a car without a sunroof: no entity for it.
+    assert updates("sun_roof_state", "unknown") == {}
+
+
 def test_metric_values_survive_home_assistants_conversion_back():
     # Every TeslaMate distance and speed with the precision TeslaMate publishes comes
     # back from Home Assistant's conversion as the number TeslaMate sent, or one unit

@@ -448,3 +448,32 @@ async def test_fleet_telemetry_appears_and_takes_over(mqtt_broker, kafka_bootstr
             await ha.wait_for(shows(**{"Data source": "teslamate", "Battery level": 64.0}), 30)
     finally:
         await producer.stop()
+
+
+async def test_teslamates_sunroof_reaches_home_assistant(mqtt_broker):
+    car = charging_car(sun_roof_installed=True, sun_roof_state="open", sun_roof_percent_open=80)
+    cloud_car = SimulatedVehicle(vin=VIN, display_name=NAME, state="asleep")
+    async with (
+        rig_with(mqtt_broker, None, car, cloud_car) as rig,
+        rig.hub(),
+        rig.view() as ha,
+    ):
+        entities = await ha.wait_for(shows(**{"Sunroof": 80.0, "Sunroof state": "open"}))
+        assert entities[(NAME, "Sunroof")].config["unit_of_measurement"] == "%"
+        assert entities[(NAME, "Sunroof installed")].state == "on"
+        await rig.teslamate.set_state(
+            1, "charging", sun_roof_state="closed", sun_roof_percent_open=0
+        )
+        await ha.wait_for(shows(**{"Sunroof": 0.0, "Sunroof state": "closed"}))
+
+
+async def test_a_car_without_a_sunroof_gets_no_sunroof_entities(mqtt_broker):
+    cloud_car = SimulatedVehicle(vin=VIN, display_name=NAME, state="asleep")
+    async with (
+        rig_with(mqtt_broker, None, charging_car(sun_roof_installed=False), cloud_car) as rig,
+        rig.hub(),
+        rig.view() as ha,
+    ):
+        entities = await ha.wait_for(shows(**{"Sunroof installed": "off", "Charging": "on"}))
+        assert (NAME, "Sunroof") not in entities
+        assert (NAME, "Sunroof state") not in entities

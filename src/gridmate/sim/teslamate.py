@@ -182,6 +182,10 @@ class TeslaMateCarModel:
     tpms_bar: float = 2.9
     healthy: bool = True
     doors_open: dict[str, bool] = field(default_factory=dict)
+    sun_roof_installed: bool | None = None
+    """From the car's configuration; None (not published) for a car without one."""
+    sun_roof_state: str | None = None
+    sun_roof_percent_open: int | None = None
     since: datetime | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -223,6 +227,9 @@ class TeslaMateCarModel:
             "geofence": None,
             "power": -round(self.charger_power) if self.charger_power else 0,
             "active_route": {"error": "No active route available"},
+            "sun_roof_installed": self.sun_roof_installed,
+            "sun_roof_state": self.sun_roof_state,
+            "sun_roof_percent_open": self.sun_roof_percent_open,
         }
         for corner in ("fl", "fr", "rl", "rr"):
             values[f"tpms_pressure_{corner}"] = self.tpms_bar

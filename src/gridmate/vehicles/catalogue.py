@@ -111,6 +111,9 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("update_download_percent", Kind.NUMBER),
         FieldSpec("update_install_percent", Kind.NUMBER),
         FieldSpec("windows_open", Kind.BOOL),
+        FieldSpec("sunroof_installed", Kind.BOOL),
+        FieldSpec("sunroof_percent_open", Kind.NUMBER),
+        FieldSpec("sunroof_state", Kind.STRING),
         *(FieldSpec(f"window_{name}_open", Kind.BOOL) for name in WINDOW_NAMES),
         *(FieldSpec(f"tpms_soft_warning_{tyre}", Kind.BOOL) for tyre in TYRES),
         FieldSpec("inside_temp_c", Kind.NUMBER),
@@ -484,6 +487,25 @@ ENTITIES: tuple[EntitySpec, ...] = (
             ("Front driver", "Rear driver", "Front passenger", "Rear passenger"),
             strict=True,
         )
+    ),
+    EntitySpec(
+        "sunroof_percent_open",
+        _S,
+        "Sunroof",
+        None,
+        _M,
+        "%",
+        icon="mdi:car-convertible",
+        precision=0,
+    ),
+    EntitySpec("sunroof_state", _S, "Sunroof state", icon="mdi:car-convertible"),
+    EntitySpec(
+        "sunroof_installed",
+        _B,
+        "Sunroof installed",
+        diagnostic=True,
+        enabled=False,
+        icon="mdi:car-convertible",
     ),
     *(
         EntitySpec(

@@ -224,6 +224,13 @@ def map_vehicle_data(
         }
         if doors:
             put("doors", doors)
+        # Cars without a sunroof say null and "unknown": nothing to show.
+        sunroof_open = _num(vehicle.get("sun_roof_percent_open"))
+        if sunroof_open is not None:
+            put("sunroof_percent_open", sunroof_open)
+        sunroof_state = _label(vehicle.get("sun_roof_state"))
+        if sunroof_state is not None and sunroof_state.lower() != "unknown":
+            put("sunroof_state", sunroof_state)
     if config:
         car_type = config.get("car_type")
         if isinstance(car_type, str) and car_type:
@@ -231,6 +238,9 @@ def map_vehicle_data(
         trim = config.get("trim_badging")
         if isinstance(trim, str) and trim:
             put("trim", trim[:MAX_STATE_LENGTH])
+        sunroof = _num(config.get("sun_roof_installed"))
+        if sunroof is not None:
+            put("sunroof_installed", sunroof > 0)  # 0 none, else the sunroof's generation
     return observed, out
 
 

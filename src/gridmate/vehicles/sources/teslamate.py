@@ -237,6 +237,9 @@ SIMPLE: dict[str, tuple[str, Converter]] = {
     "tpms_soft_warning_fr": ("tpms_soft_warning_front_right", _boolean),
     "tpms_soft_warning_rl": ("tpms_soft_warning_rear_left", _boolean),
     "tpms_soft_warning_rr": ("tpms_soft_warning_rear_right", _boolean),
+    "sun_roof_installed": ("sunroof_installed", _boolean),
+    "sun_roof_percent_open": ("sunroof_percent_open", _number),
+    "sun_roof_state": ("sunroof_state", _text),
 }
 
 DOOR_KEYS: dict[str, str] = {
@@ -355,6 +358,9 @@ def interpret(view: TeslaMateCarView, key: str, text: str) -> list[Update]:
 
     Raises :class:`BadPayload` for a payload that does not fit its key.
     """
+    if key == "sun_roof_state" and text.strip().lower() == "unknown":
+        # What Tesla says of a car without a sunroof: nothing to show.
+        return []
     mapped = SIMPLE.get(key)
     if mapped is not None:
         name, convert = mapped

@@ -153,6 +153,15 @@ def _tyre_warnings(value: Any) -> tuple[Any, ...]:
     return (INVALID,) * len(TYRES)
 
 
+_SUNROOF_INSTALLED = {"NotInstalled": False, "Gen1Installed": True, "Gen2Installed": True}
+
+
+def _sunroof_installed(value: Any) -> Any:
+    if not isinstance(value, str):
+        return INVALID
+    return _SUNROOF_INSTALLED.get(value.removeprefix("SunroofInstalledState"), INVALID)
+
+
 # HvacPower says what the climate system runs for. Cabin overheat protection is not
 # "climate on": Tesla's vehicle data (and so TeslaMate) reports it separately.
 _HVAC_POWER = {
@@ -244,6 +253,7 @@ MAPPING: dict[str, tuple[str, Converter]] = {
     "RpWindow": ("window_passenger_rear_open", _window),
     "SoftwareUpdateDownloadPercentComplete": ("update_download_percent", _number),
     "SoftwareUpdateInstallationPercentComplete": ("update_install_percent", _number),
+    "SunroofInstalled": ("sunroof_installed", _sunroof_installed),
 }
 
 SplitConverter = Callable[[Any], tuple[Any, ...]]
