@@ -376,6 +376,10 @@ async def test_fleet_telemetry_fills_the_entities_teslamate_fills(rig, t0):
             "HvacPower": "On",
             "SoftwareUpdateVersion": "2026.20.3 8f1c2d3e4a5b",
             "SoftwareUpdateDownloadPercentComplete": 37,
+            "DestinationName": "Work",
+            "DestinationLocation": (37.3861, -122.0839),
+            "ExpectedEnergyPercentAtTripArrival": 64,
+            "RouteTrafficMinutesDelay": 3.5,
         }
         await rig.send(telemetry_record(ns, vin, t0, signals, as_json=True))
         entities = await ha.wait_for(
@@ -389,6 +393,11 @@ async def test_fleet_telemetry_fills_the_entities_teslamate_fills(rig, t0):
         assert entities[("Grey", "Software update version")].state == "2026.20.3"
         assert entities[("Grey", "Software update download")].state == 37.0
         assert entities[("Grey", "Battery level")].state == 70.0  # restored
+        destination = entities[("Grey", "Destination")]
+        assert destination.state == "Work"
+        assert destination.attributes == {"latitude": 37.3861, "longitude": -122.0839}
+        assert entities[("Grey", "Battery at arrival")].state == 64.0
+        assert entities[("Grey", "Traffic delay")].state == 3.5
         assert not any(name == "Fd window" for _device, name in entities)
         assert entities[("Grey", "Data source")].state == "fleet_telemetry"
 

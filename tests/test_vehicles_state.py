@@ -153,6 +153,48 @@ def test_fleet_telemetry_feeds_the_same_fields_as_teslamate(source, store, typed
 
 
 @pytest.mark.parametrize("typed", [True, False], ids=["prefer_typed", "strings"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["protobuf", "json"])
+def test_fleet_telemetry_route_fields(source, store, typed, as_json):
+    signals = {
+        "DestinationName": "Home",
+        "DestinationLocation": (35.278131, -29.744801),
+        "MilesToArrival": 6.5,
+        "MinutesToArrival": 23.5,
+        "ExpectedEnergyPercentAtTripArrival": 73,
+        "RouteTrafficMinutesDelay": 2.5,
+    }
+    source.apply(v(signals, T0, typed=typed, as_json=as_json))
+    state = store.get(VIN)
+    assert state.value("destination_location") == pytest.approx((35.278131, -29.744801))
+    assert state.value("energy_at_arrival") == 73
+    assert state.value("traffic_delay_minutes") == pytest.approx(2.5)
+    # The route ends: the car invalidates its signals and the fields clear.
+    source.apply(v(dict.fromkeys(signals, INVALID_DATUM), T0 + timedelta(0, 1), typed=typed))
+    state = store.get(VIN)
+    for key in ("destination_name", "destination_location", "energy_at_arrival"):
+        assert state.value(key) is None, key
+
+
+def test_the_destination_is_the_destination_entitys_attributes(source, store):
+    topics = Topics()
+    publisher = Publisher(store, topics, {}, now=lambda: 0.0)
+    publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
+    batch = publisher.take()
+    assert topics.destination(VIN) not in [m.topic for m in batch.messages]  # never routed
+    route = {"DestinationName": "Home", "DestinationLocation": (35.3, 29.7)}
+    publisher.mark(source.apply(v(route, T0 + timedelta(0, 1))))
+    batch = publisher.take()
+    sent = {m.topic: json.loads(m.payload) for m in batch.messages}
+    assert sent[topics.destination(VIN)] == {"latitude": 35.3, "longitude": 29.7}
+    config = sent[topics.discovery(VIN)]["cmps"][f"{VIN}_destination_name"]
+    assert config["json_attr_t"] == topics.destination(VIN)
+    invalid = dict.fromkeys(route, INVALID_DATUM)
+    publisher.mark(source.apply(v(invalid, T0 + timedelta(0, 2))))
+    sent = {m.topic: json.loads(m.payload) for m in publisher.take().messages}
+    assert sent[topics.destination(VIN)] == {}
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["prefer_typed", "strings"])
 def test_sunroof_installed_from_fleet_telemetry(source, store, typed):
     source.apply(v({"SunroofInstalled": "Gen2Installed"}, T0, typed=typed))
     assert store.get(VIN).value("sunroof_installed") is True

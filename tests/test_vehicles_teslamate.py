@@ -138,17 +138,48 @@ def test_doors_and_routes_become_one_field_each():
     assert updates("frunk_open", "false", view) == {
         "doors": {"driver_front": True, "trunk_front": False}
     }
-    route = '{"destination":"Home","miles_to_arrival":12.5,"minutes_to_arrival":20,"error":null}'
+    # TeslaMate's own example, in its units (miles, minutes, percent).
+    route = (
+        '{"destination":"Home","energy_at_arrival":73,"miles_to_arrival":6.485299,'
+        '"minutes_to_arrival":23.466667,"traffic_minutes_delay":0.0,'
+        '"location":{"latitude":35.278131,"longitude":29.744801},"error":null}'
+    )
     assert updates("active_route", route) == {
         "destination_name": "Home",
-        "minutes_to_arrival": 20,
-        "miles_to_arrival": 12.5,
+        "minutes_to_arrival": 23.466667,
+        "miles_to_arrival": 6.485299,
+        "energy_at_arrival": 73,
+        "traffic_delay_minutes": 0.0,
+        "destination_location": (35.278131, 29.744801),
     }
-    assert updates("active_route", '{"error":"No active route available"}') == {
-        "destination_name": None,
-        "minutes_to_arrival": None,
-        "miles_to_arrival": None,
+    no_route = dict.fromkeys(
+        (
+            "destination_name",
+            "minutes_to_arrival",
+            "miles_to_arrival",
+            "energy_at_arrival",
+            "traffic_delay_minutes",
+            "destination_location",
+        )
+    )
+    assert updates("active_route", '{"error":"No active route available"}') == no_route
+
+
+def test_the_one_value_route_topics_count_until_the_route_document_arrives():
+    view = TeslaMateCarView(1)
+    assert updates("active_route_destination", "Work", view) == {"destination_name": "Work"}
+    assert updates("active_route_latitude", "35.278131", view) == {"destination_location": None}
+    assert updates("active_route_longitude", "29.744801", view) == {
+        "destination_location": (35.278131, 29.744801)
     }
+    # No route: TeslaMate writes the literal "nil".
+    assert updates("active_route_destination", "nil", view) == {"destination_name": None}
+    assert updates("active_route_latitude", "nil", view) == {"destination_location": None}
+    with pytest.raises(BadPayload):
+        updates("active_route_longitude", "200.0", view)
+    # Once the route document has arrived it says everything; these are repeats.
+    interpret(view, "active_route", '{"error":"No active route available"}')
+    assert updates("active_route_destination", "Work", view) == {}
 
 
 def test_values_are_encoded_as_teslamate_encodes_them():

@@ -128,6 +128,9 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("destination_name", Kind.STRING, _C),
         FieldSpec("minutes_to_arrival", Kind.NUMBER, _C),
         FieldSpec("miles_to_arrival", Kind.NUMBER, _C),
+        FieldSpec("energy_at_arrival", Kind.NUMBER, _C),
+        FieldSpec("traffic_delay_minutes", Kind.NUMBER, _C),
+        FieldSpec("destination_location", Kind.LOCATION, _C),
         FieldSpec("active_alerts", Kind.ALERTS),
         FieldSpec("last_error", Kind.STRING),
         FieldSpec("command_error", Kind.STRING),
@@ -184,7 +187,8 @@ class EntitySpec:
     """binary_sensor only: on when the value is false (a lock is "on" when unlocked)."""
     derive: Callable[[VehicleState], Any] | None = None
     attributes: str | None = None
-    """Name of the extra topic whose JSON becomes the entity's attributes."""
+    """Name of the extra topic whose JSON becomes the entity's attributes ("alerts",
+    "destination")."""
 
 
 def _charging_state(state: VehicleState) -> str | None:
@@ -517,7 +521,14 @@ ENTITIES: tuple[EntitySpec, ...] = (
         )
         for tyre in TYRES
     ),
-    EntitySpec("destination_name", _S, "Destination", enabled=False, icon="mdi:map-marker"),
+    EntitySpec(
+        "destination_name",
+        _S,
+        "Destination",
+        enabled=False,
+        icon="mdi:map-marker",
+        attributes="destination",
+    ),
     EntitySpec(
         "minutes_to_arrival",
         _S,
@@ -537,6 +548,26 @@ ENTITIES: tuple[EntitySpec, ...] = (
         "mi",
         enabled=False,
         precision=1,
+    ),
+    EntitySpec(
+        "energy_at_arrival",
+        _S,
+        "Battery at arrival",
+        "battery",
+        _M,
+        "%",
+        enabled=False,
+        precision=0,
+    ),
+    EntitySpec(
+        "traffic_delay_minutes",
+        _S,
+        "Traffic delay",
+        "duration",
+        _M,
+        "min",
+        enabled=False,
+        precision=0,
     ),
     EntitySpec("software_version", _S, "Software version", diagnostic=True, icon="mdi:update"),
     EntitySpec("car_type", _S, "Model", diagnostic=True, enabled=False, icon="mdi:car-info"),

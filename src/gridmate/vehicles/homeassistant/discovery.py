@@ -15,6 +15,9 @@ Per vehicle (``<base>`` is the base topic, ``gridmate`` by default):
   convert attributes, so a speed here would be in mph for metric users too; the
   "Speed" entity has it, converted.
 * ``<base>/<VIN>/alerts`` (retained): ``{"alerts": [...]}``, attributes of "Active alerts".
+* ``<base>/<VIN>/destination`` (retained): ``{"latitude", "longitude"}`` of the active
+  route's destination (``{}`` without one), attributes of "Destination" (a map card
+  shows it).
 * ``<discovery prefix>/device/<node>_<VIN>/config`` (retained): device-based discovery,
   one message per vehicle with all its entities.
 
@@ -78,6 +81,9 @@ class Topics:
 
     def alerts(self, vin: str) -> str:
         return f"{self.base}/{vin}/alerts"
+
+    def destination(self, vin: str) -> str:
+        return f"{self.base}/{vin}/destination"
 
     @property
     def all_states(self) -> str:
@@ -143,6 +149,13 @@ def location_document(state: VehicleState) -> dict[str, Any] | None:
 
 def alerts_document(state: VehicleState) -> dict[str, Any]:
     return {"alerts": _json_value(state.value("active_alerts") or ())}
+
+
+def destination_document(state: VehicleState) -> dict[str, Any]:
+    destination = state.value("destination_location")
+    if destination is None:
+        return {}
+    return {"latitude": destination[0], "longitude": destination[1]}
 
 
 class SnapshotError(ValueError):
@@ -217,6 +230,8 @@ def _component(entity: EntitySpec, topics: Topics, vin: str) -> dict[str, Any]:
         config["pl_on"], config["pl_off"] = on, off
     if entity.attributes == "alerts":
         config["json_attr_t"] = topics.alerts(vin)
+    elif entity.attributes == "destination":
+        config["json_attr_t"] = topics.destination(vin)
     for key, value in (
         ("dev_cla", entity.device_class),
         ("stat_cla", entity.state_class),

@@ -22,6 +22,7 @@ from gridmate.vehicles.catalogue import is_extra
 from gridmate.vehicles.homeassistant.discovery import (
     Topics,
     alerts_document,
+    destination_document,
     discovery_document,
     encode,
     entities_of,
@@ -40,7 +41,8 @@ class Parts(IntFlag):
     LOCATION = 2
     ALERTS = 4
     DISCOVERY = 8
-    ALL = 15
+    DESTINATION = 16
+    ALL = 31
 
 
 _LOCATION_KEYS = frozenset({"location", "heading_deg", "speed_mph"})
@@ -128,6 +130,8 @@ class Publisher:
                     parts |= Parts.LOCATION
                 elif key == "active_alerts":
                     parts |= Parts.ALERTS
+                elif key == "destination_location":
+                    parts |= Parts.DESTINATION
                 elif key in _DISCOVERY_KEYS or is_extra(key):
                     parts |= Parts.DISCOVERY
             seen = self._seen.get(vin)
@@ -183,13 +187,16 @@ class Publisher:
             batch.parts[vin] = parts
             topics = self.topics
             # Attributes before the state document: a reader that sees the new state
-            # has the matching location and alerts too.
+            # has the matching location, alerts and destination too.
             if parts & Parts.LOCATION:
                 location = location_document(state)
                 if location is not None:
                     batch.messages.append(Message(topics.location(vin), encode(location)))
             if parts & Parts.ALERTS:
                 batch.messages.append(Message(topics.alerts(vin), encode(alerts_document(state))))
+            if parts & Parts.DESTINATION and "destination_location" in state.fields:
+                document = destination_document(state)
+                batch.messages.append(Message(topics.destination(vin), encode(document)))
             batch.messages.append(Message(topics.state(vin), encode(state_document(state))))
             self._published_at[vin] = now
         if self.notifications and not self._hub_announced:
