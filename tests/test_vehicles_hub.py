@@ -217,6 +217,8 @@ async def test_a_drive_and_a_charge_reach_home_assistant(rig, t0):
         assert location.attributes["heading"] == pytest.approx(car.heading)
         # No speed attribute: Home Assistant would not convert it for metric users.
         assert "speed" not in location.attributes
+        # No source reports an accuracy, and none is made up.
+        assert "gps_accuracy" not in location.attributes
         # Park and charge.
         car.park()
         car.plug_in(11.0, 240.0)

@@ -10,10 +10,12 @@ Per vehicle (``<base>`` is the base topic, ``gridmate`` by default):
   as simple as ``{{ value_json.battery_level }}``. The ``_m`` part lets gridmate (this
   instance after a restart, or another instance taking over the vehicle) restore its
   state from the broker.
-* ``<base>/<VIN>/location`` (retained): ``{"latitude", "longitude", "gps_accuracy",
-  "heading"}``, the device tracker's attributes. No speed: Home Assistant does not
-  convert attributes, so a speed here would be in mph for metric users too; the
-  "Speed" entity has it, converted.
+* ``<base>/<VIN>/location`` (retained): ``{"latitude", "longitude", "heading"}``, the
+  device tracker's attributes. No speed: Home Assistant does not convert attributes,
+  so a speed here would be in mph for metric users too; the "Speed" entity has it,
+  converted. No ``gps_accuracy``: no source reports one (Fleet Telemetry's Location,
+  TeslaMate's location and the Fleet API's drive state are bare coordinates), and
+  Home Assistant takes a missing one as 0 m, as it would a made-up one.
 * ``<base>/<VIN>/alerts`` (retained): ``{"alerts": [...]}``, attributes of "Active alerts".
 * ``<base>/<VIN>/destination`` (retained): ``{"latitude", "longitude"}`` of the active
   route's destination (``{}`` without one), attributes of "Destination" (a map card
@@ -142,7 +144,6 @@ def location_document(state: VehicleState) -> dict[str, Any] | None:
     return {
         "latitude": location[0],
         "longitude": location[1],
-        "gps_accuracy": 0,
         "heading": state.value("heading_deg"),
     }
 
