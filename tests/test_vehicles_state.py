@@ -403,6 +403,20 @@ def test_a_configured_configuration_url_is_the_devices_link(source, store):
     publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
     config = json.loads(publisher.take().messages[0].payload)
     assert config["dev"]["cu"] == "https://grafana.example/d/car"
+    assert "url" not in config["o"]  # no support URL configured
+
+
+def test_a_configured_support_url_is_every_documents_origin_link(source, store):
+    support = "https://git.example/gridmate/issues"
+    publisher = Publisher(
+        store, Topics(), {}, now=lambda: 0.0, support_url=support, notifications=True
+    )
+    publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
+    documents = [
+        json.loads(m.payload) for m in publisher.take().messages if m.topic.endswith("/config")
+    ]
+    assert len(documents) == 2  # the car and the hub device
+    assert all(document["o"]["url"] == support for document in documents)
 
 
 def test_the_hub_device_carries_notifications_as_an_event_entity(source, store):

@@ -160,6 +160,7 @@ class Hub:
             now=lambda: clock.now().timestamp(),
             announce_all=settings.homeassistant.announce_all_entities,
             configuration_url=settings.homeassistant.configuration_url,
+            support_url=settings.homeassistant.support_url,
             notifications=notifier is not None,
             model_of=self._model_of,
             controls=settings.controls.enable and fleet_api is not None,

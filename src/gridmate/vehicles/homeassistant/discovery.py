@@ -282,12 +282,14 @@ def discovery_document(
     *,
     announce_all: bool = True,
     configuration_url: str | None = None,
+    support_url: str | None = None,
     model: str | None = None,
     controls: bool = False,
 ) -> dict[str, Any]:
     """Device-based discovery for one vehicle (Home Assistant 2024.11 or later).
 
-    ``model`` names the model when the car's own data does not (TeslaMate's cars table).
+    ``model`` names the model when the car's own data does not (TeslaMate's cars table);
+    ``support_url`` goes into the origin.
     """
     device: dict[str, Any] = {
         "ids": [f"{topics.node}_{vin}"],
@@ -317,10 +319,10 @@ def discovery_document(
             "cmd_t": command_topic(topics.base, vin, "charging"),
             "ic": "mdi:ev-station",
         }
-    return device_document(device, components, availability=topics.status)
+    return device_document(device, components, availability=topics.status, support_url=support_url)
 
 
-def hub_discovery_document(topics: Topics) -> dict[str, Any]:
+def hub_discovery_document(topics: Topics, *, support_url: str | None = None) -> dict[str, Any]:
     """The vehicles hub itself as a device: its notifications as an event entity."""
     device = {
         "ids": [f"{topics.node}_vehicles"],
@@ -330,5 +332,8 @@ def hub_discovery_document(topics: Topics) -> dict[str, Any]:
     }
     component = event_component(f"{topics.node}_vehicles_notifications", topics.notifications)
     return device_document(
-        device, {"vehicles_notifications": component}, availability=topics.status
+        device,
+        {"vehicles_notifications": component},
+        availability=topics.status,
+        support_url=support_url,
     )

@@ -74,6 +74,7 @@ class Publisher:
         touch_interval: float = 60.0,
         announce_all: bool = False,
         configuration_url: str | None = None,
+        support_url: str | None = None,
         notifications: bool = False,
         model_of: Callable[[str], str | None] | None = None,
         controls: bool = False,
@@ -84,6 +85,7 @@ class Publisher:
         self.touch_interval = touch_interval
         self.announce_all = announce_all
         self.configuration_url = configuration_url
+        self.support_url = support_url
         self.notifications = notifications
         self.controls = controls
         """Announce each car's Charging control switch (a command path is configured)."""
@@ -201,7 +203,11 @@ class Publisher:
             self._published_at[vin] = now
         if self.notifications and not self._hub_announced:
             discovery.insert(
-                0, Message(self.topics.hub_discovery, encode(hub_discovery_document(self.topics)))
+                0,
+                Message(
+                    self.topics.hub_discovery,
+                    encode(hub_discovery_document(self.topics, support_url=self.support_url)),
+                ),
             )
             self._hub_announced = True
             batch.hub = True
@@ -232,6 +238,7 @@ class Publisher:
             self.names,
             announce_all=self.announce_all,
             configuration_url=self.configuration_url,
+            support_url=self.support_url,
             model=self.model_of(vin),
             controls=self.controls,
         )
