@@ -163,7 +163,7 @@ def _sunroof_installed(value: Any) -> Any:
 
 
 # HvacPower says what the climate system runs for. Cabin overheat protection is not
-# "climate on": Tesla's vehicle data (and so TeslaMate) reports it separately.
+# counted as "climate on": it is a function of its own that runs with the climate off.
 _HVAC_POWER = {
     "Off": (False, False),
     "On": (True, False),
