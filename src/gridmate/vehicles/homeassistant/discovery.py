@@ -19,7 +19,7 @@ Per vehicle (``<base>`` is the base topic, ``gridmate`` by default):
 * ``<base>/<VIN>/alerts`` (retained): ``{"alerts": [...]}``, attributes of "Active alerts".
 * ``<base>/<VIN>/destination`` (retained): ``{"latitude", "longitude"}`` of the active
   route's destination (``{}`` without one), attributes of "Destination" (a map card
-  shows it).
+  shows it); published once a source has reported on the car's route.
 * ``<discovery prefix>/device/<node>_<VIN>/config`` (retained): device-based discovery,
   one message per vehicle with all its entities.
 
