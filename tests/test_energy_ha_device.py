@@ -21,7 +21,13 @@ import pytest
 from test_energy_reconciler import PHOENIX, World, world
 
 from gridmate.energy.controls import Controls, effective_config
-from gridmate.energy.homeassistant import COMMANDS, EnergyDevice, EnergyTopics, apply_command
+from gridmate.energy.homeassistant import (
+    COMMANDS,
+    EnergyDevice,
+    EnergyTopics,
+    apply_command,
+    discovery_document,
+)
 from gridmate.energy.service import health_problems, start_home_assistant_device
 from gridmate.energy.settings import HomeAssistantDeviceSettings
 from gridmate.homeassistant.view import HomeAssistantView
@@ -242,6 +248,21 @@ async def test_skip_precool_today_and_end_todays_peak_control(tmp_path, mqtt_bro
         writes = len(w.site.writes)
         await r.run_until(19, 30)
         assert len(w.site.writes) == writes
+
+
+def test_configured_links_are_the_devices_visit_and_support_links():
+    topics = EnergyTopics()
+    plain = discovery_document(topics, HomeAssistantDeviceSettings(), failover=False)
+    assert "cu" not in plain["dev"] and "url" not in plain["o"]
+    settings = HomeAssistantDeviceSettings(
+        configuration_url="https://grafana.example/d/energy",
+        support_url="https://git.example/gridmate/issues",
+    )
+    linked = discovery_document(topics, settings, failover=False)
+    assert linked["dev"]["cu"] == "https://grafana.example/d/energy"
+    assert linked["o"]["url"] == "https://git.example/gridmate/issues"
+    with pytest.raises(ValueError, match="support_url"):
+        HomeAssistantDeviceSettings(support_url="git.example/issues")
 
 
 def test_commands_map_onto_the_controls():

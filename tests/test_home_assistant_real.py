@@ -324,7 +324,8 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
     private_mqtt_broker,
 ):
     """TeslaMate's kilometres and km/h, stored in miles, come back in a metric Home
-    Assistant as TeslaMate's numbers; the car's controls are accepted; no warnings."""
+    Assistant as TeslaMate's numbers; the car's controls, the sunroof, software update
+    and route entities and a support URL are accepted; no warnings."""
     from gridmate.homeassistant.link import Message
     from gridmate.sim.fleet_telemetry import sample_vin
     from gridmate.vehicles.catalogue import invalid_policies
@@ -341,12 +342,24 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
     for key, payload in (
         ("state", "driving"), ("shift_state", "D"), ("speed", "88"), ("odometer", "20117.04"),
         ("battery_level", "80"), ("charging_state", "Stopped"), ("geofence", "Home"),
-        ("inside_temp", "21.5"),
+        ("inside_temp", "21.5"), ("sun_roof_percent_open", "80"), ("sun_roof_state", "vent"),
+        ("sun_roof_installed", "true"), ("download_perc", "37"), ("install_perc", "0"),
+        ("windows_open", "true"),
+        ("active_route", '{"destination":"Work","energy_at_arrival":71,"miles_to_arrival":6.4,'
+         '"minutes_to_arrival":23.5,"traffic_minutes_delay":4.0,'
+         '"location":{"latitude":33.45,"longitude":-112.07},"error":null}'),
     ):  # fmt: skip
         for name, value in interpret(view, key, payload):
             store.update(vin, name, value, now, "teslamate")
     topics = Topics()
-    publisher = Publisher(store, topics, {vin: "Blue"}, now=lambda: now, controls=True)
+    publisher = Publisher(
+        store,
+        topics,
+        {vin: "Blue"},
+        now=lambda: now,
+        controls=True,
+        support_url="https://git.example/gridmate/issues",
+    )
     publisher.mark_vehicles([vin])
     messages: list[Message] = publisher.take().messages
     async with aiomqtt.Client(broker.host, broker.port) as tester:
@@ -369,8 +382,23 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
                 assert seen["sensor.blue_geofence"] == "Home"
                 assert seen["switch.blue_charging_control"] == "off"
                 assert "sensor.blue_tyre_pressure_front_left" not in seen  # never delivered
+                assert seen["sensor.blue_sunroof"] == "80"
+                assert seen["sensor.blue_sunroof_state"] == "vent"
+                assert seen["sensor.blue_software_update_download"] == "37"
+                assert seen["binary_sensor.blue_windows"] == "on"
                 process.send_signal(signal.SIGTERM)
                 assert await asyncio.wait_for(process.wait(), 120) == 0
+                registry = json.loads((config / ".storage" / "core.entity_registry").read_text())
+                disabled = {
+                    e["unique_id"].rsplit(f"{vin}_", 1)[1]
+                    for e in registry["data"]["entities"]
+                    if e["platform"] == "mqtt" and e["disabled_by"] == "integration"
+                }
+                # Disabled by default, so Home Assistant keeps them in the registry only.
+                assert {
+                    "destination_name", "energy_at_arrival", "traffic_delay_minutes",
+                    "minutes_to_arrival", "miles_to_arrival", "sunroof_installed",
+                } <= disabled  # fmt: skip
                 assert _problems(config) == []
         finally:
             assert watch.listener is not None

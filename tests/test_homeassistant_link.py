@@ -62,6 +62,15 @@ def test_device_document_shares_origin_availability_and_qos():
     assert document["o"]["name"] == "gridmate"
     assert document["qos"] == 1
     assert document["cmps"] == {"a": {"p": "sensor"}}
+    # No support URL unless one is configured: gridmate names no home page of its own.
+    assert "url" not in document["o"]
+    linked = device_document(
+        {"ids": ["x"], "name": "X"},
+        {},
+        availability="b/status",
+        support_url="https://git.example/gridmate/issues",
+    )
+    assert linked["o"]["url"] == "https://git.example/gridmate/issues"
 
 
 @pytest.fixture

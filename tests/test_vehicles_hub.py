@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -38,8 +39,10 @@ from gridmate.sim.fleet_telemetry import (
     sample_vin,
     telemetry_record,
 )
+from gridmate.vehicles.homeassistant.discovery import encode, state_document
 from gridmate.vehicles.hub import Hub
 from gridmate.vehicles.settings import VehiclesSettings
+from gridmate.vehicles.state import StateStore
 from gridmate.vehicles.telemetry.kafka import topic_names
 
 pytestmark = pytest.mark.services
@@ -214,6 +217,8 @@ async def test_a_drive_and_a_charge_reach_home_assistant(rig, t0):
         assert location.attributes["heading"] == pytest.approx(car.heading)
         # No speed attribute: Home Assistant would not convert it for metric users.
         assert "speed" not in location.attributes
+        # No source reports an accuracy, and none is made up.
+        assert "gps_accuracy" not in location.attributes
         # Park and charge.
         car.park()
         car.plug_in(11.0, 240.0)
@@ -350,6 +355,53 @@ async def test_home_assistant_birth_brings_discovery_then_states_again(rig, t0):
         await ha.announce_online()
         await ha.wait_for(lambda _entities: ha.config_messages > before)
         assert ha.value("Again", "Battery level") == 44.0
+
+
+async def test_fleet_telemetry_fills_the_entities_teslamate_fills(rig, t0):
+    vin = sample_vin(9)
+    ns = rig.namespace
+    # A state document from before these signals were mapped: they were kept as extra
+    # fields, whose entities must not outlive the mapping.
+    old = StateStore()
+    old.update(vin, "battery_level", 70.0, t0.timestamp() - 60, "fleet_telemetry")
+    old.update(vin, "ft_fd_window", "Closed", t0.timestamp() - 60, "fleet_telemetry")
+    async with aiomqtt.Client(rig.mqtt_host, rig.mqtt_port) as client:
+        document = encode(state_document(old.vehicle(vin)))
+        await client.publish(f"{rig.base}/{vin}/state", document, qos=1, retain=True)
+    async with rig.hub(vehicles={vin: "Grey"}), rig.view() as ha:
+        signals = {
+            "FdWindow": "Closed",
+            "RdWindow": "Closed",
+            "FpWindow": "Closed",
+            "RpWindow": "Opened",
+            "TpmsSoftWarnings": {"front_right": True},
+            "HvacPower": "On",
+            "SoftwareUpdateVersion": "2026.20.3 8f1c2d3e4a5b",
+            "SoftwareUpdateDownloadPercentComplete": 37,
+            "DestinationName": "Work",
+            "DestinationLocation": (37.3861, -122.0839),
+            "ExpectedEnergyPercentAtTripArrival": 64,
+            "RouteTrafficMinutesDelay": 3.5,
+        }
+        await rig.send(telemetry_record(ns, vin, t0, signals, as_json=True))
+        entities = await ha.wait_for(
+            shown("Grey", windows="on", climate="on", software_update_available="on")
+        )
+        assert entities[("Grey", "Rear passenger window")].state == "on"
+        assert entities[("Grey", "Front driver window")].state == "off"
+        assert entities[("Grey", "Tyre pressure warning front right")].state == "on"
+        assert entities[("Grey", "Tyre pressure warning rear left")].state == "off"
+        assert entities[("Grey", "Preconditioning")].state == "off"
+        assert entities[("Grey", "Software update version")].state == "2026.20.3"
+        assert entities[("Grey", "Software update download")].state == 37.0
+        assert entities[("Grey", "Battery level")].state == 70.0  # restored
+        destination = entities[("Grey", "Destination")]
+        assert destination.state == "Work"
+        assert destination.attributes == {"latitude": 37.3861, "longitude": -122.0839}
+        assert entities[("Grey", "Battery at arrival")].state == 64.0
+        assert entities[("Grey", "Traffic delay")].state == 3.5
+        assert not any(name == "Fd window" for _device, name in entities)
+        assert entities[("Grey", "Data source")].state == "fleet_telemetry"
 
 
 async def test_mqtt_outage_pauses_consumption_and_nothing_is_lost(kafka_bootstrap, unique_name, t0):

@@ -71,6 +71,82 @@ def test_vehicle_data_maps_to_the_catalogue():
     assert values["charging_cable_type"] == "SAE"
 
 
+def test_vehicle_data_fills_what_teslamate_fills_from_the_same_answer():
+    # TeslaMate reads these keys from vehicle_data; polling reads them the same way.
+    data = {
+        "charge_state": {
+            "charge_energy_added": 12.34,
+            "scheduled_charging_start_time": 1_800_003_600,
+        },
+        "climate_state": {"is_climate_on": True, "is_preconditioning": False},
+        "drive_state": {
+            "active_route_destination": "Work",
+            "active_route_energy_at_arrival": 71,
+            "active_route_miles_to_arrival": 6.485299,
+            "active_route_minutes_to_arrival": 23.466667,
+            "active_route_traffic_minutes_delay": 0.0,
+            "active_route_latitude": 37.3861,
+            "active_route_longitude": -122.0839,
+        },
+        "vehicle_state": {
+            "fd_window": 0,
+            "rd_window": 0,
+            "fp_window": 1,
+            "rp_window": 0,
+            "is_user_present": True,
+            "tpms_soft_warning_rl": True,
+            "software_update": {
+                "status": "downloading",
+                "version": "2026.20.3 8f1c2d3e4a5b",
+                "download_perc": 37,
+                "install_perc": 1,
+            },
+        },
+    }
+    values = dict(map_vehicle_data(data, received=1_800_000_000.0)[1])
+    assert values["charge_energy_added_kwh"] == 12.34
+    assert values["scheduled_charging_start"] == "2027-01-15T09:00:00+00:00"
+    assert values["climate_on"] is True and values["preconditioning"] is False
+    assert values["destination_name"] == "Work"
+    assert values["energy_at_arrival"] == 71
+    assert values["minutes_to_arrival"] == 23.466667
+    assert values["destination_location"] == (37.3861, -122.0839)
+    assert values["window_passenger_front_open"] is True
+    assert values["window_driver_front_open"] is False
+    assert values["windows_open"] is True
+    assert values["user_present"] is True
+    assert values["tpms_soft_warning_rear_left"] is True
+    assert "tpms_soft_warning_front_left" not in values  # not in the answer
+    assert values["update_available"] is True
+    assert values["update_version"] == "2026.20.3"
+    assert values["update_download_percent"] == 37
+    # No route, no update: the car leaves the route keys out and blanks the version.
+    data["drive_state"] = {"heading": 12}
+    data["vehicle_state"]["software_update"] = {"status": "", "version": " "}
+    values = dict(map_vehicle_data(data, received=1_800_000_000.0)[1])
+    assert values["destination_name"] is None and values["destination_location"] is None
+    assert values["energy_at_arrival"] is None
+    assert values["update_available"] is False and values["update_version"] is None
+
+
+def test_vehicle_data_sunroof_only_for_cars_that_have_one():
+    with_sunroof = {
+        "vehicle_state": {"sun_roof_percent_open": 15, "sun_roof_state": "vent"},
+        "vehicle_config": {"sun_roof_installed": 2},
+    }
+    values = dict(map_vehicle_data(with_sunroof, received=1_800_000_000.0)[1])
+    assert values["sunroof_percent_open"] == 15
+    assert values["sunroof_state"] == "vent"
+    assert values["sunroof_installed"] is True
+    without = {
+        "vehicle_state": {"sun_roof_percent_open": None, "sun_roof_state": "unknown"},
+        "vehicle_config": {"sun_roof_installed": 0},
+    }
+    values = dict(map_vehicle_data(without, received=1_800_000_000.0)[1])
+    assert "sunroof_percent_open" not in values and "sunroof_state" not in values
+    assert values["sunroof_installed"] is False
+
+
 class Rig:
     def __init__(self, cloud, clock: StepClock, budget: int | None = 200) -> None:
         self.cloud = cloud

@@ -19,7 +19,7 @@ from gridmate.sim.fleet_telemetry import (
     sample_vin,
     telemetry_record,
 )
-from gridmate.vehicles.catalogue import ENTITIES, FIELDS, invalid_policies
+from gridmate.vehicles.catalogue import ENTITIES, FIELDS, TYRES, invalid_policies
 from gridmate.vehicles.homeassistant.discovery import (
     Topics,
     discovery_document,
@@ -101,6 +101,112 @@ def test_records_map_to_fields_in_the_cars_units(source, store, typed, as_json):
     assert state.value("location") == pytest.approx((car.latitude, car.longitude))
     assert state.value("doors")["trunk_rear"] is True
     assert state.value("online") is True
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["prefer_typed", "strings"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["protobuf", "json"])
+def test_fleet_telemetry_feeds_the_same_fields_as_teslamate(source, store, typed, as_json):
+    # Windows, tyre warnings, climate, preconditioning and the software update: the
+    # fields TeslaMate fills from its own topics.
+    signals = {
+        "FdWindow": "Closed",
+        "RdWindow": "Closed",
+        "FpWindow": "PartiallyOpen",
+        "RpWindow": "Closed",
+        "TpmsSoftWarnings": {"rear_left": True},
+        "HvacPower": "Precondition",
+        "SoftwareUpdateVersion": "2026.20.3 8f1c2d3e4a5b",
+        "SoftwareUpdateDownloadPercentComplete": 100,
+        "SoftwareUpdateInstallationPercentComplete": 42,
+    }
+    applied = source.apply(v(signals, T0, typed=typed, as_json=as_json))
+    state = store.get(VIN)
+    assert state.value("window_driver_front_open") is False
+    assert state.value("window_passenger_front_open") is True  # partly open is open
+    assert state.value("windows_open") is True
+    assert [state.value(f"tpms_soft_warning_{tyre}") for tyre in TYRES] == [
+        False, False, True, False
+    ]  # fmt: skip
+    assert state.value("climate_on") is True and state.value("preconditioning") is True
+    assert state.value("update_available") is True
+    assert state.value("update_version") == "2026.20.3"
+    assert state.value("update_download_percent") == 100
+    assert state.value("update_install_percent") == 42
+    assert not any(key.startswith("ft_") for key in applied.changed)
+    # Every window closed, climate on for the driver, no update any more.
+    later = T0 + timedelta(minutes=1)
+    signals = {
+        "FpWindow": "Closed",
+        "HvacPower": "On",
+        "SoftwareUpdateVersion": " ",
+        "TpmsSoftWarnings": {},
+    }
+    source.apply(v(signals, later, typed=typed, as_json=as_json))
+    state = store.get(VIN)
+    assert state.value("windows_open") is False
+    assert state.value("climate_on") is True and state.value("preconditioning") is False
+    assert state.value("update_available") is False and state.value("update_version") is None
+    assert state.value("tpms_soft_warning_rear_left") is False
+    # Cabin overheat protection runs the fans, but is not "climate on".
+    source.apply(v({"HvacPower": "OverheatProtect"}, later + timedelta(1), typed=typed))
+    assert store.get(VIN).value("climate_on") is False
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["prefer_typed", "strings"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["protobuf", "json"])
+def test_fleet_telemetry_route_fields(source, store, typed, as_json):
+    signals = {
+        "DestinationName": "Home",
+        "DestinationLocation": (35.278131, -29.744801),
+        "MilesToArrival": 6.5,
+        "MinutesToArrival": 23.5,
+        "ExpectedEnergyPercentAtTripArrival": 73,
+        "RouteTrafficMinutesDelay": 2.5,
+    }
+    source.apply(v(signals, T0, typed=typed, as_json=as_json))
+    state = store.get(VIN)
+    assert state.value("destination_location") == pytest.approx((35.278131, -29.744801))
+    assert state.value("energy_at_arrival") == 73
+    assert state.value("traffic_delay_minutes") == pytest.approx(2.5)
+    # The route ends: the car invalidates its signals and the fields clear.
+    source.apply(v(dict.fromkeys(signals, INVALID_DATUM), T0 + timedelta(0, 1), typed=typed))
+    state = store.get(VIN)
+    for key in ("destination_name", "destination_location", "energy_at_arrival"):
+        assert state.value(key) is None, key
+
+
+def test_the_destination_is_the_destination_entitys_attributes(source, store):
+    topics = Topics()
+    publisher = Publisher(store, topics, {}, now=lambda: 0.0)
+    publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
+    batch = publisher.take()
+    assert topics.destination(VIN) not in [m.topic for m in batch.messages]  # never routed
+    route = {"DestinationName": "Home", "DestinationLocation": (35.3, 29.7)}
+    publisher.mark(source.apply(v(route, T0 + timedelta(0, 1))))
+    batch = publisher.take()
+    sent = {m.topic: json.loads(m.payload) for m in batch.messages}
+    assert sent[topics.destination(VIN)] == {"latitude": 35.3, "longitude": 29.7}
+    config = sent[topics.discovery(VIN)]["cmps"][f"{VIN}_destination_name"]
+    assert config["json_attr_t"] == topics.destination(VIN)
+    invalid = dict.fromkeys(route, INVALID_DATUM)
+    publisher.mark(source.apply(v(invalid, T0 + timedelta(0, 2))))
+    sent = {m.topic: json.loads(m.payload) for m in publisher.take().messages}
+    assert sent[topics.destination(VIN)] == {}
+
+
+@pytest.mark.parametrize("typed", [True, False], ids=["prefer_typed", "strings"])
+def test_sunroof_installed_from_fleet_telemetry(source, store, typed):
+    source.apply(v({"SunroofInstalled": "Gen2Installed"}, T0, typed=typed))
+    assert store.get(VIN).value("sunroof_installed") is True
+    source.apply(v({"SunroofInstalled": "NotInstalled"}, T0 + timedelta(0, 1), typed=typed))
+    assert store.get(VIN).value("sunroof_installed") is False
+
+
+def test_one_window_unknown_leaves_any_window_open_unknown_until_one_is_open(source, store):
+    source.apply(v({"FdWindow": "Closed", "FpWindow": "Closed", "RdWindow": "Closed"}, T0))
+    assert store.get(VIN).value("windows_open") is None
+    source.apply(v({"RdWindow": "Opened"}, T0 + timedelta(0, 1)))
+    assert store.get(VIN).value("windows_open") is True
 
 
 def test_resend_with_older_values_never_overwrites(source, store):
@@ -297,6 +403,20 @@ def test_a_configured_configuration_url_is_the_devices_link(source, store):
     publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
     config = json.loads(publisher.take().messages[0].payload)
     assert config["dev"]["cu"] == "https://grafana.example/d/car"
+    assert "url" not in config["o"]  # no support URL configured
+
+
+def test_a_configured_support_url_is_every_documents_origin_link(source, store):
+    support = "https://git.example/gridmate/issues"
+    publisher = Publisher(
+        store, Topics(), {}, now=lambda: 0.0, support_url=support, notifications=True
+    )
+    publisher.mark(source.apply(v({"VehicleSpeed": 10.0}, T0)))
+    documents = [
+        json.loads(m.payload) for m in publisher.take().messages if m.topic.endswith("/config")
+    ]
+    assert len(documents) == 2  # the car and the hub device
+    assert all(document["o"]["url"] == support for document in documents)
 
 
 def test_the_hub_device_carries_notifications_as_an_event_entity(source, store):

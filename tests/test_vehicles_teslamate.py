@@ -138,17 +138,48 @@ def test_doors_and_routes_become_one_field_each():
     assert updates("frunk_open", "false", view) == {
         "doors": {"driver_front": True, "trunk_front": False}
     }
-    route = '{"destination":"Home","miles_to_arrival":12.5,"minutes_to_arrival":20,"error":null}'
+    # TeslaMate's own example, in its units (miles, minutes, percent).
+    route = (
+        '{"destination":"Home","energy_at_arrival":73,"miles_to_arrival":6.485299,'
+        '"minutes_to_arrival":23.466667,"traffic_minutes_delay":0.0,'
+        '"location":{"latitude":35.278131,"longitude":29.744801},"error":null}'
+    )
     assert updates("active_route", route) == {
         "destination_name": "Home",
-        "minutes_to_arrival": 20,
-        "miles_to_arrival": 12.5,
+        "minutes_to_arrival": 23.466667,
+        "miles_to_arrival": 6.485299,
+        "energy_at_arrival": 73,
+        "traffic_delay_minutes": 0.0,
+        "destination_location": (35.278131, 29.744801),
     }
-    assert updates("active_route", '{"error":"No active route available"}') == {
-        "destination_name": None,
-        "minutes_to_arrival": None,
-        "miles_to_arrival": None,
+    no_route = dict.fromkeys(
+        (
+            "destination_name",
+            "minutes_to_arrival",
+            "miles_to_arrival",
+            "energy_at_arrival",
+            "traffic_delay_minutes",
+            "destination_location",
+        )
+    )
+    assert updates("active_route", '{"error":"No active route available"}') == no_route
+
+
+def test_the_one_value_route_topics_count_until_the_route_document_arrives():
+    view = TeslaMateCarView(1)
+    assert updates("active_route_destination", "Work", view) == {"destination_name": "Work"}
+    assert updates("active_route_latitude", "35.278131", view) == {"destination_location": None}
+    assert updates("active_route_longitude", "29.744801", view) == {
+        "destination_location": (35.278131, 29.744801)
     }
+    # No route: TeslaMate writes the literal "nil".
+    assert updates("active_route_destination", "nil", view) == {"destination_name": None}
+    assert updates("active_route_latitude", "nil", view) == {"destination_location": None}
+    with pytest.raises(BadPayload):
+        updates("active_route_longitude", "200.0", view)
+    # Once the route document has arrived it says everything; these are repeats.
+    interpret(view, "active_route", '{"error":"No active route available"}')
+    assert updates("active_route_destination", "Work", view) == {}
 
 
 def test_values_are_encoded_as_teslamate_encodes_them():
@@ -428,6 +459,16 @@ def test_teslamate_topics_that_were_ignored_are_mapped():
     ):
         assert updates(key, "true") == {field: True}
     assert updates("update_version", "2026.20.1") == {"update_version": "2026.20.1"}
+    assert updates("download_perc", "100") == {"update_download_percent": 100}
+    assert updates("install_perc", "42") == {"update_install_percent": 42}
+
+
+def test_sunroof_topics_are_mapped_and_an_unknown_state_shows_nothing():
+    assert updates("sun_roof_installed", "true") == {"sunroof_installed": True}
+    assert updates("sun_roof_percent_open", "80") == {"sunroof_percent_open": 80}
+    assert updates("sun_roof_state", "vent") == {"sunroof_state": "vent"}
+    # Tesla's word for a car without a sunroof: no entity for it.
+    assert updates("sun_roof_state", "unknown") == {}
 
 
 def test_metric_values_survive_home_assistants_conversion_back():

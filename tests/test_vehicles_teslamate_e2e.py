@@ -448,3 +448,64 @@ async def test_fleet_telemetry_appears_and_takes_over(mqtt_broker, kafka_bootstr
             await ha.wait_for(shows(**{"Data source": "teslamate", "Battery level": 64.0}), 30)
     finally:
         await producer.stop()
+
+
+async def test_teslamates_sunroof_reaches_home_assistant(mqtt_broker):
+    car = charging_car(sun_roof_installed=True, sun_roof_state="open", sun_roof_percent_open=80)
+    cloud_car = SimulatedVehicle(vin=VIN, display_name=NAME, state="asleep")
+    async with (
+        rig_with(mqtt_broker, None, car, cloud_car) as rig,
+        rig.hub(),
+        rig.view() as ha,
+    ):
+        entities = await ha.wait_for(shows(**{"Sunroof": 80.0, "Sunroof state": "open"}))
+        assert entities[(NAME, "Sunroof")].config["unit_of_measurement"] == "%"
+        assert entities[(NAME, "Sunroof installed")].state == "on"
+        await rig.teslamate.set_state(
+            1, "charging", sun_roof_state="closed", sun_roof_percent_open=0
+        )
+        await ha.wait_for(shows(**{"Sunroof": 0.0, "Sunroof state": "closed"}))
+
+
+async def test_a_car_without_a_sunroof_gets_no_sunroof_entities(mqtt_broker):
+    cloud_car = SimulatedVehicle(vin=VIN, display_name=NAME, state="asleep")
+    async with (
+        rig_with(mqtt_broker, None, charging_car(sun_roof_installed=False), cloud_car) as rig,
+        rig.hub(),
+        rig.view() as ha,
+    ):
+        entities = await ha.wait_for(shows(**{"Sunroof installed": "off", "Charging": "on"}))
+        assert (NAME, "Sunroof") not in entities
+        assert (NAME, "Sunroof state") not in entities
+
+
+async def test_teslamates_route_reaches_home_assistant(mqtt_broker):
+    route = {
+        "destination": "Work",
+        "energy_at_arrival": 71,
+        "miles_to_arrival": 6.485299,
+        "minutes_to_arrival": 23.466667,
+        "traffic_minutes_delay": 4.0,
+        "latitude": 37.3861,
+        "longitude": -122.0839,
+    }
+    car = charging_car(state="driving", charging_state="Disconnected", route=route)
+    cloud_car = SimulatedVehicle(vin=VIN, display_name=NAME, state="asleep")
+    async with (
+        rig_with(mqtt_broker, None, car, cloud_car) as rig,
+        rig.hub(),
+        rig.view() as ha,
+    ):
+        entities = await ha.wait_for(
+            shows(**{"Destination": "Work", "Battery at arrival": 71.0, "Traffic delay": 4.0})
+        )
+        assert entities[(NAME, "Time to arrival")].state == pytest.approx(23.466667)
+        assert entities[(NAME, "Distance to arrival")].state == pytest.approx(6.485299)
+        assert entities[(NAME, "Destination")].attributes == {
+            "latitude": 37.3861,
+            "longitude": -122.0839,
+        }
+        await rig.teslamate.set_state(1, "online", route=None)
+        entities = await ha.wait_for(shows(**{"Destination": None, "Battery at arrival": None}))
+        assert entities[(NAME, "Destination")].attributes == {}
+        assert entities[(NAME, "Traffic delay")].state is None

@@ -255,12 +255,16 @@ def discovery_document(
         "mdl": "Energy manager",
         "sw": __version__,
     }
+    if settings.configuration_url:
+        device["cu"] = settings.configuration_url
     components = {
         f"energy_{topics.site}_{entity.key}": _component(entity, topics, settings.currency)
         for entity in ENTITIES
         if failover or entity.key != "failover_role"
     }
-    return device_document(device, components, availability=topics.status)
+    return device_document(
+        device, components, availability=topics.status, support_url=settings.support_url
+    )
 
 
 # ---------------------------------------------------------------- state

@@ -20,6 +20,7 @@ from gridmate.energy.tariff.schedule import (
     Schedule,
     ScheduleVersionConfig,
 )
+from gridmate.homeassistant.settings import DeviceLinks
 from gridmate.notify import NotifySettings
 from gridmate.runtime.secrets import Credential, Secret
 from gridmate.runtime.settings import (
@@ -323,7 +324,7 @@ class HomeAssistantSettings(Section):
     poll_seconds: float = Field(120.0, ge=30.0, le=600.0)
 
 
-class HomeAssistantDeviceSettings(Section):
+class HomeAssistantDeviceSettings(DeviceLinks):
     """The energy manager as a Home Assistant device over MQTT discovery, with controls."""
 
     enable: bool = Field(

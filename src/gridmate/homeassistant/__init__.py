@@ -5,5 +5,7 @@
 * :mod:`.link`: one broker connection with availability (``online``, last will
   ``offline``), re-announcement when Home Assistant comes online (its birth message),
   acknowledged publishing, and command delivery that ignores retained commands.
+* :mod:`.settings`: the device links (configuration and support URLs) every component
+  offers.
 * :mod:`.view`: what Home Assistant would display, read back from the broker (tests, demo).
 """

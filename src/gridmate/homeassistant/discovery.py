@@ -4,7 +4,8 @@ Pure functions; nothing here does I/O. A component builds its device and its
 entities' configurations (with Home Assistant's abbreviated keys) and
 :func:`device_document` adds what every gridmate device shares: the origin, the
 availability topic (``online``/``offline``, the last will of the publishing
-connection) and QoS 1.
+connection) and QoS 1; a support URL in the origin when one is configured
+(:class:`gridmate.homeassistant.settings.DeviceLinks`).
 """
 
 from __future__ import annotations
@@ -38,17 +39,25 @@ def device_config_topic(discovery_prefix: str, object_id: str) -> str:
     return f"{discovery_prefix}/device/{object_id}/config"
 
 
-def origin() -> dict[str, str]:
-    return {"name": "gridmate", "sw": __version__}
+def origin(support_url: str | None = None) -> dict[str, str]:
+    """What publishes the discovery; ``url`` is Home Assistant's ``support_url``."""
+    found = {"name": "gridmate", "sw": __version__}
+    if support_url:
+        found["url"] = support_url
+    return found
 
 
 def device_document(
-    device: Mapping[str, Any], components: Mapping[str, Mapping[str, Any]], *, availability: str
+    device: Mapping[str, Any],
+    components: Mapping[str, Mapping[str, Any]],
+    *,
+    availability: str,
+    support_url: str | None = None,
 ) -> dict[str, Any]:
     """One discovery message for a device and all its entities."""
     return {
         "dev": dict(device),
-        "o": origin(),
+        "o": origin(support_url),
         "avty": [{"t": availability}],
         "qos": 1,
         "cmps": {key: dict(value) for key, value in components.items()},

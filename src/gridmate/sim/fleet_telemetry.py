@@ -70,6 +70,17 @@ _TYPED_ARMS = {
     "Version": ("string_value", None),
     "VehicleName": ("string_value", None),
     "CarType": ("car_type_value", "CarType"),
+    "FdWindow": ("window_state_value", "WindowState"),
+    "FpWindow": ("window_state_value", "WindowState"),
+    "RdWindow": ("window_state_value", "WindowState"),
+    "RpWindow": ("window_state_value", "WindowState"),
+    "HvacPower": ("hvac_power_value", "HvacPowerState"),
+    "SunroofInstalled": ("sunroof_installed_state_value", "SunroofInstalledState"),
+    "SoftwareUpdateVersion": ("string_value", None),
+    "SoftwareUpdateDownloadPercentComplete": ("int_value", None),
+    "SoftwareUpdateInstallationPercentComplete": ("int_value", None),
+    "ExpectedEnergyPercentAtTripArrival": ("int_value", None),
+    "DestinationName": ("string_value", None),
 }
 
 
@@ -84,12 +95,26 @@ def _set_value(holder: Any, signal: str, value: Any, typed: bool) -> None:
     if value is INVALID_DATUM:
         holder.invalid = True
         return
-    if signal == "Location":
+    if signal == "Location" or (typed and signal in ("DestinationLocation", "OriginLocation")):
+        # The server rewrites the Location signal's strings into a LocationValue.
         holder.location_value.latitude, holder.location_value.longitude = value
         return
+    if signal in ("DestinationLocation", "OriginLocation"):
+        latitude, longitude = value
+        holder.string_value = (
+            f"({abs(latitude)} {'N' if latitude >= 0 else 'S'}, "
+            f"{abs(longitude)} {'E' if longitude >= 0 else 'W'})"
+        )
+        return
     if signal == "DoorState":
+        holder.door_value.SetInParent()  # all closed is still a value
         for name, is_open in value.items():
             setattr(holder.door_value, name, is_open)
+        return
+    if signal in ("TpmsSoftWarnings", "TpmsHardWarnings"):
+        holder.tire_location_value.SetInParent()  # no tyre warned is still a value
+        for name, warned in value.items():
+            setattr(holder.tire_location_value, name, warned)
         return
     if not typed:
         # Before prefer_typed, cars send strings; enum names without their prefix.

@@ -182,6 +182,14 @@ class TeslaMateCarModel:
     tpms_bar: float = 2.9
     healthy: bool = True
     doors_open: dict[str, bool] = field(default_factory=dict)
+    sun_roof_installed: bool | None = None
+    """From the car's configuration; None (not published) for a car without one."""
+    sun_roof_state: str | None = None
+    sun_roof_percent_open: int | None = None
+    route: dict[str, Any] | None = None
+    """The navigation route as the Tesla API's ``active_route_*`` drive state keys
+    (``destination``, ``energy_at_arrival``, ``miles_to_arrival``,
+    ``minutes_to_arrival``, ``traffic_minutes_delay``, ``latitude``, ``longitude``)."""
     since: datetime | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -222,7 +230,10 @@ class TeslaMateCarModel:
             "trim_badging": self.trim_badging,
             "geofence": None,
             "power": -round(self.charger_power) if self.charger_power else 0,
-            "active_route": {"error": "No active route available"},
+            **self._active_route(),
+            "sun_roof_installed": self.sun_roof_installed,
+            "sun_roof_state": self.sun_roof_state,
+            "sun_roof_percent_open": self.sun_roof_percent_open,
         }
         for corner in ("fl", "fr", "rl", "rr"):
             values[f"tpms_pressure_{corner}"] = self.tpms_bar
@@ -236,6 +247,32 @@ class TeslaMateCarModel:
         ):
             values[door] = self.doors_open.get(door, False)
         return values
+
+    def _active_route(self) -> dict[str, Any]:
+        # TeslaMate's add_active_route/2: the JSON, and the deprecated one-value topics
+        # (the literal "nil" without a route).
+        route = self.route
+        if route is None:
+            return {
+                "active_route_destination": "nil",
+                "active_route_latitude": "nil",
+                "active_route_longitude": "nil",
+                "active_route": {"error": "No active route available"},
+            }
+        return {
+            "active_route_destination": route["destination"],
+            "active_route_latitude": route["latitude"],
+            "active_route_longitude": route["longitude"],
+            "active_route": {
+                "destination": route["destination"],
+                "energy_at_arrival": route["energy_at_arrival"],
+                "miles_to_arrival": route["miles_to_arrival"],
+                "minutes_to_arrival": route["minutes_to_arrival"],
+                "traffic_minutes_delay": route["traffic_minutes_delay"],
+                "location": {"latitude": route["latitude"], "longitude": route["longitude"]},
+                "error": None,
+            },
+        }
 
 
 class SimulatedTeslaMate:

@@ -108,7 +108,12 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("user_present", Kind.BOOL),
         FieldSpec("update_available", Kind.BOOL),
         FieldSpec("update_version", Kind.STRING),
+        FieldSpec("update_download_percent", Kind.NUMBER),
+        FieldSpec("update_install_percent", Kind.NUMBER),
         FieldSpec("windows_open", Kind.BOOL),
+        FieldSpec("sunroof_installed", Kind.BOOL),
+        FieldSpec("sunroof_percent_open", Kind.NUMBER),
+        FieldSpec("sunroof_state", Kind.STRING),
         *(FieldSpec(f"window_{name}_open", Kind.BOOL) for name in WINDOW_NAMES),
         *(FieldSpec(f"tpms_soft_warning_{tyre}", Kind.BOOL) for tyre in TYRES),
         FieldSpec("inside_temp_c", Kind.NUMBER),
@@ -123,6 +128,9 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("destination_name", Kind.STRING, _C),
         FieldSpec("minutes_to_arrival", Kind.NUMBER, _C),
         FieldSpec("miles_to_arrival", Kind.NUMBER, _C),
+        FieldSpec("energy_at_arrival", Kind.NUMBER, _C),
+        FieldSpec("traffic_delay_minutes", Kind.NUMBER, _C),
+        FieldSpec("destination_location", Kind.LOCATION, _C),
         FieldSpec("active_alerts", Kind.ALERTS),
         FieldSpec("last_error", Kind.STRING),
         FieldSpec("command_error", Kind.STRING),
@@ -179,7 +187,8 @@ class EntitySpec:
     """binary_sensor only: on when the value is false (a lock is "on" when unlocked)."""
     derive: Callable[[VehicleState], Any] | None = None
     attributes: str | None = None
-    """Name of the extra topic whose JSON becomes the entity's attributes."""
+    """Name of the extra topic whose JSON becomes the entity's attributes ("alerts",
+    "destination")."""
 
 
 def _charging_state(state: VehicleState) -> str | None:
@@ -456,6 +465,24 @@ ENTITIES: tuple[EntitySpec, ...] = (
     EntitySpec("user_present", _B, "User present", "occupancy"),
     EntitySpec("update_available", _B, "Software update available", "update", diagnostic=True),
     EntitySpec("update_version", _S, "Software update version", diagnostic=True, icon="mdi:update"),
+    EntitySpec(
+        "update_download_percent",
+        _S,
+        "Software update download",
+        unit="%",
+        diagnostic=True,
+        icon="mdi:download",
+        precision=0,
+    ),
+    EntitySpec(
+        "update_install_percent",
+        _S,
+        "Software update installation",
+        unit="%",
+        diagnostic=True,
+        icon="mdi:update",
+        precision=0,
+    ),
     EntitySpec("windows_open", _B, "Windows", "window"),
     *(
         EntitySpec(f"window_{name}_open", _B, f"{label} window", "window")
@@ -464,6 +491,25 @@ ENTITIES: tuple[EntitySpec, ...] = (
             ("Front driver", "Rear driver", "Front passenger", "Rear passenger"),
             strict=True,
         )
+    ),
+    EntitySpec(
+        "sunroof_percent_open",
+        _S,
+        "Sunroof",
+        None,
+        _M,
+        "%",
+        icon="mdi:car-convertible",
+        precision=0,
+    ),
+    EntitySpec("sunroof_state", _S, "Sunroof state", icon="mdi:car-convertible"),
+    EntitySpec(
+        "sunroof_installed",
+        _B,
+        "Sunroof installed",
+        diagnostic=True,
+        enabled=False,
+        icon="mdi:car-convertible",
     ),
     *(
         EntitySpec(
@@ -475,7 +521,14 @@ ENTITIES: tuple[EntitySpec, ...] = (
         )
         for tyre in TYRES
     ),
-    EntitySpec("destination_name", _S, "Destination", enabled=False, icon="mdi:map-marker"),
+    EntitySpec(
+        "destination_name",
+        _S,
+        "Destination",
+        enabled=False,
+        icon="mdi:map-marker",
+        attributes="destination",
+    ),
     EntitySpec(
         "minutes_to_arrival",
         _S,
@@ -495,6 +548,26 @@ ENTITIES: tuple[EntitySpec, ...] = (
         "mi",
         enabled=False,
         precision=1,
+    ),
+    EntitySpec(
+        "energy_at_arrival",
+        _S,
+        "Battery at arrival",
+        "battery",
+        _M,
+        "%",
+        enabled=False,
+        precision=0,
+    ),
+    EntitySpec(
+        "traffic_delay_minutes",
+        _S,
+        "Traffic delay",
+        "duration",
+        _M,
+        "min",
+        enabled=False,
+        precision=0,
     ),
     EntitySpec("software_version", _S, "Software version", diagnostic=True, icon="mdi:update"),
     EntitySpec("car_type", _S, "Model", diagnostic=True, enabled=False, icon="mdi:car-info"),

@@ -40,7 +40,7 @@ from gridmate.vehicles.sources.manager import DATA_SOURCE_FIELD, build_source_ma
 from gridmate.vehicles.state import Applied, FieldValue, Outcome, StateStore
 from gridmate.vehicles.telemetry.ingest import RateLimitedLog, RecordIngest
 from gridmate.vehicles.telemetry.kafka import bootstrap_addresses, make_consumer, topic_names
-from gridmate.vehicles.telemetry.source import FleetTelemetrySource
+from gridmate.vehicles.telemetry.source import MAPPED_EXTRA_KEYS, FleetTelemetrySource
 
 log = get_logger("vehicles.hub")
 
@@ -160,6 +160,7 @@ class Hub:
             now=lambda: clock.now().timestamp(),
             announce_all=settings.homeassistant.announce_all_entities,
             configuration_url=settings.homeassistant.configuration_url,
+            support_url=settings.homeassistant.support_url,
             notifications=notifier is not None,
             model_of=self._model_of,
             controls=settings.controls.enable and fleet_api is not None,
@@ -547,6 +548,8 @@ class Hub:
                     "snapshot", "retained state ignored", topic=topic, error=str(error)
                 )
                 continue
+            for key in MAPPED_EXTRA_KEYS.intersection(fields):
+                del fields[key]
             unpin_future(fields, now, _RESTORED_FUTURE_LIMIT)
             self.store.seed(vin, fields)
             restored += 1

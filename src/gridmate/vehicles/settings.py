@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from gridmate.homeassistant.settings import DeviceLinks
 from gridmate.notify.settings import NotifySettings
 from gridmate.runtime.secrets import Credential, Secret
 from gridmate.runtime.settings import ComponentSettings, MqttSettings, Section
@@ -124,7 +125,7 @@ class KafkaSettings(Section):
         return self
 
 
-class HomeAssistantSettings(Section):
+class HomeAssistantSettings(DeviceLinks):
     discovery_prefix: str = "homeassistant"
     base_topic: str = Field("gridmate", description="Prefix of gridmate's own topics.")
     node_name: str = Field(
@@ -138,12 +139,6 @@ class HomeAssistantSettings(Section):
         le=60,
         description="Discovery is re-sent up to this many seconds (random) after Home "
         "Assistant comes online, as Home Assistant recommends.",
-    )
-    configuration_url: str | None = Field(
-        None,
-        pattern=r"^https?://",
-        description="Shown as the devices' 'Visit' link in Home Assistant (e.g. gridmate's "
-        "Grafana or TeslaMate).",
     )
     announce_all_entities: bool = Field(
         False,

@@ -10,11 +10,16 @@ Per vehicle (``<base>`` is the base topic, ``gridmate`` by default):
   as simple as ``{{ value_json.battery_level }}``. The ``_m`` part lets gridmate (this
   instance after a restart, or another instance taking over the vehicle) restore its
   state from the broker.
-* ``<base>/<VIN>/location`` (retained): ``{"latitude", "longitude", "gps_accuracy",
-  "heading"}``, the device tracker's attributes. No speed: Home Assistant does not
-  convert attributes, so a speed here would be in mph for metric users too; the
-  "Speed" entity has it, converted.
+* ``<base>/<VIN>/location`` (retained): ``{"latitude", "longitude", "heading"}``, the
+  device tracker's attributes. No speed: Home Assistant does not convert attributes,
+  so a speed here would be in mph for metric users too; the "Speed" entity has it,
+  converted. No ``gps_accuracy``: no source reports one (Fleet Telemetry's Location,
+  TeslaMate's location and the Fleet API's drive state are bare coordinates), and
+  Home Assistant takes a missing one as 0 m, as it would a made-up one.
 * ``<base>/<VIN>/alerts`` (retained): ``{"alerts": [...]}``, attributes of "Active alerts".
+* ``<base>/<VIN>/destination`` (retained): ``{"latitude", "longitude"}`` of the active
+  route's destination (``{}`` without one), attributes of "Destination" (a map card
+  shows it); published once a source has reported on the car's route.
 * ``<discovery prefix>/device/<node>_<VIN>/config`` (retained): device-based discovery,
   one message per vehicle with all its entities.
 
@@ -79,6 +84,9 @@ class Topics:
     def alerts(self, vin: str) -> str:
         return f"{self.base}/{vin}/alerts"
 
+    def destination(self, vin: str) -> str:
+        return f"{self.base}/{vin}/destination"
+
     @property
     def all_states(self) -> str:
         return f"{self.base}/+/state"
@@ -136,13 +144,19 @@ def location_document(state: VehicleState) -> dict[str, Any] | None:
     return {
         "latitude": location[0],
         "longitude": location[1],
-        "gps_accuracy": 0,
         "heading": state.value("heading_deg"),
     }
 
 
 def alerts_document(state: VehicleState) -> dict[str, Any]:
     return {"alerts": _json_value(state.value("active_alerts") or ())}
+
+
+def destination_document(state: VehicleState) -> dict[str, Any]:
+    destination = state.value("destination_location")
+    if destination is None:
+        return {}
+    return {"latitude": destination[0], "longitude": destination[1]}
 
 
 class SnapshotError(ValueError):
@@ -217,6 +231,8 @@ def _component(entity: EntitySpec, topics: Topics, vin: str) -> dict[str, Any]:
         config["pl_on"], config["pl_off"] = on, off
     if entity.attributes == "alerts":
         config["json_attr_t"] = topics.alerts(vin)
+    elif entity.attributes == "destination":
+        config["json_attr_t"] = topics.destination(vin)
     for key, value in (
         ("dev_cla", entity.device_class),
         ("stat_cla", entity.state_class),
@@ -266,12 +282,14 @@ def discovery_document(
     *,
     announce_all: bool = True,
     configuration_url: str | None = None,
+    support_url: str | None = None,
     model: str | None = None,
     controls: bool = False,
 ) -> dict[str, Any]:
     """Device-based discovery for one vehicle (Home Assistant 2024.11 or later).
 
-    ``model`` names the model when the car's own data does not (TeslaMate's cars table).
+    ``model`` names the model when the car's own data does not (TeslaMate's cars table);
+    ``support_url`` goes into the origin.
     """
     device: dict[str, Any] = {
         "ids": [f"{topics.node}_{vin}"],
@@ -301,10 +319,10 @@ def discovery_document(
             "cmd_t": command_topic(topics.base, vin, "charging"),
             "ic": "mdi:ev-station",
         }
-    return device_document(device, components, availability=topics.status)
+    return device_document(device, components, availability=topics.status, support_url=support_url)
 
 
-def hub_discovery_document(topics: Topics) -> dict[str, Any]:
+def hub_discovery_document(topics: Topics, *, support_url: str | None = None) -> dict[str, Any]:
     """The vehicles hub itself as a device: its notifications as an event entity."""
     device = {
         "ids": [f"{topics.node}_vehicles"],
@@ -314,5 +332,8 @@ def hub_discovery_document(topics: Topics) -> dict[str, Any]:
     }
     component = event_component(f"{topics.node}_vehicles_notifications", topics.notifications)
     return device_document(
-        device, {"vehicles_notifications": component}, availability=topics.status
+        device,
+        {"vehicles_notifications": component},
+        availability=topics.status,
+        support_url=support_url,
     )

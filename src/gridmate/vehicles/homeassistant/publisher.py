@@ -22,6 +22,7 @@ from gridmate.vehicles.catalogue import is_extra
 from gridmate.vehicles.homeassistant.discovery import (
     Topics,
     alerts_document,
+    destination_document,
     discovery_document,
     encode,
     entities_of,
@@ -40,7 +41,8 @@ class Parts(IntFlag):
     LOCATION = 2
     ALERTS = 4
     DISCOVERY = 8
-    ALL = 15
+    DESTINATION = 16
+    ALL = 31
 
 
 _LOCATION_KEYS = frozenset({"location", "heading_deg", "speed_mph"})
@@ -72,6 +74,7 @@ class Publisher:
         touch_interval: float = 60.0,
         announce_all: bool = False,
         configuration_url: str | None = None,
+        support_url: str | None = None,
         notifications: bool = False,
         model_of: Callable[[str], str | None] | None = None,
         controls: bool = False,
@@ -82,6 +85,7 @@ class Publisher:
         self.touch_interval = touch_interval
         self.announce_all = announce_all
         self.configuration_url = configuration_url
+        self.support_url = support_url
         self.notifications = notifications
         self.controls = controls
         """Announce each car's Charging control switch (a command path is configured)."""
@@ -128,6 +132,8 @@ class Publisher:
                     parts |= Parts.LOCATION
                 elif key == "active_alerts":
                     parts |= Parts.ALERTS
+                elif key == "destination_location":
+                    parts |= Parts.DESTINATION
                 elif key in _DISCOVERY_KEYS or is_extra(key):
                     parts |= Parts.DISCOVERY
             seen = self._seen.get(vin)
@@ -183,18 +189,25 @@ class Publisher:
             batch.parts[vin] = parts
             topics = self.topics
             # Attributes before the state document: a reader that sees the new state
-            # has the matching location and alerts too.
+            # has the matching location, alerts and destination too.
             if parts & Parts.LOCATION:
                 location = location_document(state)
                 if location is not None:
                     batch.messages.append(Message(topics.location(vin), encode(location)))
             if parts & Parts.ALERTS:
                 batch.messages.append(Message(topics.alerts(vin), encode(alerts_document(state))))
+            if parts & Parts.DESTINATION and "destination_location" in state.fields:
+                document = destination_document(state)
+                batch.messages.append(Message(topics.destination(vin), encode(document)))
             batch.messages.append(Message(topics.state(vin), encode(state_document(state))))
             self._published_at[vin] = now
         if self.notifications and not self._hub_announced:
             discovery.insert(
-                0, Message(self.topics.hub_discovery, encode(hub_discovery_document(self.topics)))
+                0,
+                Message(
+                    self.topics.hub_discovery,
+                    encode(hub_discovery_document(self.topics, support_url=self.support_url)),
+                ),
             )
             self._hub_announced = True
             batch.hub = True
@@ -225,6 +238,7 @@ class Publisher:
             self.names,
             announce_all=self.announce_all,
             configuration_url=self.configuration_url,
+            support_url=self.support_url,
             model=self.model_of(vin),
             controls=self.controls,
         )

@@ -127,6 +127,75 @@ _CAR_TYPES = {
 }
 
 
+Put = Callable[[str, Any], None]
+
+_UPDATE_PENDING = frozenset(
+    {"available", "downloading", "downloading_wifi_wait", "scheduled", "installing"}
+)
+"""``software_update.status`` values that mean an update is there (TeslaMate's rule)."""
+
+
+def _windows(vehicle: Mapping[str, Any], put: Put) -> None:
+    # fd/fp/rd/rp_window: 0 closed, more is (partly) open.
+    known = []
+    for code, name in (
+        ("fd_window", "driver_front"),
+        ("rd_window", "driver_rear"),
+        ("fp_window", "passenger_front"),
+        ("rp_window", "passenger_rear"),
+    ):
+        position = _num(vehicle.get(code))
+        if position is not None:
+            put(f"window_{name}_open", position > 0)
+            known.append(position > 0)
+    if len(known) == 4:
+        put("windows_open", any(known))
+
+
+def _software_update(update: Any, put: Put) -> None:
+    if not isinstance(update, Mapping) or not isinstance(update.get("status"), str):
+        return
+    pending = update["status"] in _UPDATE_PENDING
+    put("update_available", pending)
+    version = update.get("version")
+    version = version.strip().split(" ", 1)[0] if isinstance(version, str) else ""
+    put("update_version", version[:MAX_STATE_LENGTH] or None)
+    for source_key, key in (
+        ("download_perc", "update_download_percent"),
+        ("install_perc", "update_install_percent"),
+    ):
+        if source_key in update:
+            put(key, _num(update[source_key]))
+
+
+def _route(drive: Mapping[str, Any], put: Put) -> None:
+    # Without a route the car leaves the active_route_* keys out (TeslaMate's "nil").
+    destination = _label(drive.get("active_route_destination"))
+    put("destination_name", destination)
+    routed = destination is not None
+    for source_key, key in (
+        ("active_route_minutes_to_arrival", "minutes_to_arrival"),
+        ("active_route_miles_to_arrival", "miles_to_arrival"),
+        ("active_route_energy_at_arrival", "energy_at_arrival"),
+        ("active_route_traffic_minutes_delay", "traffic_delay_minutes"),
+    ):
+        put(key, _num(drive.get(source_key)) if routed else None)
+    latitude = _num(drive.get("active_route_latitude"))
+    longitude = _num(drive.get("active_route_longitude"))
+    if routed and latitude is not None and longitude is not None:
+        put("destination_location", (float(latitude), float(longitude)))
+    else:
+        put("destination_location", None)
+
+
+def _timestamp(value: Any) -> str | None:
+    """Unix seconds (the Fleet API's times) as ISO 8601 in UTC."""
+    seconds = _num(value)
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
 def map_vehicle_data(
     data: Mapping[str, Any], received: float
 ) -> tuple[float, list[tuple[str, Any]]]:
@@ -180,9 +249,19 @@ def map_vehicle_data(
             put("charging_cable_type", _label(charge.get("conn_charge_cable")))
         if "charge_port_door_open" in charge:
             put("charge_port_door_open", _bool(charge["charge_port_door_open"]))
+        if "charge_energy_added" in charge:
+            put("charge_energy_added_kwh", _num(charge["charge_energy_added"]))
+        if "scheduled_charging_start_time" in charge:
+            put("scheduled_charging_start", _timestamp(charge["scheduled_charging_start_time"]))
     if climate:
         put("inside_temp_c", _num(climate.get("inside_temp")))
         put("outside_temp_c", _num(climate.get("outside_temp")))
+        for source_key, key in (
+            ("is_climate_on", "climate_on"),
+            ("is_preconditioning", "preconditioning"),
+        ):
+            if source_key in climate:
+                put(key, _bool(climate[source_key]))
     if drive:
         latitude, longitude = _num(drive.get("latitude")), _num(drive.get("longitude"))
         if latitude is not None and longitude is not None:
@@ -193,6 +272,7 @@ def map_vehicle_data(
         shift = shift.lower() if isinstance(shift, str) and shift.lower() in "prnd" else None
         put("shift_state", shift)
         put("speed_mph", _num(drive.get("speed")))
+        _route(drive, put)
     if vehicle:
         if "odometer" in vehicle:
             put("odometer_mi", _num(vehicle["odometer"]))
@@ -224,6 +304,25 @@ def map_vehicle_data(
         }
         if doors:
             put("doors", doors)
+        _windows(vehicle, put)
+        if "is_user_present" in vehicle:
+            put("user_present", _bool(vehicle["is_user_present"]))
+        for corner, tyre in (
+            ("fl", "front_left"),
+            ("fr", "front_right"),
+            ("rl", "rear_left"),
+            ("rr", "rear_right"),
+        ):
+            if f"tpms_soft_warning_{corner}" in vehicle:
+                put(f"tpms_soft_warning_{tyre}", _bool(vehicle[f"tpms_soft_warning_{corner}"]))
+        _software_update(vehicle.get("software_update"), put)
+        # Cars without a sunroof say null and "unknown": nothing to show.
+        sunroof_open = _num(vehicle.get("sun_roof_percent_open"))
+        if sunroof_open is not None:
+            put("sunroof_percent_open", sunroof_open)
+        sunroof_state = _label(vehicle.get("sun_roof_state"))
+        if sunroof_state is not None and sunroof_state.lower() != "unknown":
+            put("sunroof_state", sunroof_state)
     if config:
         car_type = config.get("car_type")
         if isinstance(car_type, str) and car_type:
@@ -231,6 +330,9 @@ def map_vehicle_data(
         trim = config.get("trim_badging")
         if isinstance(trim, str) and trim:
             put("trim", trim[:MAX_STATE_LENGTH])
+        sunroof = _num(config.get("sun_roof_installed"))
+        if sunroof is not None:
+            put("sunroof_installed", sunroof > 0)  # 0 none, else the sunroof's generation
     return observed, out
 
 

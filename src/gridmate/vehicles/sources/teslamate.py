@@ -226,6 +226,8 @@ SIMPLE: dict[str, tuple[str, Converter]] = {
     "is_user_present": ("user_present", _boolean),
     "update_available": ("update_available", _boolean),
     "update_version": ("update_version", _text),
+    "download_perc": ("update_download_percent", _number),
+    "install_perc": ("update_install_percent", _number),
     "windows_open": ("windows_open", _boolean),
     "driver_front_window_open": ("window_driver_front_open", _boolean),
     "driver_rear_window_open": ("window_driver_rear_open", _boolean),
@@ -235,6 +237,9 @@ SIMPLE: dict[str, tuple[str, Converter]] = {
     "tpms_soft_warning_fr": ("tpms_soft_warning_front_right", _boolean),
     "tpms_soft_warning_rl": ("tpms_soft_warning_rear_left", _boolean),
     "tpms_soft_warning_rr": ("tpms_soft_warning_rear_right", _boolean),
+    "sun_roof_installed": ("sunroof_installed", _boolean),
+    "sun_roof_percent_open": ("sunroof_percent_open", _number),
+    "sun_roof_state": ("sunroof_state", _text),
 }
 
 DOOR_KEYS: dict[str, str] = {
@@ -261,10 +266,16 @@ STATE_ACTIVITY: dict[str, Activity] = {
 _ONLINE_STATES = {"online": True, "driving": True, "charging": True, "updating": True}
 _ONLINE_STATES |= {"suspended": True, "asleep": False, "offline": False}
 
+_ROUTE_KEYS = frozenset(
+    {"active_route_destination", "active_route_latitude", "active_route_longitude"}
+)
+"""TeslaMate's deprecated one-value route topics (``active_route`` has it all)."""
+
 HANDLED_KEYS = frozenset(
     set(SIMPLE)
     | set(DOOR_KEYS)
     | {"state", "since", "healthy", "location", "latitude", "longitude", "active_route"}
+    | _ROUTE_KEYS
     | {"speed"}
 )
 
@@ -289,13 +300,40 @@ def _coordinate(text: str, limit: float) -> float | None:
     return None if value is None else float(value)
 
 
+_ROUTE_FIELDS = (
+    "destination_name",
+    "minutes_to_arrival",
+    "miles_to_arrival",
+    "energy_at_arrival",
+    "traffic_delay_minutes",
+    "destination_location",
+)
+
+
+def _route_number(value: Any) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _route_location(value: Any) -> tuple[float, float] | None:
+    if not isinstance(value, dict):
+        return None
+    latitude, longitude = (
+        _route_number(value.get("latitude")),
+        _route_number(value.get("longitude")),
+    )
+    if latitude is None or longitude is None:
+        return None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        raise BadPayload(f"destination out of range: {value!r:.60}")
+    return (float(latitude), float(longitude))
+
+
 def _active_route(text: str) -> list[tuple[str, Any]]:
+    """The ``active_route`` JSON (TeslaMate's units: miles, minutes, percent)."""
     if text == "":
-        return [
-            ("destination_name", None),
-            ("minutes_to_arrival", None),
-            ("miles_to_arrival", None),
-        ]
+        return [(name, None) for name in _ROUTE_FIELDS]
     try:
         document = json.loads(text)
     except ValueError:
@@ -303,17 +341,19 @@ def _active_route(text: str) -> list[tuple[str, Any]]:
     if not isinstance(document, dict):
         raise BadPayload("the route document is not an object")
     if document.get("error") or document.get("destination") is None:
-        return [
-            ("destination_name", None),
-            ("minutes_to_arrival", None),
-            ("miles_to_arrival", None),
-        ]
-    minutes, miles = document.get("minutes_to_arrival"), document.get("miles_to_arrival")
+        return [(name, None) for name in _ROUTE_FIELDS]
     return [
         ("destination_name", str(document["destination"])[:MAX_STATE_LENGTH]),
-        ("minutes_to_arrival", minutes if isinstance(minutes, int | float) else None),
-        ("miles_to_arrival", miles if isinstance(miles, int | float) else None),
+        ("minutes_to_arrival", _route_number(document.get("minutes_to_arrival"))),
+        ("miles_to_arrival", _route_number(document.get("miles_to_arrival"))),
+        ("energy_at_arrival", _route_number(document.get("energy_at_arrival"))),
+        ("traffic_delay_minutes", _route_number(document.get("traffic_minutes_delay"))),
+        ("destination_location", _route_location(document.get("location"))),
     ]
+
+
+_NIL = "nil"
+"""What TeslaMate's deprecated ``active_route_*`` topics say without a route."""
 
 
 # ---------------------------------------------------------------- per car
@@ -333,6 +373,9 @@ class TeslaMateCarView:
     location_topic_seen: bool = False
     latitude: float | None = None
     longitude: float | None = None
+    route_topic_seen: bool = False
+    route_latitude: float | None = None
+    route_longitude: float | None = None
     doors: dict[str, bool] = field(default_factory=dict)
     values: dict[str, tuple[Any, float]] = field(default_factory=dict)
     """Canonical field -> (value, when received): replayed when TeslaMate is trusted again."""
@@ -353,6 +396,9 @@ def interpret(view: TeslaMateCarView, key: str, text: str) -> list[Update]:
 
     Raises :class:`BadPayload` for a payload that does not fit its key.
     """
+    if key == "sun_roof_state" and text.strip().lower() == "unknown":
+        # What Tesla says of a car without a sunroof: nothing to show.
+        return []
     mapped = SIMPLE.get(key)
     if mapped is not None:
         name, convert = mapped
@@ -405,8 +451,32 @@ def interpret(view: TeslaMateCarView, key: str, text: str) -> list[Update]:
             view.doors[door] = is_open
         return [("doors", dict(view.doors))]
     if key == "active_route":
+        view.route_topic_seen = True
         return _active_route(text)
+    if key in _ROUTE_KEYS:
+        return _split_route(view, key, text)
     return []
+
+
+def _split_route(view: TeslaMateCarView, key: str, text: str) -> list[Update]:
+    """TeslaMate's deprecated one-value route topics.
+
+    TeslaMate publishes them beside ``active_route`` (both since 1.29), which carries
+    more (distance, time, energy, traffic delay); they are read until an
+    ``active_route`` arrives, then ignored.
+    """
+    value = None if text in ("", _NIL) else text
+    if view.route_topic_seen:
+        return []
+    if key == "active_route_destination":
+        return [("destination_name", _text(value or ""))]
+    if key == "active_route_latitude":
+        view.route_latitude = None if value is None else _coordinate(value, 90)
+    else:
+        view.route_longitude = None if value is None else _coordinate(value, 180)
+    if view.route_latitude is None or view.route_longitude is None:
+        return [("destination_location", None)]
+    return [("destination_location", (view.route_latitude, view.route_longitude))]
 
 
 # ---------------------------------------------------------------- the source

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from gridmate.vehicles.catalogue import MAX_STATE_LENGTH, valid_extra_key
-from gridmate.vehicles.state import INVALID, Applied, Outcome, StateStore
+from gridmate.vehicles.catalogue import MAX_STATE_LENGTH, TYRES, WINDOW_NAMES, valid_extra_key
+from gridmate.vehicles.state import INVALID, Applied, Outcome, StateStore, VehicleState
 from gridmate.vehicles.telemetry.records import (
     AlertsRecord,
     ConnectivityRecord,
@@ -134,6 +134,65 @@ def _version(value: Any) -> Any:
     return text.split(" ", 1)[0] if isinstance(text, str) else text
 
 
+_WINDOW_OPEN = {"Closed": False, "PartiallyOpen": True, "Opened": True}
+
+
+def _window(value: Any) -> Any:
+    """A WindowState: open when partly or fully open, as TeslaMate's ``*_window_open``."""
+    if not isinstance(value, str):
+        return INVALID
+    return _WINDOW_OPEN.get(value.removeprefix("WindowState"), INVALID)
+
+
+def _tyre_warnings(value: Any) -> tuple[Any, ...]:
+    """TpmsSoftWarnings: the tyres with a soft warning, one flag per tyre."""
+    if isinstance(value, TireLocation):
+        return tuple(getattr(value, tyre) for tyre in TYRES)
+    if value is False or (isinstance(value, str) and value.strip().lower() == "false"):
+        return (False,) * len(TYRES)  # a bare "no warning" names no tyre, so none has one
+    return (INVALID,) * len(TYRES)
+
+
+_SUNROOF_INSTALLED = {"NotInstalled": False, "Gen1Installed": True, "Gen2Installed": True}
+
+
+def _sunroof_installed(value: Any) -> Any:
+    if not isinstance(value, str):
+        return INVALID
+    return _SUNROOF_INSTALLED.get(value.removeprefix("SunroofInstalledState"), INVALID)
+
+
+# HvacPower says what the climate system runs for. Cabin overheat protection is not
+# counted as "climate on": it is a function of its own that runs with the climate off.
+_HVAC_POWER = {
+    "Off": (False, False),
+    "On": (True, False),
+    "Precondition": (True, True),
+    "OverheatProtect": (False, False),
+}
+
+
+def _hvac_power(value: Any) -> tuple[Any, ...]:
+    """HvacPower to (climate on, preconditioning)."""
+    if not isinstance(value, str):
+        return (INVALID, INVALID)
+    return _HVAC_POWER.get(value.removeprefix("HvacPowerState"), (INVALID, INVALID))
+
+
+def _update_version(value: Any) -> tuple[Any, ...]:
+    """SoftwareUpdateVersion to (update version, update available).
+
+    The car sends the version of the update it has (downloading, scheduled or ready to
+    install), and a blank string when there is none.
+    """
+    if not isinstance(value, str):
+        return (INVALID, INVALID)
+    version = value.strip().split(" ", 1)[0]
+    if not version:
+        return (None, False)
+    return (version[:MAX_STATE_LENGTH], True)
+
+
 # Upstream Field name -> (canonical field, converter).
 MAPPING: dict[str, tuple[str, Converter]] = {
     "VehicleName": ("vehicle_name", _text),
@@ -188,7 +247,32 @@ MAPPING: dict[str, tuple[str, Converter]] = {
     "DestinationName": ("destination_name", _text),
     "MinutesToArrival": ("minutes_to_arrival", _number),
     "MilesToArrival": ("miles_to_arrival", _number),
+    "ExpectedEnergyPercentAtTripArrival": ("energy_at_arrival", _number),
+    "RouteTrafficMinutesDelay": ("traffic_delay_minutes", _number),
+    "DestinationLocation": ("destination_location", _location),
+    "FdWindow": ("window_driver_front_open", _window),
+    "RdWindow": ("window_driver_rear_open", _window),
+    "FpWindow": ("window_passenger_front_open", _window),
+    "RpWindow": ("window_passenger_rear_open", _window),
+    "SoftwareUpdateDownloadPercentComplete": ("update_download_percent", _number),
+    "SoftwareUpdateInstallationPercentComplete": ("update_install_percent", _number),
+    "SunroofInstalled": ("sunroof_installed", _sunroof_installed),
 }
+
+SplitConverter = Callable[[Any], tuple[Any, ...]]
+"""Turns one datum value into the values of several fields (INVALID where unknown)."""
+
+# Upstream Field name -> (canonical fields, converter): signals that fill several fields.
+SPLIT: dict[str, tuple[tuple[str, ...], SplitConverter]] = {
+    "TpmsSoftWarnings": (tuple(f"tpms_soft_warning_{tyre}" for tyre in TYRES), _tyre_warnings),
+    "HvacPower": (("climate_on", "preconditioning"), _hvac_power),
+    "SoftwareUpdateVersion": (("update_version", "update_available"), _update_version),
+}
+
+_WINDOW_FIELDS = tuple(f"window_{name}_open" for name in WINDOW_NAMES)
+_WINDOW_SIGNALS = frozenset(
+    signal for signal, (key, _convert) in MAPPING.items() if key in _WINDOW_FIELDS
+)
 
 IGNORED_SIGNALS = frozenset(
     {"Unknown", "Deprecated_1", "Deprecated_2", "Deprecated_3"}
@@ -198,11 +282,20 @@ IGNORED_SIGNALS = frozenset(
 _extra_keys: dict[str, str | None] = {}
 
 
+def _extra_name(signal: str) -> str:
+    return EXTRA_PREFIX + _snake(signal)
+
+
+MAPPED_EXTRA_KEYS = frozenset(_extra_name(signal) for signal in (*MAPPING, *SPLIT))
+"""Extra fields of signals that now feed catalogue fields: a state document written
+before the mapping still names them, and restoring them would keep a dead entity."""
+
+
 def extra_key(signal: str) -> str | None:
     """The extra field a signal unknown to the catalogue is kept under, or None."""
     key = _extra_keys.get(signal, "")
     if key == "":
-        key = EXTRA_PREFIX + _snake(signal)
+        key = _extra_name(signal)
         key = key if valid_extra_key(key) and signal not in IGNORED_SIGNALS else None
         _extra_keys[signal] = key
     return key
@@ -221,6 +314,16 @@ def _extra_value(value: Any) -> Any:
     elif isinstance(value, TimeOfDay):
         return str(value)
     return json.dumps(value, separators=(",", ":"), default=str)[:MAX_STATE_LENGTH]
+
+
+def _any_window_open(state: VehicleState) -> bool | None:
+    """Open if any window is, closed if all four are known closed, else unknown."""
+    known = [state.value(key) for key in _WINDOW_FIELDS]
+    if any(value is True for value in known):
+        return True
+    if all(value is False for value in known):
+        return False
+    return None
 
 
 def bound_to_receipt(record: Record, received_at: datetime, max_skew: timedelta) -> Record:
@@ -286,24 +389,41 @@ class FleetTelemetrySource:
         resend = record.is_resend
         update = self.store.update
         applied = Applied(vin, [])
-        changed = applied.changed
-        for datum in record.datums:
-            mapped = MAPPING.get(datum.field)
-            if mapped is None:
-                key = extra_key(datum.field)
-                if key is None:
-                    continue
-                value = INVALID if datum.invalid else _extra_value(datum.value)
-            else:
-                key, convert = mapped
-                value = INVALID if datum.value is None else convert(datum.value)
+        windows = False
+
+        def put(key: str, value: Any) -> None:
             outcome = update(vin, key, value, at, SOURCE, resend=resend)
             if outcome is Outcome.CHANGED:
-                changed.append(key)
+                applied.changed.append(key)
             elif outcome is Outcome.TOUCHED:
                 applied.touched = True
             elif value is not INVALID:
                 applied.stale += 1
+
+        for datum in record.datums:
+            mapped = MAPPING.get(datum.field)
+            if mapped is not None:
+                key, convert = mapped
+                put(key, INVALID if datum.value is None else convert(datum.value))
+                windows = windows or datum.field in _WINDOW_SIGNALS
+                continue
+            split = SPLIT.get(datum.field)
+            if split is not None:
+                keys, convert_split = split
+                values = (
+                    (INVALID,) * len(keys) if datum.value is None else convert_split(datum.value)
+                )
+                for key, value in zip(keys, values, strict=True):
+                    put(key, value)
+                continue
+            extra = extra_key(datum.field)
+            if extra is not None:
+                put(extra, INVALID if datum.invalid else _extra_value(datum.value))
+        if windows:
+            # TeslaMate sends "any window open" itself; the car sends each window.
+            any_open = _any_window_open(self.store.vehicle(vin))
+            if any_open is not None:
+                put("windows_open", any_open)
         self._proof_of_life(vin, at, applied)
         return applied
 
