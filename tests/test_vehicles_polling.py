@@ -71,6 +71,25 @@ def test_vehicle_data_maps_to_the_catalogue():
     assert values["charging_cable_type"] == "SAE"
 
 
+def test_the_bounds_car_controls_need_are_mapped_from_vehicle_data():
+    data = {
+        "charge_state": {
+            "charge_limit_soc": 80,
+            "charge_limit_soc_min": 50,
+            "charge_limit_soc_max": 100,
+            "charge_current_request": 16,
+            "charge_current_request_max": 32,
+        },
+        "climate_state": {"is_climate_on": True, "inside_temp": 21.5, "outside_temp": 12.0},
+    }
+    _observed, fields = map_vehicle_data(data, received=1_800_000_010.0)
+    values = dict(fields)
+    assert values["charge_limit_soc_min"] == 50 and values["charge_limit_soc_max"] == 100
+    assert values["charge_current_request_a"] == 16
+    assert values["charge_current_request_max_a"] == 32
+    assert values["climate_on"] is True
+
+
 class Rig:
     def __init__(self, cloud, clock: StepClock, budget: int | None = 200) -> None:
         self.cloud = cloud

@@ -103,6 +103,13 @@ def test_records_map_to_fields_in_the_cars_units(source, store, typed, as_json):
     assert state.value("online") is True
 
 
+def test_the_charge_current_maximum_comes_from_fleet_telemetry(source, store):
+    source.apply(v({"ChargeCurrentRequestMax": 48, "ChargeCurrentRequest": 32}, T0))
+    state = store.get(VIN)
+    assert state.value("charge_current_request_max_a") == 48
+    assert state.value("charge_current_request_a") == 32
+
+
 def test_resend_with_older_values_never_overwrites(source, store):
     source.apply(v({"BatteryLevel": 70.0, "Odometer": 100.0}, T0 + timedelta(minutes=5)))
     # The car resends what it had not had acknowledged, from before.

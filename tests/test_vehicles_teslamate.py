@@ -426,6 +426,7 @@ def test_teslamate_topics_that_were_ignored_are_mapped():
     ):
         assert updates(key, "true") == {field: True}
     assert updates("update_version", "2026.20.1") == {"update_version": "2026.20.1"}
+    assert updates("charge_current_request_max", "32") == {"charge_current_request_max_a": 32}
 
 
 def test_metric_values_survive_home_assistants_conversion_back():

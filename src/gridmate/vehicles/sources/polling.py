@@ -157,10 +157,13 @@ def map_vehicle_data(
             ("battery_level", "battery_level"),
             ("usable_battery_level", "usable_battery_level"),
             ("charge_limit_soc", "charge_limit_soc"),
+            ("charge_limit_soc_min", "charge_limit_soc_min"),
+            ("charge_limit_soc_max", "charge_limit_soc_max"),
             ("charger_actual_current", "charger_current_a"),
             ("charger_voltage", "charger_voltage_v"),
             ("charger_phases", "charger_phases"),
             ("charge_current_request", "charge_current_request_a"),
+            ("charge_current_request_max", "charge_current_request_max_a"),
             ("time_to_full_charge", "time_to_full_charge_h"),
             ("battery_range", "rated_range_mi"),
             ("est_battery_range", "est_range_mi"),
@@ -183,6 +186,8 @@ def map_vehicle_data(
     if climate:
         put("inside_temp_c", _num(climate.get("inside_temp")))
         put("outside_temp_c", _num(climate.get("outside_temp")))
+        if "is_climate_on" in climate:
+            put("climate_on", _bool(climate["is_climate_on"]))
     if drive:
         latitude, longitude = _num(drive.get("latitude")), _num(drive.get("longitude"))
         if latitude is not None and longitude is not None:
