@@ -180,6 +180,21 @@ async def test_an_online_car_is_read_and_a_charging_one_more_often():
         await rig.api.aclose()
 
 
+async def test_a_rebuilt_state_gets_the_last_poll_back_without_asking_tesla():
+    car = SimulatedVehicle(vin=VIN, state="online", battery_level=47, sleep_after=None)
+    clock = StepClock(START)
+    async with tesla_cloud_simulator(vehicles=[car], clock=clock) as cloud:
+        rig = Rig(cloud, clock, budget=None)
+        await rig.rounds(1, 60)
+        reads = len(cloud.calls_to("vehicle_data"))
+        # The hub restores its state from the broker (which may predate the poll).
+        rig.store.clear()
+        rig.manager.restored()
+        assert rig.store.get(VIN).value("battery_level") == 47
+        assert len(cloud.calls_to("vehicle_data")) == reads
+        await rig.api.aclose()
+
+
 async def test_the_daily_budget_is_spread_and_never_exceeded():
     car = SimulatedVehicle(vin=VIN, state="online", charging_state="Charging")
     clock = StepClock(START.replace(hour=22))

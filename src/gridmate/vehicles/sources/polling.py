@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -258,6 +258,8 @@ class _Car:
     due: float = 0.0
     activity: Activity = Activity.UNKNOWN
     name: str | None = None
+    last_data: list[tuple[str, Any, float]] = field(default_factory=list)
+    """The fields of the last poll that returned data, as offered."""
 
 
 class PollingSource:
@@ -410,7 +412,8 @@ class PollingSource:
         if facts.link_problem:
             facts.link_problem = None
             self._on_facts_changed([vin])
-        self._offer(SOURCE, vin, [(key, value, observed) for key, value in fields])
+        car.last_data = [(key, value, observed) for key, value in fields]
+        self._offer(SOURCE, vin, car.last_data)
         self._note(vin, car, facts, data_activity(fields), now)
 
     def _note(
@@ -475,6 +478,13 @@ class PollingSource:
         for vin in vins:
             self._facts(vin).link_problem = problem
         self._on_facts_changed(vins)
+
+    def replay(self, vin: str) -> None:
+        """Offer the car's last polled data again (the hub rebuilt its state from the
+        broker, which may predate that poll), without asking Tesla again."""
+        car = self.cars.get(vin)
+        if car is not None and car.last_data:
+            self._offer(SOURCE, vin, car.last_data)
 
     def poll_soon(self, vin: str) -> None:
         """The car was just handed to polling: read it at the next round."""
