@@ -179,12 +179,12 @@ class CommandProxySimulator:
         if fault is not None:
             # command.go's missingParamError/invalidParamError: nominal errors, so
             # writeJSONError puts the text where the car's reason goes.
-            body = {
+            refusal = {
                 "response": {"result": False, "reason": fault},
                 "error": "",
                 "error_description": "",
             }
-            return self._log(request, web.json_response(body, status=400), "refused")
+            return self._log(request, web.json_response(refusal, status=400), "refused")
         # command.go reads the number as a float64 and sends int32(value) to the car.
         key = COMMAND_PARAMETERS.get(command)
         signed = {key: int(parameters[key])} if key else {}
