@@ -415,6 +415,13 @@ class FleetApi:
         ]
         return uses
 
+    def vehicle_requests_left(self, vin: str) -> int | None:
+        """Requests the car's daily budget still allows today; None without a budget."""
+        if self.daily_vehicle_budget is None:
+            return None
+        used = self._vehicle_counter.used(vin, self._today())
+        return max(0, self.daily_vehicle_budget - used)
+
     def restore_budget_use(self, use: BudgetUse) -> None:
         """Seed today's count after a restart (e.g. from the energy journal)."""
         if use.day != self._today():

@@ -487,7 +487,8 @@ class PollingSource:
             self._offer(SOURCE, vin, car.last_data)
 
     def poll_soon(self, vin: str) -> None:
-        """The car was just handed to polling: read it at the next round."""
+        """Read the car at the next round, if polling serves it (it was just handed to
+        polling, or a command from Home Assistant changed it)."""
         self.cars.setdefault(vin, _Car()).due = 0.0
 
     def health(self) -> str | None:
