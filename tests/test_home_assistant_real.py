@@ -53,6 +53,7 @@ pytestmark = [
 ]
 
 PEAK_CONTROL = "switch.gridmate_energy_peak_control"
+CHARGE_LIMIT = "number.blue_charge_limit_control"
 SKIP_PIP_WARNING = "Skipping pip installation of required modules"
 """The one warning allowed: the tier's own --skip-pip, which keeps Home Assistant off PyPI."""
 
@@ -95,6 +96,16 @@ automation:
       - action: switch.turn_off
         target:
           entity_id: {PEAK_CONTROL}
+  - alias: set the car's charge limit
+    triggers:
+      - trigger: mqtt
+        topic: gridmate-test/charge-limit
+    actions:
+      - action: number.set_value
+        target:
+          entity_id: {CHARGE_LIMIT}
+        data:
+          value: 85
   - alias: publish gridmate states
     triggers:
       - trigger: mqtt
@@ -300,10 +311,17 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
     private_mqtt_broker,
 ):
     """TeslaMate's kilometres and km/h, stored in miles, come back in a metric Home
-    Assistant as TeslaMate's numbers; the car's controls are accepted; no warnings."""
+    Assistant as TeslaMate's numbers; the car's controls (switches and numbers with
+    their ranges) are accepted and show the car's values; no warnings."""
     from gridmate.homeassistant.link import Message
     from gridmate.sim.fleet_telemetry import sample_vin
     from gridmate.vehicles.catalogue import invalid_policies
+    from gridmate.vehicles.homeassistant.controls import CHARGE_LIMIT as CHARGE_LIMIT_CONTROL
+    from gridmate.vehicles.homeassistant.controls import (
+        VehicleControls,
+        command_topic,
+        enabled_controls,
+    )
     from gridmate.vehicles.homeassistant.discovery import Topics
     from gridmate.vehicles.homeassistant.publisher import Publisher
     from gridmate.vehicles.sources.teslamate import TeslaMateCarView, interpret
@@ -317,12 +335,15 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
     for key, payload in (
         ("state", "driving"), ("shift_state", "D"), ("speed", "88"), ("odometer", "20117.04"),
         ("battery_level", "80"), ("charging_state", "Stopped"), ("geofence", "Home"),
-        ("inside_temp", "21.5"),
+        ("inside_temp", "21.5"), ("charge_limit_soc", "90"), ("charge_current_request", "16"),
+        ("charge_current_request_max", "32"), ("is_climate_on", "false"),
     ):  # fmt: skip
         for field, value in interpret(view, key, payload):
             store.update(vin, field, value, now, "teslamate")
     topics = Topics()
-    publisher = Publisher(store, topics, {vin: "Blue"}, now=lambda: now, controls=True)
+    publisher = Publisher(
+        store, topics, {vin: "Blue"}, now=lambda: now, controls=enabled_controls(climate=True)
+    )
     publisher.mark_vehicles([vin])
     messages: list[Message] = publisher.take().messages
     async with aiomqtt.Client(broker.host, broker.port) as tester:
@@ -331,7 +352,9 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
             await tester.publish(message.topic, message.payload, qos=1, retain=message.retain)
         await tester.subscribe("homeassistant/status", qos=1)
         await tester.subscribe("gridmate-test/states", qos=1)
+        await tester.subscribe(command_topic(topics.base, vin, "charge_limit"), qos=1)
         states: asyncio.Queue[dict] = asyncio.Queue()
+        commands: asyncio.Queue[bytes] = asyncio.Queue()
         born = asyncio.Event()
 
         async def listen() -> None:
@@ -341,6 +364,9 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
                 elif message.topic.matches("gridmate-test/states"):
                     assert isinstance(message.payload, bytes)
                     states.put_nowait(json.loads(message.payload))
+                elif message.topic.matches(command_topic(topics.base, vin, "charge_limit")):
+                    assert isinstance(message.payload, bytes)
+                    commands.put_nowait(message.payload)
 
         listener = asyncio.create_task(listen())
         try:
@@ -364,6 +390,15 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
                 assert float(seen["sensor.blue_speed"]) == 88.0
                 assert seen["sensor.blue_geofence"] == "Home"
                 assert seen["switch.blue_charging_control"] == "off"
+                assert seen["number.blue_charge_limit_control"] == "90"
+                assert seen["number.blue_charging_current_control"] == "16"
+                assert seen["switch.blue_climate_control"] == "off"
+                # What Home Assistant sends when the slider is set is what gridmate takes.
+                await tester.publish("gridmate-test/charge-limit", b"", qos=1)
+                payload = await asyncio.wait_for(commands.get(), 60)
+                state = store.get(vin)
+                assert state is not None
+                assert VehicleControls.validate(CHARGE_LIMIT_CONTROL, state, payload) == 85.0
                 assert "sensor.blue_tyre_pressure_front_left" not in seen  # never delivered
                 process.send_signal(signal.SIGTERM)
                 assert await asyncio.wait_for(process.wait(), 120) == 0
