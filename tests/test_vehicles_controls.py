@@ -29,6 +29,7 @@ from gridmate.vehicles.catalogue import invalid_policies
 from gridmate.vehicles.homeassistant.controls import (
     CHARGING_CONTROLS,
     COMMAND_ERROR_FIELD,
+    CONTROLS,
     VehicleControls,
     command_filter,
     command_topic,
@@ -95,11 +96,15 @@ class Rig:
         return None if state is None else state.value(COMMAND_ERROR_FIELD)
 
     def send(self, key: str, payload: bytes) -> None:
+        """A command as Home Assistant sends it (carried out in the background)."""
         self.controls.handle(command_topic("gm", VIN, key), payload)
 
-    async def settled(self) -> None:
-        while self.controls._tasks:
-            await asyncio.gather(*self.controls._tasks)
+    async def command(self, key: str, payload: bytes) -> bool:
+        """A command as Home Assistant sends it, validated and carried out."""
+        state = self.store.get(VIN)
+        assert state is not None
+        value = VehicleControls.validate(CONTROLS[key], state, payload)
+        return await self.controls.command(VIN, key, value)
 
 
 def plugged_car(**overrides: Any) -> SimulatedVehicle:
@@ -128,16 +133,15 @@ async def test_each_control_acts_on_the_car_through_the_command_proxy():
     async with cloud_with(car) as (cloud, proxy, clock):
         rig = Rig(cloud, proxy, clock)
         rig.knows(charge_current_request_max_a=32)
-        rig.send("charge_limit", b"90")
-        rig.send("charging_amps", b"16")
-        rig.send("climate", b"ON")
-        rig.send("charging", b"ON")
-        await rig.settled()
+        for key, payload in (
+            ("charge_limit", b"90"), ("charging_amps", b"16"), ("climate", b"ON"),
+            ("charging", b"ON"),
+        ):  # fmt: skip
+            assert await rig.command(key, payload)
         assert (car.charge_limit_soc, car.charge_amps, car.climate_on) == (90, 16, True)
         assert car.charging_state == "Charging"
-        rig.send("charging", b"OFF")
-        rig.send("climate", b"OFF")
-        await rig.settled()
+        assert await rig.command("charging", b"OFF")
+        assert await rig.command("climate", b"OFF")
         await rig.fleet.aclose()
     assert car.charging_state == "Stopped" and car.climate_on is False
     assert [(c[1], p) for c, p in zip(car.commands, car.command_parameters, strict=True)] == [
@@ -193,7 +197,7 @@ async def test_a_value_out_of_range_is_refused_before_anything_is_sent(key, payl
         # entity snaps back to the value in effect.
         rig.send(key, payload)
         assert rig.changed == [[COMMAND_ERROR_FIELD]] * 2
-        await rig.settled()
+        await rig.controls.close()
         await rig.fleet.aclose()
     assert cloud.calls == [] and car.commands == []
 
@@ -204,7 +208,7 @@ async def test_charging_current_is_refused_while_the_car_has_not_reported_its_ma
         rig = Rig(cloud, proxy, clock)
         rig.knows()
         rig.send("charging_amps", b"16")
-        await rig.settled()
+        await rig.controls.close()
         await rig.fleet.aclose()
     assert "has not reported its maximum charging current" in (rig.error() or "")
     assert cloud.calls == []
@@ -216,7 +220,7 @@ async def test_climate_is_refused_unless_enabled():
         rig = Rig(cloud, proxy, clock, enabled=CHARGING_CONTROLS)
         rig.knows()
         rig.send("climate", b"ON")
-        await rig.settled()
+        await rig.controls.close()
         await rig.fleet.aclose()
     assert rig.error() == "Climate control is not enabled (controls.climate is off)"
     assert cloud.calls == [] and car.climate_on is False
@@ -240,10 +244,11 @@ async def test_a_car_allowed_to_wake_is_woken_once_for_two_commands():
     async with cloud_with(car) as (cloud, proxy, clock):
         rig = Rig(cloud, proxy, clock, wake_vins=[VIN])
         rig.knows(online=False, charge_current_request_max_a=32)
-        rig.send("charge_limit", b"90")
-        rig.send("charging_amps", b"20")
-        await rig.settled()
+        # Two commands at once: the second waits for the first one's wake.
+        done = await asyncio.gather(rig.command("charge_limit", b"90"),
+                                    rig.command("charging_amps", b"20"))  # fmt: skip
         await rig.fleet.aclose()
+    assert done == [True, True]
     assert car.wakes == 1
     assert (car.charge_limit_soc, car.charge_amps) == (90, 20)
     assert rig.error() is None
