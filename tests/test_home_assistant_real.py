@@ -55,6 +55,7 @@ pytestmark = [
 ]
 
 PEAK_CONTROL = "switch.gridmate_energy_peak_control"
+CHARGE_LIMIT = "number.blue_charge_limit_control"
 SKIP_PIP_WARNING = "Skipping pip installation of required modules"
 """The one warning allowed: the tier's own --skip-pip, which keeps Home Assistant off PyPI."""
 
@@ -97,6 +98,16 @@ automation:
       - action: switch.turn_off
         target:
           entity_id: {PEAK_CONTROL}
+  - alias: set the car's charge limit
+    triggers:
+      - trigger: mqtt
+        topic: gridmate-test/charge-limit
+    actions:
+      - action: number.set_value
+        target:
+          entity_id: {CHARGE_LIMIT}
+        data:
+          value: 85
   - alias: publish gridmate states
     triggers:
       - trigger: mqtt
@@ -216,23 +227,27 @@ class HomeAssistantWatch:
     tester: aiomqtt.Client
     born: asyncio.Event = field(default_factory=asyncio.Event)
     dumps: asyncio.Queue[dict] = field(default_factory=asyncio.Queue)
+    received: dict[str, asyncio.Queue[bytes]] = field(default_factory=dict)
+    """Payloads of the further topics watched (``also``), per topic."""
     listener: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, tester: aiomqtt.Client) -> HomeAssistantWatch:
-        watch = cls(tester)
-        await tester.subscribe("homeassistant/status", qos=1)
-        await tester.subscribe("gridmate-test/states", qos=1)
+    async def start(cls, tester: aiomqtt.Client, also: tuple[str, ...] = ()) -> HomeAssistantWatch:
+        watch = cls(tester, received={topic: asyncio.Queue() for topic in also})
+        for topic in ("homeassistant/status", "gridmate-test/states", *also):
+            await tester.subscribe(topic, qos=1)
         watch.listener = asyncio.create_task(watch._listen())
         return watch
 
     async def _listen(self) -> None:
         async for message in self.tester.messages:
+            assert isinstance(message.payload, bytes)
             if message.topic.matches("homeassistant/status") and message.payload == b"online":
                 self.born.set()
             elif message.topic.matches("gridmate-test/states"):
-                assert isinstance(message.payload, bytes)
                 self.dumps.put_nowait(json.loads(message.payload))
+            elif message.topic.value in self.received:
+                self.received[message.topic.value].put_nowait(message.payload)
 
     async def states(self, condition: Callable[[dict], bool]) -> dict:
         """Ask Home Assistant for gridmate's entities until ``condition`` holds."""
@@ -324,11 +339,18 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
     private_mqtt_broker,
 ):
     """TeslaMate's kilometres and km/h, stored in miles, come back in a metric Home
-    Assistant as TeslaMate's numbers; the car's controls, the sunroof, software update
-    and route entities and a support URL are accepted; no warnings."""
+    Assistant as TeslaMate's numbers; the car's controls (switches and numbers with
+    their ranges), the sunroof, software update and route entities and a support URL are
+    accepted and show the car's values; no warnings."""
     from gridmate.homeassistant.link import Message
     from gridmate.sim.fleet_telemetry import sample_vin
     from gridmate.vehicles.catalogue import invalid_policies
+    from gridmate.vehicles.homeassistant.controls import CHARGE_LIMIT as CHARGE_LIMIT_CONTROL
+    from gridmate.vehicles.homeassistant.controls import (
+        VehicleControls,
+        command_topic,
+        enabled_controls,
+    )
     from gridmate.vehicles.homeassistant.discovery import Topics
     from gridmate.vehicles.homeassistant.publisher import Publisher
     from gridmate.vehicles.sources.teslamate import TeslaMateCarView, interpret
@@ -344,7 +366,8 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
         ("battery_level", "80"), ("charging_state", "Stopped"), ("geofence", "Home"),
         ("inside_temp", "21.5"), ("sun_roof_percent_open", "80"), ("sun_roof_state", "vent"),
         ("sun_roof_installed", "true"), ("download_perc", "37"), ("install_perc", "0"),
-        ("windows_open", "true"),
+        ("windows_open", "true"), ("charge_limit_soc", "90"), ("charge_current_request", "16"),
+        ("charge_current_request_max", "32"), ("is_climate_on", "false"),
         ("active_route", '{"destination":"Work","energy_at_arrival":71,"miles_to_arrival":6.4,'
          '"minutes_to_arrival":23.5,"traffic_minutes_delay":4.0,'
          '"location":{"latitude":33.45,"longitude":-112.07},"error":null}'),
@@ -357,7 +380,7 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
         topics,
         {vin: "Blue"},
         now=lambda: now,
-        controls=True,
+        controls=enabled_controls(climate=True),
         support_url="https://git.example/gridmate/issues",
     )
     publisher.mark_vehicles([vin])
@@ -366,7 +389,8 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
         await tester.publish(topics.status, b"online", qos=1, retain=True)
         for message in messages:
             await tester.publish(message.topic, message.payload, qos=1, retain=message.retain)
-        watch = await HomeAssistantWatch.start(tester)
+        charge_limit_commands = command_topic(topics.base, vin, "charge_limit")
+        watch = await HomeAssistantWatch.start(tester, also=(charge_limit_commands,))
         try:
             async with home_assistant(broker.port, prefix="blue", units="metric") as (
                 config,
@@ -381,6 +405,15 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
                 assert float(seen["sensor.blue_speed"]) == 88.0
                 assert seen["sensor.blue_geofence"] == "Home"
                 assert seen["switch.blue_charging_control"] == "off"
+                assert seen["number.blue_charge_limit_control"] == "90"
+                assert seen["number.blue_charging_current_control"] == "16"
+                assert seen["switch.blue_climate_control"] == "off"
+                # What Home Assistant sends when the slider is set is what gridmate takes.
+                await tester.publish("gridmate-test/charge-limit", b"", qos=1)
+                payload = await asyncio.wait_for(watch.received[charge_limit_commands].get(), 60)
+                state = store.get(vin)
+                assert state is not None
+                assert VehicleControls.validate(CHARGE_LIMIT_CONTROL, state, payload) == 85.0
                 assert "sensor.blue_tyre_pressure_front_left" not in seen  # never delivered
                 assert seen["sensor.blue_sunroof"] == "80"
                 assert seen["sensor.blue_sunroof_state"] == "vent"

@@ -34,6 +34,7 @@ from gridmate.tesla.fleet_api import (
     ApiUnreachable,
     FleetApi,
     Forbidden,
+    RejectedValue,
     ServerError,
     VehicleUnavailable,
 )
@@ -131,6 +132,61 @@ async def test_commands_go_signed_through_the_configured_proxy(setup: Setup) -> 
     ]
     assert setup.cloud.calls_to("command") == []  # nothing unsigned reached Tesla
     assert len(setup.cloud.calls_to("signed_command", vin=MODEL_3)) == 3
+
+
+async def test_every_car_control_goes_signed_and_none_unsigned(setup: Setup) -> None:
+    car = setup.car()
+    commands = (
+        ("set_charge_limit", {"percent": 90}),
+        ("set_charging_amps", {"charging_amps": 12}),
+        ("auto_conditioning_start", None),
+    )
+    async with setup.api(command_proxy_url=None, command_proxy_ca_file=None) as unsigned:
+        for name, parameters in commands:
+            with pytest.raises(Forbidden, match="Vehicle Command Protocol required"):
+                await unsigned.vehicle_command(MODEL_3, name, parameters)
+    assert car.commands == []
+    assert (car.charge_limit_soc, car.charge_amps, car.climate_on) == (80, 32, False)
+    async with setup.api() as api:
+        for name, parameters in commands:
+            assert (await api.vehicle_command(MODEL_3, name, parameters)).achieved
+        # The car's own refusal comes back through the proxy as Tesla's answer shape.
+        refused = await api.set_charging_amps(MODEL_3, 48)
+        assert (refused.result, refused.reason) == (False, "invalid_charging_amps")
+        data = await api.vehicle_data(MODEL_3, endpoints=("charge_state", "climate_state"))
+    assert (car.charge_limit_soc, car.charge_amps, car.climate_on) == (90, 12, True)
+    assert data["charge_state"]["charge_limit_soc"] == 90
+    assert data["climate_state"]["is_climate_on"] is True
+    assert car.signed_commands == 4
+    assert [r.handling for r in setup.proxy.requests] == ["signed"] * 4
+    assert setup.cloud.calls_to("command") == []
+
+
+async def test_a_command_without_its_parameter_is_refused_by_the_proxy(setup: Setup) -> None:
+    async with setup.api() as api:
+        with pytest.raises(RejectedValue, match="missing percent param"):
+            await api.vehicle_command(MODEL_3, "set_charge_limit", {})
+        with pytest.raises(RejectedValue, match="invalid charging_amps param"):
+            await api.vehicle_command(MODEL_3, "set_charging_amps", {"charging_amps": "16"})
+    assert setup.car().commands == []
+    assert [(r.status, r.handling) for r in setup.proxy.requests] == [(400, "refused")] * 2
+
+
+async def test_climate_needs_the_vehicle_commands_scope_not_only_charging(
+    setup: Setup,
+) -> None:
+    charging_only, _ = setup.cloud.issue_tokens(("openid", "vehicle_charging_cmds"))
+    async with build_fleet_api(
+        setup.settings(),
+        StaticTokenProvider(Secret(charging_only)),
+        clock=setup.clock,
+        registry=None,
+    ) as api:
+        assert (await api.set_charge_limit(MODEL_3, 70)).achieved
+        with pytest.raises(Forbidden, match="unauthorized_missing_scopes"):
+            await api.set_climate(MODEL_3, True)
+    assert setup.car().climate_on is False
+    assert setup.car().charge_limit_soc == 70
 
 
 async def test_the_proxy_certificate_is_only_trusted_through_the_ca_file(setup: Setup) -> None:

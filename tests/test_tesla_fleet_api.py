@@ -586,6 +586,69 @@ async def test_charge_commands_change_the_charging_state(
     ]
 
 
+async def test_charge_limit_current_and_climate_commands_act_on_the_car(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock
+) -> None:
+    car = cloud.vehicles[AWAKE_VIN]
+    async with make_api(cloud, clock) as api:
+        limit = await api.set_charge_limit(AWAKE_VIN, 90)
+        assert (limit.result, limit.achieved) == (True, True)
+        same = await api.set_charge_limit(AWAKE_VIN, 90)  # Tesla: already_set, not a failure
+        assert (same.result, same.reason, same.achieved) == (False, "already_set", True)
+        car.charge_limit_soc_max = 95  # this car's own bound is narrower than Tesla's 100
+        beyond = await api.set_charge_limit(AWAKE_VIN, 100)
+        assert (beyond.result, beyond.achieved) == (False, False)
+        assert beyond.reason == "invalid_charge_limit"
+
+        amps = await api.set_charging_amps(AWAKE_VIN, 16)
+        assert amps.achieved
+        too_many = await api.set_charging_amps(AWAKE_VIN, car.charge_current_request_max + 1)
+        assert not too_many.achieved and too_many.reason == "invalid_charging_amps"
+
+        assert (await api.set_climate(AWAKE_VIN, True)).achieved
+        data = await api.vehicle_data(AWAKE_VIN, endpoints=("charge_state", "climate_state"))
+        assert data["charge_state"]["charge_limit_soc"] == 90
+        assert data["charge_state"]["charge_limit_soc_max"] == 95
+        assert data["charge_state"]["charge_current_request"] == 16
+        assert data["charge_state"]["charge_current_request_max"] == 32
+        assert data["climate_state"]["is_climate_on"] is True
+        assert (await api.set_climate(AWAKE_VIN, False)).achieved
+        assert car.climate_on is False
+
+        # Values Tesla never takes are refused before anything is sent (or billed).
+        sent = len(cloud.calls)
+        for bad in (49, 101, 80.5, True):
+            with pytest.raises(ValueError, match="charge limit"):
+                await api.set_charge_limit(AWAKE_VIN, bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="charging current"):
+            await api.set_charging_amps(AWAKE_VIN, -1)
+        assert len(cloud.calls) == sent
+    # Tesla's documented endpoints and bodies.
+    assert [(c[1], p) for c, p in zip(car.commands, car.command_parameters, strict=True)] == [
+        ("set_charge_limit", {"percent": 90}),
+        ("set_charge_limit", {"percent": 90}),
+        ("set_charge_limit", {"percent": 100}),
+        ("set_charging_amps", {"charging_amps": 16}),
+        ("set_charging_amps", {"charging_amps": 33}),
+        ("auto_conditioning_start", {}),
+        ("auto_conditioning_stop", {}),
+    ]
+    assert car.charge_limit_soc == 90 and car.charge_amps == 16
+    paths = {c.path for c in cloud.calls_to("set_charge_limit")}
+    assert paths == {f"/api/1/vehicles/{AWAKE_VIN}/command/set_charge_limit"}
+
+
+async def test_a_lower_charge_limit_ends_charging_that_reached_it(
+    cloud: TeslaCloudSimulator, clock: SimulatedClock
+) -> None:
+    car = cloud.vehicles[AWAKE_VIN]
+    car.battery_level = 70
+    async with make_api(cloud, clock) as api:
+        assert (await api.charge_start(AWAKE_VIN)).achieved
+        assert (await api.set_charge_limit(AWAKE_VIN, 60)).achieved
+    assert car.charging_state == "Complete"
+
+
 # ---------------------------------------------------------------- energy sites
 
 

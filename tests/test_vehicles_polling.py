@@ -147,6 +147,25 @@ def test_vehicle_data_sunroof_only_for_cars_that_have_one():
     assert values["sunroof_installed"] is False
 
 
+def test_the_bounds_car_controls_need_are_mapped_from_vehicle_data():
+    data = {
+        "charge_state": {
+            "charge_limit_soc": 80,
+            "charge_limit_soc_min": 50,
+            "charge_limit_soc_max": 100,
+            "charge_current_request": 16,
+            "charge_current_request_max": 32,
+        },
+        "climate_state": {"is_climate_on": True, "inside_temp": 21.5, "outside_temp": 12.0},
+    }
+    _observed, fields = map_vehicle_data(data, received=1_800_000_010.0)
+    values = dict(fields)
+    assert values["charge_limit_soc_min"] == 50 and values["charge_limit_soc_max"] == 100
+    assert values["charge_current_request_a"] == 16
+    assert values["charge_current_request_max_a"] == 32
+    assert values["climate_on"] is True
+
+
 class Rig:
     def __init__(self, cloud, clock: StepClock, budget: int | None = 200) -> None:
         self.cloud = cloud
@@ -234,6 +253,21 @@ async def test_an_online_car_is_read_and_a_charging_one_more_often():
         assert len(cloud.calls_to("vehicle_data")) == calls
         assert cloud.calls_to("wake_up") == []
         assert rig.store.get(VIN).value("online") is False
+        await rig.api.aclose()
+
+
+async def test_a_rebuilt_state_gets_the_last_poll_back_without_asking_tesla():
+    car = SimulatedVehicle(vin=VIN, state="online", battery_level=47, sleep_after=None)
+    clock = StepClock(START)
+    async with tesla_cloud_simulator(vehicles=[car], clock=clock) as cloud:
+        rig = Rig(cloud, clock, budget=None)
+        await rig.rounds(1, 60)
+        reads = len(cloud.calls_to("vehicle_data"))
+        # The hub restores its state from the broker (which may predate the poll).
+        rig.store.clear()
+        rig.manager.restored()
+        assert rig.store.get(VIN).value("battery_level") == 47
+        assert len(cloud.calls_to("vehicle_data")) == reads
         await rig.api.aclose()
 
 

@@ -209,6 +209,13 @@ def test_one_window_unknown_leaves_any_window_open_unknown_until_one_is_open(sou
     assert store.get(VIN).value("windows_open") is True
 
 
+def test_the_charge_current_maximum_comes_from_fleet_telemetry(source, store):
+    source.apply(v({"ChargeCurrentRequestMax": 48, "ChargeCurrentRequest": 32}, T0))
+    state = store.get(VIN)
+    assert state.value("charge_current_request_max_a") == 48
+    assert state.value("charge_current_request_a") == 32
+
+
 def test_resend_with_older_values_never_overwrites(source, store):
     source.apply(v({"BatteryLevel": 70.0, "Odometer": 100.0}, T0 + timedelta(minutes=5)))
     # The car resends what it had not had acknowledged, from before.

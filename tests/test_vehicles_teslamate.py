@@ -461,6 +461,7 @@ def test_teslamate_topics_that_were_ignored_are_mapped():
     assert updates("update_version", "2026.20.1") == {"update_version": "2026.20.1"}
     assert updates("download_perc", "100") == {"update_download_percent": 100}
     assert updates("install_perc", "42") == {"update_install_percent": 42}
+    assert updates("charge_current_request_max", "32") == {"charge_current_request_max_a": 32}
 
 
 def test_sunroof_topics_are_mapped_and_an_unknown_state_shows_nothing():

@@ -14,7 +14,10 @@ gridmate meets it:
 * ``POST /api/1/vehicles/{VIN}/command/{name}``: the VIN must have 17
   characters (404 "expected 17-character VIN in path (do not user Fleet API
   ID)", typo included), other methods get 405, a body that is not JSON gets a
-  400 whose body is plain text, an unknown command 400 ``invalid_command``.
+  400 whose body is plain text, an unknown command 400 ``invalid_command``, a
+  missing or non-numeric parameter (``percent`` of ``set_charge_limit``,
+  ``charging_amps`` of ``set_charging_amps``) a 400 with ``{"response":
+  {"result": false, "reason": "missing percent param"}, "error": ""}``.
   Known commands are signed with the proxy's key and sent to Tesla's
   ``signed_command`` endpoint; the answer is ``{"response": {"result": true,
   "reason": ""}}``, a refusal by the car (``is_charging``...) is a 200 with
@@ -53,14 +56,20 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gridmate.sim.tesla_cloud import TeslaCloudSimulator
+from gridmate.sim.tesla_cloud import (
+    COMMAND_PARAMETERS,
+    VEHICLE_COMMANDS,
+    TeslaCloudSimulator,
+    command_parameter_fault,
+)
 from gridmate.sim.tls import self_signed_certificate
 
 __all__ = ["CommandProxySimulator", "command_proxy_simulator"]
 
 VIN_LENGTH = 17
-SIGNED_COMMANDS = frozenset({"charge_start", "charge_stop"})
-"""Commands this stand-in signs; the real proxy knows many more."""
+SIGNED_COMMANDS = frozenset(VEHICLE_COMMANDS)
+"""Commands this stand-in signs (those the simulated cars carry out); the real
+proxy knows many more."""
 _KEY_NOT_PAIRED = "vehicle rejected request: your public key has not been paired with the vehicle"
 _NOT_AWAKE = "vehicle unavailable: vehicle is offline or asleep"
 _STATUS_TEXT = {
@@ -151,9 +160,10 @@ class CommandProxySimulator:
         if request.method != "POST":
             return self._error(request, 405, None, "refused")
         raw = await request.read()
+        parameters: object = {}
         if raw:
             try:
-                json.loads(raw)
+                parameters = json.loads(raw)
             except ValueError:
                 # proxy.go answers an HTTPError with its bare message as the body.
                 response = web.Response(
@@ -163,7 +173,22 @@ class CommandProxySimulator:
         if command not in SIGNED_COMMANDS:
             invalid = {"response": None, "error": "invalid_command", "error_description": ""}
             return self._log(request, web.json_response(invalid, status=400), "refused")
-        upstream = await self._send_signed(request, vin, command)
+        if not isinstance(parameters, dict):
+            parameters = {}
+        fault = command_parameter_fault(command, parameters)
+        if fault is not None:
+            # command.go's missingParamError/invalidParamError: nominal errors, so
+            # writeJSONError puts the text where the car's reason goes.
+            refusal = {
+                "response": {"result": False, "reason": fault},
+                "error": "",
+                "error_description": "",
+            }
+            return self._log(request, web.json_response(refusal, status=400), "refused")
+        # command.go reads the number as a float64 and sends int32(value) to the car.
+        key = COMMAND_PARAMETERS.get(command)
+        signed = {key: int(parameters[key])} if key else {}
+        upstream = await self._send_signed(request, vin, command, signed)
         if upstream.status_code == 422:
             # ErrProtocolNotSupported: remembered, and the REST command is sent instead.
             self._unsupported.add(vin)
@@ -197,12 +222,15 @@ class CommandProxySimulator:
             }
         return self._log(request, web.json_response(body), "signed")
 
-    async def _send_signed(self, request: web.Request, vin: str, command: str) -> httpx.Response:
+    async def _send_signed(
+        self, request: web.Request, vin: str, command: str, parameters: dict[str, int]
+    ) -> httpx.Response:
         self._counters[vin] = self._counters.get(vin, 0) + 1
         payload = json.dumps(
             {
                 "vin": vin,
                 "command": command,
+                "parameters": parameters,
                 "counter": self._counters[vin],
             }
         ).encode()

@@ -25,6 +25,15 @@ against behaviour rather than against our own assumptions:
   the car accepts them only when signed by a key enrolled on it
   (``virtual_keys``) with a counter it has not seen; a car that does not need
   the protocol answers ``signed_command`` with 422, as Tesla's servers do;
+* the vehicle commands gridmate sends act on the car: ``charge_start``/
+  ``charge_stop``, ``set_charge_limit`` (``{"percent": N}``, within the car's
+  ``charge_limit_soc_min``..``_max``; the same limit again is refused with
+  ``already_set``), ``set_charging_amps`` (``{"charging_amps": N}``, 1 up to the
+  car's ``charge_current_request_max``) and ``auto_conditioning_start``/``_stop``
+  (``climate_state.is_climate_on``). A value the car does not take is a
+  ``{"result": false, "reason": ...}`` answer (the reasons other than Tesla's
+  ``is_charging``, ``not_charging`` and ``already_set`` are this simulator's
+  wording); a missing or non-numeric parameter is a 400;
 * Powerwall reserve writes follow firmware 25.18.4: 0-80 or exactly 100,
   anything else is a 400;
 * rate limits (429 with ``RateLimit-*`` and ``Retry-After``) and 5xx failures
@@ -61,7 +70,9 @@ from gridmate.sim.http import serve_on_loopback
 
 __all__ = [
     "ALL_SCOPES",
+    "COMMAND_PARAMETERS",
     "PROTOCOL_REQUIRED",
+    "VEHICLE_COMMANDS",
     "ApiCall",
     "OAuthEvent",
     "RateLimitRule",
@@ -69,6 +80,7 @@ __all__ = [
     "SimulatedVehicle",
     "SiteWrite",
     "TeslaCloudSimulator",
+    "command_parameter_fault",
     "tesla_cloud_simulator",
 ]
 
@@ -147,10 +159,18 @@ class SimulatedVehicle:
     """``online``, ``asleep`` or ``offline``."""
     battery_level: int = 55
     charge_limit_soc: int = 80
+    charge_limit_soc_min: int = 50
+    charge_limit_soc_max: int = 100
     charging_state: str = "Stopped"
     """``Charging``, ``Stopped``, ``Complete`` or ``Disconnected``."""
     charge_amps: int = 32
+    """The charging current asked for (``charge_current_request``)."""
+    charge_current_request_max: int = 32
+    """The most the car and its charger allow; ``set_charging_amps`` above it is refused."""
     charger_voltage: int = 240
+    climate_on: bool = False
+    inside_temp_c: float = 24.5
+    outside_temp_c: float = 19.0
     latitude: float = 37.4925
     longitude: float = -121.9447
     odometer_miles: float = 12345.6
@@ -159,6 +179,8 @@ class SimulatedVehicle:
     speed_mph: int | None = None
     commands: list[tuple[datetime, str, bool, str]] = field(default_factory=list)
     """(time, command, result, reason) of every command that reached the car."""
+    command_parameters: list[dict[str, Any]] = field(default_factory=list)
+    """The parameters of each command in :attr:`commands`, in the same order."""
     wakes: int = 0
     command_signing_required: bool = True
     """Model 3/Y and S/X from 2021 on: REST commands answer 403 (pre-2021 S/X: False)."""
@@ -677,17 +699,22 @@ class TeslaCloudSimulator:
         if isinstance(car, web.Response):
             return car
         name = request.match_info["command"]
-        if name not in ("charge_start", "charge_stop"):
+        if name not in VEHICLE_COMMANDS:
             return _fleet_error(400, "invalid_command", f"{name} is not simulated")
-        result, reason = self._execute(car, name)
+        body = await _json_body(request)
+        parameters = body if isinstance(body, dict) else {}
+        missing = command_parameter_fault(name, parameters)
+        if missing is not None:
+            return _fleet_error(400, "invalid_field", missing)
+        result, reason = self._execute(car, name, parameters)
         return _ok({"result": result, "reason": reason})
 
-    def _execute(self, car: SimulatedVehicle, name: str) -> tuple[bool, str]:
-        if name == "charge_start":
-            result, reason = self._charge_start(car)
-        else:
-            result, reason = self._charge_stop(car)
+    def _execute(
+        self, car: SimulatedVehicle, name: str, parameters: dict[str, Any]
+    ) -> tuple[bool, str]:
+        result, reason = VEHICLE_COMMANDS[name](car, parameters)
         car.commands.append((self.clock.now(), name, result, reason))
+        car.command_parameters.append(dict(parameters))
         car.active(self.clock.now())
         return result, reason
 
@@ -713,10 +740,16 @@ class TeslaCloudSimulator:
         if fault is not None:
             return _ok(_car_answer({"fault": fault}))
         name = str(message.get("command"))
-        if name not in ("charge_start", "charge_stop"):
+        if name not in VEHICLE_COMMANDS:
             return _ok(_car_answer({"result": False, "reason": f"{name} is not simulated"}))
+        needed = _SCOPES_NEEDED.get(name)
+        grant = self._grant(request)
+        if needed and grant is not None and not set(needed) & set(grant.scopes):
+            return _fleet_error(403, "unauthorized_missing_scopes", f"needs {' or '.join(needed)}")
+        parameters = message.get("parameters")
+        parameters = parameters if isinstance(parameters, dict) else {}
         car.signed_commands += 1
-        result, reason = self._execute(car, name)
+        result, reason = self._execute(car, name, parameters)
         return _ok(_car_answer({"result": result, "reason": reason}))
 
     def _check_signature(
@@ -742,25 +775,6 @@ class TeslaCloudSimulator:
             return "ERROR_INVALID_TOKEN_OR_COUNTER"
         car._counters[public_key] = counter
         return None
-
-    @staticmethod
-    def _charge_start(car: SimulatedVehicle) -> tuple[bool, str]:
-        if not car.plugged_in:
-            return False, "disconnected"
-        if car.charging_state == "Charging":
-            return False, "is_charging"
-        if car.battery_level >= car.charge_limit_soc:
-            car.charging_state = "Complete"
-            return False, "complete"
-        car.charging_state = "Charging"
-        return True, ""
-
-    @staticmethod
-    def _charge_stop(car: SimulatedVehicle) -> tuple[bool, str]:
-        if car.charging_state != "Charging":
-            return False, "not_charging"
-        car.charging_state = "Stopped"
-        return True, ""
 
     async def _products(self, request: web.Request) -> web.Response:
         products: list[dict[str, Any]] = [_listing(car) for car in self.vehicles.values()]
@@ -908,12 +922,18 @@ PROTOCOL_REQUIRED = (
 )
 """The 403 ``error`` for an unsigned command to a car that needs signing, verbatim."""
 
+_CHARGING_SCOPES = ("vehicle_cmds", "vehicle_charging_cmds")
 _SCOPES_NEEDED: dict[str, tuple[str, ...]] = {
     "vehicle_data": ("vehicle_device_data",),
     "wake_up": ("vehicle_cmds",),
-    "charge_start": ("vehicle_cmds", "vehicle_charging_cmds"),
-    "charge_stop": ("vehicle_cmds", "vehicle_charging_cmds"),
-    "signed_command": ("vehicle_cmds", "vehicle_charging_cmds"),
+    "charge_start": _CHARGING_SCOPES,
+    "charge_stop": _CHARGING_SCOPES,
+    "set_charge_limit": _CHARGING_SCOPES,
+    "set_charging_amps": _CHARGING_SCOPES,
+    # Climate is not a charging command: vehicle_charging_cmds alone does not cover it.
+    "auto_conditioning_start": ("vehicle_cmds",),
+    "auto_conditioning_stop": ("vehicle_cmds",),
+    "signed_command": _CHARGING_SCOPES,
     "site_info": ("energy_device_data",),
     "live_status": ("energy_device_data",),
     "backup": ("energy_cmds",),
@@ -921,11 +941,96 @@ _SCOPES_NEEDED: dict[str, tuple[str, ...]] = {
 }
 
 
+# ---------------------------------------------------------------- the car's commands
+
+
+def _charge_start(car: SimulatedVehicle, _parameters: dict[str, Any]) -> tuple[bool, str]:
+    if not car.plugged_in:
+        return False, "disconnected"
+    if car.charging_state == "Charging":
+        return False, "is_charging"
+    if car.battery_level >= car.charge_limit_soc:
+        car.charging_state = "Complete"
+        return False, "complete"
+    car.charging_state = "Charging"
+    return True, ""
+
+
+def _charge_stop(car: SimulatedVehicle, _parameters: dict[str, Any]) -> tuple[bool, str]:
+    if car.charging_state != "Charging":
+        return False, "not_charging"
+    car.charging_state = "Stopped"
+    return True, ""
+
+
+def _set_charge_limit(car: SimulatedVehicle, parameters: dict[str, Any]) -> tuple[bool, str]:
+    percent = int(parameters["percent"])
+    if not car.charge_limit_soc_min <= percent <= car.charge_limit_soc_max:
+        return False, "invalid_charge_limit"
+    if percent == car.charge_limit_soc:
+        return False, "already_set"
+    car.charge_limit_soc = percent
+    if car.charging_state == "Charging" and car.battery_level >= percent:
+        car.charging_state = "Complete"  # the new limit is reached: charging ends
+    return True, ""
+
+
+def _set_charging_amps(car: SimulatedVehicle, parameters: dict[str, Any]) -> tuple[bool, str]:
+    amps = int(parameters["charging_amps"])
+    if not 1 <= amps <= car.charge_current_request_max:
+        return False, "invalid_charging_amps"
+    car.charge_amps = amps
+    return True, ""
+
+
+def _climate(on: bool) -> Callable[[SimulatedVehicle, dict[str, Any]], tuple[bool, str]]:
+    def command(car: SimulatedVehicle, _parameters: dict[str, Any]) -> tuple[bool, str]:
+        car.climate_on = on
+        return True, ""
+
+    return command
+
+
+VEHICLE_COMMANDS: dict[str, Callable[[SimulatedVehicle, dict[str, Any]], tuple[bool, str]]] = {
+    "charge_start": _charge_start,
+    "charge_stop": _charge_stop,
+    "set_charge_limit": _set_charge_limit,
+    "set_charging_amps": _set_charging_amps,
+    "auto_conditioning_start": _climate(True),
+    "auto_conditioning_stop": _climate(False),
+}
+"""The commands the simulated cars carry out: (car, parameters) -> (result, reason)."""
+
+COMMAND_PARAMETERS: dict[str, str] = {
+    "set_charge_limit": "percent",
+    "set_charging_amps": "charging_amps",
+}
+"""The number each command needs in its body."""
+
+
+def command_parameter_fault(name: str, parameters: dict[str, Any]) -> str | None:
+    """Why a command's parameters are unusable (missing or not a number), or None."""
+    key = COMMAND_PARAMETERS.get(name)
+    if key is None:
+        return None
+    if key not in parameters:
+        return f"missing {key} param"
+    value = parameters[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"invalid {key} param"
+    return None
+
+
+# ---------------------------------------------------------------- the car's data
+
+
 def _charge_state(car: SimulatedVehicle) -> dict[str, Any]:
     return {
         "battery_level": car.battery_level,
         "usable_battery_level": car.battery_level,
         "charge_limit_soc": car.charge_limit_soc,
+        "charge_limit_soc_min": car.charge_limit_soc_min,
+        "charge_limit_soc_max": car.charge_limit_soc_max,
         "charging_state": car.charging_state,
         "charge_port_door_open": car.plugged_in,
         "conn_charge_cable": "SAE" if car.plugged_in else "<invalid>",
@@ -933,7 +1038,17 @@ def _charge_state(car: SimulatedVehicle) -> dict[str, Any]:
         "charger_actual_current": car.charge_amps if car.charging_state == "Charging" else 0,
         "charger_voltage": car.charger_voltage if car.plugged_in else 0,
         "charge_amps": car.charge_amps,
+        "charge_current_request": car.charge_amps,
+        "charge_current_request_max": car.charge_current_request_max,
         "battery_range": round(car.battery_level * 3.1, 2),
+    }
+
+
+def _climate_state(car: SimulatedVehicle) -> dict[str, Any]:
+    return {
+        "is_climate_on": car.climate_on,
+        "inside_temp": car.inside_temp_c,
+        "outside_temp": car.outside_temp_c,
     }
 
 
@@ -954,6 +1069,7 @@ def _vehicle_state(car: SimulatedVehicle) -> dict[str, Any]:
 
 _CAR_SECTIONS: dict[str, Callable[[SimulatedVehicle], dict[str, Any]]] = {
     "charge_state": _charge_state,
+    "climate_state": _climate_state,
     "drive_state": _drive_state,
     "location_data": _drive_state,
     "vehicle_state": _vehicle_state,

@@ -1,4 +1,4 @@
-"""Client for Tesla's Fleet API: vehicles, charging commands and Powerwall sites.
+"""Client for Tesla's Fleet API: vehicles, vehicle commands and Powerwall sites.
 
 Three rules shape this client:
 
@@ -6,8 +6,9 @@ Three rules shape this client:
   :meth:`FleetApi.vehicles`, which does not wake it;
   :meth:`FleetApi.vehicle_data` on a sleeping car answers 408
   (:class:`VehicleUnavailable`) and leaves it asleep. :meth:`FleetApi.wake_up`
-  exists for one purpose: resuming charging that gridmate itself paused, on a
-  car that fell asleep meanwhile.
+  exists for commands only: resuming charging that gridmate itself paused on a
+  car that fell asleep meanwhile, and a command from Home Assistant to a car
+  the user allowed gridmate to wake.
 * **Every request below status 500 is billed** (Tesla's billing page), so calls
   are counted by pricing category and capped by daily budgets before they are
   sent: per vehicle per day, per energy site writes per day, and at most one
@@ -52,6 +53,8 @@ from gridmate.tesla.tokens import TokenProvider, TokenUnavailable
 
 __all__ = [
     "ACCEPTED_RESERVE_RULE",
+    "ALREADY_DONE",
+    "CHARGE_LIMIT_RANGE",
     "DEFAULT_DISCOVERY_URLS",
     "REGION_BASE_URLS",
     "ApiUnreachable",
@@ -96,6 +99,17 @@ Category = Literal["data", "commands", "wakes"]
 DEFAULT_VEHICLE_DATA_ENDPOINTS: tuple[str, ...] = ("charge_state", "drive_state", "vehicle_state")
 
 ACCEPTED_RESERVE_RULE = "0-80 or exactly 100 (Powerwall firmware 25.18.4 and later)"
+
+CHARGE_LIMIT_RANGE = (50, 100)
+"""What ``set_charge_limit`` accepts at most; a car reports its own bounds in
+``charge_state`` (``charge_limit_soc_min``/``_max``)."""
+
+ALREADY_DONE: dict[str, str] = {
+    "charge_start": "is_charging",
+    "charge_stop": "not_charging",
+    "set_charge_limit": "already_set",
+}
+"""A command's refusal reason that means the car already is as asked."""
 
 
 def is_accepted_backup_reserve(percent: int) -> bool:
@@ -228,9 +242,9 @@ class VehicleListing:
 class CommandResult:
     """A vehicle command's ``{"result": bool, "reason": str}``.
 
-    ``result`` false with reason ``is_charging`` (start) or ``not_charging``
-    (stop) means the car already was in the wanted state; :attr:`achieved`
-    is true then.
+    ``result`` false with the reason in :data:`ALREADY_DONE` for the command
+    (``is_charging`` for a start, ``already_set`` for a charge limit...) means the
+    car already was in the wanted state; :attr:`achieved` is true then.
     """
 
     result: bool
@@ -400,6 +414,13 @@ class FleetApi:
             if self._site_write_counter.day == today
         ]
         return uses
+
+    def vehicle_requests_left(self, vin: str) -> int | None:
+        """Requests the car's daily budget still allows today; None without a budget."""
+        if self.daily_vehicle_budget is None:
+            return None
+        used = self._vehicle_counter.used(vin, self._today())
+        return max(0, self.daily_vehicle_budget - used)
 
     def restore_budget_use(self, use: BudgetUse) -> None:
         """Seed today's count after a restart (e.g. from the energy journal)."""
@@ -780,7 +801,13 @@ class FleetApi:
             body = None
         error = body.get("error") if isinstance(body, dict) else None
         description = body.get("error_description") if isinstance(body, dict) else None
-        detail = "; ".join(str(p) for p in (error, description) if p) or response.reason_phrase
+        # tesla-http-proxy refuses a command's parameters with the reason inside
+        # "response" and an empty "error" ({"response": {"result": false, "reason":
+        # "missing percent param"}, "error": ""}).
+        inner = body.get("response") if isinstance(body, dict) else None
+        refusal = inner.get("reason") if isinstance(inner, dict) else None
+        parts = (error, description, refusal)
+        detail = "; ".join(str(p) for p in parts if p) or response.reason_phrase
         if 200 <= status < 300:
             if not isinstance(body, dict) or "response" not in body:
                 raise FleetApiError(
@@ -878,7 +905,7 @@ class FleetApi:
     async def wake_up(self, vin: str) -> str:
         """Wake a sleeping car; answers its state *before* the wake (it takes 10-60 s).
 
-        Only for resuming charging gridmate paused: reads never wake a car.
+        Only for commands (see the module docstring): reads never wake a car.
         """
         response = await self._call(
             "POST",
@@ -888,28 +915,55 @@ class FleetApi:
             vin=vin,
         )
         state = str(response.get("state", "unknown")) if isinstance(response, dict) else "unknown"
-        log.info("vehicle woken to resume charging", vin=vin, state_before=state)
+        log.info("vehicle woken for a command", vin=vin, state_before=state)
         return state
 
     async def charge_start(self, vin: str) -> CommandResult:
-        return await self._charge_command(vin, "charge_start", already="is_charging")
+        return await self.vehicle_command(vin, "charge_start")
 
     async def charge_stop(self, vin: str) -> CommandResult:
-        return await self._charge_command(vin, "charge_stop", already="not_charging")
+        return await self.vehicle_command(vin, "charge_stop")
 
-    async def _charge_command(self, vin: str, name: str, *, already: str) -> CommandResult:
+    async def set_charge_limit(self, vin: str, percent: int) -> CommandResult:
+        """The charge limit in % (Tesla accepts 50-100; the car may narrow that)."""
+        if isinstance(percent, bool) or not isinstance(percent, int):
+            raise ValueError(f"charge limit must be an integer percent, not {percent!r}")
+        if not CHARGE_LIMIT_RANGE[0] <= percent <= CHARGE_LIMIT_RANGE[1]:
+            low, high = CHARGE_LIMIT_RANGE
+            raise ValueError(f"charge limit must be {low}-{high} %, not {percent}")
+        return await self.vehicle_command(vin, "set_charge_limit", {"percent": percent})
+
+    async def set_charging_amps(self, vin: str, amps: int) -> CommandResult:
+        """The charging current in A; the car's own maximum is the caller's bound."""
+        if isinstance(amps, bool) or not isinstance(amps, int) or amps < 0:
+            raise ValueError(f"charging current must be a whole number of amps, not {amps!r}")
+        return await self.vehicle_command(vin, "set_charging_amps", {"charging_amps": amps})
+
+    async def set_climate(self, vin: str, on: bool) -> CommandResult:
+        name = "auto_conditioning_start" if on else "auto_conditioning_stop"
+        return await self.vehicle_command(vin, name)
+
+    async def vehicle_command(
+        self, vin: str, name: str, parameters: dict[str, Any] | None = None
+    ) -> CommandResult:
+        """``POST /api/1/vehicles/{vin}/command/{name}``, through the command proxy
+        when one is configured.
+
+        The car's answer is ``{"result": bool, "reason": str}``; a refusal by the car
+        is a :class:`CommandResult` with ``result`` false, not an exception.
+        """
         response = await self._call(
             "POST",
             f"/api/1/vehicles/{vin}/command/{name}",
             endpoint=name,
             category="commands",
             vin=vin,
-            json={},
+            json=parameters or {},
             command=True,
         )
         result = bool(response.get("result")) if isinstance(response, dict) else False
         reason = str(response.get("reason") or "") if isinstance(response, dict) else ""
-        outcome = CommandResult(result, reason, result or reason == already)
+        outcome = CommandResult(result, reason, result or reason == ALREADY_DONE.get(name))
         log.info("vehicle command sent", command=name, vin=vin, result=result, reason=reason)
         return outcome
 

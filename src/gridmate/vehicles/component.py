@@ -30,7 +30,8 @@ async def run(settings: VehiclesSettings, daemon: Daemon) -> None:
         settings.tesla, settings.state_directory, clock=daemon.clock, registry=daemon.registry
     )
     fleet_api = None
-    if tokens is not None and settings.polling.enable:
+    # Polling reads cars through it, the car controls send their commands through it.
+    if tokens is not None and (settings.polling.enable or settings.controls.enable):
         fleet_api = build_fleet_api(
             settings.tesla, tokens, clock=daemon.clock, registry=daemon.registry,
             state_directory=settings.state_directory / "vehicles",

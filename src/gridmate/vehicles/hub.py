@@ -31,7 +31,11 @@ from gridmate.runtime.clock import Clock
 from gridmate.runtime.logs import get_logger
 from gridmate.vehicles.arbitration import FLEET_TELEMETRY, GRIDMATE, RankedArbiter
 from gridmate.vehicles.catalogue import invalid_policies
-from gridmate.vehicles.homeassistant.controls import VehicleControls, command_filter
+from gridmate.vehicles.homeassistant.controls import (
+    VehicleControls,
+    command_filter,
+    enabled_controls,
+)
 from gridmate.vehicles.homeassistant.discovery import SnapshotError, Topics, restore_fields
 from gridmate.vehicles.homeassistant.link import MqttLink, MqttUnavailable
 from gridmate.vehicles.homeassistant.publisher import Publisher
@@ -153,6 +157,12 @@ class Hub:
             online_timeout=settings.online_timeout,
             stale_connection_after=settings.stale_connection_after,
         )
+        # Car controls need a command path (the settings refuse controls without one).
+        controls = (
+            enabled_controls(climate=settings.controls.climate)
+            if settings.controls.enable and fleet_api is not None
+            else ()
+        )
         self.publisher = Publisher(
             self.store,
             self.topics,
@@ -163,10 +173,10 @@ class Hub:
             support_url=settings.homeassistant.support_url,
             notifications=notifier is not None,
             model_of=self._model_of,
-            controls=settings.controls.enable and fleet_api is not None,
+            controls=controls,
         )
         self.controls: VehicleControls | None = None
-        if settings.controls.enable and fleet_api is not None:
+        if controls:
             self.controls = VehicleControls(
                 fleet_api,
                 self.store,
@@ -174,6 +184,8 @@ class Hub:
                 clock=clock,
                 on_change=self._controls_changed,
                 wake_vins=settings.controls.wake_vins,
+                enabled=controls,
+                after_command=self._command_done,
             )
         if notifier is not None:
             notifier.add_listener(self._notification)
@@ -606,6 +618,14 @@ class Hub:
     def _controls_changed(self, applied: Applied) -> None:
         self.publisher.mark(applied)
         self._changed.set()
+
+    def _command_done(self, vin: str) -> None:
+        # A car that polling serves shows a command's effect at its next poll, which
+        # may be many minutes away: read it at the next round instead. (Polling reads
+        # only cars handed to it; Fleet Telemetry and TeslaMate report changes anyway.)
+        sources = getattr(self, "sources", None)
+        if sources is not None and sources.polling is not None:
+            sources.polling.poll_soon(vin)
 
     def _model_of(self, vin: str) -> str | None:
         sources = getattr(self, "sources", None)

@@ -163,12 +163,19 @@ class HomeAssistantSettings(DeviceLinks):
 
 
 class VehicleControlSettings(Section):
-    """Car controls in Home Assistant (a "Charging control" switch per car)."""
+    """Car controls in Home Assistant: charging, charge limit, charging current, climate."""
 
     enable: bool = Field(
         False,
-        description="Announce the charging switch and take its commands; needs "
-        "tesla.token_source and tesla.command_proxy_url (Tesla's vehicle-command proxy).",
+        description="Announce each car's controls (charging switch, charge limit and "
+        "charging current numbers) and take their commands; needs tesla.token_source and "
+        "tesla.command_proxy_url (Tesla's vehicle-command proxy).",
+    )
+    climate: bool = Field(
+        False,
+        description="Also announce a climate switch per car (auto_conditioning_start/"
+        "stop). Off by default: it runs the car's heating or air conditioning from "
+        "Home Assistant, on the car's battery when it is not plugged in.",
     )
     wake_vins: list[str] = Field(
         default_factory=list,

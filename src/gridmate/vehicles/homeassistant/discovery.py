@@ -31,7 +31,7 @@ connectivity is the "Online" entity, not its entities' availability.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,12 @@ from gridmate.vehicles.catalogue import (
     field_spec,
     is_extra,
 )
-from gridmate.vehicles.homeassistant.controls import command_topic
+from gridmate.vehicles.homeassistant.controls import (
+    CONTROLS,
+    CarControl,
+    command_topic,
+    slider_range,
+)
 from gridmate.vehicles.state import FieldValue, VehicleState
 
 __all__ = ["OFFLINE", "ONLINE", "Topics", "encode"]
@@ -284,11 +289,12 @@ def discovery_document(
     configuration_url: str | None = None,
     support_url: str | None = None,
     model: str | None = None,
-    controls: bool = False,
+    controls: Collection[str] = (),
 ) -> dict[str, Any]:
     """Device-based discovery for one vehicle (Home Assistant 2024.11 or later).
 
     ``model`` names the model when the car's own data does not (TeslaMate's cars table);
+    ``controls`` are the car controls to announce (a command path is configured);
     ``support_url`` goes into the origin.
     """
     device: dict[str, Any] = {
@@ -307,19 +313,39 @@ def discovery_document(
         f"{vin}_{entity.key}": _component(entity, topics, vin)
         for entity in entities_of(state, announce_all=announce_all)
     }
-    if controls:
-        components[f"{vin}_charging_control"] = {
-            "p": "switch",
-            "name": "Charging control",
-            "uniq_id": f"{topics.node}_{vin}_charging_control",
-            "stat_t": topics.state(vin),
-            "val_tpl": "{{ value_json.charging }}",
-            "stat_on": "True",
-            "stat_off": "False",
-            "cmd_t": command_topic(topics.base, vin, "charging"),
-            "ic": "mdi:ev-station",
-        }
+    for key in controls:
+        component = control_component(CONTROLS[key], state, topics, vin)
+        if component is not None:
+            components[f"{vin}_{key}_control"] = component
     return device_document(device, components, availability=topics.status, support_url=support_url)
+
+
+def control_component(
+    control: CarControl, state: VehicleState, topics: Topics, vin: str
+) -> dict[str, Any] | None:
+    """A car control's entity, or None while the car lacks what it needs (the
+    maximum charging current)."""
+    config: dict[str, Any] = {
+        "p": control.platform,
+        "name": control.name,
+        "uniq_id": f"{topics.node}_{vin}_{control.key}_control",
+        "stat_t": topics.state(vin),
+        "val_tpl": f"{{{{ value_json.{control.state_key} }}}}",
+        "cmd_t": command_topic(topics.base, vin, control.key),
+        "ic": control.icon,
+    }
+    if control.platform == "switch":
+        config["stat_on"], config["stat_off"] = "True", "False"
+        return config
+    bounds = slider_range(control, state)
+    if bounds is None:
+        return None
+    config.update({"min": bounds[0], "max": bounds[1], "step": 1, "mode": "slider"})
+    if control.device_class is not None:
+        config["dev_cla"] = control.device_class
+    if control.unit is not None:
+        config["unit_of_meas"] = control.unit
+    return config
 
 
 def hub_discovery_document(topics: Topics, *, support_url: str | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ only confirms known values refreshes the state document at most every
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntFlag
 
@@ -19,6 +19,7 @@ from gridmate.homeassistant.link import Message
 from gridmate.homeassistant.notifications import MAX_PENDING, notification_payload
 from gridmate.notify import Event
 from gridmate.vehicles.catalogue import is_extra
+from gridmate.vehicles.homeassistant.controls import CONTROL_INPUTS, CONTROLS, slider_range
 from gridmate.vehicles.homeassistant.discovery import (
     Topics,
     alerts_document,
@@ -46,7 +47,12 @@ class Parts(IntFlag):
 
 
 _LOCATION_KEYS = frozenset({"location", "heading_deg", "speed_mph"})
-_DISCOVERY_KEYS = frozenset({"vehicle_name", "car_type", "trim", "software_version"})
+_DISCOVERY_KEYS = frozenset(
+    {"vehicle_name", "car_type", "trim", "software_version"}
+    # The number controls' ranges follow the car's bounds and its values now.
+    | set(CONTROL_INPUTS)
+    | {CONTROLS[key].state_key for key in CONTROLS if CONTROLS[key].platform == "number"}
+)
 
 
 @dataclass
@@ -77,7 +83,7 @@ class Publisher:
         support_url: str | None = None,
         notifications: bool = False,
         model_of: Callable[[str], str | None] | None = None,
-        controls: bool = False,
+        controls: Collection[str] = (),
     ) -> None:
         self.store = store
         self.topics = topics
@@ -87,11 +93,11 @@ class Publisher:
         self.configuration_url = configuration_url
         self.support_url = support_url
         self.notifications = notifications
-        self.controls = controls
-        """Announce each car's Charging control switch (a command path is configured)."""
+        """Announce the hub device with its Notifications event entity."""
+        self.controls = tuple(controls)
+        """The car controls to announce for each car (a command path is configured)."""
         self.model_of = model_of or (lambda _vin: None)
         """The model when the car's data does not name it (TeslaMate's cars table)."""
-        """Announce the hub device with its Notifications event entity."""
         self._hub_announced = False
         self._events: list[Message] = []
         self._seen: dict[str, frozenset[str]] = {}
@@ -226,6 +232,11 @@ class Publisher:
             self.model_of(vin),
             tuple(sorted(key for key in state.fields if is_extra(key))),
             tuple(e.key for e in entities_of(state, announce_all=self.announce_all)),
+            tuple(
+                (key, slider_range(CONTROLS[key], state))
+                for key in self.controls
+                if CONTROLS[key].platform == "number"
+            ),
         )
         self._seen[vin] = frozenset(state.fields)
         if self._discovered.get(vin) == made_of:

@@ -166,8 +166,9 @@ class SourceManager:
 
     def restored(self) -> None:
         """The hub rebuilt the state from the broker: say each car's source again and
-        offer what TeslaMate said again (it publishes changes only, so its values would
-        otherwise be missing until they change).
+        offer what TeslaMate said and the last poll returned again (TeslaMate publishes
+        changes only, and the next poll may be many minutes away, so their values would
+        otherwise be missing until then).
         """
         now = self.clock.now().timestamp()
         for vin in self.book.vins():
@@ -178,6 +179,8 @@ class SourceManager:
                     self.on_change(Applied(vin, [DATA_SOURCE_FIELD]))
             if self.teslamate is not None:
                 self.teslamate.replay(vin)
+            if self.polling is not None:
+                self.polling.replay(vin)
 
     # ------------------------------------------------------------ judging
 

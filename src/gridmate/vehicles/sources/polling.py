@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -226,10 +226,13 @@ def map_vehicle_data(
             ("battery_level", "battery_level"),
             ("usable_battery_level", "usable_battery_level"),
             ("charge_limit_soc", "charge_limit_soc"),
+            ("charge_limit_soc_min", "charge_limit_soc_min"),
+            ("charge_limit_soc_max", "charge_limit_soc_max"),
             ("charger_actual_current", "charger_current_a"),
             ("charger_voltage", "charger_voltage_v"),
             ("charger_phases", "charger_phases"),
             ("charge_current_request", "charge_current_request_a"),
+            ("charge_current_request_max", "charge_current_request_max_a"),
             ("time_to_full_charge", "time_to_full_charge_h"),
             ("battery_range", "rated_range_mi"),
             ("est_battery_range", "est_range_mi"),
@@ -355,6 +358,8 @@ class _Car:
     due: float = 0.0
     activity: Activity = Activity.UNKNOWN
     name: str | None = None
+    last_data: list[tuple[str, Any, float]] = field(default_factory=list)
+    """The fields of the last poll that returned data, as offered."""
 
 
 class PollingSource:
@@ -507,7 +512,8 @@ class PollingSource:
         if facts.link_problem:
             facts.link_problem = None
             self._on_facts_changed([vin])
-        self._offer(SOURCE, vin, [(key, value, observed) for key, value in fields])
+        car.last_data = [(key, value, observed) for key, value in fields]
+        self._offer(SOURCE, vin, car.last_data)
         self._note(vin, car, facts, data_activity(fields), now)
 
     def _note(
@@ -573,8 +579,16 @@ class PollingSource:
             self._facts(vin).link_problem = problem
         self._on_facts_changed(vins)
 
+    def replay(self, vin: str) -> None:
+        """Offer the car's last polled data again (the hub rebuilt its state from the
+        broker, which may predate that poll), without asking Tesla again."""
+        car = self.cars.get(vin)
+        if car is not None and car.last_data:
+            self._offer(SOURCE, vin, car.last_data)
+
     def poll_soon(self, vin: str) -> None:
-        """The car was just handed to polling: read it at the next round."""
+        """Read the car at the next round, if polling serves it (it was just handed to
+        polling, or a command from Home Assistant changed it)."""
         self.cars.setdefault(vin, _Car()).due = 0.0
 
     def health(self) -> str | None:

@@ -197,6 +197,7 @@ SIMPLE: dict[str, tuple[str, Converter]] = {
     "charger_voltage": ("charger_voltage_v", _number),
     "charger_phases": ("charger_phases", _number),
     "charge_current_request": ("charge_current_request_a", _number),
+    "charge_current_request_max": ("charge_current_request_max_a", _number),
     "charge_port_door_open": ("charge_port_door_open", _boolean),
     "time_to_full_charge": ("time_to_full_charge_h", _number),
     "est_battery_range_km": ("est_range_mi", _km_to_mi),

@@ -226,6 +226,7 @@ MAPPING: dict[str, tuple[str, Converter]] = {
     "ChargerVoltage": ("charger_voltage_v", _number),
     "ChargeAmps": ("charger_current_a", _number),
     "ChargeCurrentRequest": ("charge_current_request_a", _number),
+    "ChargeCurrentRequestMax": ("charge_current_request_max_a", _number),
     "ChargerPhases": ("charger_phases", _number),
     "TimeToFullCharge": ("time_to_full_charge_h", _number),
     "FastChargerPresent": ("fast_charger_present", _boolean),
