@@ -111,6 +111,18 @@ let
         ];
         what = "the password of the MQTT broker that mirrors the notification ledger (`settings.notify.mqtt`)";
       };
+      # For the components that appear in Home Assistant only by their
+      # notifications (report, backup); energy's mqttPasswordFile covers its own.
+      haDeviceMqttPassword = {
+        option = "mqttPasswordFile";
+        credential = "mqtt_password";
+        key = [
+          "ha_device"
+          "mqtt"
+          "password"
+        ];
+        what = "the password of Home Assistant's MQTT broker (`settings.ha_device.mqtt`), where the component's Notifications event entity is published";
+      };
     };
 
     /**

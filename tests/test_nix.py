@@ -2527,6 +2527,37 @@ def test_backup_restic_jobs(nix_eval: Any) -> None:
     assert "postgresql" not in services["restic-backups-gridmate-state"]["path"]
 
 
+def test_home_assistant_broker_password_reaches_the_report_and_the_backup_hooks(
+    nix_eval: Any,
+) -> None:
+    enabled = """{
+      services.gridmate.report.mqttPasswordFile = "/run/secrets/ha-mqtt";
+      services.gridmate.report.settings.ha_device.enable = true;
+      services.gridmate.backup.mqttPasswordFile = "/run/secrets/ha-mqtt";
+      services.gridmate.backup.settings.ha_device.enable = true;
+    }"""
+    body = """{
+      inherit failed; inherit (c) warnings;
+      report = c.systemd.services.gridmate-report.serviceConfig.LoadCredential;
+      restic = c.systemd.services.restic-backups-gridmate-state.serviceConfig.LoadCredential;
+      syncoid = (lib.head (lib.attrValues (lib.filterAttrs (n: _: lib.hasPrefix "syncoid-" n)
+        c.systemd.services))).serviceConfig.LoadCredential;
+      preseed = c.systemd.services.gridmate-preseed-postgresql.serviceConfig.LoadCredential;
+    }"""
+    got = _backup(nix_eval, enabled, body=body)
+    assert got["failed"] == [] and got["warnings"] == []
+    for unit in ("report", "restic", "syncoid", "preseed"):
+        assert "mqtt_password:/run/secrets/ha-mqtt" in got[unit], unit
+    # A password for a broker nothing publishes to is pointed out.
+    unused = """{
+      services.gridmate.report.mqttPasswordFile = "/run/secrets/ha-mqtt";
+      services.gridmate.backup.mqttPasswordFile = "/run/secrets/ha-mqtt";
+    }"""
+    warnings = _backup(nix_eval, unused, body="c.warnings")
+    assert len(warnings) == 2
+    assert all("settings.ha_device.enable is not" in w.replace("\n", " ") for w in warnings)
+
+
 def test_backup_hooks_land_in_restics_start_and_stop_commands(nix_eval: Any) -> None:
     """The prepare hook runs before the backup (ExecStartPre=), the cleanup hook in
     ExecStopPost=, which systemd runs after a failed backup too."""

@@ -4,7 +4,9 @@ Pure functions; nothing here does I/O. A component builds its device and its
 entities' configurations (with Home Assistant's abbreviated keys) and
 :func:`device_document` adds what every gridmate device shares: the origin, the
 availability topic (``online``/``offline``, the last will of the publishing
-connection) and QoS 1.
+connection) and QoS 1. A device published by a process that runs for seconds
+(a timer's job) has no availability topic: its entities stay available between
+runs instead of turning unavailable when the process leaves.
 """
 
 from __future__ import annotations
@@ -43,16 +45,19 @@ def origin() -> dict[str, str]:
 
 
 def device_document(
-    device: Mapping[str, Any], components: Mapping[str, Mapping[str, Any]], *, availability: str
+    device: Mapping[str, Any],
+    components: Mapping[str, Mapping[str, Any]],
+    *,
+    availability: str | None,
 ) -> dict[str, Any]:
-    """One discovery message for a device and all its entities."""
-    return {
-        "dev": dict(device),
-        "o": origin(),
-        "avty": [{"t": availability}],
-        "qos": 1,
-        "cmps": {key: dict(value) for key, value in components.items()},
-    }
+    """One discovery message for a device and all its entities (``availability`` None:
+    always available)."""
+    document: dict[str, Any] = {"dev": dict(device), "o": origin()}
+    if availability is not None:
+        document["avty"] = [{"t": availability}]
+    document["qos"] = 1
+    document["cmps"] = {key: dict(value) for key, value in components.items()}
+    return document
 
 
 def encode(document: Mapping[str, Any]) -> bytes:

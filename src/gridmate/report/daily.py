@@ -291,6 +291,12 @@ async def run_daily(
 
         chart = render_day_chart(samples_of(events), day, tz)
     notifier = Notifier(settings.notify, settings.state_directory, clock=clock, source="report")
+    home_assistant = None
+    if settings.ha_device.enable:
+        from gridmate.homeassistant.notifications import NotificationDevice
+
+        home_assistant = NotificationDevice(settings.ha_device, "report", "Daily report")
+        notifier.add_listener(home_assistant.notification)
     await notifier.start()
     try:
         key = await notifier.send(report_event(metrics, tz, chart))
@@ -300,6 +306,14 @@ async def run_daily(
         delivered = await notifier.flush(within_seconds=settings.notify.timeout_seconds * 2)
     finally:
         await notifier.close(grace_seconds=0)
+    if home_assistant is not None:
+        if await home_assistant.try_publish():
+            print("home assistant: notifications event fired", file=out)
+        else:
+            print(
+                "home assistant: the notifications event was not published (see the log)",
+                file=sys.stderr,
+            )
     if not settings.notify.enabled:
         print("email: notifications disabled (no notify.smtp_host); report only logged", file=out)
     elif not settings.notify.recipients.info:
