@@ -283,7 +283,7 @@ async def test_an_unreachable_home_assistant_broker_leaves_the_email_alone(
     out = StringIO()
     assert await run_daily(settings, "2026-07-14", clock=FixedClock(NOW), out=out) == 0
     await smtp_server.wait_for(1)
-    assert "email: report for 2026-07-14 sent" in out.getvalue()
+    assert "notifications: report for 2026-07-14 sent (email via 127.0.0.1:" in out.getvalue()
     assert "the notifications event was not published" in capsys.readouterr().err
 
 

@@ -314,17 +314,27 @@ async def run_daily(
                 "home assistant: the notifications event was not published (see the log)",
                 file=sys.stderr,
             )
+    channels = ", ".join(notifier.channels_for(Level.INFO))
     if not settings.notify.enabled:
-        print("email: notifications disabled (no notify.smtp_host); report only logged", file=out)
-    elif not settings.notify.recipients.info:
-        print("email: no notify.recipients.info configured; report only logged", file=out)
+        print(
+            "notifications: none configured (no notify.smtp_host or notify.apprise_urls_file); "
+            "report only logged",
+            file=out,
+        )
+    elif not channels:
+        print(
+            "notifications: no channel takes info messages (notify.recipients.info, "
+            "notify.apprise_levels); report only logged",
+            file=out,
+        )
     elif key is None:
-        print(f"email: the report for {day} was already sent; not sent again", file=out)
+        print(f"notifications: the report for {day} was already sent; not sent again", file=out)
     elif delivered:
-        print(f"email: report for {day} sent", file=out)
+        print(f"notifications: report for {day} sent ({channels})", file=out)
     else:
         print(
-            "email: not delivered yet; kept in the queue and retried on the next run",
+            "notifications: not delivered everywhere yet; kept in the queue and retried on "
+            "the next run",
             file=sys.stderr,
         )
         return 1
