@@ -72,6 +72,7 @@ let
     }
     gridmateLib.sharedSecrets.smtpPassword
     gridmateLib.sharedSecrets.notifyMqttPassword
+    gridmateLib.sharedSecrets.appriseUrls
     gridmateLib.sharedSecrets.haDeviceMqttPassword
   ];
 
@@ -208,9 +209,14 @@ let
   checks = gridmateLib.secretChecks component cfg secrets;
   credentials = gridmateLib.secretCredentials cfg secrets;
   # What the notices of the backup hooks need: the mail server's and the
-  # brokers' passwords.
+  # brokers' passwords, and the Apprise URLs.
   notifyCredentials = {
-    inherit (credentials) smtp_password notify_mqtt_password mqtt_password;
+    inherit (credentials)
+      smtp_password
+      notify_mqtt_password
+      mqtt_password
+      apprise_urls
+      ;
   };
 
   # The programs preseed calls: zfs, syncoid, ssh; psql, pg_dump, pg_restore; restic.

@@ -111,6 +111,15 @@ let
         ];
         what = "the password of the MQTT broker that mirrors the notification ledger (`settings.notify.mqtt`)";
       };
+      appriseUrls = {
+        option = "appriseUrlsFile";
+        credential = "apprise_urls";
+        key = [
+          "notify"
+          "apprise_urls"
+        ];
+        what = "Apprise URLs, one per line, where gridmate's notifications go beside e-mail (`settings.notify.apprise_levels` chooses the levels; the URLs hold tokens)";
+      };
       # For the components that appear in Home Assistant only by their
       # notifications (report, backup); energy's mqttPasswordFile covers its own.
       haDeviceMqttPassword = {

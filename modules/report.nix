@@ -30,6 +30,7 @@ let
   secrets = [
     gridmateLib.sharedSecrets.smtpPassword
     gridmateLib.sharedSecrets.notifyMqttPassword
+    gridmateLib.sharedSecrets.appriseUrls
     gridmateLib.sharedSecrets.haDeviceMqttPassword
   ];
 
