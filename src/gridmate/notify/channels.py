@@ -158,12 +158,13 @@ class AppriseChannel:
             )
         except TimeoutError:
             raise DeliveryFailed(
-                f"{self.label}: no answer within {self.settings.timeout_seconds * 2:g} s"
+                f"no answer within {self.settings.timeout_seconds * 2:g} s"
             ) from None
         except Exception as error:  # a plugin's own failure; its text may hold the URL
-            raise DeliveryFailed(f"{self.label}: {type(error).__name__}") from None
+            raise DeliveryFailed(f"Apprise failed: {type(error).__name__}") from None
         if not delivered:
-            raise DeliveryFailed(f"{self.label} did not take the message")
+            # Apprise says why only in its log, which may show the URL.
+            raise DeliveryFailed("the target did not take the message")
         log.info("Apprise message sent", target=self.label, subject=title, events=len(items))
 
     def _send(self, title: str, body: str, level: Level, images: Sequence[InlineImage]) -> bool:

@@ -221,7 +221,9 @@ class Notifier:
         for name, error in self._errors.items():
             waiting = sum(1 for q in self._queue.values() if name in q.pending)
             if waiting:
-                troubles.append(f"{waiting} notification(s) undelivered: {error}")
+                troubles.append(
+                    f"{waiting} notification(s) undelivered on {self._label(name)}: {error}"
+                )
         return "; ".join(troubles) or None
 
     def channels_for(self, level: Level) -> list[str]:
