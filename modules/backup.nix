@@ -72,6 +72,8 @@ let
     }
     gridmateLib.sharedSecrets.smtpPassword
     gridmateLib.sharedSecrets.notifyMqttPassword
+    gridmateLib.sharedSecrets.appriseUrls
+    gridmateLib.sharedSecrets.haDeviceMqttPassword
   ];
 
   # The gridmate components enabled on this host (each module is optional).
@@ -198,6 +200,7 @@ let
   };
 
   settings = gridmateLib.dropNulls (lib.recursiveUpdate derivedSettings cfg.settings);
+  haDeviceOn = (settings.ha_device or { }).enable or false;
   settingsFile = gridmateLib.mkSettingsFile pkgs component settings;
   configArgs = [
     "--config"
@@ -205,8 +208,15 @@ let
   ];
   checks = gridmateLib.secretChecks component cfg secrets;
   credentials = gridmateLib.secretCredentials cfg secrets;
+  # What the notices of the backup hooks need: the mail server's and the
+  # brokers' passwords, and the Apprise URLs.
   notifyCredentials = {
-    inherit (credentials) smtp_password notify_mqtt_password;
+    inherit (credentials)
+      smtp_password
+      notify_mqtt_password
+      mqtt_password
+      apprise_urls
+      ;
   };
 
   # The programs preseed calls: zfs, syncoid, ssh; psql, pg_dump, pg_restore; restic.
@@ -862,7 +872,13 @@ in
               ) targets
             )
           );
-        warnings = checks.warnings;
+        warnings =
+          checks.warnings
+          ++ lib.optional (cfg.mqttPasswordFile != null && !haDeviceOn) ''
+            ${prefix}.mqttPasswordFile is set but settings.ha_device.enable is not, so the
+            backup commands publish nothing to Home Assistant's broker and the password is
+            not used.
+          '';
 
         # Preseed, the dump and the hooks keep their locks, freshness record,
         # notifier queue and staging area here; metrics go to the textfile

@@ -59,6 +59,7 @@ let
     }
     gridmateLib.sharedSecrets.smtpPassword
     gridmateLib.sharedSecrets.notifyMqttPassword
+    gridmateLib.sharedSecrets.appriseUrls
     {
       option = "mqttPasswordFile";
       credential = "mqtt_password";

@@ -111,6 +111,27 @@ let
         ];
         what = "the password of the MQTT broker that mirrors the notification ledger (`settings.notify.mqtt`)";
       };
+      appriseUrls = {
+        option = "appriseUrlsFile";
+        credential = "apprise_urls";
+        key = [
+          "notify"
+          "apprise_urls"
+        ];
+        what = "Apprise URLs, one per line, where gridmate's notifications go beside e-mail (`settings.notify.apprise_levels` chooses the levels; the URLs hold tokens)";
+      };
+      # For the components that appear in Home Assistant only by their
+      # notifications (report, backup); energy's mqttPasswordFile covers its own.
+      haDeviceMqttPassword = {
+        option = "mqttPasswordFile";
+        credential = "mqtt_password";
+        key = [
+          "ha_device"
+          "mqtt"
+          "password"
+        ];
+        what = "the password of Home Assistant's MQTT broker (`settings.ha_device.mqtt`), where the component's Notifications event entity is published";
+      };
     };
 
     /**

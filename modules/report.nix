@@ -30,6 +30,8 @@ let
   secrets = [
     gridmateLib.sharedSecrets.smtpPassword
     gridmateLib.sharedSecrets.notifyMqttPassword
+    gridmateLib.sharedSecrets.appriseUrls
+    gridmateLib.sharedSecrets.haDeviceMqttPassword
   ];
 
   withEnergy = energy.enable;
@@ -78,7 +80,7 @@ in
         reference (docs/configuration.md) can be set here.
 
         Never put secrets here: the Nix store is world-readable. Use
-        {option}`${prefix}.smtpPasswordFile`.
+        {option}`${prefix}.smtpPasswordFile` and {option}`${prefix}.mqttPasswordFile`.
       '';
       type = lib.types.submodule {
         freeformType = format.type;
@@ -140,7 +142,12 @@ in
         '';
       }
     ];
-    inherit (checks) warnings;
+    warnings =
+      checks.warnings
+      ++ lib.optional (cfg.mqttPasswordFile != null && (at [ "ha_device" "enable" ]) != true) ''
+        ${prefix}.mqttPasswordFile is set but settings.ha_device.enable is not, so the
+        report publishes nothing to Home Assistant's broker and the password is not used.
+      '';
 
     systemd.services.gridmate-report =
       let

@@ -50,6 +50,7 @@ let
     gridmateLib.sharedSecrets.teslaRefreshToken
     gridmateLib.sharedSecrets.smtpPassword
     gridmateLib.sharedSecrets.notifyMqttPassword
+    gridmateLib.sharedSecrets.appriseUrls
   ];
 
   # An empty `kafka` table would make gridmate look for Fleet Telemetry (and

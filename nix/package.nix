@@ -55,6 +55,7 @@ let
     ps.aiomqtt
     ps.aiosmtpd
     ps.aiosmtplib
+    ps.apprise
     ps.asyncpg
     ps.cryptography
     ps.holidays

@@ -6,11 +6,14 @@ tests/test_backup_preseed.py.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import json
 import re
 import subprocess
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from backup_rig import gridmate, toml
 
@@ -21,6 +24,7 @@ from gridmate.backup.restic import classify_failure, parse_environment
 from gridmate.backup.settings import BackupSettings
 from gridmate.backup.targets import Inspection
 from gridmate.backup.tools import last_lines
+from gridmate.homeassistant.view import HomeAssistantView
 from gridmate.runtime.settings import ConfigError, load_settings
 
 # ------------------------------------------------------------------ decisions
@@ -314,3 +318,45 @@ async def test_a_failed_backup_is_mailed(tmp_path: Path, smtp_server) -> None:
     body = message.get_body(("plain",)).get_content()
     assert "'timeout'" in body
     assert "No successful backup of this job has been recorded yet" in body
+
+
+@pytest.mark.services
+async def test_backup_notices_reach_home_assistant_as_events(tmp_path: Path, mqtt_broker) -> None:
+    base = mqtt_broker.topic_prefix()
+    config = _config(
+        tmp_path,
+        ha_device={
+            "enable": True,
+            "mqtt": {"host": mqtt_broker.host, "port": mqtt_broker.port},
+            "discovery_prefix": f"{base}/ha",
+            "base_topic": base,
+        },
+    )
+    view = HomeAssistantView(
+        mqtt_broker.host, mqtt_broker.port, discovery_prefix=f"{base}/ha", base=base
+    )
+    events = f"{base}/backup/notifications"
+    async with view.running(), aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as ha:
+        await ha.subscribe(events, qos=1)
+        # A successful run announces the device, so the entity exists before a failure.
+        ok = gridmate(
+            "backup", "record", "--job", "teslamate", "--result", "success", "--config", str(config)
+        )
+        assert ok.returncode == 0, ok.stderr
+        entities = await view.wait_for(lambda e: ("gridmate backup", "Notifications") in e)
+        failed = gridmate(
+            "backup", "record", "--job", "teslamate", "--result", "failure", "--config", str(config)
+        )
+        assert failed.returncode == 0, failed.stderr
+        async with asyncio.timeout(20):
+            message = await anext(aiter(ha.messages))
+    assert str(message.topic) == events and not message.retain
+    payload = json.loads(message.payload)
+    assert payload["event_type"] == "warning" and payload["kind"] == "backup_failed"
+    assert payload["title"] == "The backup teslamate failed"
+    assert payload["key"] == "backup:teslamate"
+    entity = entities[("gridmate backup", "Notifications")]
+    assert entity.platform == "event" and entity.available
+    document = json.loads(view.retained[f"{base}/ha/device/gridmate_backup/config"])
+    assert document["dev"]["mdl"] == "Backup and restore" and "avty" not in document
+    assert view.config_messages == 1  # announced once, not again by the failed run

@@ -73,6 +73,15 @@ def _configuration(http_port: int, *, prefix: str, units: str) -> str:
         "{% set ns.d = dict(ns.d, **{s.entity_id: s.state}) %}{% endfor %}"
         "{{ ns.d | tojson }}"
     )
+    fired = (
+        "{{ {'entity_id': trigger.event.data.entity_id,"
+        " 'state': trigger.event.data.new_state.state,"
+        " 'attributes': trigger.event.data.new_state.attributes} | tojson }}"
+    )
+    ours = (
+        "{{ trigger.event.data.entity_id.startswith('event.gridmate_')"
+        " and trigger.event.data.new_state is not none }}"
+    )
     return f"""\
 homeassistant:
   name: gridmate test
@@ -117,6 +126,18 @@ automation:
         data:
           topic: gridmate-test/states
           payload: "{dump}"
+  - alias: publish gridmate events
+    triggers:
+      - trigger: event
+        event_type: state_changed
+    conditions:
+      - condition: template
+        value_template: "{ours}"
+    actions:
+      - action: mqtt.publish
+        data:
+          topic: gridmate-test/events
+          payload: "{fired}"
 """
 
 
@@ -432,6 +453,69 @@ async def test_home_assistant_shows_teslamate_values_as_teslamate_sent_them(
                     "destination_name", "energy_at_arrival", "traffic_delay_minutes",
                     "minutes_to_arrival", "miles_to_arrival", "sunroof_installed",
                 } <= disabled  # fmt: skip
+                assert _problems(config) == []
+        finally:
+            assert watch.listener is not None
+            watch.listener.cancel()
+
+
+async def test_home_assistant_fires_the_reports_event_and_keeps_the_entity_available(
+    tmp_path, private_mqtt_broker
+):
+    """A command that runs for seconds: the event reaches an automation on the first
+    run (announced just before; without ha_device.announce_wait_seconds Home Assistant
+    has not subscribed yet and the event is lost), and the entity stays available
+    after the run."""
+    from test_report import DAY, NOW, FixedClock
+
+    from gridmate.report.daily import run_daily
+    from gridmate.report.sample_day import write_synthetic_day
+    from gridmate.report.settings import ReportSettings
+
+    broker = private_mqtt_broker
+    write_synthetic_day(tmp_path, DAY)
+    settings = ReportSettings(
+        state_directory=tmp_path,
+        time_zone="America/Phoenix",
+        ha_device={"enable": True, "mqtt": {"host": broker.host, "port": broker.port}},
+    )
+    entity = "event.gridmate_report_notifications"
+    async with aiomqtt.Client(broker.host, broker.port) as tester:
+        watch = await HomeAssistantWatch.start(tester, also=("gridmate-test/events",))
+
+        async def fired() -> dict:
+            while True:
+                seen = json.loads(await watch.received["gridmate-test/events"].get() or b"{}")
+                if seen.get("entity_id") == entity and seen["state"] not in (
+                    "unknown",
+                    "unavailable",
+                ):
+                    return seen
+
+        try:
+            async with home_assistant(broker.port, prefix="gridmate_report") as (config, process):
+                await asyncio.wait_for(watch.born.wait(), 300)
+                assert await run_daily(settings, "2026-07-14", clock=FixedClock(NOW)) == 0
+                first = await asyncio.wait_for(fired(), 60)
+                assert first["attributes"]["event_type"] == "info"
+                assert first["attributes"]["kind"] == "daily_report"
+                assert first["attributes"]["title"].startswith("Daily report Tue 14 Jul")
+                assert first["attributes"]["event_types"] == ["info", "warning", "critical"]
+
+                # The report has ended: the entity keeps its last event, available.
+                seen = await asyncio.wait_for(watch.states(lambda s: entity in s), 30)
+                assert seen[entity] == first["state"]
+
+                # A second run fires again without announcing anew.
+                assert await run_daily(settings, "2026-07-14", clock=FixedClock(NOW)) == 0
+                second = await asyncio.wait_for(fired(), 60)
+                assert second["state"] != first["state"]
+
+                process.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(process.wait(), 120) == 0
+                registry = json.loads((config / ".storage" / "core.entity_registry").read_text())
+                [registered] = [e for e in registry["data"]["entities"] if e["entity_id"] == entity]
+                assert registered["unique_id"] == "gridmate_report_notifications"
                 assert _problems(config) == []
         finally:
             assert watch.listener is not None

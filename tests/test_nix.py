@@ -1259,6 +1259,7 @@ RUNTIME_DEPENDENCIES = [
     "aiomqtt",
     "aiosmtpd",
     "aiosmtplib",
+    "apprise",
     "asyncpg",
     "cryptography",
     "holidays",
@@ -2525,6 +2526,69 @@ def test_backup_restic_jobs(nix_eval: Any) -> None:
         p.startswith("postgresql") for p in services["restic-backups-gridmate-teslamate"]["path"]
     )
     assert "postgresql" not in services["restic-backups-gridmate-state"]["path"]
+
+
+def test_home_assistant_broker_password_reaches_the_report_and_the_backup_hooks(
+    nix_eval: Any,
+) -> None:
+    enabled = """{
+      services.gridmate.report.mqttPasswordFile = "/run/secrets/ha-mqtt";
+      services.gridmate.report.settings.ha_device.enable = true;
+      services.gridmate.backup.mqttPasswordFile = "/run/secrets/ha-mqtt";
+      services.gridmate.backup.settings.ha_device.enable = true;
+    }"""
+    body = """{
+      inherit failed; inherit (c) warnings;
+      report = c.systemd.services.gridmate-report.serviceConfig.LoadCredential;
+      restic = c.systemd.services.restic-backups-gridmate-state.serviceConfig.LoadCredential;
+      syncoid = (lib.head (lib.attrValues (lib.filterAttrs (n: _: lib.hasPrefix "syncoid-" n)
+        c.systemd.services))).serviceConfig.LoadCredential;
+      preseed = c.systemd.services.gridmate-preseed-postgresql.serviceConfig.LoadCredential;
+    }"""
+    got = _backup(nix_eval, enabled, body=body)
+    assert got["failed"] == [] and got["warnings"] == []
+    for unit in ("report", "restic", "syncoid", "preseed"):
+        assert "mqtt_password:/run/secrets/ha-mqtt" in got[unit], unit
+    # A password for a broker nothing publishes to is pointed out.
+    unused = """{
+      services.gridmate.report.mqttPasswordFile = "/run/secrets/ha-mqtt";
+      services.gridmate.backup.mqttPasswordFile = "/run/secrets/ha-mqtt";
+    }"""
+    warnings = _backup(nix_eval, unused, body="c.warnings")
+    assert len(warnings) == 2
+    assert all("settings.ha_device.enable is not" in w.replace("\n", " ") for w in warnings)
+
+
+def test_apprise_urls_reach_every_component_that_notifies(nix_eval: Any) -> None:
+    urls = "/run/secrets/apprise-urls"
+    got = _backup(
+        nix_eval,
+        f"""{{
+          services.gridmate.vehicles.appriseUrlsFile = "{urls}";
+          services.gridmate.energy.appriseUrlsFile = "{urls}";
+          services.gridmate.report.appriseUrlsFile = "{urls}";
+          services.gridmate.backup.appriseUrlsFile = "{urls}";
+        }}""",
+        body="""{
+          inherit failed; inherit (c) warnings;
+          units = lib.mapAttrs (_: u: u.serviceConfig.LoadCredential or [ ])
+            (lib.filterAttrs (n: _: builtins.elem n [ "gridmate-vehicles" "gridmate-energy"
+              "gridmate-report" "gridmate-preseed-postgresql" "restic-backups-gridmate-state" ])
+              c.systemd.services);
+          rendered = c.services.gridmate.backup.finalSettings.notify;
+        }""",
+    )
+    assert got["failed"] == [] and got["warnings"] == []
+    assert len(got["units"]) == 5
+    for unit, credentials in got["units"].items():
+        assert f"apprise_urls:{urls}" in credentials, unit
+    assert "apprise_urls" not in got["rendered"] and "apprise_urls_file" not in got["rendered"]
+    inline = _backup(
+        nix_eval,
+        '{ services.gridmate.report.settings.notify.apprise_urls = "json://x/token"; }',
+        body="failed",
+    )
+    assert any("settings.notify.apprise_urls holds a secret inline" in m for m in inline)
 
 
 def test_backup_hooks_land_in_restics_start_and_stop_commands(nix_eval: Any) -> None:

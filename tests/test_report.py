@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -10,10 +12,12 @@ from io import StringIO
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import aiomqtt
 import pytest
 
 from gridmate.cli import build_parser
 from gridmate.energy.journal import DayJournal
+from gridmate.homeassistant.view import HomeAssistantView
 from gridmate.report.component import component
 from gridmate.report.daily import parse_day, run_daily
 from gridmate.report.metrics import SCHEMA_VERSION, day_metrics
@@ -192,6 +196,95 @@ async def test_running_twice_is_safe_and_a_past_day_is_rebuilt(smtp_server, tmp_
     assert rebuilt == first
     assert "already sent" in out.getvalue()
     assert len(smtp_server.messages) == 1
+
+
+def _ha_device(broker, base: str, **extra) -> dict:
+    return {
+        "enable": True,
+        "mqtt": {"host": broker.host, "port": broker.port},
+        "discovery_prefix": f"{base}/ha",
+        "base_topic": base,
+        **extra,
+    }
+
+
+async def _events(client, count: int) -> list:
+    """The next ``count`` messages on the subscribed event topic."""
+    got = []
+    async with asyncio.timeout(20):
+        async for message in client.messages:
+            got.append(message)
+            if len(got) == count:
+                return got
+    return got
+
+
+@pytest.mark.services
+async def test_home_assistant_gets_the_report_device_and_its_events(
+    smtp_server, mqtt_broker, tmp_path
+):
+    write_synthetic_day(tmp_path, DAY)
+    base = mqtt_broker.topic_prefix()
+    settings = settings_for(
+        tmp_path,
+        smtp_server.port,
+        recovery_target_percent=95,
+        ha_device=_ha_device(mqtt_broker, base),
+    )
+    view = HomeAssistantView(
+        mqtt_broker.host, mqtt_broker.port, discovery_prefix=f"{base}/ha", base=base
+    )
+    async with view.running(), aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as ha:
+        await ha.subscribe(f"{base}/report/notifications", qos=1)
+        out = StringIO()
+        assert await run_daily(settings, "2026-07-14", clock=FixedClock(NOW), out=out) == 0
+        assert "home assistant: notifications event fired" in out.getvalue()
+        first = await _events(ha, 2)
+        entities = await view.wait_for(lambda e: ("gridmate report", "Notifications") in e)
+        # A second run (the same day again) announces nothing new and fires again.
+        assert await run_daily(settings, "2026-07-14", clock=FixedClock(NOW), out=out) == 0
+        second = await _events(ha, 2)
+
+    entity = entities[("gridmate report", "Notifications")]
+    assert entity.platform == "event"
+    assert entity.config["event_types"] == ["info", "warning", "critical"]
+    assert entity.unique_id == "gridmate_report_notifications"
+    # No availability topic: the entity stays available while no report runs.
+    assert "availability" not in entity.config and entity.available
+    assert view.retained[f"{base}/ha/device/gridmate_report/config"]
+    assert view.config_messages == 1
+
+    for message in first + second:
+        assert not message.retain  # an event happens once
+    payloads = [json.loads(m.payload) for m in first]
+    assert [(p["event_type"], p["kind"]) for p in payloads] == [
+        ("info", "daily_report"),
+        ("warning", "battery_not_recovered"),
+    ]
+    assert payloads[0]["title"].startswith("Daily report Tue 14 Jul")
+    assert "During peak the battery went from 96% to 77%" in payloads[0]["text"]
+    assert [json.loads(m.payload)["kind"] for m in second] == [p["kind"] for p in payloads]
+    await smtp_server.wait_for(2)
+    assert len(smtp_server.messages) == 2  # the email went once; the events each run
+
+
+@pytest.mark.services
+async def test_an_unreachable_home_assistant_broker_leaves_the_email_alone(
+    smtp_server, tmp_path, capsys
+):
+    write_synthetic_day(tmp_path, DAY)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    broker = type("Broker", (), {"host": "127.0.0.1", "port": port})()
+    settings = settings_for(
+        tmp_path, smtp_server.port, ha_device=_ha_device(broker, "gm", timeout_seconds=5)
+    )
+    out = StringIO()
+    assert await run_daily(settings, "2026-07-14", clock=FixedClock(NOW), out=out) == 0
+    await smtp_server.wait_for(1)
+    assert "notifications: report for 2026-07-14 sent (email via 127.0.0.1:" in out.getvalue()
+    assert "the notifications event was not published" in capsys.readouterr().err
 
 
 @pytest.mark.services

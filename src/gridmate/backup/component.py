@@ -110,7 +110,7 @@ def _record_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def _record(settings: BackupSettings, args: argparse.Namespace) -> int:
     from gridmate.backup.freshness import MissingResult, record_run, run_succeeded
-    from gridmate.backup.notices import notify_backup_failure
+    from gridmate.backup.notices import announce, notify_backup_failure
 
     if args.result is not None:
         succeeded = args.result == "success"
@@ -129,6 +129,7 @@ async def _record(settings: BackupSettings, args: argparse.Namespace) -> int:
     )
     if succeeded:
         log.info(f"{args.kind} {args.job} succeeded; success time recorded", job=args.job)
+        await announce(settings)
     else:
         reason = os.environ.get("SERVICE_RESULT", "failure")
         log.error(

@@ -8,6 +8,7 @@ from typing import Any
 
 from gridmate.backup.preseed import Outcome, Result
 from gridmate.backup.settings import BackupSettings
+from gridmate.homeassistant.notifications import NotificationDevice
 from gridmate.notify import Event, EventKind, Level, Notifier
 from gridmate.runtime.logs import get_logger
 
@@ -49,10 +50,19 @@ def restore_event(outcome: Outcome) -> Event | None:
     )
 
 
+def _home_assistant(settings: BackupSettings) -> NotificationDevice | None:
+    if not settings.ha_device.enable:
+        return None
+    return NotificationDevice(settings.ha_device, "backup", "Backup and restore")
+
+
 async def _send(settings: BackupSettings, events: Sequence[Event]) -> None:
     if not events:
         return
     notifier = Notifier(settings.notify, settings.state_directory, source="backup")
+    home_assistant = _home_assistant(settings)
+    if home_assistant is not None:
+        notifier.add_listener(home_assistant.notification)
     try:
         await notifier.start()
         for event in events:
@@ -62,6 +72,16 @@ async def _send(settings: BackupSettings, events: Sequence[Event]) -> None:
         log.error("could not send the notice", error=f"{type(error).__name__}: {error}")
     finally:
         await notifier.close()
+    if home_assistant is not None:
+        await home_assistant.try_publish()
+
+
+async def announce(settings: BackupSettings) -> None:
+    """Announce the Home Assistant device (when configured) without an event, so its
+    Notifications entity exists before the first failure."""
+    home_assistant = _home_assistant(settings)
+    if home_assistant is not None:
+        await home_assistant.try_publish()
 
 
 async def notify_outcomes(settings: BackupSettings, outcomes: Sequence[Outcome]) -> None:

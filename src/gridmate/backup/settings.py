@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from gridmate.homeassistant.settings import NotificationDeviceSettings
 from gridmate.notify import NotifySettings
 from gridmate.runtime.settings import ComponentSettings, Credential, Secret, Section
 
@@ -232,6 +233,13 @@ class BackupSettings(ComponentSettings):
         "backup hooks write their metrics (*.prom); default: <state_directory>/metrics.",
     )
     notify: NotifySettings = NotifySettings()
+    ha_device: NotificationDeviceSettings = Field(
+        NotificationDeviceSettings(),
+        description='Backup and restore as a Home Assistant device ("gridmate backup") '
+        "whose Notifications event entity fires with every notice (a failed restore or "
+        "backup). 'record' announces the device after each backup run, so the entity "
+        "exists before the first failure.",
+    )
 
     @field_validator("targets")
     @classmethod

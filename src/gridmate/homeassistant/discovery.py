@@ -5,7 +5,10 @@ entities' configurations (with Home Assistant's abbreviated keys) and
 :func:`device_document` adds what every gridmate device shares: the origin, the
 availability topic (``online``/``offline``, the last will of the publishing
 connection) and QoS 1; a support URL in the origin when one is configured
-(:class:`gridmate.homeassistant.settings.DeviceLinks`).
+(:class:`gridmate.homeassistant.settings.DeviceLinks`). A device published by a
+process that runs for seconds (a timer's job) has no availability topic: its
+entities stay available between runs instead of turning unavailable when the
+process leaves.
 """
 
 from __future__ import annotations
@@ -51,17 +54,17 @@ def device_document(
     device: Mapping[str, Any],
     components: Mapping[str, Mapping[str, Any]],
     *,
-    availability: str,
+    availability: str | None,
     support_url: str | None = None,
 ) -> dict[str, Any]:
-    """One discovery message for a device and all its entities."""
-    return {
-        "dev": dict(device),
-        "o": origin(support_url),
-        "avty": [{"t": availability}],
-        "qos": 1,
-        "cmps": {key: dict(value) for key, value in components.items()},
-    }
+    """One discovery message for a device and all its entities (``availability`` None:
+    always available)."""
+    document: dict[str, Any] = {"dev": dict(device), "o": origin(support_url)}
+    if availability is not None:
+        document["avty"] = [{"t": availability}]
+    document["qos"] = 1
+    document["cmps"] = {key: dict(value) for key, value in components.items()}
+    return document
 
 
 def encode(document: Mapping[str, Any]) -> bytes:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
 
-from gridmate.runtime.settings import Section
+from pydantic import Field, field_validator
+
+from gridmate.runtime.settings import MqttSettings, Section
 
 _URL = r"^https?://"
+_TOPIC_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class DeviceLinks(Section):
@@ -24,3 +27,46 @@ class DeviceLinks(Section):
         description="A page where the people using this gridmate get help (an issue tracker, "
         "say): the support URL of the origin in every discovery document.",
     )
+
+
+class NotificationDeviceSettings(DeviceLinks):
+    """The component as a Home Assistant device whose one entity is a "Notifications"
+    event (MQTT discovery); for the commands a timer or systemd runs (report, backup)."""
+
+    enable: bool = Field(
+        False,
+        description="Publish the component's notifications to Home Assistant as an MQTT "
+        "event entity (event types info, warning, critical), on the broker in 'mqtt'.",
+    )
+    mqtt: MqttSettings = MqttSettings()
+    discovery_prefix: str = "homeassistant"
+    base_topic: str = Field(
+        "gridmate", description="Prefix of gridmate's own topics (as the other components')."
+    )
+    node_name: str = Field(
+        "gridmate", description="Identifies this gridmate in unique ids and discovery topics."
+    )
+    announce_wait_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="After announcing the device for the first time (or changed), wait this "
+        "long before firing events, so Home Assistant has subscribed to the event topic.",
+    )
+    timeout_seconds: float = Field(
+        15.0, gt=0, le=300, description="Give up publishing after this long (logged)."
+    )
+
+    @field_validator("discovery_prefix", "base_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not value or any(c in value for c in "#+") or value.startswith("/"):
+            raise ValueError("not a valid topic prefix (no '#', '+' or leading '/')")
+        return value.rstrip("/")
+
+    @field_validator("node_name")
+    @classmethod
+    def _node(cls, value: str) -> str:
+        if not _TOPIC_WORD.match(value):
+            raise ValueError("use letters, digits, '_' and '-' only")
+        return value

@@ -1,4 +1,4 @@
-"""Email notifications shared by every component.
+"""Notifications shared by every component: email and Apprise targets, each a channel.
 
 Usage from a component::
 

@@ -2,8 +2,10 @@
 
 ``send`` decides at once whether an event deserves a message and, if so,
 writes it to the on-disk queue before returning; a background task delivers
-the queue, batching what arrives together into digests and retrying with
-backoff while the SMTP server is unreachable. See docs/notifications.md.
+the queue on each channel (email, each Apprise target), batching what arrives
+together into digests and retrying a channel that is down with backoff while the
+others go on. A message leaves the queue once every channel took it.
+See docs/notifications.md.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from zoneinfo import ZoneInfo
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from gridmate.notify.channels import Channel, build_channels
 from gridmate.notify.events import Event, EventKind, Level
-from gridmate.notify.render import Envelope, Item, render_digest, render_single
+from gridmate.notify.render import Item
 from gridmate.notify.settings import NotifySettings
-from gridmate.notify.smtp import DeliveryFailed, deliver
+from gridmate.notify.smtp import DeliveryFailed
 from gridmate.notify.store import (
+    EMAIL,
     ConditionState,
+    Delivery,
     Ledger,
     Queued,
     SentRecord,
@@ -50,7 +55,7 @@ def _local_zone(name: str | None) -> tzinfo:
 
 
 class Notifier:
-    """Email notifications with deduplication, digests and a durable queue.
+    """Notifications by email and Apprise with deduplication, digests and a durable queue.
 
     ``state_directory`` is the component's state directory; the notifier keeps
     its files in ``<state_directory>/notify``. Call :meth:`start` before
@@ -81,10 +86,16 @@ class Notifier:
         self._delivering = asyncio.Lock()
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._backoff = Backoff(
-            initial=settings.retry_initial_seconds, cap=settings.retry_max_seconds
-        )
-        self._last_error: str | None = None
+        self._channels: dict[str, Channel] = {
+            channel.name: channel
+            for channel in build_channels(settings, source=source, node=self.node, tz=self.tz)
+        }
+        self._backoffs = {
+            name: Backoff(initial=settings.retry_initial_seconds, cap=settings.retry_max_seconds)
+            for name in self._channels
+        }
+        self._errors: dict[str, str] = {}
+        """Channel name -> why its last attempt failed (cleared by a success)."""
         self._mirror: LedgerMirrorLike | None = None
         self._listeners: list[Callable[[Event], None]] = []
         registry = registry if registry is not None else CollectorRegistry()
@@ -100,6 +111,12 @@ class Notifier:
             ["level", "outcome"],
             registry=registry,
         )
+        self._apprise_total = Counter(
+            "gridmate_notify_apprise_messages_total",
+            "Messages Apprise targets took or refused, by level.",
+            ["level", "outcome"],
+            registry=registry,
+        )
         queue_gauge = Gauge(
             "gridmate_notify_queue_messages",
             "Messages waiting for delivery.",
@@ -111,7 +128,10 @@ class Notifier:
 
     async def start(self) -> None:
         if self._store is None:
-            log.info("email notifications disabled (no notify.smtp_host); events are only logged")
+            log.info(
+                "notifications disabled (no notify.smtp_host or notify.apprise_urls_file); "
+                "events are only logged"
+            )
             return
         self._ledger = self._store.load_ledger()
         for queued in self._store.load_queue():
@@ -170,8 +190,11 @@ class Notifier:
             return True
         now = self.clock.now()
         for queued in self._queue.values():
-            queued.not_before = min(queued.not_before, now)
-        self._backoff.reset()
+            for delivery in queued.pending.values():
+                delivery.not_before = min(delivery.not_before, now)
+            self._store.update(queued)  # the delivery pass reads the queue from disk
+        for backoff in self._backoffs.values():
+            backoff.reset()
 
         async def drained() -> None:
             while True:
@@ -193,10 +216,19 @@ class Notifier:
         return len(self._queue)
 
     def health(self) -> str | None:
-        """For ``daemon.add_health_check``: trouble delivering mail, or None."""
-        if self._last_error and self._queue:
-            return f"{len(self._queue)} notification(s) undelivered: {self._last_error}"
-        return None
+        """For ``daemon.add_health_check``: trouble delivering on some channel, or None."""
+        troubles = []
+        for name, error in self._errors.items():
+            waiting = sum(1 for q in self._queue.values() if name in q.pending)
+            if waiting:
+                troubles.append(
+                    f"{waiting} notification(s) undelivered on {self._label(name)}: {error}"
+                )
+        return "; ".join(troubles) or None
+
+    def channels_for(self, level: Level) -> list[str]:
+        """What the channels that take ``level`` are called (for a command's summary)."""
+        return [c.label for c in self._channels.values() if c.wants(level)]
 
     def open_conditions(self) -> list[tuple[EventKind, str | None]]:
         return [
@@ -220,9 +252,6 @@ class Notifier:
                     "notification listener failed", error=f"{type(error).__name__}: {error}"
                 )
 
-    def _recipients(self, level: Level) -> list[str]:
-        return list(getattr(self.settings.recipients, level.value))
-
     # ------------------------------------------------------------------ accepting events
 
     async def send(self, event: Event) -> str | None:
@@ -233,7 +262,7 @@ class Notifier:
                 event.subject, kind=event.kind.value, key=event.key or "-", severity=level.value
             )
             self._tell_listeners(event)
-        if self._store is None or not self._recipients(level):
+        if self._store is None or not self.channels_for(level):
             self._events_total.labels(event.kind.value, "logged").inc()
             return None
         now = self.clock.now()
@@ -320,7 +349,14 @@ class Notifier:
                 until=held_until.astimezone(self.tz).strftime("%H:%M"),
             )
             not_before = held_until
-        queued = Queued(item=item, not_before=not_before)
+        queued = Queued(
+            item=item,
+            deliveries={
+                name: Delivery(not_before=not_before)
+                for name, channel in self._channels.items()
+                if channel.wants(item.level)
+            },
+        )
         self._store.enqueue(queued)
         self._queue[item.idempotency_key] = queued
         self._events_total.labels(item.event.kind.value, "queued").inc()
@@ -405,7 +441,7 @@ class Notifier:
     # ------------------------------------------------------------------ delivery
 
     def _next_due(self, now: datetime) -> float:
-        moments = [q.not_before for q in self._queue.values()]
+        moments = [d.not_before for q in self._queue.values() for d in q.pending.values()]
         settle = timedelta(seconds=self.settings.resolve_after_seconds)
         moments += [
             datetime.fromisoformat(c.resolving_since) + settle
@@ -465,11 +501,14 @@ class Notifier:
             if key not in self._ledger.sent and key not in self._queue:
                 self._enqueue(Item(event, Level(state.level), key, now), now)
 
+    def _due(self, now: datetime) -> bool:
+        return any(d.not_before <= now for q in self._queue.values() for d in q.pending.values())
+
     async def _deliver_due(self, now: datetime) -> None:
         assert self._store is not None
         async with self._delivering:
             self._settle_resolutions(now)
-            if not any(q.not_before <= now for q in self._queue.values()):
+            if not self._due(now):
                 return
             with self._store.delivery_lock() as held:
                 if not held:
@@ -481,51 +520,90 @@ class Notifier:
                 await self._deliver_due_locked(now)
 
     def _reload_from_disk(self) -> None:
-        """Take in what another process sharing the directory queued or sent."""
+        """Take in what another process sharing the directory queued, delivered or sent.
+
+        Called with the delivery lock held: every change is written before the lock
+        is let go, so the files are the truth (a channel another process delivered
+        on is marked there, not here).
+        """
         assert self._store is not None
-        on_disk = {q.item.idempotency_key: q for q in self._store.load_queue()}
         for key, record in self._store.load_ledger().sent.items():
             self._ledger.sent.setdefault(key, record)
-        for key in [k for k in self._queue if k not in on_disk]:
-            del self._queue[key]  # delivered (or dropped) by the other process
-        for key, queued in on_disk.items():
-            self._queue.setdefault(key, queued)
+        self._queue = {q.item.idempotency_key: q for q in self._store.load_queue()}
 
-    async def _deliver_due_locked(self, now: datetime) -> None:
+    def _drop_stale(self, now: datetime) -> None:
+        """Queued messages already sent, too old, or left only for channels that are
+        no longer configured."""
         assert self._store is not None
-        self._settle_resolutions(now)
         max_age = timedelta(hours=self.settings.max_queue_age_hours)
         for key, queued in list(self._queue.items()):
             if key in self._ledger.sent:
                 del self._queue[key]
                 self._store.remove(key)
-            elif now - queued.item.accepted_at > max_age:
-                log.error(
-                    "notification dropped after failing too long",
-                    subject=queued.item.event.subject,
-                    queued_since=queued.item.accepted_at.isoformat(),
-                    last_error=queued.last_error or "-",
-                )
+                continue
+            if now - queued.item.accepted_at > max_age:
+                for name, delivery in queued.pending.items():
+                    log.error(
+                        "notification dropped after failing too long",
+                        subject=queued.item.event.subject,
+                        channel=self._label(name),
+                        queued_since=queued.item.accepted_at.isoformat(),
+                        last_error=delivery.last_error or "-",
+                    )
+                    self._count(name, queued.item.level, "dropped")
                 del self._queue[key]
                 self._store.remove(key)
-                self._emails_total.labels(queued.item.level.value, "dropped").inc()
-        if not any(q.not_before <= now for q in self._queue.values()):
+                continue
+            gone = [name for name in queued.pending if name not in self._channels]
+            if not gone:
+                continue
+            log.warning(
+                "notification no longer has the channel it was queued for; dropped there",
+                subject=queued.item.event.subject,
+                channels=len(gone),
+            )
+            for name in gone:
+                del queued.deliveries[name]
+            if queued.pending:
+                self._store.update(queued)
+            else:
+                self._finish([queued])
+
+    async def _deliver_due_locked(self, now: datetime) -> None:
+        assert self._store is not None
+        self._settle_resolutions(now)
+        self._drop_stale(now)
+        for channel in self._channels.values():
+            await self._deliver_channel(channel, now)
+
+    async def _deliver_channel(self, channel: Channel, now: datetime) -> None:
+        """What is due on ``channel``; stops at its first failure (the others go on)."""
+        name = channel.name
+        waiting = sorted(
+            (q for q in self._queue.values() if name in q.pending),
+            key=lambda q: q.item.accepted_at,
+        )
+        if not any(q.deliveries[name].not_before <= now for q in waiting):
             return
-        # An email already handed to the server (perhaps delivered before a crash or a
-        # lost reply) goes again exactly as composed then: same events, Message-ID, Date.
+        # A message already handed to the channel (perhaps delivered before a crash or
+        # a lost reply) goes again exactly as composed then: same events, key and date.
         attempted: dict[str, list[Queued]] = {}
-        for queued in sorted(self._queue.values(), key=lambda q: q.item.accepted_at):
-            if queued.message_key is not None and queued.not_before <= now:
-                attempted.setdefault(queued.message_key, []).append(queued)
+        for queued in waiting:
+            delivery = queued.deliveries[name]
+            if delivery.message_key is not None and delivery.not_before <= now:
+                attempted.setdefault(delivery.message_key, []).append(queued)
         for parts in attempted.values():
-            if not await self._deliver(parts, parts[0].item.level, now):
+            if not await self._deliver(channel, parts, parts[0].item.level, now):
                 return
         # Once something is due, everything that arrived with it goes along.
         horizon = now + timedelta(seconds=self.settings.digest_window_seconds)
-        batch = sorted(
-            (q for q in self._queue.values() if q.not_before <= horizon and q.message_key is None),
-            key=lambda q: q.item.accepted_at,
-        )
+        batch = [
+            q
+            for q in waiting
+            if name in q.pending
+            and q.deliveries[name].not_before <= horizon
+            and q.deliveries[name].message_key is None
+        ]
         for level in Level:
             group = [q for q in batch if q.item.level == level]
             if not group:
@@ -542,63 +620,89 @@ class Notifier:
             else:
                 messages += [[q] for q in together]
             for parts in messages:
-                if not await self._deliver(parts, level, now):
+                if not await self._deliver(channel, parts, level, now):
                     return
 
-    def _compose(self, parts: Sequence[Queued], now: datetime) -> tuple[str, datetime]:
-        """The Message-ID key and Date of the email carrying ``parts``: those recorded at
-        its first attempt, or new ones, written to the queue files before anything is
-        sent (delivery is at-least-once; a repeat must be recognisable as one)."""
-        first = parts[0]
+    def _compose(self, name: str, parts: Sequence[Queued], now: datetime) -> tuple[str, datetime]:
+        """The key (an email's Message-ID) and date of the message carrying ``parts`` on
+        channel ``name``: those recorded at its first attempt, or new ones, written to
+        the queue files before anything is sent (delivery is at-least-once; a repeat
+        must be recognisable as one)."""
+        first = parts[0].deliveries[name]
         if first.message_key is not None and first.message_date is not None:
             return first.message_key, first.message_date
         assert self._store is not None
         if len(parts) == 1:
-            message_key = first.item.idempotency_key
+            message_key = parts[0].item.idempotency_key
         else:
             message_key = hashlib.sha256(
                 ",".join(sorted(q.item.idempotency_key for q in parts)).encode()
             ).hexdigest()[:32]
         for queued in parts:
-            queued.message_key, queued.message_date = message_key, now
+            delivery = queued.deliveries[name]
+            delivery.message_key, delivery.message_date = message_key, now
             self._store.update(queued)
         return message_key, now
 
-    async def _deliver(self, parts: Sequence[Queued], level: Level, now: datetime) -> bool:
+    def _label(self, name: str) -> str:
+        channel = self._channels.get(name)
+        return channel.label if channel is not None else "a channel no longer configured"
+
+    def _count(self, name: str, level: Level, outcome: str) -> None:
+        counter = self._emails_total if name == EMAIL else self._apprise_total
+        counter.labels(level.value, outcome).inc()
+
+    async def _deliver(
+        self, channel: Channel, parts: Sequence[Queued], level: Level, now: datetime
+    ) -> bool:
         assert self._store is not None
-        recipients = self._recipients(level)
-        envelope = Envelope(self.settings.sender, recipients, self.source, self.node, self.tz)
-        items = [q.item for q in parts]
-        message_key, date = self._compose(parts, now)
-        if len(items) == 1:
-            message = render_single(items[0], envelope, date)
-        else:
-            message = render_digest(items, level, envelope, message_key, date)
+        name = channel.name
+        message_key, date = self._compose(name, parts, now)
         try:
-            await deliver(self.settings, message, recipients)
+            await channel.deliver([q.item for q in parts], level, message_key, date)
         except DeliveryFailed as error:
-            delay = self._backoff.next_delay()
-            self._last_error = str(error)
-            self._emails_total.labels(level.value, "failed").inc()
+            delay = self._backoffs[name].next_delay()
+            self._errors[name] = str(error)
+            self._count(name, level, "failed")
             retry_at = now + timedelta(seconds=delay)
             for queued in self._queue.values():
-                queued.attempts += queued in parts
-                queued.last_error = str(error) if queued in parts else queued.last_error
-                queued.not_before = max(queued.not_before, retry_at)
+                delivery = queued.pending.get(name)
+                if delivery is None:
+                    continue
+                if queued in parts:
+                    delivery.attempts += 1
+                    delivery.last_error = str(error)
+                delivery.not_before = max(delivery.not_before, retry_at)
                 self._store.update(queued)
             log.warning(
-                "email not delivered; kept in the queue",
-                server=f"{self.settings.smtp_host}:{self.settings.port}",
+                f"{channel.kind} message not delivered; kept in the queue",
+                channel=channel.label,
                 error=str(error),
                 retry_in=f"{delay:.0f}s",
-                queued=len(self._queue),
+                queued=sum(1 for q in self._queue.values() if name in q.pending),
             )
             return False
-        self._backoff.reset()
-        self._last_error = None
-        self._emails_total.labels(level.value, "sent").inc()
+        self._backoffs[name].reset()
+        self._errors.pop(name, None)
+        self._count(name, level, "sent")
+        delivered_at = self.clock.now()
+        for queued in parts:
+            queued.deliveries[name].delivered_at = delivered_at
+        finished = [q for q in parts if not q.pending]
+        for queued in parts:
+            if queued not in finished:
+                self._store.update(queued)  # still waiting for another channel
+        self._finish(finished)
+        return True
+
+    def _finish(self, finished: Sequence[Queued]) -> None:
+        """Record messages every channel took as sent and take them off the queue."""
+        assert self._store is not None
+        if not finished:
+            return
         sent_at = self.clock.now().isoformat()
-        for item in items:
+        for queued in finished:
+            item = queued.item
             record = SentRecord(
                 kind=item.event.kind.value,
                 key=item.event.key,
@@ -612,16 +716,9 @@ class Notifier:
                 self._mirror.publish_sent(item.idempotency_key, record)
         # Ledger first, then the queue files: a crash in between repeats nothing.
         self._store.save_ledger(self._ledger)
-        for item in items:
-            self._queue.pop(item.idempotency_key, None)
-            self._store.remove(item.idempotency_key)
-        log.info(
-            "email sent",
-            subject=message["Subject"],
-            recipients=len(recipients),
-            events=len(items),
-        )
-        return True
+        for queued in finished:
+            self._queue.pop(queued.item.idempotency_key, None)
+            self._store.remove(queued.item.idempotency_key)
 
 
 class LedgerMirrorLike(Protocol):

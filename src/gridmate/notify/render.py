@@ -154,17 +154,37 @@ def _assemble(message: EmailMessage, text: str, html_doc: str, items: Sequence[I
             )
 
 
+def _digest_intro(items: Sequence[Item]) -> str:
+    return f"{len(items)} things happened close together; each is below, oldest first."
+
+
+def message_title(items: Sequence[Item], level: Level) -> str:
+    """The subject of the message carrying ``items``: the event's, or a digest's."""
+    if len(items) == 1:
+        return subject_line(level, items[0].event.subject)
+    return digest_subject(level, items)
+
+
+def plain_text(items: Sequence[Item], envelope: Envelope) -> str:
+    """The plain-text body of the message carrying ``items`` (one, or a digest)."""
+    footer = _footer(envelope, [item.idempotency_key for item in items])
+    if len(items) == 1:
+        lines = _text_section(items[0], envelope.tz)
+    else:
+        lines = [_digest_intro(items)]
+        for number, item in enumerate(items, 1):
+            lines += ["", f"{number}. {item.event.subject}", *_text_section(item, envelope.tz)]
+    return "\n".join([*lines, "", "-- ", footer, ""])
+
+
 def render_single(item: Item, envelope: Envelope, now: datetime) -> EmailMessage:
     event = item.event
-    message = _base_message(
-        envelope, subject_line(item.level, event.subject), item.idempotency_key, now
-    )
+    message = _base_message(envelope, message_title([item], item.level), item.idempotency_key, now)
     footer = _footer(envelope, [item.idempotency_key])
-    text = "\n".join([*_text_section(item, envelope.tz), "", "-- ", footer, ""])
     html_doc = _html_document(
         event.subject, item.level, _html_section(item, envelope.tz, None), footer
     )
-    _assemble(message, text, html_doc, [item])
+    _assemble(message, plain_text([item], envelope), html_doc, [item])
     return message
 
 
@@ -183,18 +203,13 @@ def render_digest(
     subject = digest_subject(level, items)
     message = _base_message(envelope, subject, digest_key, now)
     footer = _footer(envelope, [item.idempotency_key for item in items])
-    intro = f"{len(items)} things happened close together; each is below, oldest first."
-    text_lines = [intro]
-    for number, item in enumerate(items, 1):
-        text_lines += ["", f"{number}. {item.event.subject}", *_text_section(item, envelope.tz)]
-    text_lines += ["", "-- ", footer, ""]
-    body = f"<p>{html.escape(intro)}</p>" + "\n".join(
+    body = f"<p>{html.escape(_digest_intro(items))}</p>" + "\n".join(
         _html_section(item, envelope.tz, f"{n}. {item.event.subject}")
         for n, item in enumerate(items, 1)
     )
     _assemble(
         message,
-        "\n".join(text_lines),
+        plain_text(items, envelope),
         _html_document(subject.split(": ", 1)[1], level, body, footer),
         items,
     )

@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from gridmate.notify.events import Level
 from gridmate.runtime.settings import Credential, MqttSettings, Secret, Section, TimeZoneName
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31})://")
+
+
+def apprise_scheme(url: str) -> str:
+    """The scheme of an Apprise URL ("json", "tgram"...), the only part of it that
+    may be shown; "?" when it has none."""
+    match = _SCHEME.match(url)
+    return match.group(1).lower() if match else "?"
+
+
+def parse_apprise_urls(text: str) -> list[Secret]:
+    """The URLs of an Apprise URLs file: one per line; blank lines and lines starting
+    with '#' are left out. Each is a Secret, so logs mask it wherever it appears."""
+    urls = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            urls.append(Secret(line, source="apprise_urls"))
+    return urls
 
 
 class Recipients(Section):
@@ -34,7 +56,8 @@ class LedgerMqttSettings(MqttSettings):
 
 
 class NotifySettings(Section):
-    """Email notifications. Without ``smtp_host`` events are only logged."""
+    """Notifications by email and Apprise. Without ``smtp_host`` and ``apprise_urls``
+    events are only logged."""
 
     smtp_host: str | None = Field(None, description="SMTP server; unset disables email.")
     smtp_port: int | None = Field(
@@ -50,6 +73,16 @@ class NotifySettings(Section):
     password: Annotated[Secret | None, Credential("smtp_password")] = None
     sender: str = Field("gridmate@localhost", description="The From address.")
     recipients: Recipients = Recipients()
+    apprise_urls: Annotated[Secret | None, Credential("apprise_urls")] = Field(
+        None,
+        description="Apprise URLs (https://github.com/caronc/apprise/wiki), one per line "
+        "('#' starts a comment): a second channel beside email, each URL a target of its "
+        "own. They hold tokens, so they come from a file.",
+    )
+    apprise_levels: tuple[Level, ...] = Field(
+        (Level.INFO, Level.WARNING, Level.CRITICAL),
+        description="The levels that go to the Apprise targets; others are only emailed.",
+    )
     time_zone: TimeZoneName | None = Field(
         None, description="Time zone for times in messages (IANA name); default: the system's."
     )
@@ -103,7 +136,28 @@ class NotifySettings(Section):
         return value
 
     @model_validator(mode="after")
+    def _check_apprise(self) -> NotifySettings:
+        if self.apprise_urls is None:
+            return self
+        urls = self.apprise_target_urls()
+        if not urls:
+            raise ValueError("notify.apprise_urls_file holds no URL (only blank or '#' lines)")
+        from gridmate.notify.channels import import_apprise
+
+        apprise = import_apprise()
+        for number, url in enumerate(urls, 1):
+            if apprise.Apprise.instantiate(url.reveal(), suppress_exceptions=True) is None:
+                # Only the scheme: the rest of an Apprise URL is often a token.
+                raise ValueError(
+                    f"notify.apprise_urls_file: URL {number} (scheme "
+                    f"{apprise_scheme(url.reveal())}) is not one Apprise can use"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _check_smtp(self) -> NotifySettings:
+        if self.retry_max_seconds < self.retry_initial_seconds:
+            raise ValueError("notify.retry_max_seconds must be >= retry_initial_seconds")
         if self.smtp_host is None:
             return self
         if self.password is not None and self.username is None:
@@ -118,13 +172,23 @@ class NotifySettings(Section):
                 "notify.security = 'none' would send the SMTP password in clear text; "
                 "use 'starttls' or 'tls'"
             )
-        if self.retry_max_seconds < self.retry_initial_seconds:
-            raise ValueError("notify.retry_max_seconds must be >= retry_initial_seconds")
         return self
+
+    def apprise_target_urls(self) -> list[Secret]:
+        return parse_apprise_urls(self.apprise_urls.reveal()) if self.apprise_urls else []
+
+    @property
+    def email_enabled(self) -> bool:
+        return self.smtp_host is not None
+
+    @property
+    def apprise_enabled(self) -> bool:
+        return self.apprise_urls is not None
 
     @property
     def enabled(self) -> bool:
-        return self.smtp_host is not None
+        """Some channel (email, Apprise) is configured; otherwise events are only logged."""
+        return self.email_enabled or self.apprise_enabled
 
     @property
     def port(self) -> int:

@@ -3,8 +3,9 @@
 Layout under ``<state directory>/notify/``:
 
 * ``queue/<idempotency key>.json`` — one file per undelivered message, written
-  atomically (temporary file, fsync, rename) before ``send`` returns, removed
-  after the SMTP server accepted it. A restart picks them up again.
+  atomically (temporary file, fsync, rename) before ``send`` returns, with its
+  delivery on each channel (email, each Apprise target); rewritten when a channel
+  took it, removed once every channel did. A restart picks them up again.
 * ``ledger.json`` — idempotency keys already delivered (with time, kind and
   subject) and the state of open conditions, rewritten atomically. The same
   records are mirrored to MQTT (see :mod:`gridmate.notify.mirror`).
@@ -75,30 +76,73 @@ def event_from_json(data: dict[str, Any]) -> Event:
     )
 
 
-@dataclass
-class Queued:
-    """A message waiting for delivery."""
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
-    item: Item
+
+@dataclass
+class Delivery:
+    """One channel's progress with one queued message."""
+
     not_before: datetime
     attempts: int = 0
     last_error: str | None = None
     message_key: str | None = None
-    """Set (with ``message_date``) before the first attempt to hand this item to the SMTP
-    server: the Message-ID of the email carrying it. Every re-send is composed the same
-    way, so a copy the server took before a crash folds with the re-sent one."""
+    """Set (with ``message_date``) before the first attempt to hand this item to the
+    channel: the key (an email's Message-ID) of the message carrying it. Every re-send
+    is composed the same way, so a copy taken before a crash folds with the re-sent
+    one, and a digest goes again with the same events."""
     message_date: datetime | None = None
+    delivered_at: datetime | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.delivered_at is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "not_before": self.not_before.isoformat(),
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "message_key": self.message_key,
+            "message_date": self.message_date.isoformat() if self.message_date else None,
+            "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Delivery:
+        return cls(
+            not_before=datetime.fromisoformat(data["not_before"]),
+            attempts=int(data.get("attempts", 0)),
+            last_error=data.get("last_error"),
+            message_key=data.get("message_key"),
+            message_date=_time(data.get("message_date")),
+            delivered_at=_time(data.get("delivered_at")),
+        )
+
+
+EMAIL = "email"
+"""The email channel's name in queue files."""
+
+
+@dataclass
+class Queued:
+    """A message waiting for delivery on one or more channels (by channel name)."""
+
+    item: Item
+    deliveries: dict[str, Delivery]
+
+    @property
+    def pending(self) -> dict[str, Delivery]:
+        """The channels that have not taken it yet."""
+        return {name: d for name, d in self.deliveries.items() if not d.done}
 
     def to_json(self) -> dict[str, Any]:
         return {
             "idempotency_key": self.item.idempotency_key,
             "level": self.item.level.value,
             "accepted_at": self.item.accepted_at.isoformat(),
-            "not_before": self.not_before.isoformat(),
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-            "message_key": self.message_key,
-            "message_date": self.message_date.isoformat() if self.message_date else None,
+            "deliveries": {name: d.to_json() for name, d in self.deliveries.items()},
             "event": event_to_json(self.item.event),
         }
 
@@ -110,16 +154,13 @@ class Queued:
             idempotency_key=data["idempotency_key"],
             accepted_at=datetime.fromisoformat(data["accepted_at"]),
         )
-        return cls(
-            item=item,
-            not_before=datetime.fromisoformat(data["not_before"]),
-            attempts=int(data.get("attempts", 0)),
-            last_error=data.get("last_error"),
-            message_key=data.get("message_key"),
-            message_date=datetime.fromisoformat(data["message_date"])
-            if data.get("message_date")
-            else None,
-        )
+        if "deliveries" in data:
+            deliveries = {
+                str(name): Delivery.from_json(value) for name, value in data["deliveries"].items()
+            }
+        else:  # written by a gridmate that only sent email
+            deliveries = {EMAIL: Delivery.from_json(data)}
+        return cls(item=item, deliveries=deliveries)
 
 
 @dataclass

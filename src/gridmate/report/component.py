@@ -16,7 +16,9 @@ def _daily_arguments(parser: argparse.ArgumentParser) -> None:
         "the last complete day in the site's time zone)",
     )
     parser.add_argument(
-        "--no-email", action="store_true", help="write the metrics file only; send no email"
+        "--no-email",
+        action="store_true",
+        help="write the metrics file only; send no notification (email, Apprise, Home Assistant)",
     )
 
 

@@ -291,6 +291,12 @@ async def run_daily(
 
         chart = render_day_chart(samples_of(events), day, tz)
     notifier = Notifier(settings.notify, settings.state_directory, clock=clock, source="report")
+    home_assistant = None
+    if settings.ha_device.enable:
+        from gridmate.homeassistant.notifications import NotificationDevice
+
+        home_assistant = NotificationDevice(settings.ha_device, "report", "Daily report")
+        notifier.add_listener(home_assistant.notification)
     await notifier.start()
     try:
         key = await notifier.send(report_event(metrics, tz, chart))
@@ -300,17 +306,35 @@ async def run_daily(
         delivered = await notifier.flush(within_seconds=settings.notify.timeout_seconds * 2)
     finally:
         await notifier.close(grace_seconds=0)
+    if home_assistant is not None:
+        if await home_assistant.try_publish():
+            print("home assistant: notifications event fired", file=out)
+        else:
+            print(
+                "home assistant: the notifications event was not published (see the log)",
+                file=sys.stderr,
+            )
+    channels = ", ".join(notifier.channels_for(Level.INFO))
     if not settings.notify.enabled:
-        print("email: notifications disabled (no notify.smtp_host); report only logged", file=out)
-    elif not settings.notify.recipients.info:
-        print("email: no notify.recipients.info configured; report only logged", file=out)
+        print(
+            "notifications: none configured (no notify.smtp_host or notify.apprise_urls_file); "
+            "report only logged",
+            file=out,
+        )
+    elif not channels:
+        print(
+            "notifications: no channel takes info messages (notify.recipients.info, "
+            "notify.apprise_levels); report only logged",
+            file=out,
+        )
     elif key is None:
-        print(f"email: the report for {day} was already sent; not sent again", file=out)
+        print(f"notifications: the report for {day} was already sent; not sent again", file=out)
     elif delivered:
-        print(f"email: report for {day} sent", file=out)
+        print(f"notifications: report for {day} sent ({channels})", file=out)
     else:
         print(
-            "email: not delivered yet; kept in the queue and retried on the next run",
+            "notifications: not delivered everywhere yet; kept in the queue and retried on "
+            "the next run",
             file=sys.stderr,
         )
         return 1

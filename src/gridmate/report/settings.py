@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from gridmate.homeassistant.settings import NotificationDeviceSettings
 from gridmate.notify import NotifySettings
 from gridmate.runtime.settings import ComponentSettings, TimeZoneName
 
@@ -39,6 +40,11 @@ class ReportSettings(ComponentSettings):
     currency: str = Field("USD", description="Currency of the tariff's prices in the journal.")
     chart: bool = Field(True, description="Attach the day's chart to the email.")
     notify: NotifySettings = NotifySettings()
+    ha_device: NotificationDeviceSettings = Field(
+        NotificationDeviceSettings(),
+        description='The report as a Home Assistant device ("gridmate report") whose '
+        "Notifications event entity fires with every notification the report sends.",
+    )
 
     @property
     def journal_state_directory(self) -> Path:
