@@ -113,6 +113,16 @@ let
   syncoidStaticUser = options.services.syncoid ? user;
   replicationOn = cfg.replication.enable;
 
+  # The NAS's port and ssh options as syncoid takes them; preseed gets the same
+  # in its settings (zfs.ssh_port, zfs.ssh_options).
+  syncoidSshArgs =
+    lib.optional (cfg.replication.sshPort != null) "--sshport=${toString cfg.replication.sshPort}"
+    ++ map (option: "--sshoption=${option}") cfg.replication.sshOptions;
+  # syncoid pastes them into shell command lines unquoted (gridmate checks the same).
+  badSshOptions = builtins.filter (
+    option: builtins.match "[A-Za-z][A-Za-z0-9]*=[A-Za-z0-9_./%+,:@=~-]+" option == null
+  ) cfg.replication.sshOptions;
+
   # The NAS copy of a local dataset: <host>:<targetParent>/<last component>.
   replicaOf =
     dataset:
@@ -189,6 +199,8 @@ let
     zfs = {
       ssh_key =
         if cfg.replication.sshKeyFile == null then null else toString cfg.replication.sshKeyFile;
+      ssh_port = cfg.replication.sshPort;
+      ssh_options = if cfg.replication.sshOptions == [ ] then null else cfg.replication.sshOptions;
       recv_options = cfg.replication.recvOptions;
       send_options = lib.optionalString cfg.replication.raw "w";
     };
@@ -660,6 +672,24 @@ in
           /etc is the only place the sandbox reads it from.
         '';
       };
+      sshPort = mkOption {
+        type = types.nullOr types.port;
+        default = null;
+        example = 2222;
+        description = "The NAS's ssh port when it is not 22, for replication and preseed alike.";
+      };
+      sshOptions = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "ServerAliveInterval=60" ];
+        description = ''
+          ssh options (`Name=value`, without spaces or shell characters) for reaching the
+          NAS, for replication (`--sshoption`) and preseed (`zfs.ssh_options`) alike.
+          A file they name must be readable inside syncoid's sandbox, where only the Nix
+          store, /etc, /run and /bin/sh are visible: a known hosts file in the store
+          works, though {option}`programs.ssh.knownHosts` is simpler.
+        '';
+      };
       raw = mkOption {
         type = types.bool;
         default = false;
@@ -792,6 +822,16 @@ in
               message = ''
                 ${prefix}.teslamate.enable backs TeslaMate's database up with restic, but
                 ${prefix}.restic.enable is off. Enable it and set its repository and passwordFile.
+              '';
+            }
+          ]
+          ++ [
+            {
+              assertion = badSshOptions == [ ];
+              message = ''
+                ${prefix}.replication.sshOptions: ${lib.concatStringsSep ", " badSshOptions}: write
+                each as Name=value, without spaces, quotes or shell characters (syncoid passes
+                them to a shell unquoted).
               '';
             }
           ]
@@ -972,6 +1012,7 @@ in
             );
             sendOptions = lib.optionalString cfg.replication.raw "w";
             inherit (cfg.replication) recvOptions;
+            extraArgs = syncoidSshArgs;
             service.serviceConfig = {
               LoadCredential = gridmateLib.loadCredentials (
                 lib.optionalAttrs syncoidStaticUser { ssh_key = cfg.replication.sshKeyFile; }

@@ -1,14 +1,21 @@
-"""Real parts for the backup tests: zfs-fuse pools, Sanoid, syncoid, restic, PostgreSQL.
+"""Real parts for the backup tests: zfs-fuse pools, Sanoid, syncoid, restic, PostgreSQL,
+and dropbear as the NAS's ssh server.
 
 Used by tests/test_backup_preseed.py. zfs-fuse (Debian) runs file-backed pools
 in user space through /dev/fuse; the daemon is started here when none
-answers, and stopped again by whoever started it.
+answers, and stopped again by whoever started it. dropbear (Debian's
+dropbear-bin) listens on 127.0.0.1 with a host key and root's authorized key
+in a test directory; the machine's own ssh setup and root's ~/.ssh stay as
+they are.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -224,6 +231,208 @@ def zfs_exists(dataset: str) -> bool:
 
 def zfs_get(dataset: str, prop: str) -> str:
     return sh("zfs", "get", "-H", "-o", "value", prop, dataset).stdout.strip()
+
+
+# ------------------------------------------------------------------ ssh: the NAS's login
+
+
+class SshUnavailable(Exception):
+    pass
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class NasSsh:
+    """dropbear on 127.0.0.1 letting root in with ``key``: the NAS's ssh server."""
+
+    port: int
+    key: Path
+    """The private key the NAS accepts (OpenSSH format, no passphrase)."""
+    known_hosts: Path
+    """The server's true host key, for [127.0.0.1]:port."""
+    log: Path
+    """dropbear's log: one 'Pubkey auth succeeded' line per login."""
+
+    def replica(self, dataset: str) -> str:
+        return f"root@{LOOPBACK}:{dataset}"
+
+    def known_hosts_line(self, public_key: str) -> str:
+        return f"[{LOOPBACK}]:{self.port} {public_key}\n"
+
+
+def new_ssh_key(directory: Path, name: str) -> Path:
+    """An OpenSSH ed25519 key pair ``name`` and ``name.pub`` without a passphrase."""
+    key = directory / name
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"gridmate-test-{name}", "-f", str(key))
+    return key
+
+
+def new_host_key(directory: Path, name: str) -> tuple[Path, str]:
+    """A dropbear ed25519 host key and its public line ('ssh-ed25519 AAAA... comment')."""
+    key = directory / name
+    sh("dropbearkey", "-t", "ed25519", "-f", str(key))
+    lines = sh("dropbearkey", "-y", "-f", str(key)).stdout.splitlines()
+    public = next(line for line in lines if line.startswith("ssh-ed25519 "))
+    return key, " ".join(public.split()[:2])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def _syncoid_version() -> tuple[int, ...]:
+    out = sh("syncoid", "--version", check=False).stdout
+    match = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(part) for part in match.groups()) if match else (0,)
+
+
+# zfs-fuse's 'zfs get' has no -t, so syncoid lists a dataset's snapshots with its
+# fallback command; before sanoid 2.2.0 that fallback prefixed the ssh command twice
+# for a replica on another host ('snapshots couldn't be listed', sanoid issue 749), so
+# syncoid 2.1.0 (Debian 12) cannot pull from a remote zfs-fuse at all. On the NAS side
+# this wrapper drops '-t TYPE' from 'zfs get', as syncoid 2.2.0's working fallback
+# does in effect: the rows of the dataset itself come along, and syncoid keeps only
+# the rows naming a snapshot. Everything else goes to the real zfs unchanged.
+_ZFS_GET_WITHOUT_TYPE = """#!/bin/sh
+if [ "$1" = get ]; then
+  skip=
+  for arg in "$@"; do
+    shift
+    if [ -n "$skip" ]; then skip=; continue; fi
+    if [ "$arg" = -t ]; then skip=1; continue; fi
+    set -- "$@" "$arg"
+  done
+fi
+exec {zfs} "$@"
+"""
+
+_FORCED_COMMAND = """#!/bin/sh
+PATH={bin}:$PATH
+export PATH
+exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+"""
+
+
+def _authorized_keys(directory: Path, key: Path) -> str:
+    """root's authorized_keys line for ``key``; with a syncoid older than 2.2.0 a
+    forced command puts the NAS-side zfs wrapper first on PATH."""
+    public = key.with_suffix(".pub").read_text().strip()
+    if _syncoid_version() >= (2, 2, 0):
+        return public + "\n"
+    nas_bin = directory / "nas-bin"
+    nas_bin.mkdir()
+    wrapper = nas_bin / "zfs"
+    wrapper.write_text(_ZFS_GET_WITHOUT_TYPE.format(zfs=which("zfs")))
+    wrapper.chmod(0o755)
+    forced = directory / "nas-login"
+    forced.write_text(_FORCED_COMMAND.format(bin=nas_bin))
+    forced.chmod(0o755)
+    return f'command="{forced}" {public}\n'
+
+
+def _root_home_elsewhere(directory: Path, home: Path) -> dict[str, str]:
+    """Environment making dropbear see root's home at ``home``, through nss_wrapper:
+    root's real ~/.ssh is neither read nor written, and no user is created.
+
+    dropbear 2025.87 and later also take -D (the authorized_keys directory), but
+    then want every directory above it up to / unwritable by others, which /tmp is
+    not; nss_wrapper works the same with every dropbear."""
+    libraries = sorted(
+        glob.glob("/usr/lib/*/libnss_wrapper.so") + glob.glob("/usr/lib/libnss_wrapper.so")
+    )
+    if not libraries:
+        raise SshUnavailable(
+            "libnss-wrapper, which lets the test's dropbear read root's keys from a test "
+            "directory, is not installed (apt-get install libnss-wrapper; ./dev setup)"
+        )
+    passwd, group = directory / "passwd", directory / "group"
+    # The sessions' shell is sh: syncoid's remote commands are POSIX shell.
+    passwd.write_text(f"root:x:0:0:root:{home}:/bin/sh\n")
+    group.write_text("root:x:0:\n")
+    # dropbear clears its sessions' environment, so the wrapper stays with the server.
+    return {
+        "LD_PRELOAD": libraries[0],
+        "NSS_WRAPPER_PASSWD": str(passwd),
+        "NSS_WRAPPER_GROUP": str(group),
+    }
+
+
+@contextmanager
+def dropbear_server(directory: Path) -> Iterator[NasSsh]:
+    """Debian's dropbear (dropbear-bin) as the NAS's ssh server on 127.0.0.1, with a
+    host key and root's authorized key of its own in ``directory``."""
+    if which("dropbear") is None or which("dropbearkey") is None:
+        raise SshUnavailable(
+            "dropbear is not installed (apt-get install dropbear-bin; ./dev setup)"
+        )
+    if which("ssh") is None or which("ssh-keygen") is None:
+        raise SshUnavailable("OpenSSH's client is not installed (apt-get install openssh-client)")
+    if os.geteuid() != 0:
+        raise SshUnavailable("logging in to the NAS as root needs the tests to run as root")
+    directory.mkdir(mode=0o700)
+    host_key, host_public = new_host_key(directory, "host_key")
+    key = new_ssh_key(directory, "nas_key")
+    # root's home as the NAS's ssh server sees it; dropbear insists that neither it
+    # nor .ssh nor authorized_keys be writable by anyone but root.
+    home = directory / "nas-root"
+    (home / ".ssh").mkdir(mode=0o700, parents=True)
+    authorized = home / ".ssh" / "authorized_keys"
+    authorized.write_text(_authorized_keys(directory, key))
+    authorized.chmod(0o600)
+    env = _root_home_elsewhere(directory, home)
+    log = directory / "dropbear.log"
+    port = _free_port()
+    argv = [
+        which("dropbear") or "dropbear",
+        "-F",  # stay in the foreground, so terminate() ends it
+        "-E",  # log to stderr (the log file), not syslog
+        "-s",  # keys only, no passwords
+        "-p",
+        f"{LOOPBACK}:{port}",
+        "-r",
+        str(host_key),
+        "-P",
+        str(directory / "dropbear.pid"),
+    ]
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _listening(port):
+            # Installed but not working is a failure, not a reason to skip.
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"dropbear exited with {process.returncode}: {log.read_text().strip()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"dropbear did not listen within 30 s: {log.read_text()}")
+            time.sleep(0.05)
+        known_hosts = directory / "known_hosts"
+        known_hosts.write_text(f"[{LOOPBACK}]:{port} {host_public}\n")
+        yield NasSsh(port, key, known_hosts, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((LOOPBACK, port)) == 0
 
 
 # ------------------------------------------------------------------ files

@@ -21,7 +21,8 @@ from gridmate.backup.freshness import MissingResult, run_succeeded
 from gridmate.backup.postgres import restore_list
 from gridmate.backup.preseed import Decision, decide
 from gridmate.backup.restic import classify_failure, parse_environment
-from gridmate.backup.settings import BackupSettings
+from gridmate.backup.settings import BackupSettings, ZfsSettings
+from gridmate.backup.ssh import classify_ssh_failure, ssh_argv, syncoid_ssh_arguments
 from gridmate.backup.targets import Inspection
 from gridmate.backup.tools import last_lines
 from gridmate.homeassistant.view import HomeAssistantView
@@ -160,12 +161,89 @@ def _load(tmp_path: Path, data: dict) -> BackupSettings:
         ({"d": {"kind": "directory", "path": "/x", "methods": ["restic", "restic"]}}, "twice"),
         ({"d": {"kind": "directory", "path": "/x", "methods": ["rsync"]}}, "methods"),
         ({"BadName": {"kind": "directory", "path": "/x"}}, "lower-case"),
+        ({"d": {"kind": "dataset", "dataset": "p/d", "replica": "nas;reboot:t/r"}}, "[user@]host"),
+        ({"d": {"kind": "dataset", "dataset": "p/d", "replica": "nas:2222:t/r"}}, "zfs.ssh_port"),
+        ({"d": {"kind": "dataset", "dataset": "p/d", "replica": "nas:tank"}}, "pool/name"),
     ],
 )
 def test_bad_targets_are_refused_with_the_key(tmp_path: Path, targets: dict, problem: str) -> None:
     with pytest.raises(ConfigError) as error:
         _load(tmp_path, {"targets": targets})
     assert any(problem in line for line in error.value.problems), error.value.problems
+
+
+@pytest.mark.parametrize(
+    ("zfs", "problem"),
+    [
+        ({"ssh_port": 0}, "zfs.ssh_port"),
+        ({"ssh_options": ["StrictHostKeyChecking yes"]}, "write Name=value"),
+        ({"ssh_options": ["ProxyCommand=nc$IFS%h"]}, "shell characters"),
+        ({"ssh_options": ["=yes"]}, "write Name=value"),
+        ({"ssh_key": "/run/keys/nas key"}, "zfs.ssh_key"),
+    ],
+)
+def test_bad_ssh_settings_are_refused_with_the_key(tmp_path: Path, zfs: dict, problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        _load(tmp_path, {"zfs": zfs})
+    assert any(problem in line for line in error.value.problems), error.value.problems
+
+
+def test_the_nas_port_key_and_options_reach_ssh_in_the_order_ssh_weighs_them() -> None:
+    settings = ZfsSettings(
+        ssh_key=Path("/run/credentials/k"),
+        ssh_port=2222,
+        ssh_options=("BatchMode=no", "ConnectTimeout=5", "UserKnownHostsFile=/etc/nas_hosts"),
+    )
+    # ssh keeps the first value of each option: batch mode first, so it cannot be
+    # turned off; the user's connect timeout before the default one, so it wins.
+    assert syncoid_ssh_arguments(settings) == [
+        "--sshkey=/run/credentials/k",
+        "--sshport=2222",
+        "--sshoption=BatchMode=yes",
+        "--sshoption=BatchMode=no",
+        "--sshoption=ConnectTimeout=5",
+        "--sshoption=UserKnownHostsFile=/etc/nas_hosts",
+        "--sshoption=IdentitiesOnly=yes",
+        "--sshoption=ConnectTimeout=30",
+    ]
+    argv = ssh_argv(settings, "syncoid@nas.lan", ["zfs", "list", "-d", "1", "tank/my data"])
+    assert argv[-2:] == ["syncoid@nas.lan", "zfs list -d 1 'tank/my data'"]
+    assert (
+        argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-i") + 1] == "/run/credentials/k"
+    )
+    assert syncoid_ssh_arguments(ZfsSettings()) == [
+        "--sshoption=BatchMode=yes",
+        "--sshoption=ConnectTimeout=30",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stderr", "words"),
+    [
+        ("syncoid@nas.lan: Permission denied (publickey).\n", "refused the login"),
+        ("ssh: connect to host nas.lan port 2222: Connection timed out\n", "unreachable"),
+        ("ssh: Could not resolve hostname nas.lan: Name or service not known\n", "unreachable"),
+        (
+            "@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n"
+            "Host key verification failed.\n",
+            "does not match",
+        ),
+        ("No ED25519 host key is known for nas.lan\nHost key verification failed.\n", "not known"),
+        (
+            'Load key "/k": bad permissions\nsyncoid@nas.lan: Permission denied (publickey).\n',
+            "cannot use the key",
+        ),
+        ("cannot send 'tank/x': permission denied\n", None),
+        ("cannot open 'tank/x': dataset does not exist\n", None),
+    ],
+)
+def test_ssh_failures_in_plain_words(stderr: str, words: str | None) -> None:
+    reason = classify_ssh_failure(stderr)
+    if words is None:
+        assert reason is None
+    else:
+        assert reason is not None and words in reason
+        assert "\n" not in reason
 
 
 def test_restic_password_never_inline_and_one_repository_location(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 restic (Debian), PostgreSQL on 127.0.0.1 (pg_dump, pg_restore, psql), ZFS
 through Debian's zfs-fuse on file-backed pools, Sanoid taking the snapshots
-and syncoid replicating to a second pool that plays the NAS. The tests run
+and syncoid replicating to a second pool that plays the NAS, reached either
+directly or over ssh through Debian's dropbear on 127.0.0.1. The tests run
 the ``gridmate`` command line as the NixOS units will.
 """
 
@@ -24,15 +25,20 @@ import pytest
 from backup_rig import (
     PG_HOST,
     PG_PORT,
+    NasSsh,
     Pools,
+    SshUnavailable,
     ZfsUnavailable,
     database_comment,
     database_exists,
     drop_database,
+    dropbear_server,
     empty_directory,
     file_pools,
     gridmate,
+    new_host_key,
     new_repository,
+    new_ssh_key,
     psql,
     seed_state_directory,
     seed_teslamate,
@@ -96,12 +102,16 @@ def write_config(
     password_file: Path | None = None,
     smtp: Any = None,
     preseed: dict[str, Any] | None = None,
+    zfs: dict[str, Any] | None = None,
+    log_level: str = "info",
 ) -> Path:
     data: dict[str, Any] = {
         "state_directory": str(tmp_path / "state"),
         "textfile_directory": str(tmp_path / "textfile"),
-        "log": {"format": "text"},
+        "log": {"format": "text", "level": log_level},
     }
+    if zfs:
+        data["zfs"] = zfs
     if repository is not None:
         data["restic"] = {
             "repository": repository,
@@ -709,3 +719,197 @@ async def test_a_preseed_killed_mid_restore_is_detected_and_redone(tmp_path, dat
     assert "did not finish" in result.stderr
     assert teslamate_rows(database) == rows
     assert database_comment(database).startswith("gridmate-preseed complete")
+
+
+# ------------------------------------------------------------------ the NAS over ssh
+#
+# The replica lives on "the NAS": a pool of the same zfs-fuse daemon, reached only
+# through Debian's dropbear on 127.0.0.1 with a key, a port and a known hosts file of
+# the test's own, passed on by gridmate's zfs.ssh_* settings. dropbear's log tells
+# that the data really went through ssh.
+
+
+@pytest.fixture(scope="module")
+def nas_ssh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NasSsh]:
+    try:
+        with dropbear_server(tmp_path_factory.mktemp("nas") / "ssh") as server:
+            yield server
+    except SshUnavailable as error:
+        pytest.skip(str(error))
+
+
+def nas_settings(nas: NasSsh, **changes: Any) -> dict[str, Any]:
+    """zfs.ssh_* for the test's NAS: its key, its port, its known host key only."""
+    known_hosts = changes.pop("known_hosts", nas.known_hosts)
+    return {
+        "ssh_key": str(nas.key),
+        "ssh_port": nas.port,
+        "ssh_options": [f"UserKnownHostsFile={known_hosts}", "StrictHostKeyChecking=yes"],
+        **changes,
+    }
+
+
+def ssh_logins(nas: NasSsh) -> int:
+    return nas.log.read_text().count("Pubkey auth succeeded for 'root'")
+
+
+def key_lines(key: Path) -> list[str]:
+    """The secret part of a private key file: every line between its armour lines."""
+    return [line for line in key.read_text().splitlines() if line and "PRIVATE KEY" not in line]
+
+
+def replicated_state(tmp_path: Path, pools: Pools) -> tuple[str, Path, dict[str, Any]]:
+    """gridmate's state on a dataset, snapshotted by Sanoid and replicated to the NAS."""
+    mountpoint = tmp_path / "mnt" / "state"
+    dataset = f"{pools.local}/state"
+    make_dataset(dataset, mountpoint)
+    seed_state_directory(mountpoint)
+    files = tree(mountpoint)
+    take_sanoid_snapshots(tmp_path, dataset)
+    sh("syncoid", "--no-privilege-elevation", dataset, f"{pools.nas}/state")
+    return dataset, mountpoint, files
+
+
+def test_syncoid_pulls_the_replica_over_ssh_and_replication_continues(tmp_path, pools, nas_ssh):
+    dataset, mountpoint, files = replicated_state(tmp_path, pools)
+    replica = nas_ssh.replica(f"{pools.nas}/state")
+    config = write_config(
+        tmp_path,
+        {
+            "gridmate-state": {
+                "kind": "dataset",
+                "dataset": dataset,
+                "path": str(mountpoint),
+                "replica": replica,
+                "methods": ["syncoid"],
+            }
+        },
+        zfs=nas_settings(nas_ssh),
+    )
+    zfs_destroy(dataset)  # a new disk: the dataset is not there yet
+    logins = ssh_logins(nas_ssh)
+
+    result = preseed(config)
+    assert result.returncode == 0, result.stderr
+    assert f"restored with syncoid from the replica {replica}" in result.stderr
+    assert tree(mountpoint) == files
+    assert zfs_get(dataset, "gridmate:preseed").startswith("complete")
+    assert zfs_get(dataset, "mountpoint") == str(mountpoint)
+    assert snapshots(dataset) == snapshots(f"{pools.nas}/state")
+    assert not zfs_exists(f"{dataset}-preseed-incoming")
+    assert ssh_logins(nas_ssh) >= logins + 2  # the read-only look, then syncoid
+
+    # The next replication to the NAS, over ssh as well, is incremental.
+    (mountpoint / "energy" / "after.json").write_text("{}")
+    sh("zfs", "snapshot", f"{dataset}@autosnap_after-restore")
+    sh(
+        "syncoid",
+        "--no-privilege-elevation",
+        "--no-sync-snap",
+        f"--sshkey={nas_ssh.key}",
+        f"--sshport={nas_ssh.port}",
+        f"--sshoption=UserKnownHostsFile={nas_ssh.known_hosts}",
+        "--sshoption=BatchMode=yes",
+        dataset,
+        replica,
+    )
+    assert snapshots(f"{pools.nas}/state")[-1] == "autosnap_after-restore"
+
+
+def test_dry_run_looks_at_the_remote_replica_over_ssh(tmp_path, pools, nas_ssh):
+    dataset, _, _ = replicated_state(tmp_path, pools)
+    taken = snapshots(f"{pools.nas}/state")
+    replica = nas_ssh.replica(f"{pools.nas}/state")
+    missing = nas_ssh.replica(f"{pools.nas}/never-replicated")
+    config = write_config(
+        tmp_path,
+        {
+            "state": {"kind": "dataset", "dataset": dataset, "replica": replica},
+            "other": {"kind": "dataset", "dataset": f"{pools.local}/other", "replica": missing},
+        },
+        zfs=nas_settings(nas_ssh),
+    )
+    zfs_destroy(dataset)
+
+    result = preseed(config, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert (
+        f"1. syncoid: would replicate {replica} ({len(taken)} snapshots, newest {taken[-1]}) "
+        f"into {dataset} with syncoid"
+    ) in out
+    assert f"1. syncoid: would fail: the replica {missing} does not exist" in out
+    assert not zfs_exists(dataset)
+    assert not zfs_exists(f"{pools.local}/other")
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        ("wrong key", "the NAS refused the login with this key (root@127.0.0.1: Permission denied"),
+        ("closed port", "the NAS is unreachable (ssh: connect to host 127.0.0.1 port"),
+        ("host key mismatch", "the NAS's host key does not match the known one"),
+        ("unknown host key", "the NAS's host key is not known"),
+        ("unreadable key", "(zfs.ssh_key) cannot be read: No such file or directory"),
+    ],
+)
+def test_an_unreachable_nas_is_named_in_one_line_and_the_next_method_restores(
+    tmp_path, pools, nas_ssh, failure, reason
+):
+    dataset, mountpoint, files = replicated_state(tmp_path, pools)
+    replica = nas_ssh.replica(f"{pools.nas}/state")
+    secrets = key_lines(nas_ssh.key)
+    zfs: dict[str, Any]
+    if failure == "wrong key":
+        wrong = new_ssh_key(tmp_path, "not-the-nas-key")
+        secrets += key_lines(wrong)
+        zfs = nas_settings(nas_ssh, ssh_key=str(wrong))
+    elif failure == "closed port":
+        zfs = nas_settings(nas_ssh, ssh_port=closed_port())
+    elif failure == "host key mismatch":
+        _, impostor = new_host_key(tmp_path, "impostor_host_key")
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(nas_ssh.known_hosts_line(impostor))
+        zfs = nas_settings(nas_ssh, known_hosts=known_hosts)
+    elif failure == "unknown host key":
+        zfs = nas_settings(nas_ssh, known_hosts=tmp_path / "empty_known_hosts")
+    else:
+        zfs = nas_settings(nas_ssh, ssh_key=str(tmp_path / "no-such-key"))
+    target = {"kind": "dataset", "dataset": dataset, "path": str(mountpoint), "replica": replica}
+    # The data is lost; the dataset and its Sanoid snapshots survive.
+    empty_directory(mountpoint)
+    before = snapshots(dataset)
+
+    # syncoid alone: refused, the dataset exactly as it was.
+    only_syncoid = write_config(
+        tmp_path, {"gridmate-state": {**target, "methods": ["syncoid"]}}, zfs=zfs, log_level="debug"
+    )
+    refused = preseed(only_syncoid)
+    assert refused.returncode == 1
+    line = next(line for line in refused.stderr.splitlines() if "syncoid could not restore" in line)
+    assert f"cannot reach the replica {replica}" in line
+    assert reason in line
+    assert "@@@" not in refused.stderr
+    assert "held back" in refused.stderr
+    assert list(mountpoint.iterdir()) == []
+    assert snapshots(dataset) == before
+    assert zfs_get(dataset, "gridmate:preseed") == "-"
+    assert not zfs_exists(f"{dataset}-preseed-incoming")
+
+    # Then the next method: the newest Sanoid snapshot on this host.
+    with_local = write_config(
+        tmp_path,
+        {"gridmate-state": {**target, "methods": ["syncoid", "local"]}},
+        zfs=zfs,
+        log_level="debug",
+    )
+    restored = preseed(with_local)
+    assert restored.returncode == 0, restored.stderr
+    assert reason in restored.stderr
+    assert "restored with local from local snapshot" in restored.stderr
+    assert tree(mountpoint) == files
+    assert zfs_get(dataset, "gridmate:preseed").startswith("complete")
+
+    # The key never shows, in the log (debug level included) or in the metrics.
+    shown = refused.stderr + restored.stdout + restored.stderr + metrics(tmp_path, "gridmate-state")
+    assert not [secret for secret in secrets if secret in shown]

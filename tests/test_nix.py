@@ -2785,6 +2785,52 @@ def test_backup_sanoid_and_syncoid(nix_eval: Any) -> None:
     assert text.rstrip().endswith(f"ExecStopPost={record}") or f"\nExecStopPost={record}\n" in text
 
 
+def test_backup_nas_ssh_port_and_options_reach_syncoid_and_preseed(nix_eval: Any) -> None:
+    """replication.sshPort and sshOptions: the same for the replication units and for
+    preseed's settings, which gridmate accepts."""
+    from gridmate.backup.settings import BackupSettings
+
+    got = _backup(
+        nix_eval,
+        """{
+          services.gridmate.backup.replication = {
+            sshPort = 2222;
+            sshOptions = [
+              "UserKnownHostsFile=/etc/gridmate/nas_known_hosts"
+              "StrictHostKeyChecking=yes"
+            ];
+          };
+        }""",
+        body="""{
+          extraArgs = c.services.syncoid.commands."rpool/services/postgresql".extraArgs;
+          text = (h.units r)."syncoid-rpool-services-postgresql.service".text;
+          zfs = c.services.gridmate.backup.finalSettings.zfs;
+        }""",
+    )
+    assert got["extraArgs"] == [
+        "--sshport=2222",
+        "--sshoption=UserKnownHostsFile=/etc/gridmate/nas_known_hosts",
+        "--sshoption=StrictHostKeyChecking=yes",
+    ]
+    assert (
+        " '--sshport=2222' '--sshoption=UserKnownHostsFile=/etc/gridmate/nas_known_hosts' "
+        "'--sshoption=StrictHostKeyChecking=yes' --sendoptions w " in got["text"]
+    )
+    assert got["zfs"] == {
+        "ssh_key": "/run/secrets/gridmate/syncoid-key",
+        "ssh_port": 2222,
+        "ssh_options": [
+            "UserKnownHostsFile=/etc/gridmate/nas_known_hosts",
+            "StrictHostKeyChecking=yes",
+        ],
+        "recv_options": "u",
+        "send_options": "w",
+    }
+    settings = BackupSettings.model_validate({"zfs": got["zfs"]})
+    assert settings.zfs.ssh_port == 2222
+    assert settings.zfs.ssh_options[1] == "StrictHostKeyChecking=yes"
+
+
 def test_backup_metrics_reach_prometheus(nix_eval: Any) -> None:
     body = """{
       inherit (c.systemd.tmpfiles) rules;
@@ -2838,6 +2884,12 @@ def test_backup_assertions_say_what_to_set(nix_eval: Any) -> None:
     assert "replication.host" in message and "replication.targetParent" in message
     [message] = failed("{ services.gridmate.backup.replication.sshKeyFile = lib.mkForce null; }")
     assert "replication.sshKeyFile is not" in message
+
+    # an ssh option syncoid would hand to a shell
+    [message] = failed(
+        '{ services.gridmate.backup.replication.sshOptions = [ "ProxyCommand=nc %h; rm" ]; }'
+    )
+    assert "replication.sshOptions: ProxyCommand=nc %h; rm: write each as Name=value" in message
 
     # preseed of a target with no method that can work
     [message] = failed(

@@ -29,6 +29,18 @@ DATABASE_DEFAULT_METHODS: tuple[Method, ...] = ("local", "restic")
 
 _TARGET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9][A-Za-z0-9_.:-]*)+$")
+_SHELL_WORD = re.compile(r"^[A-Za-z0-9_./%+,:@=~-]+$")
+_SSH_OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+_SSH_DESTINATION = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9][A-Za-z0-9.-]*$")
+
+
+def split_replica(replica: str) -> tuple[str | None, str]:
+    """``([user@]host, dataset)`` of a replica on another machine, ``(None, dataset)``
+    of one on this host. As for syncoid, a ':' before the first '/' means a host."""
+    if ":" in replica.split("/", 1)[0]:
+        destination, dataset = replica.split(":", 1)
+        return destination, dataset
+    return None, replica
 
 
 class ResticSettings(Section):
@@ -78,8 +90,23 @@ class ZfsSettings(Section):
     )
     ssh_key: Path | None = Field(
         None,
-        description="Private key syncoid uses to reach the NAS (passed as --sshkey; the key "
-        "stays in its file).",
+        description="Private key for logging in to the NAS (syncoid --sshkey, ssh -i for "
+        "preseed's look at the replica; the key stays in its file).",
+    )
+    ssh_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of the NAS's ssh server (syncoid --sshport); default: ssh's own "
+        "(22, or what ssh_config says).",
+    )
+    ssh_options: tuple[str, ...] = Field(
+        (),
+        description="ssh options for reaching the NAS, each 'Name=value' (syncoid "
+        "--sshoption, ssh -o), e.g. ['UserKnownHostsFile=/etc/gridmate/nas_known_hosts', "
+        "'StrictHostKeyChecking=yes']. BatchMode=yes always comes first (preseed never waits "
+        "for a password or a host key question), ConnectTimeout=30 last (an option of yours "
+        "wins).",
     )
     send_options: str = Field(
         "",
@@ -100,6 +127,31 @@ class ZfsSettings(Section):
     def _check_options(cls, value: str) -> str:
         if any(c in value for c in "\"'\\;&|$`"):
             raise ValueError("only zfs send/receive option letters and words are accepted")
+        return value
+
+    # syncoid pastes the key's path and the ssh options into shell command lines
+    # unquoted, so anything a shell would split or interpret is refused here.
+
+    @field_validator("ssh_key")
+    @classmethod
+    def _check_ssh_key(cls, value: Path | None) -> Path | None:
+        if value is not None and not _SHELL_WORD.match(str(value)):
+            raise ValueError(
+                "the key's path may not hold spaces, quotes or shell characters "
+                "(syncoid passes it to a shell unquoted)"
+            )
+        return value
+
+    @field_validator("ssh_options")
+    @classmethod
+    def _check_ssh_options(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for option in value:
+            name, sep, setting = option.partition("=")
+            if not sep or not _SSH_OPTION_NAME.match(name) or not _SHELL_WORD.match(setting):
+                raise ValueError(
+                    f"ssh option {option!r}: write Name=value, without spaces, quotes or "
+                    "shell characters (syncoid passes it to a shell unquoted)"
+                )
         return value
 
 
@@ -146,7 +198,7 @@ class TargetSettings(Section):
     replica: str | None = Field(
         None,
         description="Where syncoid pulls from, e.g. 'syncoid@nas:tank/replicas/teslamate' "
-        "(kind 'dataset').",
+        "(kind 'dataset'); the ssh port, key and options are in [zfs].",
     )
     restic_tag: str | None = Field(
         None, description="Tag of the restic snapshots holding this target; default: its name."
@@ -174,6 +226,26 @@ class TargetSettings(Section):
     def _check_dataset(cls, value: str | None) -> str | None:
         if value is not None and not _DATASET.match(value):
             raise ValueError("not a ZFS dataset name of the form pool/name")
+        return value
+
+    @field_validator("replica")
+    @classmethod
+    def _check_replica(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        destination, dataset = split_replica(value)
+        if destination is not None and not _SSH_DESTINATION.match(destination):
+            raise ValueError(
+                f"{destination!r} is not a NAS as ssh takes it: [user@]host, with letters, "
+                "digits, '.', '-' and '_'"
+            )
+        if destination is not None and re.match(r"^\d+:", dataset):
+            raise ValueError("the replica names no port; set the NAS's ssh port in zfs.ssh_port")
+        if not _DATASET.match(dataset):
+            raise ValueError(
+                "not a replica of the form 'pool/name' (on this host) or "
+                "'[user@]host:pool/name' (on the NAS)"
+            )
         return value
 
     @field_validator("methods")

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from gridmate.backup.postgres import Postgres, newest_dump
 from gridmate.backup.restic import Restic, ResticSnapshot
-from gridmate.backup.settings import BackupSettings, Method, TargetSettings
-from gridmate.backup.tools import ToolError
+from gridmate.backup.settings import BackupSettings, Method, TargetSettings, split_replica
+from gridmate.backup.ssh import classify_ssh_failure
+from gridmate.backup.tools import ToolError, last_lines
 from gridmate.backup.zfs import MARKER_PROPERTY, Zfs
 from gridmate.runtime.files import write_atomically
 
@@ -29,6 +30,25 @@ BOOKKEEPING = {MARKER_FILE, STAGING_NAME, "lost+found"}
 
 RESTORING = "restoring"
 COMPLETE = "complete"
+
+
+def replica_failure(replica: str, error: ToolError) -> ToolError:
+    """A failure to read or pull ``replica``, told in terms of the replica."""
+    text = error.output or str(error)
+    remote = split_replica(replica)[0] is not None
+    reason = classify_ssh_failure(text) if remote else None
+    if reason is not None:
+        return ToolError(f"cannot reach the replica {replica} over ssh: {reason}", error.output)
+    if "does not exist" in text or "no datasets" in text.lower():
+        if str(error).startswith(f"the replica {replica} "):
+            return error
+        return ToolError(
+            f"the replica {replica} does not exist or cannot be read ({last_lines(text, 1)})",
+            error.output,
+        )
+    if replica not in str(error):
+        return ToolError(f"cannot reach the replica {replica}: {error}", error.output)
+    return error
 
 
 def marker_text(state: str, detail: str = "") -> str:
@@ -320,16 +340,30 @@ class DatasetTarget(FilesTarget):
             return f"would roll {self.dataset} back to {self._newest_local()}"
         if method == "syncoid":
             replica = self.config.replica or ""
-            if ":" in replica.split("/", 1)[0]:
-                return (
-                    f"would replicate {replica} into {self.dataset} with syncoid (a remote "
-                    "replica is only reached when trying)"
-                )
-            if not self.zfs.exists(replica):
-                raise ToolError(f"the replica {replica} does not exist")
-            count = len(self.zfs.snapshots(replica))
-            return f"would replicate {replica} ({count} snapshots) into {self.dataset} with syncoid"
+            names = self._replica_snapshots(replica)
+            newest = names[-1].split("@", 1)[1]
+            return (
+                f"would replicate {replica} ({len(names)} snapshots, newest {newest}) into "
+                f"{self.dataset} with syncoid"
+            )
         return super().probe(method)
+
+    def _replica_snapshots(self, replica: str) -> list[str]:
+        """The replica's snapshots, oldest first, looked at without changing anything
+        (over ssh for a replica on the NAS); ToolError when it cannot serve a restore."""
+        destination, dataset = split_replica(replica)
+        try:
+            if destination is not None:
+                names = self.zfs.remote_snapshots(destination, dataset)
+            elif self.zfs.exists(dataset):
+                names = [snapshot.name for snapshot in self.zfs.snapshots(dataset)]
+            else:
+                raise ToolError(f"the replica {replica} does not exist")
+        except ToolError as error:
+            raise replica_failure(replica, error) from None
+        if not names:
+            raise ToolError(f"the replica {replica} has no snapshot to restore from")
+        return names
 
     def discard_partial(self) -> None:
         if self.zfs.exists(self.incoming):
@@ -376,11 +410,7 @@ class DatasetTarget(FilesTarget):
             with contextlib.suppress(ToolError):
                 if self.zfs.exists(self.incoming):
                     self.zfs.destroy(self.incoming)
-            if "does not exist" in str(error) or "no datasets" in str(error).lower():
-                raise ToolError(
-                    f"the replica {replica} does not exist or cannot be read: {error}"
-                ) from None
-            raise
+            raise replica_failure(replica, error) from None
         # The received dataset carries the marker through the swap below, so a crash
         # between the renames is recognised as an unfinished restore.
         self.zfs.set(self.incoming, MARKER_PROPERTY, marker_text(RESTORING, "syncoid"))

@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridmate.backup.settings import ZfsSettings
+from gridmate.backup.settings import ZfsSettings, split_replica
+from gridmate.backup.ssh import check_ssh_key, ssh_argv, syncoid_ssh_arguments
 from gridmate.backup.tools import ToolError, run
 from gridmate.runtime.backoff import Backoff
 
@@ -22,6 +23,8 @@ dataset itself: destroy the dataset and the marker goes with it."""
 
 
 BUSY_PATIENCE_SECONDS = 30.0
+REMOTE_LIST_TIMEOUT_SECONDS = 120.0
+"""ssh's own connect timeout, the login and one 'zfs list' on the NAS."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,18 @@ class Zfs:
     def rollback(self, snapshot: str) -> None:
         self._zfs("rollback", "-r", snapshot, what=f"roll back to {snapshot}")
 
+    def remote_snapshots(self, destination: str, dataset: str) -> list[str]:
+        """Names of ``dataset``'s own snapshots on ``destination`` (``[user@]host``),
+        oldest first, read over ssh with syncoid's port, key and options."""
+        check_ssh_key(self.settings)
+        command = ["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "creation"]
+        out = run(
+            ssh_argv(self.settings, destination, [*command, "-d", "1", dataset]),
+            timeout=REMOTE_LIST_TIMEOUT_SECONDS,
+            what=f"listing the snapshots of {destination}:{dataset} over ssh",
+        ).stdout
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
     def syncoid(self, source: str, target: str) -> None:
         """Pull ``source`` (the NAS replica) into the new dataset ``target``."""
         argv = [
@@ -149,8 +164,9 @@ class Zfs:
             "--no-privilege-elevation",
             "--no-resume",
         ]
-        if self.settings.ssh_key is not None:
-            argv.append(f"--sshkey={self.settings.ssh_key}")
+        if split_replica(source)[0] is not None:
+            check_ssh_key(self.settings)
+            argv += syncoid_ssh_arguments(self.settings)
         if self.settings.send_options:
             argv.append(f"--sendoptions={self.settings.send_options}")
         if self.settings.recv_options:
