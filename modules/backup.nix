@@ -114,10 +114,14 @@ let
   replicationOn = cfg.replication.enable;
 
   # The NAS's port and ssh options as syncoid takes them; preseed gets the same
-  # in its settings (zfs.ssh_port, zfs.ssh_options).
-  syncoidSshArgs =
-    lib.optional (cfg.replication.sshPort != null) "--sshport=${toString cfg.replication.sshPort}"
-    ++ map (option: "--sshoption=${option}") cfg.replication.sshOptions;
+  # in its settings (zfs.ssh_port, zfs.ssh_options). A timer's run has nobody to
+  # answer a password or host key question: BatchMode fails it at once instead, as
+  # preseed does (first, so it holds: ssh takes the first value of an option).
+  syncoidSshArgs = [
+    "--sshoption=BatchMode=yes"
+  ]
+  ++ lib.optional (cfg.replication.sshPort != null) "--sshport=${toString cfg.replication.sshPort}"
+  ++ map (option: "--sshoption=${option}") cfg.replication.sshOptions;
   # syncoid pastes them into shell command lines unquoted (gridmate checks the same).
   badSshOptions = builtins.filter (
     option: builtins.match "[A-Za-z][A-Za-z0-9]*=[A-Za-z0-9_./%+,:@=~-]+" option == null

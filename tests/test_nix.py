@@ -2756,7 +2756,10 @@ def test_backup_sanoid_and_syncoid(nix_eval: Any) -> None:
             "smtp_password:/run/secrets/gridmate/smtp-password",
             "ssh_key:/run/secrets/gridmate/syncoid-key",
         ]
-        assert " --sshkey %d/ssh_key --sendoptions w --recvoptions u " in text
+        assert (
+            " --sshkey %d/ssh_key '--sshoption=BatchMode=yes' --sendoptions w --recvoptions u "
+            in text
+        )
         assert "\nLoadCredential=ssh_key:/run/secrets/gridmate/syncoid-key\n" in text
     else:
         assert command["sshKey"] == "/run/secrets/gridmate/syncoid-key"
@@ -2764,7 +2767,8 @@ def test_backup_sanoid_and_syncoid(nix_eval: Any) -> None:
             "smtp_password:/run/secrets/gridmate/smtp-password"
         ]
         assert (
-            " --sshkey '${CREDENTIALS_DIRECTORY}/sshKey' --sendoptions w --recvoptions u " in text
+            " --sshkey '${CREDENTIALS_DIRECTORY}/sshKey' '--sshoption=BatchMode=yes' "
+            "--sendoptions w --recvoptions u " in text
         )
         assert "\nLoadCredential=sshKey:/run/secrets/gridmate/syncoid-key\n" in text
     assert "\nLoadCredential=smtp_password:/run/secrets/gridmate/smtp-password\n" in text
@@ -2808,12 +2812,14 @@ def test_backup_nas_ssh_port_and_options_reach_syncoid_and_preseed(nix_eval: Any
         }""",
     )
     assert got["extraArgs"] == [
+        "--sshoption=BatchMode=yes",
         "--sshport=2222",
         "--sshoption=UserKnownHostsFile=/etc/gridmate/nas_known_hosts",
         "--sshoption=StrictHostKeyChecking=yes",
     ]
     assert (
-        " '--sshport=2222' '--sshoption=UserKnownHostsFile=/etc/gridmate/nas_known_hosts' "
+        " '--sshoption=BatchMode=yes' '--sshport=2222' "
+        "'--sshoption=UserKnownHostsFile=/etc/gridmate/nas_known_hosts' "
         "'--sshoption=StrictHostKeyChecking=yes' --sendoptions w " in got["text"]
     )
     assert got["zfs"] == {
