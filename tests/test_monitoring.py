@@ -532,29 +532,28 @@ UNIT_TESTS: list[dict[str, Any]] = [
         ],
     },
     {
-        "name": "the notifier's queue: stuck on one host, draining on the other",
+        "name": "a notification stuck on one channel: all of one host's, Apprise on the other",
         "input_series": [
             {
-                "series": ('gridmate_notify_queue_messages{job="gridmate-energy",instance="a"}'),
-                "values": "0x5 3x60",
+                "series": (
+                    'gridmate_notify_oldest_undelivered_seconds{job="gridmate-energy",'
+                    'instance="a",channel="email"}'
+                ),
+                "values": "0x5 60+60x60",
             },
             {
                 "series": (
-                    'gridmate_notify_emails_total{job="gridmate-energy",'
-                    'instance="a",level="warning",outcome="sent"}'
+                    'gridmate_notify_oldest_undelivered_seconds{job="gridmate-energy",'
+                    'instance="b",channel="email"}'
                 ),
-                "values": "2x65",
-            },
-            {
-                "series": ('gridmate_notify_queue_messages{job="gridmate-energy",instance="b"}'),
-                "values": "3x65",
+                "values": "0 60 0 60 0x61",
             },
             {
                 "series": (
-                    'gridmate_notify_emails_total{job="gridmate-energy",'
-                    'instance="b",level="warning",outcome="sent"}'
+                    'gridmate_notify_oldest_undelivered_seconds{job="gridmate-energy",'
+                    'instance="b",channel="apprise"}'
                 ),
-                "values": "0+1x65",
+                "values": "0x8 60+60x57",
             },
         ],
         "alerts": [
@@ -564,11 +563,21 @@ UNIT_TESTS: list[dict[str, Any]] = [
                 "40m",
                 [
                     firing(
-                        ("gridmate-energy has had mail waiting for 30 minutes and sent none"),
+                        "gridmate-energy has had a notification waiting on email for over "
+                        "30 minutes",
                         severity="warning",
                         job="gridmate-energy",
                         instance="a",
-                    )
+                        channel="email",
+                    ),
+                    firing(
+                        "gridmate-energy has had a notification waiting on apprise for over "
+                        "30 minutes",
+                        severity="warning",
+                        job="gridmate-energy",
+                        instance="b",
+                        channel="apprise",
+                    ),
                 ],
             ),
         ],

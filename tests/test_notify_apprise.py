@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from test_notify import close_with_nothing_left, free_port, settings_for, stale, subject, until
 
 from gridmate.notify import Event, EventKind, InlineImage, Level, Notifier, NotifySettings
@@ -196,7 +197,8 @@ async def test_a_dead_apprise_target_is_retried_and_email_goes_out_once(
         settings = apprise_settings(
             tmp_path, [target.url("json", f"/phone/{TOKEN}")], smtp_server.port
         )
-        notifier = Notifier(settings, tmp_path)
+        registry = CollectorRegistry()
+        notifier = Notifier(settings, tmp_path, registry=registry)
         await notifier.start()
         await notifier.send(stale())
         await smtp_server.wait_for(1)
@@ -204,6 +206,18 @@ async def test_a_dead_apprise_target_is_retried_and_email_goes_out_once(
         health = notifier.health()
         assert health is not None and "Apprise target 1 (json)" in health
         assert len(smtp_server.messages) == 1  # email is not held up, nor repeated
+
+        # What the "notifier stuck" alert reads: the dead channel's oldest message ages
+        # while email, which took it, shows nothing waiting.
+        def oldest(channel: str) -> float | None:
+            return registry.get_sample_value(
+                "gridmate_notify_oldest_undelivered_seconds", {"channel": channel}
+            )
+
+        assert oldest("email") == 0.0
+        first_age = oldest("apprise")
+        assert first_age is not None and first_age > 0
+        await until(lambda: (oldest("apprise") or 0) > first_age)
         # Across a restart the queue remembers that email already took it.
         await notifier.close()
         [queued] = Store(tmp_path / "notify").load_queue()

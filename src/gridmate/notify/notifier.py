@@ -123,6 +123,16 @@ class Notifier:
             registry=registry,
         )
         queue_gauge.set_function(lambda: float(len(self._queue)))
+        oldest_gauge = Gauge(
+            "gridmate_notify_oldest_undelivered_seconds",
+            "Age of the oldest message a channel of this kind has not taken yet (0: none).",
+            ["channel"],
+            registry=registry,
+        )
+        for kind in sorted({channel.kind for channel in self._channels.values()}):
+            oldest_gauge.labels(kind.lower()).set_function(
+                lambda kind=kind: self.oldest_undelivered_seconds(kind)
+            )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -214,6 +224,22 @@ class Notifier:
     @property
     def queue_length(self) -> int:
         return len(self._queue)
+
+    def oldest_undelivered_seconds(self, kind: str) -> float:
+        """How long the oldest message some channel of ``kind`` ("email", "Apprise") still
+        lacks has waited; 0 when none waits. One dead channel shows here even while the
+        others deliver (the queue keeps a message until every channel took it)."""
+        waiting = [
+            queued.item.accepted_at
+            for queued in self._queue.values()
+            if any(
+                name in self._channels and self._channels[name].kind == kind
+                for name in queued.pending
+            )
+        ]
+        if not waiting:
+            return 0.0
+        return max(0.0, (self.clock.now() - min(waiting)).total_seconds())
 
     def health(self) -> str | None:
         """For ``daemon.add_health_check``: trouble delivering on some channel, or None."""
