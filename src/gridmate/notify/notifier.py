@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import socket
 from collections.abc import Callable, Sequence
@@ -131,7 +132,7 @@ class Notifier:
         )
         for kind in sorted({channel.kind for channel in self._channels.values()}):
             oldest_gauge.labels(kind.lower()).set_function(
-                lambda kind=kind: self.oldest_undelivered_seconds(kind)
+                functools.partial(self.oldest_undelivered_seconds, kind)
             )
 
     # ------------------------------------------------------------------ lifecycle
