@@ -1715,7 +1715,7 @@ def test_stand_ins_declare_options_as_upstream_does(upstream_eval: Any) -> None:
           pick = o: {
             inherit (o) assertions warnings;
             systemd = { inherit (o.systemd) package globalEnvironment enableStrictShellChecks
-                          services timers; };
+                          services timers targets; };
             keepalived = o.services.keepalived;
             firewall = { inherit (o.networking.firewall) enable backend extraCommands
                            extraStopCommands extraInputRules; };
