@@ -3446,11 +3446,11 @@ TESLAMATE_MISTAKES = {
         ["services.postgresql.enable is false"],
     ),
     "PostgreSQL 16 before 16.7": (
-        '{ services.postgresql.package = h.package "postgresql-16.4" // { version = "16.4"; }; }',
+        '{ services.postgresql.package = h.postgresql "16.4"; }',
         ["refuses PostgreSQL 16.4", "pkgs.postgresql_17"],
     ),
     "PostgreSQL 17 before 17.3": (
-        '{ services.postgresql.package = h.package "postgresql-17.2" // { version = "17.2"; }; }',
+        '{ services.postgresql.package = h.postgresql "17.2"; }',
         ["refuses PostgreSQL 17.2"],
     ),
     "no Mosquitto": (
@@ -3489,8 +3489,7 @@ def test_teslamate_mistakes_are_refused_with_what_to_set(nix_eval: Any, mistake:
 
 def test_teslamate_accepts_the_postgresql_releases_it_supports(nix_eval: Any) -> None:
     for version in ("16.7", "16.10", "17.3", "17.6", "18.1"):
-        package = f'h.package "postgresql-{version}" // {{ version = "{version}"; }}'
-        config = f"{{ services.postgresql.package = {package}; }}"
+        config = f'{{ services.postgresql.package = h.postgresql "{version}"; }}'
         assert _teslamate(nix_eval, config, body="failed") == [], version
 
 

@@ -440,6 +440,12 @@ in
     ;
   # a package of that name (an unbuilt derivation)
   package = name: stubPkgs.stdenv.mkDerivation { inherit name; };
+  # nixpkgs' PostgreSQL package at that version, as a host pinning another
+  # nixpkgs for it would have (./stand-in/postgresql-package.nix)
+  postgresql = import ./stand-in/postgresql-package.nix {
+    inherit lib;
+    inherit (stubPkgs.stdenv) mkDerivation;
+  };
   gridmateLib = import (root + "/modules/lib.nix") { inherit lib; };
   modules = root + "/modules";
 }
