@@ -208,53 +208,52 @@ in
       environment.PGPORT = builtins.toString cfg.settings.port;
 
       # Wait for PostgreSQL to be ready to accept connections.
-      script =
-        ''
-          check-connection() {
-            psql -d postgres -v ON_ERROR_STOP=1 <<-'  EOF'
-              SELECT pg_is_in_recovery() \gset
-              \if :pg_is_in_recovery
-              \i still-recovering
-              \endif
-            EOF
-          }
-          while ! check-connection 2> /dev/null; do
-              if ! systemctl is-active --quiet postgresql.service; then exit 1; fi
-              sleep 0.1
-          done
+      script = ''
+        check-connection() {
+          psql -d postgres -v ON_ERROR_STOP=1 <<-'  EOF'
+            SELECT pg_is_in_recovery() \gset
+            \if :pg_is_in_recovery
+            \i still-recovering
+            \endif
+          EOF
+        }
+        while ! check-connection 2> /dev/null; do
+            if ! systemctl is-active --quiet postgresql.service; then exit 1; fi
+            sleep 0.1
+        done
 
-          if test -e "${cfg.dataDir}/.first_startup"; then
-            ${optionalString (cfg.initialScript != null) ''
-              psql -f "${cfg.initialScript}" -d postgres
-            ''}
-            rm -f "${cfg.dataDir}/.first_startup"
-          fi
-        ''
-        + optionalString (cfg.ensureDatabases != [ ]) ''
-          ${concatMapStrings (database: ''
-            psql -tAc "SELECT 1 FROM pg_database WHERE datname = '${database}'" | grep -q 1 || psql -tAc 'CREATE DATABASE "${database}"'
-          '') cfg.ensureDatabases}
-        ''
-        + ''
-          ${concatMapStrings (
-            user:
-            let
-              dbOwnershipStmt = optionalString user.ensureDBOwnership ''psql -tAc 'ALTER DATABASE "${user.name}" OWNER TO "${user.name}";' '';
+        if test -e "${cfg.dataDir}/.first_startup"; then
+          ${optionalString (cfg.initialScript != null) ''
+            psql -f "${cfg.initialScript}" -d postgres
+          ''}
+          rm -f "${cfg.dataDir}/.first_startup"
+        fi
+      ''
+      + optionalString (cfg.ensureDatabases != [ ]) ''
+        ${concatMapStrings (database: ''
+          psql -tAc "SELECT 1 FROM pg_database WHERE datname = '${database}'" | grep -q 1 || psql -tAc 'CREATE DATABASE "${database}"'
+        '') cfg.ensureDatabases}
+      ''
+      + ''
+        ${concatMapStrings (
+          user:
+          let
+            dbOwnershipStmt = optionalString user.ensureDBOwnership ''psql -tAc 'ALTER DATABASE "${user.name}" OWNER TO "${user.name}";' '';
 
-              filteredClauses = filterAttrs (name: value: value != null) user.ensureClauses;
+            filteredClauses = filterAttrs (name: value: value != null) user.ensureClauses;
 
-              clauseSqlStatements = attrValues (mapAttrs (n: v: if v then n else "no${n}") filteredClauses);
+            clauseSqlStatements = attrValues (mapAttrs (n: v: if v then n else "no${n}") filteredClauses);
 
-              userClauses = ''psql -tAc 'ALTER ROLE "${user.name}" ${concatStringsSep " " clauseSqlStatements}' '';
-            in
-            ''
-              psql -tAc "SELECT 1 FROM pg_roles WHERE rolname='${user.name}'" | grep -q 1 || psql -tAc 'CREATE USER "${user.name}"'
-              ${userClauses}
+            userClauses = ''psql -tAc 'ALTER ROLE "${user.name}" ${concatStringsSep " " clauseSqlStatements}' '';
+          in
+          ''
+            psql -tAc "SELECT 1 FROM pg_roles WHERE rolname='${user.name}'" | grep -q 1 || psql -tAc 'CREATE USER "${user.name}"'
+            ${userClauses}
 
-              ${dbOwnershipStmt}
-            ''
-          ) cfg.ensureUsers}
-        '';
+            ${dbOwnershipStmt}
+          ''
+        ) cfg.ensureUsers}
+      '';
     };
   };
 }
