@@ -3044,7 +3044,11 @@ def test_backup_peer_map_admits_root_to_a_real_postgresql(nix_eval: Any) -> None
     import tempfile
     import time
 
-    binaries = {name: shutil.which(name) for name in ("initdb", "postgres", "psql")}
+    # Debian keeps the server's programs out of PATH, under /usr/lib/postgresql/<major>/bin.
+    search = os.pathsep.join(
+        [os.environ.get("PATH", ""), *map(str, sorted(Path("/usr/lib/postgresql").glob("*/bin")))]
+    )
+    binaries = {name: shutil.which(name, path=search) for name in ("initdb", "postgres", "psql")}
     missing = [name for name, path in binaries.items() if path is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} not found (Debian package postgresql)")
