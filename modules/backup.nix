@@ -598,10 +598,13 @@ in
         default = true;
         description = ''
           Whether to let root connect as {option}`${prefix}.teslamate.database.user` over
-          PostgreSQL's socket (an ident map `gridmate-backup` and a `peer map=` line in
-          {option}`services.postgresql.authentication`), when PostgreSQL runs on this host.
-          The dump and the restore run as root, and NixOS's default `peer` authentication
-          would refuse root as `postgres`.
+          PostgreSQL's socket, when PostgreSQL runs on this host. The dump and the restore
+          run as root, and NixOS's default `peer` authentication would refuse root as
+          `postgres`. For `postgres`, root joins the ident map `postgres` that NixOS's
+          PostgreSQL module authenticates its superuser with (the line
+          `postgres root postgres` in {option}`services.postgresql.identMap`); for another
+          role, an ident map `gridmate-backup` and a `peer map=` line for that role in
+          {option}`services.postgresql.authentication`.
         '';
       };
 
@@ -980,14 +983,31 @@ in
       })
 
       (lib.mkIf teslamateDatabaseLocal {
-        # Root may connect as the dumping role over the socket (and the role as itself).
-        services.postgresql = lib.mkIf teslamate.peerMap {
-          identMap = ''
-            gridmate-backup root ${teslamate.database.user}
-            gridmate-backup ${teslamate.database.user} ${teslamate.database.user}
-          '';
-          authentication = "local all ${teslamate.database.user} peer map=gridmate-backup\n";
-        };
+        # Root may connect as the dumping role over the socket. postgresql.nix
+        # lets its superuser in with `local all postgres peer map=postgres`,
+        # and the host adds its own entries to that map (NixOS's manual:
+        # `postgres root postgres`), so root joins it rather than a line of
+        # its own taking precedence (PostgreSQL takes the first matching line)
+        # and hiding the host's entries. Another role gets a line and a map of
+        # its own (root, and the role as itself), ahead of the module's
+        # `local all all peer`.
+        services.postgresql =
+          let
+            superuser = teslamate.database.user == "postgres";
+          in
+          lib.mkIf teslamate.peerMap {
+            identMap =
+              if superuser then
+                "postgres root postgres\n"
+              else
+                ''
+                  gridmate-backup root ${teslamate.database.user}
+                  gridmate-backup ${teslamate.database.user} ${teslamate.database.user}
+                '';
+            authentication = lib.optionalString (!superuser) ''
+              local all ${teslamate.database.user} peer map=gridmate-backup
+            '';
+          };
       })
 
       (lib.mkIf cfg.sanoid.enable {

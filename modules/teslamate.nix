@@ -40,8 +40,10 @@ let
   pinned = builtins.match ".+:[^/@]+@sha256:[0-9a-f]{64}" cfg.image != null;
 
   # PostgreSQL versions TeslaMate refuses to start on (its release notes:
-  # 16.7+ or 17.3+).
-  pgVersion = config.services.postgresql.package.version or null;
+  # 16.7+ or 17.3+). postgresql.nix gives `package` a value only when the
+  # service is enabled (the default follows system.stateVersion).
+  pgVersion =
+    if config.services.postgresql.enable then config.services.postgresql.package.version else null;
   pgRefused =
     pgVersion != null
     && (

@@ -1716,7 +1716,7 @@ def test_stand_ins_declare_options_as_upstream_does(upstream_eval: Any) -> None:
           pick = o: {
             inherit (o) assertions warnings;
             systemd = { inherit (o.systemd) package globalEnvironment enableStrictShellChecks
-                          services timers; };
+                          services timers targets; };
             keepalived = o.services.keepalived;
             firewall = { inherit (o.networking.firewall) enable backend extraCommands
                            extraStopCommands extraInputRules; };
@@ -3117,22 +3117,124 @@ def test_backup_without_preseed_keeps_the_dump_target(nix_eval: Any) -> None:
 
 
 def test_backup_lets_root_dump_as_postgres_over_the_socket(nix_eval: Any) -> None:
-    """NixOS's peer authentication refuses root as `postgres`; the module maps it
-    when PostgreSQL runs here, and leaves pg_hba alone when told to or when the
+    """NixOS's peer authentication refuses root as `postgres`: the module adds root to
+    the `postgres` ident map that postgresql.nix's own `local all postgres peer
+    map=postgres` line uses, gives another role a line and map of its own ahead of the
+    module's `local all all peer`, and leaves both files alone when told to or when the
     database is reached over TCP."""
     body = "{ inherit (c.services.postgresql) identMap authentication; }"
     got = _backup(nix_eval, body=body)
-    assert got["identMap"].splitlines() == [
-        "gridmate-backup root postgres",
-        "gridmate-backup postgres postgres",
+    assert {"postgres root postgres", "postgres postgres postgres"} <= set(
+        got["identMap"].splitlines()
+    )
+    assert "root" not in got["authentication"] and "gridmate" not in got["authentication"]
+
+    got = _backup(
+        nix_eval, '{ services.gridmate.backup.teslamate.database.user = "tm_backup"; }', body=body
+    )
+    assert {"gridmate-backup root tm_backup", "gridmate-backup tm_backup tm_backup"} <= set(
+        got["identMap"].splitlines()
+    )
+    assert "postgres root postgres" not in got["identMap"]
+    hba = [
+        line.split()
+        for line in got["authentication"].splitlines()
+        if line and not line.startswith("#")
     ]
-    assert got["authentication"] == "local all postgres peer map=gridmate-backup\n"
+    own = hba.index(["local", "all", "tm_backup", "peer", "map=gridmate-backup"])
+    assert own < hba.index(["local", "all", "all", "peer"])
+
     for config in (
         "{ services.gridmate.backup.teslamate.peerMap = false; }",
         '{ services.gridmate.backup.teslamate.database.host = "db.lan"; }',
         "{ services.postgresql.enable = lib.mkForce false; }",
     ):
-        assert _backup(nix_eval, config, body=body) == {"identMap": "", "authentication": ""}
+        got = _backup(nix_eval, config, body=body)
+        assert "root" not in got["identMap"] and "gridmate" not in got["identMap"], config
+        assert "gridmate" not in got["authentication"], config
+
+
+@pytest.mark.services
+def test_backup_peer_map_admits_root_to_a_real_postgresql(nix_eval: Any) -> None:
+    """pg_hba.conf and pg_ident.conf as the PostgreSQL module writes them on the backup
+    host, whose own configuration lets `nobody` in as `postgres` too (the `postgres`
+    map, as NixOS's manual shows), loaded by a real PostgreSQL server: root (the dump
+    and the restore), `postgres` (postgresql-setup) and `nobody` get in as `postgres`
+    over the socket, `daemon` does not."""
+    import pwd
+    import signal
+    import tempfile
+    import time
+
+    # Debian keeps the server's programs out of PATH, under /usr/lib/postgresql/<major>/bin.
+    search = os.pathsep.join(
+        [os.environ.get("PATH", ""), *map(str, sorted(Path("/usr/lib/postgresql").glob("*/bin")))]
+    )
+    binaries = {name: shutil.which(name, path=search) for name in ("initdb", "postgres", "psql")}
+    missing = [name for name, path in binaries.items() if path is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found (Debian package postgresql)")
+    got = _backup(
+        nix_eval,
+        '{ services.postgresql.identMap = "postgres nobody postgres\\n"; }',
+        body="{ inherit (c.services.postgresql) identMap authentication; }",
+    )
+
+    def as_user(name: str) -> dict[str, Any]:
+        """subprocess arguments that run the program as that system user."""
+        if name == "root":
+            return {}
+        entry = pwd.getpwnam(name)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    # The server runs as `postgres`, which cannot enter pytest's 0700 tmp_path.
+    base = Path(tempfile.mkdtemp(prefix="gridmate-peer-"))
+    server = None
+    try:
+        base.chmod(0o755)
+        (base / "pg_hba.conf").write_text(got["authentication"])
+        (base / "pg_ident.conf").write_text(got["identMap"])
+        shutil.chown(base, "postgres", "postgres")
+        data = base / "data"
+        initdb = subprocess.run(
+            [str(binaries["initdb"]), "-D", str(data), "-U", "postgres"],
+            capture_output=True, text=True, check=False, cwd="/", **as_user("postgres"),
+        )  # fmt: skip
+        assert initdb.returncode == 0, initdb.stderr
+        server = subprocess.Popen(
+            [str(binaries["postgres"]), "-D", str(data), "-k", str(base),
+             "-c", "listen_addresses=", "-c", f"hba_file={base}/pg_hba.conf",
+             "-c", f"ident_file={base}/pg_ident.conf"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd="/",
+            **as_user("postgres"),
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not (base / ".s.PGSQL.5432").exists():
+            assert server.poll() is None, server.communicate()[1]
+            assert time.monotonic() < deadline, "PostgreSQL did not open its socket"
+            time.sleep(0.2)
+
+        def connect(user: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(binaries["psql"]), "-h", str(base), "-U", "postgres", "-d", "postgres",
+                 "-tAc", "SELECT current_user"],
+                capture_output=True, text=True, check=False, cwd="/", **as_user(user),
+            )  # fmt: skip
+
+        for user in ("root", "postgres", "nobody"):
+            admitted = connect(user)
+            assert (admitted.returncode, admitted.stdout.strip()) == (0, "postgres"), (
+                user,
+                admitted.stderr,
+            )
+        refused = connect("daemon")
+        assert refused.returncode != 0
+        assert 'Peer authentication failed for user "postgres"' in refused.stderr
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGINT)  # fast shutdown, as NixOS's unit stops it
+            server.communicate(timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_backup_secret_paths_stay_out_of_the_store(nix_eval: Any) -> None:
@@ -3568,11 +3670,11 @@ TESLAMATE_MISTAKES = {
         ["services.postgresql.enable is false"],
     ),
     "PostgreSQL 16 before 16.7": (
-        '{ services.postgresql.package = h.package "postgresql-16.4" // { version = "16.4"; }; }',
+        '{ services.postgresql.package = h.postgresql "16.4"; }',
         ["refuses PostgreSQL 16.4", "pkgs.postgresql_17"],
     ),
     "PostgreSQL 17 before 17.3": (
-        '{ services.postgresql.package = h.package "postgresql-17.2" // { version = "17.2"; }; }',
+        '{ services.postgresql.package = h.postgresql "17.2"; }',
         ["refuses PostgreSQL 17.2"],
     ),
     "no Mosquitto": (
@@ -3611,8 +3713,7 @@ def test_teslamate_mistakes_are_refused_with_what_to_set(nix_eval: Any, mistake:
 
 def test_teslamate_accepts_the_postgresql_releases_it_supports(nix_eval: Any) -> None:
     for version in ("16.7", "16.10", "17.3", "17.6", "18.1"):
-        package = f'h.package "postgresql-{version}" // {{ version = "{version}"; }}'
-        config = f"{{ services.postgresql.package = {package}; }}"
+        config = f'{{ services.postgresql.package = h.postgresql "{version}"; }}'
         assert _teslamate(nix_eval, config, body="failed") == [], version
 
 
@@ -3710,6 +3811,37 @@ def test_teslamate_unit_renders_as_with_upstream_oci_containers(upstream_eval: A
     )
     assert got["standInScripts"] == got["upstreamScripts"]
     assert got["standIn"] == got["upstream"]
+
+
+def test_postgresql_units_render_as_with_upstream_postgresql(upstream_eval: Any) -> None:
+    """postgresql-setup.service (with what TeslaMate and the backup add to it) and
+    postgresql.target from the postgresql stand-in are upstream's, byte for byte."""
+    tree = _upstream_tree()
+    assert tree is not None
+    why = _real_services(tree)["postgresql"]
+    if why is not None:
+        pytest.skip(f"no upstream postgresql module: {why}")
+    got = upstream_eval(
+        f"""
+        let
+          modules = [ h.flake.nixosModules.default ({TESLAMATE}) ({BACKUP}) ];
+          pick = render: r: let units = render r; in {{
+            setup = units."postgresql-setup.service".text;
+            target = units."postgresql.target".text;
+            script = r.config.systemd.services.postgresql-setup.script;
+            inherit (r.config.services.postgresql) identMap authentication;
+          }};
+        in {{
+          upstream = pick h.units (h.eval {{ inherit modules; }});
+          standIn = pick h.standInUnits (h.evalStandIn modules);
+        }}
+        """
+    )
+    upstream, stand_in = got["upstream"], got["standIn"]
+    assert "\nBindsTo=postgresql.service postgresql-setup.service\n" in upstream["target"]
+    assert "LoadCredential=teslamate_db_password:" in upstream["setup"]
+    for key in ("script", "setup", "target", "identMap", "authentication"):
+        assert stand_in[key] == upstream[key], key
 
 
 def _acl_file(listener: dict[str, Any]) -> str:
@@ -3830,12 +3962,12 @@ def _scram_matches(verifier: str, password: str) -> bool:
 
 
 @pytest.mark.services
-def test_teslamate_database_setup_runs_against_postgresql(
-    stand_in_eval: Any, tmp_path: Path
-) -> None:
-    """What the module appends to postgresql-setup, run as the superuser against the real
-    PostgreSQL: owner, extensions, passwords, and a Grafana role that reads `public`
-    (tables TeslaMate creates later included) but not `private`, where the tokens are."""
+def test_teslamate_database_setup_runs_against_postgresql(nix_eval: Any, tmp_path: Path) -> None:
+    """postgresql-setup's script as its unit runs it (`set -e`): the PostgreSQL module's
+    ensure steps, then what the TeslaMate module appends, run as the superuser against
+    the real PostgreSQL: owner, extensions, passwords, and a Grafana role that reads
+    `public` (tables TeslaMate creates later included) but not `private`, where the
+    tokens are."""
     import uuid
 
     psql = shutil.which("psql")
@@ -3846,24 +3978,35 @@ def test_teslamate_database_setup_runs_against_postgresql(
     )
     name = f"gm_tm_{uuid.uuid4().hex[:8]}"
     reader = f"{name}_grafana"
-    script = _teslamate(
-        stand_in_eval,
+    setup = _teslamate(
+        nix_eval,
         f"""{{
           services.gridmate.teslamate.database = {{ name = "{name}"; user = "{name}"; }};
           services.gridmate.teslamate.grafana.databaseUser = "{reader}";
         }}""",
-        body="c.services.gridmate.teslamate.databaseSetup",
+        body="{ inherit (c.systemd.services.postgresql-setup) script environment; }",
     )
-    # the host's psql as the superuser, in place of the store path the unit would use
+    assert setup["environment"]["PGPORT"] == "5432"
+    # the host's psql as the superuser, in place of the store path the unit would use;
+    # the module's own steps run `psql` from PATH with the PG* variables below
     admin = urllib.parse.urlsplit(admin_dsn)
     local_psql = f"{psql} -h {admin.hostname} -U {admin.username or 'postgres'}"
-    script = re.sub(r"/nix/store/\S+/bin/psql", local_psql, script)
+    script = re.sub(r"/nix/store/\S+/bin/psql", local_psql, setup["script"])
     sql_file = ROOT / "nix" / "teslamate" / "set-role-password.sql"
     script = re.sub(r"/nix/store/[a-z0-9]{32}-set-role-password\.sql", str(sql_file), script)
+    # nixos/lib/systemd-lib.nix's makeJobScript
+    script = f"set -e\n\n{script}"
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "teslamate_db_password").write_text("owner's pass'word\n")
     (credentials / "teslamate_grafana_db_password").write_text("reader-password\n")
+    environment = {
+        **os.environ,
+        "CREDENTIALS_DIRECTORY": str(credentials),
+        "PGHOST": admin.hostname or "127.0.0.1",
+        "PGPORT": str(admin.port or 5432),
+        "PGUSER": admin.username or "postgres",
+    }
 
     def sql(statement: str, database: str = "postgres") -> str:
         dsn = admin_dsn.rsplit("/", 1)[0] + f"/{database}"
@@ -3874,17 +4017,9 @@ def test_teslamate_database_setup_runs_against_postgresql(
             check=True,
         ).stdout.strip()
 
-    # what postgresql-setup's ensure steps do first
-    sql(f'CREATE DATABASE "{name}"')
-    sql(f'CREATE USER "{name}"')
-    sql(f'CREATE USER "{reader}"')
     try:
         result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)},
-            capture_output=True,
-            text=True,
-            check=False,
+            ["bash", "-c", script], env=environment, capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, result.stderr
         assert "pass'word" not in result.stdout + result.stderr
@@ -3913,11 +4048,7 @@ def test_teslamate_database_setup_runs_against_postgresql(
             sql(f'SET ROLE "{reader}"; INSERT INTO public.positions VALUES (2)', name)
         # every start of postgresql-setup runs it again
         again = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)},
-            capture_output=True,
-            text=True,
-            check=False,
+            ["bash", "-c", script], env=environment, capture_output=True, text=True, check=False
         )
         assert again.returncode == 0, again.stderr
     finally:

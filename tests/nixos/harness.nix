@@ -124,7 +124,8 @@ let
   # The NixOS options gridmate's modules use. Stand-in tier: ./stand-in/nixos.nix.
   # Upstream tier: the real modules, plus the few option declarations of
   # nixos/modules/system/boot/systemd.nix (a module too large to load on its
-  # own) typed with the real utils.systemdUtils.types, and the stand-in for
+  # own: services, timers, targets) typed with the real
+  # utils.systemdUtils.types, and the stand-in for
   # what is still not loaded from upstream (firewall, prometheus, local
   # services' enable).
   nixosModules =
@@ -172,6 +173,10 @@ let
                 type = utils.systemdUtils.types.timers;
                 default = { };
               };
+              targets = lib.mkOption {
+                type = utils.systemdUtils.types.targets;
+                default = { };
+              };
             };
             config._module.args.utils = import (real "utils") { inherit lib config pkgs; };
           }
@@ -212,6 +217,7 @@ let
       withName = toUnit: def: lib.nameValuePair def.name (toUnit def);
     in
     lib.mapAttrs' (_: withName toUnits.serviceToUnit) result.config.systemd.services
+    // lib.mapAttrs' (_: withName toUnits.targetToUnit) result.config.systemd.targets
     // lib.mapAttrs' (_: withName toUnits.timerToUnit) result.config.systemd.timers;
 
   standInUnits =
@@ -285,7 +291,12 @@ let
               type = o.type.description;
               hasDefault = o ? default;
             }
-            // lib.optionalAttrs (o ? default && simple o.default) { inherit (o) default; }
+            # A default computed from other options (postgresql.nix's
+            # finalPackage reads `package`, which has a value only once the
+            # service is enabled) may fail to evaluate: it is no simple value.
+            // lib.optionalAttrs (o ? default && (builtins.tryEval (simple o.default)).value) {
+              inherit (o) default;
+            }
             // lib.optionalAttrs (depth < 3 && sub != { }) { sub = go (depth + 1) sub; }
           else if builtins.isAttrs o then
             go depth o
@@ -429,6 +440,12 @@ in
     ;
   # a package of that name (an unbuilt derivation)
   package = name: stubPkgs.stdenv.mkDerivation { inherit name; };
+  # nixpkgs' PostgreSQL package at that version, as a host pinning another
+  # nixpkgs for it would have (./stand-in/postgresql-package.nix)
+  postgresql = import ./stand-in/postgresql-package.nix {
+    inherit lib;
+    inherit (stubPkgs.stdenv) mkDerivation;
+  };
   gridmateLib = import (root + "/modules/lib.nix") { inherit lib; };
   modules = root + "/modules";
 }

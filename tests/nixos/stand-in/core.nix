@@ -2,7 +2,8 @@
 #   nixos/modules/misc/assertions.nix      assertions, warnings
 #   nixos/modules/system/boot/systemd.nix  systemd.package, globalEnvironment,
 #                                          enableStrictShellChecks, services,
-#                                          timers (their types: ./systemd.nix)
+#                                          timers, targets (their types:
+#                                          ./systemd.nix)
 {
   config,
   lib,
@@ -52,6 +53,10 @@ in
       };
       timers = mkOption {
         type = systemd.types.timers;
+        default = { };
+      };
+      targets = mkOption {
+        type = systemd.types.targets;
         default = { };
       };
     };

@@ -18,6 +18,9 @@
 #   formats.yaml          the same file (`yaml_1_1`): the value type, nullable
 #   dockerTools.buildLayeredImage
 #                         pkgs/build-support/docker/default.nix: a derivation
+#   postgresql, postgresql_<major>
+#                         pkgs/servers/sql/postgresql/generic.nix: see
+#                         ./postgresql-package.nix
 #   callPackage           lib.callPackageWith over this set
 # tests/test_nix.py compares these with the real files when a nixpkgs tree
 # is given (the "upstream" tier).
@@ -92,13 +95,7 @@ let
 
   package = name: mkDerivation { inherit name; };
 
-  postgres =
-    version:
-    mkDerivation {
-      pname = "postgresql";
-      inherit version;
-      name = "postgresql-${version}";
-    };
+  postgres = import ./postgresql-package.nix { inherit lib mkDerivation; };
 
   pkgs = {
     inherit
@@ -288,8 +285,7 @@ let
       name = "restic";
       meta.mainProgram = "restic";
     };
-    # versioned like nixpkgs' postgresql_<major> (pkgs/servers/sql/postgresql):
-    # modules read `.version`
+    # nixpkgs' postgresql_<major> (./postgresql-package.nix)
     postgresql_15 = postgres "15.14";
     postgresql_16 = postgres "16.10";
     postgresql_17 = postgres "17.6";

@@ -1,18 +1,21 @@
 # A stand-in for NixOS's systemd unit machinery: the option types of
-# systemd.services and systemd.timers and how a unit's text is rendered.
+# systemd.services, systemd.timers and systemd.targets and how a unit's text
+# is rendered.
 #
 # Mirrors (nixpkgs, nixos-25.11 era):
 #   nixos/lib/systemd-lib.nix           unitNameType, checkUnitConfig with
 #                                       assertValueOneOf, toOption,
 #                                       attrsToSection, makeJobScript,
 #                                       unitConfig, serviceConfig,
-#                                       stage2ServiceConfig, commonUnitText,
-#                                       serviceToUnit, timerToUnit
+#                                       stage2ServiceConfig, targetConfig,
+#                                       commonUnitText, serviceToUnit,
+#                                       targetToUnit, timerToUnit
 #   nixos/lib/systemd-unit-options.nix  unitOption (merges, never checks a
 #                                       value: a bad value fails when the
 #                                       unit text is rendered, as upstream),
 #                                       the service and timer options
-#   nixos/lib/systemd-types.nix         services and timers
+#                                       (a target has only the common ones)
+#   nixos/lib/systemd-types.nix         services, timers and targets
 # and is compared with them by tests/test_nix.py when a nixpkgs tree is given.
 {
   lib,
@@ -327,6 +330,13 @@ let
       config.name = "${name}.timer";
     };
 
+  # systemd-lib.nix's targetConfig
+  targetOptions =
+    { name, ... }:
+    {
+      config.name = "${name}.target";
+    };
+
   commonUnitText =
     def: lines:
     ''
@@ -370,6 +380,13 @@ in
         timerOptions
       ]
     );
+    targets = types.attrsOf (
+      types.submodule [
+        commonOptions
+        unitConfig
+        targetOptions
+      ]
+    );
   };
 
   serviceToUnit =
@@ -397,6 +414,17 @@ in
         + lib.optionalString (!def.stopIfChanged) "X-StopIfChanged=false\n"
         + attrsToSection def.serviceConfig
       );
+    };
+
+  # upstream writes a target's [Unit] section alone, no [Install]
+  targetToUnit =
+    def:
+    unitAttrs def
+    // {
+      text = ''
+        [Unit]
+        ${attrsToSection def.unitConfig}
+      '';
     };
 
   timerToUnit =
