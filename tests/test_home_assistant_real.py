@@ -329,9 +329,13 @@ async def test_home_assistant_shows_the_energy_device_and_switching_peak_control
                     30,
                     "autonomous",
                 )
-                seen = await asyncio.wait_for(
-                    watch.states(lambda s: s.get(PEAK_CONTROL) == "off"), 60
-                )
+
+                # The switch and the restored reserve are separate state updates.
+                def restored(s: dict) -> bool:
+                    reserve = s.get("sensor.gridmate_energy_backup_reserve")
+                    return s.get(PEAK_CONTROL) == "off" and reserve in ("30", "30.0")
+
+                seen = await asyncio.wait_for(watch.states(restored), 60)
                 assert seen["binary_sensor.gridmate_energy_peak_active"] == "off"
                 assert float(seen["sensor.gridmate_energy_backup_reserve"]) == 30.0
 
