@@ -1,15 +1,17 @@
 """Car controls: charging switch, charge limit and charging current numbers, climate
 switch, through the Fleet API and Tesla's vehicle-command proxy simulators (signed
 commands, budgets, sleeping cars), and end to end from Home Assistant's side of a real
-Mosquitto through the hub."""
+Mosquitto through the hub and through a ``gridmate vehicles run`` process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -23,6 +25,7 @@ from gridmate.runtime.settings import MqttSettings
 from gridmate.sim.command_proxy import command_proxy_simulator
 from gridmate.sim.fleet_telemetry import sample_vin
 from gridmate.sim.tesla_cloud import SimulatedVehicle, tesla_cloud_simulator
+from gridmate.sim.teslamate import TeslaMateCarModel, clear_retained, simulated_teslamate
 from gridmate.tesla.settings import TeslaCloudSettings, build_fleet_api
 from gridmate.tesla.tokens import StaticTokenProvider
 from gridmate.vehicles.catalogue import invalid_policies
@@ -505,3 +508,126 @@ async def test_a_command_from_home_assistant_reaches_the_car(mqtt_broker):
             await asyncio.wait_for(task, 10)
             await rig.controls.close()
             await rig.fleet.aclose()
+
+
+def controls_daemon_config(
+    directory: Path, broker: Any, prefix: str, cloud: Any, proxy: Any, token_file: Path
+) -> str:
+    """``gridmate vehicles run`` as a user configures car controls on TeslaMate alone:
+    polling off, tokens from gridmate's own Tesla login, Tesla's command proxy."""
+    return f"""
+state_directory = "{directory / "state"}"
+runtime_directory = "{directory / "run"}"
+[metrics]
+enable = false
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+[homeassistant]
+base_topic = "{prefix}gm"
+discovery_prefix = "{prefix}ha"
+birth_delay = 0
+[teslamate]
+enable = true
+namespace = "{prefix}"
+use_database = false
+cars = {{ 1 = "{VIN}" }}
+[teslamate.mqtt]
+host = "{broker.host}"
+port = {broker.port}
+[tesla]
+token_source = "oauth"
+base_url = "{cloud.base_url}"
+command_proxy_url = "{proxy.base_url}"
+command_proxy_ca_file = "{proxy.ca_file}"
+[tesla.oauth]
+client_id = "{cloud.client_id}"
+token_url = "{cloud.token_url}"
+refresh_token_file = "{token_file}"
+[polling]
+enable = false
+[controls]
+enable = true
+climate = true
+"""
+
+
+@pytest.mark.services
+async def test_the_daemon_without_polling_announces_controls_and_steers_the_car(
+    mqtt_broker, tmp_path
+):
+    """``gridmate vehicles run`` as its own process with ``polling.enable = false``: the
+    Fleet API client is still built for the car controls, so the car's discovery carries
+    them and a charge limit set in Home Assistant reaches the awake car through the
+    command proxy, without a wake."""
+    prefix = mqtt_broker.topic_prefix()
+    topics = Topics(f"{prefix}gm", f"{prefix}ha")
+    car = plugged_car(display_name=NAME, sleep_after=None)
+    seen_by_teslamate = TeslaMateCarModel(
+        1, VIN, name=NAME, state="online", charging_state="Stopped", charge_limit_soc=80
+    )
+    log_path = tmp_path / "vehicles.log"
+    async with (
+        tesla_cloud_simulator(vehicles=[car]) as cloud,
+        command_proxy_simulator(cloud) as proxy,
+        simulated_teslamate(
+            mqtt_broker.host, mqtt_broker.port, [seen_by_teslamate], namespace=prefix
+        ) as teslamate,
+    ):
+        _access, refresh = cloud.issue_tokens()
+        token_file = tmp_path / "tesla-refresh-token"
+        token_file.write_text(refresh)
+        config = tmp_path / "vehicles.toml"
+        config.write_text(
+            controls_daemon_config(tmp_path, mqtt_broker, prefix, cloud, proxy, token_file)
+        )
+        view = HomeAssistantView(
+            mqtt_broker.host, mqtt_broker.port,
+            discovery_prefix=topics.discovery_prefix, base=topics.base,
+        )  # fmt: skip
+        process = None
+        try:
+            async with view.running() as ha:
+                with log_path.open("wb") as log:
+                    process = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "gridmate", "vehicles", "run",
+                        "--config", str(config), stdout=log, stderr=log,
+                    )  # fmt: skip
+
+                def teslamate_data_announced(entities: dict[Any, Any]) -> bool:
+                    limit = entities.get((NAME, "Charge limit"))
+                    return limit is not None and limit.state == 80.0
+
+                try:
+                    await ha.wait_for(teslamate_data_announced, 60)
+                except TimeoutError:
+                    pytest.fail(f"the car was not announced; log:\n{log_path.read_text()}")
+                document = json.loads(view.retained[topics.discovery(VIN)])
+                announced = sorted(c["cmd_t"] for c in control_entities(document).values())
+                # No charging current control: TeslaMate does not report the maximum.
+                assert announced == [
+                    command_topic(topics.base, VIN, key)
+                    for key in ("charge_limit", "charging", "climate")
+                ], log_path.read_text()
+                assert ha.value(NAME, "Charge limit control") == 80.0
+
+                await ha.command(NAME, "Charge limit control", "90")
+                async with asyncio.timeout(30):
+                    while car.charge_limit_soc != 90:
+                        await asyncio.sleep(0.05)
+            process.terminate()
+            assert await asyncio.wait_for(process.wait(), 30) == 0
+        finally:
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+            retained = {t for t, _p, retain in teslamate.published if retain}
+            await clear_retained(
+                mqtt_broker.host, mqtt_broker.port, retained | set(view.retained) | {topics.status}
+            )
+    assert [(c[1], p) for c, p in zip(car.commands, car.command_parameters, strict=True)] == [
+        ("set_charge_limit", {"percent": 90})
+    ]
+    assert car.signed_commands == 1  # signed by the proxy, not a bare REST command
+    assert car.wakes == 0 and cloud.calls_to("wake_up") == []
+    assert refresh not in log_path.read_text()
