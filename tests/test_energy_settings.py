@@ -57,6 +57,9 @@ def load(tmp_path, text: str) -> EnergySettings:
             "has no super_off_peak hours; it has peak, off_peak",
         ),
         ('[tariff.prices.summer]\npeak = "a lot"\n', "tariff.prices.summer.peak", "number"),
+        # The Home Assistant device's topics are checked as the vehicles hub's are.
+        ('[ha_device]\nbase_topic = "home/#"\n', "ha_device.base_topic", "no '#'"),
+        ('[ha_device]\nnode_name = "my hub"\n', "ha_device.node_name", "letters, digits"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, text, key, words):

@@ -20,7 +20,7 @@ from gridmate.energy.tariff.schedule import (
     Schedule,
     ScheduleVersionConfig,
 )
-from gridmate.homeassistant.settings import DeviceLinks
+from gridmate.homeassistant.settings import DeviceTopics
 from gridmate.notify import NotifySettings
 from gridmate.runtime.secrets import Credential, Secret
 from gridmate.runtime.settings import (
@@ -324,7 +324,7 @@ class HomeAssistantSettings(Section):
     poll_seconds: float = Field(120.0, ge=30.0, le=600.0)
 
 
-class HomeAssistantDeviceSettings(DeviceLinks):
+class HomeAssistantDeviceSettings(DeviceTopics):
     """The energy manager as a Home Assistant device over MQTT discovery, with controls."""
 
     enable: bool = Field(
@@ -334,13 +334,6 @@ class HomeAssistantDeviceSettings(DeviceLinks):
         "battery: restrict them with the broker's ACL (docs/energy.md).",
     )
     mqtt: MqttSettings = MqttSettings()
-    discovery_prefix: str = "homeassistant"
-    base_topic: str = Field(
-        "gridmate", description="Prefix of gridmate's own topics (as the vehicles hub's)."
-    )
-    node_name: str = Field(
-        "gridmate", description="Identifies this gridmate in unique ids and discovery topics."
-    )
     site: str = Field(
         "home",
         pattern=r"^[a-z0-9_]{1,32}$",

@@ -29,32 +29,20 @@ class DeviceLinks(Section):
     )
 
 
-class NotificationDeviceSettings(DeviceLinks):
-    """The component as a Home Assistant device whose one entity is a "Notifications"
-    event (MQTT discovery); for the commands a timer or systemd runs (report, backup)."""
+class DeviceTopics(DeviceLinks):
+    """Where a component's Home Assistant devices live on the broker: the same three
+    names for every component of one gridmate."""
 
-    enable: bool = Field(
-        False,
-        description="Publish the component's notifications to Home Assistant as an MQTT "
-        "event entity (event types info, warning, critical), on the broker in 'mqtt'.",
+    discovery_prefix: str = Field(
+        "homeassistant", description="Home Assistant's MQTT discovery prefix."
     )
-    mqtt: MqttSettings = MqttSettings()
-    discovery_prefix: str = "homeassistant"
     base_topic: str = Field(
-        "gridmate", description="Prefix of gridmate's own topics (as the other components')."
+        "gridmate", description="Prefix of gridmate's own topics (the same for every component)."
     )
     node_name: str = Field(
-        "gridmate", description="Identifies this gridmate in unique ids and discovery topics."
-    )
-    announce_wait_seconds: float = Field(
-        2.0,
-        ge=0,
-        le=60,
-        description="After announcing the device for the first time (or changed), wait this "
-        "long before firing events, so Home Assistant has subscribed to the event topic.",
-    )
-    timeout_seconds: float = Field(
-        15.0, gt=0, le=300, description="Give up publishing after this long (logged)."
+        "gridmate",
+        description="Identifies this gridmate in unique ids and discovery topics; change it "
+        "only to run two separate gridmates against one Home Assistant.",
     )
 
     @field_validator("discovery_prefix", "base_topic")
@@ -70,3 +58,25 @@ class NotificationDeviceSettings(DeviceLinks):
         if not _TOPIC_WORD.match(value):
             raise ValueError("use letters, digits, '_' and '-' only")
         return value
+
+
+class NotificationDeviceSettings(DeviceTopics):
+    """The component as a Home Assistant device whose one entity is a "Notifications"
+    event (MQTT discovery); for the commands a timer or systemd runs (report, backup)."""
+
+    enable: bool = Field(
+        False,
+        description="Publish the component's notifications to Home Assistant as an MQTT "
+        "event entity (event types info, warning, critical), on the broker in 'mqtt'.",
+    )
+    mqtt: MqttSettings = MqttSettings()
+    announce_wait_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="After announcing the device for the first time (or changed), wait this "
+        "long before firing events, so Home Assistant has subscribed to the event topic.",
+    )
+    timeout_seconds: float = Field(
+        15.0, gt=0, le=300, description="Give up publishing after this long (logged)."
+    )

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from gridmate.homeassistant.settings import DeviceLinks
+from gridmate.homeassistant.settings import DeviceTopics
 from gridmate.notify.settings import NotifySettings
 from gridmate.runtime.secrets import Credential, Secret
 from gridmate.runtime.settings import ComponentSettings, MqttSettings, Section
@@ -23,7 +23,6 @@ from gridmate.vehicles.sources.settings import (
 )
 from gridmate.vehicles.state import InvalidPolicy
 
-_TOPIC_WORD = re.compile(r"^[A-Za-z0-9_-]+$")
 _KAFKA_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _VIN = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
 
@@ -125,14 +124,7 @@ class KafkaSettings(Section):
         return self
 
 
-class HomeAssistantSettings(DeviceLinks):
-    discovery_prefix: str = "homeassistant"
-    base_topic: str = Field("gridmate", description="Prefix of gridmate's own topics.")
-    node_name: str = Field(
-        "gridmate",
-        description="Identifies this gridmate in unique ids and discovery topics; change it "
-        "only to run two separate gridmates against one Home Assistant.",
-    )
+class HomeAssistantSettings(DeviceTopics):
     birth_delay: float = Field(
         1.0,
         ge=0,
@@ -146,20 +138,6 @@ class HomeAssistantSettings(DeviceLinks):
         "announced only once some source delivered its value for that car, so entities "
         "a car's sources never fill do not sit at 'unknown'.",
     )
-
-    @field_validator("discovery_prefix", "base_topic")
-    @classmethod
-    def _topic(cls, value: str) -> str:
-        if not value or any(c in value for c in "#+") or value.startswith("/"):
-            raise ValueError("not a valid topic prefix (no '#', '+' or leading '/')")
-        return value.rstrip("/")
-
-    @field_validator("node_name")
-    @classmethod
-    def _node(cls, value: str) -> str:
-        if not _TOPIC_WORD.match(value):
-            raise ValueError("use letters, digits, '_' and '-' only")
-        return value
 
 
 class VehicleControlSettings(Section):
