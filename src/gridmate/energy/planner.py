@@ -34,7 +34,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
-from gridmate.energy.tariff import Schedule
+from gridmate.energy.tariff import Schedule, as_utc
 
 __all__ = [
     "Baseline",
@@ -491,15 +491,17 @@ def plan(
     the block down: what gridmate changed is restored (once), then nothing is written.
     """
     decisions: list[Decision] = []
-    segment = schedule.segment_at(at)
-    block = schedule.next_block(at, config.controlled_periods)
+    # The schedule's blocks are in UTC: the same instant in UTC compares with them
+    # without a time-zone lookup per comparison.
+    now = as_utc(at)
+    segment, block = schedule.segment_and_block(now, config.controlled_periods)
     phase: Phase = "idle"
-    if block is not None and block[0] <= at < block[1]:
+    if block is not None and block[0] <= now < block[1]:
         phase = "peak"
     elif (
         block is not None
-        and block[0] - at <= timedelta(minutes=config.policy.precool_lead_minutes)
-        and block[0] > at
+        and block[0] - now <= timedelta(minutes=config.policy.precool_lead_minutes)
+        and block[0] > now
     ):
         phase = "precool"
     elif memory.baseline is not None and at >= memory.baseline.block_end:
@@ -569,7 +571,7 @@ def plan(
     baseline = memory.baseline
     assert baseline is not None
 
-    minutes_left = (block[1] - at).total_seconds() / 60.0 if phase == "peak" else None
+    minutes_left = (block[1] - now).total_seconds() / 60.0 if phase == "peak" else None
 
     # --- precool decision (made once per block)
     if phase in ("precool", "peak") and memory.precool is None:
