@@ -166,6 +166,18 @@ def test_precool_lead_time_is_configurable():
     assert plan(at(14, 45), SCHEDULE, site(), HOT, config, PeakMemory()).phase == "precool"
 
 
+def test_a_changed_precool_lead_is_seen_by_the_next_plan():
+    # The lead belongs to the configuration it was made from: a configuration with
+    # another policy brings its own, and the first keeps its.
+    assert plan(at(14, 45), SCHEDULE, site(), HOT, CONFIG, PeakMemory()).phase == "idle"
+    longer = replace(CONFIG, policy=CONFIG.policy.model_copy(update={"precool_lead_minutes": 90}))
+    assert plan(at(14, 45), SCHEDULE, site(), HOT, longer, PeakMemory()).phase == "precool"
+    assert plan(at(14, 45), SCHEDULE, site(), HOT, CONFIG, PeakMemory()).phase == "idle"
+    shorter = replace(longer, policy=ThermostatPolicy(precool_lead_minutes=10))
+    assert plan(at(15, 45), SCHEDULE, site(), HOT, shorter, PeakMemory()).phase == "idle"
+    assert plan(at(15, 50), SCHEDULE, site(), HOT, shorter, PeakMemory()).phase == "precool"
+
+
 def test_precool_decision_is_sticky_for_the_block():
     first = plan(at(15, 40), SCHEDULE, site(), HOT, CONFIG, PeakMemory())
     cooler = Forecast(date(2026, 7, 1), 80.0, "nws")

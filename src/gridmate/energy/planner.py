@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from typing import Any, Literal
 
 from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
@@ -115,6 +116,12 @@ class PlannerConfig:
     ev_enabled: bool = False
     ev_vins: tuple[str, ...] = ()
     """Empty: every car in the reading."""
+
+    @cached_property
+    def precool_lead(self) -> timedelta:
+        """``policy.precool_lead_minutes`` as a duration, made once per configuration
+        (the configuration is immutable) rather than once per cycle."""
+        return timedelta(minutes=self.policy.precool_lead_minutes)
 
 
 # ---------------------------------------------------------------- memory
@@ -498,11 +505,7 @@ def plan(
     phase: Phase = "idle"
     if block is not None and block[0] <= now < block[1]:
         phase = "peak"
-    elif (
-        block is not None
-        and block[0] - now <= timedelta(minutes=config.policy.precool_lead_minutes)
-        and block[0] > now
-    ):
+    elif block is not None and block[0] - now <= config.precool_lead and block[0] > now:
         phase = "precool"
     elif memory.baseline is not None and at >= memory.baseline.block_end:
         phase = "restore"
