@@ -350,12 +350,17 @@ def ladder_level(
 
 
 def energy_shortfall(
-    site: SiteReading, floor_percent: int, minutes_left: float
+    site: SiteReading, floor_percent: int, minutes_left: float, *, pausing_kw: float = 0.0
 ) -> dict[str, float]:
-    """Energy the house will need until the block ends versus what the battery holds."""
+    """Energy the house will need until the block ends versus what the battery holds.
+
+    ``pausing_kw``: the draw of cars being paused, in the reading's load but not the
+    house's from now on.
+    """
     soc = site.soc_percent or 0.0
     available = max(0.0, (soc - floor_percent) / 100.0 * site.capacity_kwh)
-    house_kw = max(0.0, site.load_kw - site.solar_kw)
+    load_kw = max(0.0, site.load_kw - pausing_kw)
+    house_kw = max(0.0, load_kw - site.solar_kw)
     needed = house_kw * max(0.0, minutes_left) / 60.0
     return {
         "available_kwh": round(available, 3),
@@ -615,8 +620,7 @@ def plan(
             for vin, wish in vehicles.items()
             if wish == "stopped" and (car := site.vehicles.get(vin)) is not None and car.charging
         )
-        house = replace(site, load_kw=max(0.0, site.load_kw - pausing_kw))
-        numbers = energy_shortfall(house, floor, minutes_left)
+        numbers = energy_shortfall(site, floor, minutes_left, pausing_kw=pausing_kw)
         short = _is_short(numbers)
         level = ladder_level(config.policy, minutes_left, site.soc_percent, energy_short=short)
         if level > memory.ladder_level:
