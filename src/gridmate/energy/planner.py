@@ -123,6 +123,15 @@ class PlannerConfig:
         (the configuration is immutable) rather than once per cycle."""
         return timedelta(minutes=self.policy.precool_lead_minutes)
 
+    @cached_property
+    def peak_target(self) -> DesiredPowerwall:
+        """The Powerwall setting for a controlled block, made once per configuration."""
+        return DesiredPowerwall(
+            self.reserve.peak_reserve_percent,
+            _peak_mode(self.reserve),
+            "peak: run the house from the battery",
+        )
+
 
 # ---------------------------------------------------------------- memory
 
@@ -442,9 +451,10 @@ def _block_left_in_peak_setting(
 ) -> tuple[datetime, datetime] | None:
     """The block that ended within :data:`ADOPT_RESTORE_WITHIN` before ``at`` when the
     site still reads as that block's peak setting (and restoring would change it)."""
-    peak = (config.reserve.peak_reserve_percent, _peak_mode(config.reserve))
-    if (site.reserve_percent, site.mode) != peak:
+    target = config.peak_target
+    if site.reserve_percent != target.reserve_percent or site.mode != target.mode:
         return None
+    peak = (target.reserve_percent, target.mode)
     block = schedule.next_block(at - ADOPT_RESTORE_WITHIN, config.controlled_periods)
     if block is None or block[1] > at:
         return None
@@ -644,11 +654,7 @@ def plan(
     # --- Powerwall
     powerwall: DesiredPowerwall | None = None
     if phase == "peak" and not memory.powerwall_overridden:
-        target = DesiredPowerwall(
-            config.reserve.peak_reserve_percent,
-            _peak_mode(config.reserve),
-            "peak: run the house from the battery",
-        )
+        target = config.peak_target
         restore = _restore_target(config, baseline)
         if (
             not memory.powerwall_changed
