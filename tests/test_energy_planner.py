@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from dataclasses import replace
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
@@ -12,16 +10,10 @@ import pytest
 
 from gridmate.energy.controls import Controls, effective_config
 from gridmate.energy.planner import (
-    Baseline,
-    Decision,
-    DesiredPowerwall,
-    DesiredThermostat,
     Forecast,
     PeakMemory,
-    Plan,
     PlannerConfig,
     SiteReading,
-    ThermostatBaseline,
     ThermostatReading,
     VehicleReading,
     detect_override,
@@ -516,61 +508,3 @@ def test_a_holiday_is_idle_all_day_and_an_event_day_is_controlled():
     )
     assert plan(datetime(2026, 7, 4, 15, 10, tzinfo=PHOENIX), SCHEDULE, site(), HOT, CONFIG,
                 PeakMemory()).phase == "idle"  # fmt: skip
-
-
-# ---------------------------------------------------------------- the planner's records
-
-RECORDS = [
-    ThermostatReading,
-    VehicleReading,
-    SiteReading,
-    Forecast,
-    ThermostatBaseline,
-    Baseline,
-    PeakMemory,
-    DesiredPowerwall,
-    DesiredThermostat,
-    Decision,
-    Plan,
-]
-
-
-@pytest.mark.parametrize("record", RECORDS, ids=lambda record: record.__name__)
-def test_planner_records_are_built_as_frozen_dataclasses(record):
-    # They are built every cycle with an __init__ that skips object.__setattr__: the
-    # result must be what the dataclass declares, field by field.
-    declared = dataclasses.fields(record)
-    parameters = list(inspect.signature(record).parameters.values())
-    assert [p.name for p in parameters] == [f.name for f in declared]
-    for p, f in zip(parameters, declared, strict=True):
-        if f.default is not dataclasses.MISSING:
-            assert p.default == f.default
-        elif f.default_factory is dataclasses.MISSING:
-            assert p.default is inspect.Parameter.empty
-
-    values = [object() for _ in declared]
-    positional = record(*values)
-    assert list(vars(positional).items()) == [
-        (f.name, v) for f, v in zip(declared, values, strict=True)
-    ]
-    by_name = record(**{f.name: v for f, v in zip(declared, values, strict=True)})
-    assert by_name == positional and repr(by_name) == repr(positional)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        positional.__setattr__(declared[0].name, None)
-
-    required = {f.name: object() for f in declared if _required(f)}
-    first, second = record(**required), record(**required)
-    for f in declared:
-        if f.name in required:
-            assert getattr(first, f.name) is required[f.name]
-        elif f.default is not dataclasses.MISSING:
-            assert getattr(first, f.name) == f.default
-        else:
-            # A fresh value from the factory for each instance, never a shared one.
-            assert getattr(first, f.name) == f.default_factory()
-            assert getattr(first, f.name) is not getattr(second, f.name)
-    assert dataclasses.replace(first, **{declared[-1].name: "changed"}) != first
-
-
-def _required(f: dataclasses.Field) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

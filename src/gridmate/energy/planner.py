@@ -29,10 +29,10 @@ Phases of a controlled block (a peak, by default):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import cached_property
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal
 
 from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
 from gridmate.energy.tariff import Schedule, as_utc
@@ -58,66 +58,10 @@ Phase = Literal["idle", "precool", "peak", "restore"]
 Hold = Literal["schedule", "temporary", "permanent", "until"]
 SETPOINT_TOLERANCE_F = 0.6
 
-_Record = TypeVar("_Record")
-
-
-class _FromFactory:
-    """Stands for "not given" in a parameter whose default comes from a factory."""
-
-    def __repr__(self) -> str:
-        return "<factory>"
-
-
-_FROM_FACTORY: Any = _FromFactory()
-
-
-def _fast_init(cls: type[_Record]) -> type[_Record]:
-    """Give a frozen dataclass an ``__init__`` that fills the instance's dict directly.
-
-    A frozen dataclass's own ``__init__`` sets each field through ``object.__setattr__``,
-    about three times the cost of storing it in the instance's dict. The planner's
-    readings, its plan and its memory are made every cycle, and that was the largest
-    single cost of a cycle. The replacement takes the same parameters with the same
-    defaults and default factories, and leaves the same instance: its fields, equality,
-    hash and repr are the dataclass's, and setting a field afterwards still raises
-    ``dataclasses.FrozenInstanceError``.
-    """
-    params = getattr(cls, "__dataclass_params__", None)
-    if params is None or not params.frozen or hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__}: only for a frozen dataclass without __post_init__")
-    namespace: dict[str, Any] = {"_FROM_FACTORY": _FROM_FACTORY}
-    signature: list[str] = []
-    lines: list[str] = []
-    record_fields = fields(cast(Any, cls))
-    for f in record_fields:
-        if not f.init or f.kw_only or f.name in ("self", "instance_dict", *namespace):
-            raise TypeError(f"{cls.__name__}.{f.name}: not supported by _fast_init")
-        if f.default is not MISSING:
-            namespace[f"_default_{f.name}"] = f.default
-            signature.append(f"{f.name}=_default_{f.name}")
-        elif f.default_factory is not MISSING:
-            namespace[f"_factory_{f.name}"] = f.default_factory
-            signature.append(f"{f.name}=_FROM_FACTORY")
-            lines.append(f"if {f.name} is _FROM_FACTORY: {f.name} = _factory_{f.name}()")
-        else:
-            signature.append(f.name)
-    lines.append("instance_dict = self.__dict__")
-    lines.extend(f"instance_dict[{f.name!r}] = {f.name}" for f in record_fields)
-    source = f"def __init__(self, {', '.join(signature)}):\n" + "".join(
-        f"    {line}\n" for line in lines
-    )
-    exec(source, namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__module__ = cls.__module__
-    setattr(cls, "__init__", init)  # noqa: B010 (mypy refuses assigning a method)
-    return cls
-
 
 # ---------------------------------------------------------------- inputs
 
 
-@_fast_init
 @dataclass(frozen=True)
 class ThermostatReading:
     mode: str
@@ -128,7 +72,6 @@ class ThermostatReading:
     hold: Hold = "schedule"
 
 
-@_fast_init
 @dataclass(frozen=True)
 class VehicleReading:
     charging: bool
@@ -138,7 +81,6 @@ class VehicleReading:
     """Asleep: where it is and whether it is plugged in are unknown until it wakes."""
 
 
-@_fast_init
 @dataclass(frozen=True)
 class SiteReading:
     soc_percent: float | None
@@ -155,7 +97,6 @@ class SiteReading:
     vehicles: Mapping[str, VehicleReading] = field(default_factory=dict)
 
 
-@_fast_init
 @dataclass(frozen=True)
 class Forecast:
     day: date
@@ -195,7 +136,6 @@ class PlannerConfig:
 # ---------------------------------------------------------------- memory
 
 
-@_fast_init
 @dataclass(frozen=True)
 class ThermostatBaseline:
     mode: str
@@ -204,7 +144,6 @@ class ThermostatBaseline:
     hold: Hold
 
 
-@_fast_init
 @dataclass(frozen=True)
 class Baseline:
     """The site as it was before gridmate changed anything for a block."""
@@ -218,7 +157,6 @@ class Baseline:
     note: str = ""
 
 
-@_fast_init
 @dataclass(frozen=True)
 class PeakMemory:
     """What must survive a restart: the baseline and what gridmate did since."""
@@ -338,7 +276,6 @@ _EMPTY_MEMORY = PeakMemory()
 # ---------------------------------------------------------------- outputs
 
 
-@_fast_init
 @dataclass(frozen=True)
 class DesiredPowerwall:
     reserve_percent: int
@@ -346,7 +283,6 @@ class DesiredPowerwall:
     reason: str
 
 
-@_fast_init
 @dataclass(frozen=True)
 class DesiredThermostat:
     cool_setpoint_f: float | None
@@ -370,14 +306,12 @@ class DesiredThermostat:
 VehicleWish = Literal["stopped", "charging"]
 
 
-@_fast_init
 @dataclass(frozen=True)
 class Decision:
     what: str
     detail: Mapping[str, Any]
 
 
-@_fast_init
 @dataclass(frozen=True)
 class Plan:
     at: datetime
