@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from gridmate.energy.controls import Controls, effective_config
 from gridmate.energy.planner import (
     Forecast,
     PeakMemory,
@@ -164,6 +165,33 @@ def test_precool_reason_is_true_for_every_combination():
 def test_precool_lead_time_is_configurable():
     config = replace(CONFIG, policy=ThermostatPolicy(precool_lead_minutes=90))
     assert plan(at(14, 45), SCHEDULE, site(), HOT, config, PeakMemory()).phase == "precool"
+
+
+def test_a_changed_precool_lead_is_seen_by_the_next_plan():
+    # The lead belongs to the configuration it was made from: a configuration with
+    # another policy brings its own, and the first keeps its.
+    assert plan(at(14, 45), SCHEDULE, site(), HOT, CONFIG, PeakMemory()).phase == "idle"
+    longer = replace(CONFIG, policy=CONFIG.policy.model_copy(update={"precool_lead_minutes": 90}))
+    assert plan(at(14, 45), SCHEDULE, site(), HOT, longer, PeakMemory()).phase == "precool"
+    assert plan(at(14, 45), SCHEDULE, site(), HOT, CONFIG, PeakMemory()).phase == "idle"
+    shorter = replace(longer, policy=ThermostatPolicy(precool_lead_minutes=10))
+    assert plan(at(15, 45), SCHEDULE, site(), HOT, shorter, PeakMemory()).phase == "idle"
+    assert plan(at(15, 50), SCHEDULE, site(), HOT, shorter, PeakMemory()).phase == "precool"
+
+
+def test_a_peak_reserve_set_from_home_assistant_is_planned_from_the_next_cycle():
+    # The peak setting is kept with the configuration: the controls make a new one.
+    today = date(2026, 7, 1)
+    before = plan(at(16, 0), SCHEDULE, site(), HOT, CONFIG, PeakMemory())
+    assert before.powerwall.reserve_percent == 0
+    raised = effective_config(CONFIG, Controls(peak_reserve_percent=20), today)
+    during = plan(at(16, 1), SCHEDULE, site(), HOT, raised, before.memory)
+    assert (during.powerwall.reserve_percent, during.powerwall.mode) == (20, "self_consumption")
+    full = effective_config(CONFIG, Controls(peak_reserve_percent=100), today)
+    assert plan(at(16, 2), SCHEDULE, site(), HOT, full, during.memory).powerwall.mode == "backup"
+    cleared = effective_config(CONFIG, Controls(), today)
+    after = plan(at(16, 3), SCHEDULE, site(), HOT, cleared, during.memory)
+    assert after.powerwall.reserve_percent == 0
 
 
 def test_precool_decision_is_sticky_for_the_block():

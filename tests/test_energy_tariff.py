@@ -96,6 +96,36 @@ def test_block_contains_the_instant_and_is_maximal(when, preset):
     assert schedule.period_at(start - timedelta(minutes=1)) != segment.period
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    when=instants,
+    preset=st.sampled_from(sorted(PRESETS)),
+    zone=st.sampled_from([None, "UTC", *ZONES]),
+    fold=st.sampled_from([0, 1]),
+)
+def test_segment_and_block_agree_with_the_separate_lookups(when, preset, zone, fold):
+    """The planner's one-conversion lookup gives what segment_at and next_block give,
+    whatever zone the instant is written in (the repeated hour of a DST change too)."""
+    p = PRESETS[preset]
+    schedule = Schedule(p.versions, p.timezone)
+    written = when if zone is None else when.astimezone(ZoneInfo(zone)).replace(fold=fold)
+    periods = frozenset({"peak", "partial_peak"} if fold else {"peak"})
+    segment, block = schedule.segment_and_block(written, periods)
+    assert segment == schedule.segment_at(written)
+    assert block == schedule.next_block(written, periods)
+    if block is not None:
+        assert block[1] > written
+        assert block[0].tzinfo is UTC and block[1].tzinfo is UTC
+
+
+def test_next_block_refuses_a_naive_time():
+    schedule = Schedule(PRESETS["pge-e-tou-c"].versions, "America/Los_Angeles")
+    with pytest.raises(TypeError):
+        schedule.next_block(datetime(2026, 7, 1, 12, 0))
+    with pytest.raises(TypeError):
+        schedule.segment_and_block(datetime(2026, 7, 1, 12, 0), frozenset({"peak"}))
+
+
 @pytest.mark.parametrize(
     ("day", "hours"),
     [(date(2026, 3, 8), 23), (date(2026, 11, 1), 25), (date(2026, 7, 1), 24)],

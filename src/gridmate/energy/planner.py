@@ -31,10 +31,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from functools import cached_property
 from typing import Any, Literal
 
 from gridmate.energy.settings import ReserveSettings, ThermostatPolicy
-from gridmate.energy.tariff.schedule import Schedule
+from gridmate.energy.tariff.schedule import Schedule, as_utc
 
 __all__ = [
     "Baseline",
@@ -115,6 +116,21 @@ class PlannerConfig:
     ev_enabled: bool = False
     ev_vins: tuple[str, ...] = ()
     """Empty: every car in the reading."""
+
+    @cached_property
+    def precool_lead(self) -> timedelta:
+        """``policy.precool_lead_minutes`` as a duration, made once per configuration
+        (the configuration is immutable) rather than once per cycle."""
+        return timedelta(minutes=self.policy.precool_lead_minutes)
+
+    @cached_property
+    def peak_target(self) -> DesiredPowerwall:
+        """The Powerwall setting for a controlled block, made once per configuration."""
+        return DesiredPowerwall(
+            self.reserve.peak_reserve_percent,
+            _peak_mode(self.reserve),
+            "peak: run the house from the battery",
+        )
 
 
 # ---------------------------------------------------------------- memory
@@ -343,12 +359,17 @@ def ladder_level(
 
 
 def energy_shortfall(
-    site: SiteReading, floor_percent: int, minutes_left: float
+    site: SiteReading, floor_percent: int, minutes_left: float, *, pausing_kw: float = 0.0
 ) -> dict[str, float]:
-    """Energy the house will need until the block ends versus what the battery holds."""
+    """Energy the house will need until the block ends versus what the battery holds.
+
+    ``pausing_kw``: the draw of cars being paused, in the reading's load but not the
+    house's from now on.
+    """
     soc = site.soc_percent or 0.0
     available = max(0.0, (soc - floor_percent) / 100.0 * site.capacity_kwh)
-    house_kw = max(0.0, site.load_kw - site.solar_kw)
+    load_kw = max(0.0, site.load_kw - pausing_kw)
+    house_kw = max(0.0, load_kw - site.solar_kw)
     needed = house_kw * max(0.0, minutes_left) / 60.0
     return {
         "available_kwh": round(available, 3),
@@ -430,9 +451,10 @@ def _block_left_in_peak_setting(
 ) -> tuple[datetime, datetime] | None:
     """The block that ended within :data:`ADOPT_RESTORE_WITHIN` before ``at`` when the
     site still reads as that block's peak setting (and restoring would change it)."""
-    peak = (config.reserve.peak_reserve_percent, _peak_mode(config.reserve))
-    if (site.reserve_percent, site.mode) != peak:
+    target = config.peak_target
+    if site.reserve_percent != target.reserve_percent or site.mode != target.mode:
         return None
+    peak = (target.reserve_percent, target.mode)
     block = schedule.next_block(at - ADOPT_RESTORE_WITHIN, config.controlled_periods)
     if block is None or block[1] > at:
         return None
@@ -491,16 +513,14 @@ def plan(
     the block down: what gridmate changed is restored (once), then nothing is written.
     """
     decisions: list[Decision] = []
-    segment = schedule.segment_at(at)
-    block = schedule.next_block(at, config.controlled_periods)
+    # The schedule's blocks are in UTC: the same instant in UTC compares with them
+    # without a time-zone lookup per comparison.
+    now = as_utc(at)
+    segment, block = schedule.segment_and_block(now, config.controlled_periods)
     phase: Phase = "idle"
-    if block is not None and block[0] <= at < block[1]:
+    if block is not None and block[0] <= now < block[1]:
         phase = "peak"
-    elif (
-        block is not None
-        and block[0] - at <= timedelta(minutes=config.policy.precool_lead_minutes)
-        and block[0] > at
-    ):
+    elif block is not None and block[0] - now <= config.precool_lead and block[0] > now:
         phase = "precool"
     elif memory.baseline is not None and at >= memory.baseline.block_end:
         phase = "restore"
@@ -569,7 +589,7 @@ def plan(
     baseline = memory.baseline
     assert baseline is not None
 
-    minutes_left = (block[1] - at).total_seconds() / 60.0 if phase == "peak" else None
+    minutes_left = (block[1] - now).total_seconds() / 60.0 if phase == "peak" else None
 
     # --- precool decision (made once per block)
     if phase in ("precool", "peak") and memory.precool is None:
@@ -610,8 +630,7 @@ def plan(
             for vin, wish in vehicles.items()
             if wish == "stopped" and (car := site.vehicles.get(vin)) is not None and car.charging
         )
-        house = replace(site, load_kw=max(0.0, site.load_kw - pausing_kw))
-        numbers = energy_shortfall(house, floor, minutes_left)
+        numbers = energy_shortfall(site, floor, minutes_left, pausing_kw=pausing_kw)
         short = _is_short(numbers)
         level = ladder_level(config.policy, minutes_left, site.soc_percent, energy_short=short)
         if level > memory.ladder_level:
@@ -635,11 +654,7 @@ def plan(
     # --- Powerwall
     powerwall: DesiredPowerwall | None = None
     if phase == "peak" and not memory.powerwall_overridden:
-        target = DesiredPowerwall(
-            config.reserve.peak_reserve_percent,
-            _peak_mode(config.reserve),
-            "peak: run the house from the battery",
-        )
+        target = config.peak_target
         restore = _restore_target(config, baseline)
         if (
             not memory.powerwall_changed

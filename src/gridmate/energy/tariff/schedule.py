@@ -62,6 +62,8 @@ Period = Literal["peak", "partial_peak", "off_peak", "super_off_peak"]
 PERIODS: tuple[Period, ...] = ("peak", "partial_peak", "off_peak", "super_off_peak")
 
 MINUTES_PER_DAY = 1440
+BLOCK_HORIZON_DAYS = 8
+"""How many days ahead :meth:`Schedule.next_block` looks for the next block."""
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_SETS = {
     "weekdays": frozenset(range(5)),
@@ -412,6 +414,19 @@ def _local_to_utc(day: date, minute: int, tz: ZoneInfo) -> datetime:
     return local.astimezone(UTC)
 
 
+def as_utc(when: datetime) -> datetime:
+    """The same instant in UTC, the zone of every segment and block boundary.
+
+    Comparing two aware times in different zones looks up both UTC offsets on every
+    comparison; in the same zone it compares the fields. A naive time is returned as
+    it is, so comparing it with a boundary still fails rather than being taken as the
+    machine's local time.
+    """
+    if when.tzinfo is None or when.tzinfo is UTC:
+        return when
+    return when.astimezone(UTC)
+
+
 @functools.lru_cache(maxsize=64)
 def _library_holidays(year: int) -> dict[str, date]:
     found: dict[str, date] = {}
@@ -567,12 +582,29 @@ class Schedule:
         when: datetime,
         periods: frozenset[str] | str = "peak",
         *,
-        horizon_days: int = 8,
+        horizon_days: int = BLOCK_HORIZON_DAYS,
     ) -> tuple[datetime, datetime] | None:
         """The current or next contiguous stretch of ``periods`` that ends after ``when``."""
         wanted = frozenset({periods}) if isinstance(periods, str) else periods
-        for block in self._blocks(self.local_date(when), wanted, horizon_days):
-            if block[1] > when:
+        instant = as_utc(when)
+        return self._next_block(self.local_date(instant), instant, wanted, horizon_days)
+
+    def segment_and_block(
+        self, when: datetime, periods: frozenset[str]
+    ) -> tuple[Segment, tuple[datetime, datetime] | None]:
+        """:meth:`segment_at` and :meth:`next_block` together, with one conversion to
+        local time for both (the planner asks for both every cycle)."""
+        instant = as_utc(when)
+        local = instant.astimezone(self.tz)
+        day = local.date()
+        segment = self.day_plan(day).segment_at_minute(local.hour * 60 + local.minute)
+        return segment, self._next_block(day, instant, periods, BLOCK_HORIZON_DAYS)
+
+    def _next_block(
+        self, day: date, instant: datetime, wanted: frozenset[str], horizon_days: int
+    ) -> tuple[datetime, datetime] | None:
+        for block in self._blocks(day, wanted, horizon_days):
+            if block[1] > instant:
                 return block
         return None
 
@@ -710,4 +742,4 @@ class Schedule:
         )
 
 
-__all__ += ["format_minutes", "holiday_dates"]
+__all__ += ["as_utc", "format_minutes", "holiday_dates"]
