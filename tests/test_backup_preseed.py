@@ -473,7 +473,8 @@ def test_half_finished_restores_are_redone_from_scratch(tmp_path, database):
     assert database_comment(database).startswith("gridmate-preseed complete")
 
 
-def test_interrupted_replica_swap_is_redone(tmp_path, pools):
+def replicated_state(tmp_path: Path, pools: Pools) -> tuple[str, Path, dict[str, Any]]:
+    """gridmate's state on a dataset, snapshotted by Sanoid and replicated to the NAS."""
     mountpoint = tmp_path / "mnt" / "state"
     dataset = f"{pools.local}/state"
     make_dataset(dataset, mountpoint)
@@ -481,6 +482,11 @@ def test_interrupted_replica_swap_is_redone(tmp_path, pools):
     files = tree(mountpoint)
     take_sanoid_snapshots(tmp_path, dataset)
     sh("syncoid", "--no-privilege-elevation", dataset, f"{pools.nas}/state")
+    return dataset, mountpoint, files
+
+
+def test_interrupted_replica_swap_is_redone(tmp_path, pools):
+    dataset, mountpoint, files = replicated_state(tmp_path, pools)
     config = write_config(
         tmp_path,
         {
@@ -756,18 +762,6 @@ def ssh_logins(nas: NasSsh) -> int:
 def key_lines(key: Path) -> list[str]:
     """The secret part of a private key file: every line between its armour lines."""
     return [line for line in key.read_text().splitlines() if line and "PRIVATE KEY" not in line]
-
-
-def replicated_state(tmp_path: Path, pools: Pools) -> tuple[str, Path, dict[str, Any]]:
-    """gridmate's state on a dataset, snapshotted by Sanoid and replicated to the NAS."""
-    mountpoint = tmp_path / "mnt" / "state"
-    dataset = f"{pools.local}/state"
-    make_dataset(dataset, mountpoint)
-    seed_state_directory(mountpoint)
-    files = tree(mountpoint)
-    take_sanoid_snapshots(tmp_path, dataset)
-    sh("syncoid", "--no-privilege-elevation", dataset, f"{pools.nas}/state")
-    return dataset, mountpoint, files
 
 
 def test_syncoid_pulls_the_replica_over_ssh_and_replication_continues(tmp_path, pools, nas_ssh):
