@@ -1744,21 +1744,30 @@ def test_stand_ins_declare_options_as_upstream_does(upstream_eval: Any) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_stand_ins_render_units_as_upstream_does(upstream_eval: Any) -> None:
-    """Every gridmate unit of the documented host and of a failover host, rendered
-    by the stand-ins and by upstream's systemd-lib.nix, is the same text."""
-    got = upstream_eval(
+def _unit_texts_both_ways(
+    upstream_eval: Any, hosts: list[str], prefix: str
+) -> dict[str, dict[str, str]]:
+    """The text of each unit named ``prefix``..., for a host made of gridmate's module and
+    ``hosts``, rendered by upstream's files ("upstream") and by the stand-ins ("standIn")."""
+    host_modules = " ".join(f"({host})" for host in hosts)
+    return upstream_eval(
         f"""
         let
-          modules = [ h.flake.nixosModules.default ({HOST}) ({FAILOVER}) ];
+          modules = [ h.flake.nixosModules.default {host_modules} ];
           texts = units: lib.mapAttrs (_: u: u.text)
-            (lib.filterAttrs (n: _: lib.hasPrefix "gridmate-" n) units);
+            (lib.filterAttrs (n: _: lib.hasPrefix "{prefix}" n) units);
         in {{
           upstream = texts (h.units (h.eval {{ inherit modules; }}));
           standIn = texts (h.standInUnits (h.evalStandIn modules));
         }}
         """
     )
+
+
+def test_stand_ins_render_units_as_upstream_does(upstream_eval: Any) -> None:
+    """Every gridmate unit of the documented host and of a failover host, rendered
+    by the stand-ins and by upstream's systemd-lib.nix, is the same text."""
+    got = _unit_texts_both_ways(upstream_eval, [HOST, FAILOVER], "gridmate-")
     assert sorted(got["upstream"]) == sorted(
         [
             "gridmate-energy-failover@.service",
@@ -3275,18 +3284,7 @@ def test_backup_stand_ins_render_units_as_upstream_does(upstream_eval: Any, modu
     the real one.)"""
     _upstream_backup_module(upstream_eval, module)
     prefix = "restic-backups-" if module == "restic" else "sanoid."
-    got = upstream_eval(
-        f"""
-        let
-          modules = [ h.flake.nixosModules.default ({HOST}) ({BACKUP}) ];
-          texts = units: lib.mapAttrs (_: u: u.text)
-            (lib.filterAttrs (n: _: lib.hasPrefix "{prefix}" n) units);
-        in {{
-          upstream = texts (h.units (h.eval {{ inherit modules; }}));
-          standIn = texts (h.standInUnits (h.evalStandIn modules));
-        }}
-        """
-    )
+    got = _unit_texts_both_ways(upstream_eval, [HOST, BACKUP], prefix)
     assert got["upstream"], "no unit rendered"
     assert got["standIn"] == got["upstream"]
 
